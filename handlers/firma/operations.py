@@ -1,0 +1,83 @@
+"""Outbound operations the outbox can run against Firma.dev."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from handlers.firma.client import (
+    FirmaClient,
+    is_immutable_answer,
+    provider_message,
+    retry_after_seconds,
+)
+from receiver.context import AppContext
+from receiver.errors import InvalidAction
+from receiver.model import RequestState, SignatureRequest
+from receiver.outcomes import excerpt, from_response
+from receiver.providers import Operation, Outcome
+
+PATCH = "firma.patch_signing_request"
+
+# Firma's words for a request that can still be edited (create says "draft", lists "not_sent").
+EDITABLE_STATUSES = frozenset({"draft", "not_sent"})
+EDITABLE_STATES = frozenset({RequestState.REGISTERED, RequestState.DRAFT})
+
+
+def _client(ctx: AppContext) -> FirmaClient:
+    client = ctx.clients.get("firma")
+    if not isinstance(client, FirmaClient):
+        raise InvalidAction("SIGNBACK_FIRMA_API_KEY is not set: cannot call Firma")
+    return client
+
+
+def _not_editable(why: str) -> Outcome:
+    return Outcome(
+        ok=True,
+        skipped=True,
+        message=f"not sent: {why}; Firma makes a signing request immutable once it is sent",
+    )
+
+
+async def patch_signing_request(
+    ctx: AppContext, request: SignatureRequest, payload: Mapping[str, Any]
+) -> Outcome:
+    """PATCH /signing-requests/{id} with properties, but only while the request is a draft."""
+    client = _client(ctx)
+    if request.state not in EDITABLE_STATES:
+        return _not_editable(f"the request is {request.state.value}")
+    if request.provider_status and request.provider_status not in EDITABLE_STATUSES:
+        return _not_editable(f"Firma reports it as {request.provider_status}")
+    if request.state is RequestState.REGISTERED and not request.provider_status:
+        # We have heard nothing from Firma yet: ask before writing (reads have their own,
+        # larger rate budget, and a skipped write is better than a refused one).
+        current = await client.get_signing_request(request.external_id)
+        if current.status_code != 200:
+            return from_response(
+                current,
+                now=ctx.clock(),
+                message=provider_message,
+                retry_after=retry_after_seconds(current, now=ctx.clock()),
+            )
+        status = str((current.json() or {}).get("status", ""))
+        if status not in EDITABLE_STATUSES:
+            return _not_editable(f"Firma reports it as {status or 'unknown'}")
+    response = await client.patch_signing_request(request.external_id, payload)
+    now = ctx.clock()
+    if is_immutable_answer(response):
+        return Outcome(
+            ok=False,
+            final=True,
+            status_code=response.status_code,
+            message=f"immutable after sending: {provider_message(response)}",
+            response_excerpt=excerpt(response),
+        )
+    return from_response(
+        response,
+        now=now,
+        message=provider_message,
+        retry_after=retry_after_seconds(response, now=now),
+    )
+
+
+OPERATIONS: Mapping[str, Operation] = {PATCH: patch_signing_request}

@@ -1,0 +1,110 @@
+"""``POST /hooks/firma`` and ``POST /hooks/firma/{workspace}``: Firma's signed webhooks.
+
+One URL per set of secrets. ``/hooks/firma`` verifies with SIGNBACK_FIRMA_WEBHOOK_SECRETS
+(company-level webhooks, or a single workspace). A company whose workspaces have their own
+webhook secrets registers ``/hooks/firma/<workspace id>`` in each workspace and lists the
+secrets in SIGNBACK_FIRMA_WORKSPACE_SECRETS; an unknown workspace is a 404.
+
+Only verification and the commit happen before the 2xx (Firma allows 5 seconds). Answers:
+200 stored (or duplicate), 400 malformed, 401 signature missing/malformed/wrong/stale or no
+secret configured, 404 unknown workspace, 405 wrong method, 413 too large, 415 not JSON,
+503 store unavailable (Firma retries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from handlers.firma import signature
+from handlers.firma.events import parse_envelope
+from receiver.callbacks import read_body, rejected, store_and_ack
+from receiver.context import AppContext
+from receiver.errors import CallbackRejected, SignatureInvalid
+from receiver.logs import get_logger
+
+log = get_logger("signback.firma")
+
+
+def check_content_type(request: Request) -> None:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise CallbackRejected(
+            f"content type must be application/json, not {media or 'missing'!r}", 415
+        )
+
+
+def routes(ctx: AppContext) -> list[BaseRoute]:
+    settings = ctx.settings
+    limit = settings.max_body_bytes
+    default_secrets = [s.get_secret_value() for s in settings.firma_webhook_secrets]
+    workspace_secrets = {
+        ws: [s.get_secret_value() for s in secrets]
+        for ws, secrets in settings.firma_workspace_secrets.items()
+    }
+    insecure = settings.firma_insecure_skip_verification
+
+    async def receive(request: Request, secrets: Sequence[str], workspace: str | None) -> Response:
+        facts: dict[str, Any] = {"provider": "firma", "channel": "webhook", "workspace": workspace}
+        try:
+            check_content_type(request)
+            body = await read_body(request, limit)
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            if secrets:
+                signature.verify(
+                    headers,
+                    body,
+                    secrets,
+                    now=ctx.clock(),
+                    tolerance=settings.firma_signature_tolerance_seconds,
+                )
+            elif not insecure:
+                raise SignatureInvalid(
+                    "no Firma signing secret is configured on this receiver"
+                    + (f" for workspace {workspace!r}" if workspace else "")
+                )
+            envelope = parse_envelope(body)
+        except CallbackRejected as exc:
+            return rejected(exc, event=request.headers.get("x-firma-event"), **facts)
+        return await store_and_ack(
+            ctx,
+            log_facts={
+                **facts,
+                "event_type": envelope.event_type,
+                "event": envelope.event_id,
+                "signing_request": envelope.signing_request_id,
+                "verified": bool(secrets),
+            },
+            provider="firma",
+            channel="webhook",
+            # The event id, not X-Firma-Delivery (which changes with every retry).
+            dedupe_key="event:" + envelope.event_id,
+            body=body,
+            headers=dict(request.headers),
+            query="",
+            request_id=None,
+            external_id=envelope.signing_request_id,
+        )
+
+    async def company_hook(request: Request) -> Response:
+        return await receive(request, default_secrets, None)
+
+    async def workspace_hook(request: Request) -> Response:
+        workspace = request.path_params["workspace"]
+        secrets = workspace_secrets.get(workspace)
+        if secrets is None:
+            return rejected(
+                CallbackRejected(f"no secrets configured for workspace {workspace[:64]!r}", 404),
+                provider="firma",
+                channel="webhook",
+            )
+        return await receive(request, secrets, workspace)
+
+    return [
+        Route("/hooks/firma", company_hook, methods=["POST"]),
+        Route("/hooks/firma/{workspace}", workspace_hook, methods=["POST"]),
+    ]

@@ -1,0 +1,72 @@
+"""OKdokument: from a stored callback to a NormalizedEvent (pure).
+
+sendInfo carries no signature (the docs require the endpoint to work without any
+authorization), so its body is a *claim*: unless confirmation is switched off, a state it
+reports is marked unconfirmed, and the confirm-before-acting rule checks it with the
+Document-info API. The confirmation comes back through the inbox on channel
+``confirmation`` and is what moves the request's state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from receiver.events import EventKind, NormalizedEvent
+from receiver.providers import StoredCallback
+
+PROVIDER = "okdokument"
+
+# OKdokument document states (docs §1.6) → normalized kinds.
+DOCUMENT_STATE_KINDS: Mapping[str, EventKind] = {
+    "signed": EventKind.REQUEST_COMPLETED,  # Submit: signed within this signatureRequestId
+    "canceled": EventKind.REQUEST_CANCELLED,  # Cancel (sic: one "l" in OKdokument's spelling)
+    "cancelled": EventKind.REQUEST_CANCELLED,  # not documented; accepted in case it is fixed
+    "errorsendinfo": EventKind.DELIVERY_FAILED,  # OKdokument could not call our sendInfo URL
+    "tosign": EventKind.REQUEST_SENT,  # ready for the signer
+    "tags": EventKind.INFORMATIONAL,  # tag search running; becomes tosign by itself
+    "tostamp": EventKind.INFORMATIONAL,  # waiting for a stamp
+}
+# Claims worth confirming: the ones that end a round.
+CONFIRMABLE: frozenset[EventKind] = frozenset(
+    {EventKind.REQUEST_COMPLETED, EventKind.REQUEST_CANCELLED}
+)
+
+
+def _text(payload: Mapping[str, Any], key: str) -> str | None:
+    value = payload.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def normalize(callback: StoredCallback, *, confirm_claims: bool = True) -> NormalizedEvent:
+    payload = json.loads(callback.body) if callback.body else {}
+    if not isinstance(payload, dict):
+        raise ValueError("OKdokument callback body is not a JSON object")
+    state = _text(payload, "state") or ""
+    kind = DOCUMENT_STATE_KINDS.get(state, EventKind.UNKNOWN)
+    details: dict[str, Any] = {"document_state": state}
+    if document_id := _text(payload, "id"):
+        details["document_id"] = document_id
+    if callback.channel == "confirmation":
+        # Made by signback from Document info: the provider's own answer, so confirmed.
+        confirms = _text(payload, "confirms")
+        return NormalizedEvent(
+            provider=PROVIDER,
+            kind=kind,
+            provider_type=f"documentinfo:{state}",
+            external_id=_text(payload, "signatureRequestId"),
+            event_id=f"confirmation-{confirms}" if confirms else None,
+            confirmed=True,
+            details={**details, "confirms": confirms},
+            raw=payload,
+        )
+    return NormalizedEvent(
+        provider=PROVIDER,
+        kind=kind,
+        provider_type=f"sendinfo:{state}",
+        external_id=_text(payload, "signatureRequestId"),
+        confirmed=not (confirm_claims and kind in CONFIRMABLE),
+        details=details,
+        raw=payload,
+    )

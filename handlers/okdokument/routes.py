@@ -1,0 +1,80 @@
+"""``POST /hooks/okdokument/{token}``: OKdokument's sendInfo callback.
+
+The URL is the credential: a per-request token of 256 bits, stored only as a hash. The body
+is then checked against the token's request (``signatureRequestId`` must match), stored raw
+and acknowledged. Answers: 200 stored (or duplicate), 400 malformed, 404 unknown URL,
+405 wrong method, 409 body names another request, 413 too large, 415 not JSON, 503 store
+unavailable (OKdokument should retry). A query string on the URL is accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from receiver.callbacks import (
+    body_key,
+    parse_json_object,
+    read_body,
+    rejected,
+    store_and_ack,
+)
+from receiver.context import AppContext
+from receiver.errors import CallbackRejected
+from receiver.logs import get_logger
+from receiver.web import find_by_token
+
+log = get_logger("signback.okdokument")
+
+
+def check_content_type(request: Request) -> None:
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        return  # undocumented either way: the body must still parse as JSON
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise CallbackRejected(f"content type must be application/json, not {media!r}", 415)
+
+
+def routes(ctx: AppContext) -> list[BaseRoute]:
+    limit = ctx.settings.max_body_bytes
+
+    async def sendinfo(request: Request) -> Response:
+        row = await find_by_token(ctx, request.path_params["token"])
+        if row is None:
+            log.warning("sendInfo to an unknown callback URL", status=404)
+            return JSONResponse({"error": "unknown callback URL"}, status_code=404)
+        request_id = int(row["id"])
+        try:
+            check_content_type(request)
+            body = await read_body(request, limit)
+            payload = parse_json_object(body)
+            claimed = payload.get("signatureRequestId")
+            if not isinstance(claimed, str) or not claimed:
+                raise CallbackRejected("body has no signatureRequestId", 400)
+            state = payload.get("state")
+            if not isinstance(state, str) or not state:
+                raise CallbackRejected("body has no state", 400)
+            if not hmac.compare_digest(claimed.encode(), str(row["external_id"]).encode()):
+                raise CallbackRejected(
+                    "signatureRequestId in the body does not belong to this callback URL", 409
+                )
+        except CallbackRejected as exc:
+            return rejected(exc, provider="okdokument", channel="sendinfo", request=request_id)
+        return await store_and_ack(
+            ctx,
+            log_facts={"provider": "okdokument", "request": request_id, "state": state},
+            provider="okdokument",
+            channel="sendinfo",
+            dedupe_key="sendinfo:" + body_key(request_id, body),
+            body=body,
+            headers=dict(request.headers),
+            query=request.url.query[:4096],
+            request_id=request_id,
+            external_id=claimed,
+        )
+
+    return [Route("/hooks/okdokument/{token}", sendinfo, methods=["POST"])]

@@ -1,0 +1,51 @@
+"""The business rules shipped for OKdokument (see the README's "Business rules" section)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from handlers.okdokument.operations import CONFIRM, PATCH
+from receiver.events import EventKind, NormalizedEvent
+from receiver.model import Action, SignatureRequest
+from receiver.rules import rule
+
+
+@rule(EventKind.REQUEST_REGISTERED, provider="okdokument")
+def attach_callback_urls(event: NormalizedEvent, request: SignatureRequest) -> Iterator[Action]:
+    """(a) On registration, point the request's sendInfoURL and resulturl at signback."""
+    yield Action(
+        PATCH,
+        {"sendInfoURL": "{signback.sendinfo_url}", "resulturl": "{signback.return_url}"},
+        key="attach",
+    )
+
+
+@rule(
+    EventKind.REQUEST_COMPLETED,
+    EventKind.REQUEST_CANCELLED,
+    provider="okdokument",
+    unconfirmed=True,
+    enabled_setting="okdokument_confirm_callbacks",
+)
+def confirm_before_acting(event: NormalizedEvent, request: SignatureRequest) -> Iterator[Action]:
+    """(b) sendInfo is unsigned: check its claim with Document info before anything acts."""
+    yield Action(
+        CONFIRM,
+        {
+            "claimed_state": event.details.get("document_state"),
+            "document_id": event.details.get("document_id") or request.document_id,
+            "confirms": event.event_id,
+        },
+        key=f"confirm:{event.event_id}",
+    )
+
+
+@rule(EventKind.REQUEST_CANCELLED, EventKind.SIGNER_RETURNED, provider="okdokument")
+def retry_page(event: NormalizedEvent, request: SignatureRequest) -> Iterator[Action]:
+    """(c) The signer cancelled (callback) or closed (browser): next time, send them to the
+    retry page registered for this request."""
+    if not request.retry_url:
+        return
+    if event.kind is EventKind.SIGNER_RETURNED and event.details.get("result") != "close":
+        return
+    yield Action(PATCH, {"resulturl": request.retry_url}, key="retry-page")

@@ -1,0 +1,128 @@
+"""The app factory: settings in, a Starlette app out. Importing this module does nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from receiver import api, web
+from receiver.clock import Clock, system_clock
+from receiver.context import AppContext
+from receiver.db import open_database
+from receiver.db.migrate import current_revision, head_revision, upgrade
+from receiver.logs import configure_logging, get_logger
+from receiver.middleware import RequestContextMiddleware
+from receiver.providers import Provider
+from receiver.rules import RuleBook
+from receiver.settings import Settings, load_settings
+from receiver.worker import Worker
+
+log = get_logger("signback.app")
+
+# Each provider package exposes make_provider(settings) -> Provider and RULES_MODULE.
+INSTALLED_PROVIDERS = ("handlers.okdokument", "handlers.firma")
+
+
+def build_context(settings: Settings, *, clock: Clock = system_clock) -> AppContext:
+    providers: dict[str, Provider] = {}
+    rule_modules: list[str] = []
+    for package_name in INSTALLED_PROVIDERS:
+        package = importlib.import_module(package_name)
+        provider: Provider = package.make_provider(settings)
+        providers[provider.name] = provider
+        rule_modules.append(package.RULES_MODULE)
+    if settings.rules_module:
+        rule_modules.append(settings.rules_module)
+    db = open_database(
+        settings.database_url, pool_min=settings.db_pool_min, pool_max=settings.db_pool_max
+    )
+    return AppContext(
+        settings=settings,
+        db=db,
+        providers=providers,
+        rules=RuleBook.load(rule_modules, settings),
+        clock=clock,
+    )
+
+
+async def prepare_database(ctx: AppContext) -> None:
+    """SQLite is migrated at start (zero set-up); PostgreSQL by `signback migrate` (release)."""
+    if ctx.settings.is_sqlite:
+        await asyncio.to_thread(upgrade, ctx.settings.database_url)
+    await ctx.db.connect()
+    if not ctx.settings.is_sqlite:
+        try:
+            current = await current_revision(ctx.db)
+        except Exception as exc:  # unreachable: /readyz reports it until it comes back
+            log.error("database unreachable at start", error=str(exc))
+            return
+        if current != head_revision():
+            log.error(
+                "database schema is not current: run `signback migrate`",
+                database=current,
+                code=head_revision(),
+            )
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    clock: Clock = system_clock,
+    run_worker: bool | None = None,
+) -> Starlette:
+    settings = settings or load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    ctx = build_context(settings, clock=clock)
+    with_worker = settings.run_worker if run_worker is None else run_worker
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await prepare_database(ctx)
+        await ctx.start_providers()
+        worker = Worker(ctx) if with_worker else None
+        if worker is not None:
+            worker.start()
+        log.info(
+            "signback started",
+            database=ctx.db.dialect,
+            public_url=settings.public_url,
+            worker=with_worker,
+            providers=sorted(ctx.providers),
+            rules=[r.name for r in ctx.rules.rules],
+        )
+        try:
+            yield
+        finally:
+            if worker is not None:
+                await worker.stop()
+            await ctx.close()
+            await ctx.db.close()
+            log.info("signback stopped")
+
+    routes = [*web.routes(ctx), *api.routes(ctx)]
+    for provider in ctx.providers.values():
+        routes.extend(provider.routes(ctx))
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", path=request.url.path.split("/")[1:2])
+        return JSONResponse({"error": "internal error; see the server log"}, status_code=500)
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={Exception: server_error},
+    )
+    app.state.ctx = ctx
+    app.add_middleware(RequestContextMiddleware)
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """Factory for ``uvicorn --factory receiver.app:create_app_from_env`` (Procfile, workers)."""
+    return create_app()

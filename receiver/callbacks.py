@@ -1,0 +1,141 @@
+"""Intake helpers shared by every provider route: read the body safely, redact, store, ack.
+
+Nothing slow happens before the acknowledgement: read (bounded), check, one INSERT, commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from receiver.context import AppContext
+from receiver.errors import CallbackRejected
+from receiver.logs import get_logger
+from receiver.store import inbox
+
+log = get_logger("signback.intake")
+
+# Header names whose values never reach the database or a log line.
+SECRET_HEADERS = frozenset(
+    {"authorization", "cookie", "x-api-key", "proxy-authorization", "set-cookie"}
+)
+SIGNATURE_HEADERS = frozenset({"x-firma-signature", "x-firma-signature-old"})
+
+
+def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Lower-cased headers with credentials removed and signatures cut to their timestamp."""
+    kept: dict[str, str] = {}
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered in SECRET_HEADERS:
+            kept[lowered] = "[redacted]"
+        elif lowered in SIGNATURE_HEADERS:
+            stamp = [p.strip() for p in value.split(",") if p.strip().startswith("t=")]
+            kept[lowered] = ",".join([*stamp[:1], "v1=[redacted]"])
+        else:
+            kept[lowered] = value[:1000]
+    return kept
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing (413) anything over ``limit`` without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise CallbackRejected("invalid Content-Length header", 400)
+        if int(declared) > limit:
+            raise CallbackRejected(f"body larger than {limit} bytes", 413)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise CallbackRejected(f"body larger than {limit} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CallbackRejected(f"body is not valid JSON: {exc}", 400) from None
+    if not isinstance(value, dict):
+        raise CallbackRejected("body must be a JSON object", 400)
+    return value
+
+
+def body_key(*parts: str | bytes | int | None) -> str:
+    """A dedupe key: SHA-256 over the given parts (identical repeats give the same key)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part if isinstance(part, bytes) else str(part).encode()
+        digest.update(len(data).to_bytes(8, "big") + data)
+    return digest.hexdigest()
+
+
+async def store(
+    ctx: AppContext,
+    *,
+    provider: str,
+    channel: str,
+    dedupe_key: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    query: str,
+    request_id: int | None,
+    external_id: str | None,
+) -> bool:
+    """Commit one callback to the inbox. True if new, False for a duplicate."""
+    params = inbox.insert_params(
+        provider=provider,
+        channel=channel,
+        dedupe_key=dedupe_key,
+        received_at=ctx.clock(),
+        body=body,
+        headers=redact_headers(headers),
+        query=query,
+        request_id=request_id,
+        external_id=external_id,
+    )
+    async with ctx.db.transaction() as tx:
+        return await inbox.insert(tx, params)
+
+
+async def store_and_ack(
+    ctx: AppContext, *, log_facts: Mapping[str, Any], **fields: Any
+) -> Response:
+    """Store, then acknowledge. A store that fails is a 503 (the provider retries), never a
+    500 and never a 200: we only acknowledge what is committed."""
+    try:
+        new = await store(ctx, **fields)
+    except Exception as exc:
+        log.error("could not store callback", error=f"{type(exc).__name__}: {exc}", **log_facts)
+        return JSONResponse(
+            {"error": "temporarily unable to store the callback; please retry"},
+            status_code=503,
+            headers={"retry-after": "5"},
+        )
+    return accepted(new, **log_facts)
+
+
+def rejected(exc: CallbackRejected, *, provider: str, channel: str, **facts: Any) -> JSONResponse:
+    log.warning(
+        "callback refused",
+        provider=provider,
+        channel=channel,
+        status=exc.status_code,
+        reason=exc.message,
+        **facts,
+    )
+    return JSONResponse({"error": exc.message}, status_code=exc.status_code)
+
+
+def accepted(new: bool, **facts: Any) -> JSONResponse:
+    log.info("callback stored" if new else "duplicate callback ignored", **facts)
+    return JSONResponse({"status": "accepted" if new else "duplicate"}, status_code=200)

@@ -1,0 +1,434 @@
+"""The ``signback`` command: serve, worker, migrate, requests, outbox, inbox, fake, simulate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import click
+
+from receiver.errors import ConfigurationError
+from receiver.settings import Settings, database_url_from_env, load_settings, redact_url
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _fail(message: str) -> None:
+    click.secho(message, fg="red", err=True)
+    sys.exit(2)
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+        raise  # unreachable; keeps mypy happy
+
+
+def handles_config_errors(function: Callable[P, T]) -> Callable[P, T]:
+    @wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return function(*args, **kwargs)
+        except ConfigurationError as exc:
+            _fail(str(exc))
+            raise
+
+    return wrapper
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
+
+
+async def _with_context(
+    settings: Settings, action: Callable[[Any], Awaitable[T]], *, migrate_sqlite: bool = True
+) -> T:
+    from receiver.app import build_context, prepare_database
+    from receiver.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    ctx = build_context(settings)
+    if migrate_sqlite:
+        await prepare_database(ctx)
+    else:
+        await ctx.db.connect()
+    try:
+        return await action(ctx)
+    finally:
+        await ctx.close()
+        await ctx.db.close()
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="signback")
+def main() -> None:
+    """signback: a durable callback receiver for e-signature providers."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to bind (default 127.0.0.1; PaaS: 0.0.0.0).")
+@click.option("--port", type=int, default=None, help="Port (default $PORT, else 8000).")
+@click.option("--public-url", default=None, help="Public base URL callbacks use (tunnel, PaaS).")
+@click.option(
+    "--workers", type=int, default=None, help="Web processes (default $WEB_CONCURRENCY or 1)."
+)
+@click.option(
+    "--no-worker", is_flag=True, help="Do not run the pipeline and outbox in this process."
+)
+@click.option(
+    "--forwarded-allow-ips",
+    default=None,
+    help="Proxies trusted for X-Forwarded-* (default $FORWARDED_ALLOW_IPS or 127.0.0.1).",
+)
+def serve(
+    host: str | None,
+    port: int | None,
+    public_url: str | None,
+    workers: int | None,
+    no_worker: bool,
+    forwarded_allow_ips: str | None,
+) -> None:
+    """Receive callbacks (and, unless --no-worker, process them and send the outbox)."""
+    import uvicorn
+
+    if public_url:
+        os.environ["SIGNBACK_PUBLIC_URL"] = public_url
+    if no_worker:
+        os.environ["SIGNBACK_RUN_WORKER"] = "false"
+    settings = _settings()  # fail fast, with a message naming what is missing
+    port = port if port is not None else int(os.environ.get("PORT", "8000"))
+    workers = workers if workers is not None else int(os.environ.get("WEB_CONCURRENCY", "1"))
+    if settings.is_sqlite and workers > 1:
+        click.secho("SQLite serves one process well; use PostgreSQL for --workers > 1.", err=True)
+    uvicorn.run(
+        "receiver.app:create_app_from_env",
+        factory=True,
+        host=host or "127.0.0.1",
+        port=port,
+        workers=workers,
+        proxy_headers=True,
+        forwarded_allow_ips=forwarded_allow_ips
+        or os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        access_log=False,  # ours (receiver.middleware) hides callback tokens; uvicorn's does not
+        log_config=None,
+        timeout_graceful_shutdown=3,  # then the lifespan drains the outbox (25 s by default)
+        server_header=False,
+    )
+
+
+@main.command()
+@handles_config_errors
+def worker() -> None:
+    """Run only the pipeline and the outbox dispatcher (no HTTP)."""
+    from receiver.worker import Worker
+
+    settings = _settings()
+
+    async def run(ctx: Any) -> None:
+        await ctx.start_providers()
+        runner = Worker(ctx)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, runner.stopping.set)
+        await runner.run()
+
+    _run(_with_context(settings, run))
+
+
+@main.command()
+@handles_config_errors
+def migrate() -> None:
+    """Bring the database schema up to date (the Procfile's release step)."""
+    from receiver.db.migrate import head_revision, upgrade
+
+    # Only the database URL is needed here (a release step may not have the other secrets).
+    url = database_url_from_env()
+    upgrade(url)
+    click.echo(f"database {redact_url(url)} is at migration {head_revision()}")
+
+
+# --- requests -----------------------------------------------------------------------------
+
+
+@main.group()
+def requests() -> None:
+    """Register and inspect signature requests."""
+
+
+def _json_option(value: str | None, name: str) -> dict[str, Any]:
+    if not value:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=name) from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("must be a JSON object", param_hint=name)
+    return parsed
+
+
+@requests.command("add")
+@click.option("--provider", required=True, type=click.Choice(["okdokument", "firma"]))
+@click.option(
+    "--id", "external_id", required=True, help="signatureRequestId / Firma signing request id."
+)
+@click.option(
+    "--document-id", default=None, help="OKdokument documentId (used to confirm callbacks)."
+)
+@click.option("--reference", default=None, help="Your own reference (order, case, …).")
+@click.option("--return-url", default=None, help="Where the signer's browser goes afterwards.")
+@click.option("--retry-url", default=None, help="Where a signer who cancelled is sent next time.")
+@click.option("--metadata", default=None, help="Free JSON object.")
+@click.option(
+    "--defaults", default=None, help="Provider properties to apply while a draft (Firma)."
+)
+@handles_config_errors
+def requests_add(
+    provider: str,
+    external_id: str,
+    document_id: str | None,
+    reference: str | None,
+    return_url: str | None,
+    retry_url: str | None,
+    metadata: str | None,
+    defaults: str | None,
+) -> None:
+    """Register a signature request and print its callback URLs."""
+    from receiver.api import RegisterBody, request_json
+    from receiver.registration import Registration, register
+
+    try:
+        body = RegisterBody.model_validate(
+            {
+                "provider": provider,
+                "signature_request_id": external_id,
+                "document_id": document_id,
+                "reference": reference,
+                "return_url": return_url,
+                "retry_url": retry_url,
+                "metadata": _json_option(metadata, "--metadata"),
+                "defaults": _json_option(defaults, "--defaults"),
+            }
+        )
+    except Exception as exc:
+        raise click.UsageError(str(exc)) from None
+
+    async def run(ctx: Any) -> dict[str, Any]:
+        validate = ctx.providers[provider].validate_defaults
+        if body.defaults and validate is not None:
+            validate(body.defaults)
+        registered = await register(
+            ctx,
+            Registration(
+                provider=provider,
+                external_id=external_id,
+                document_id=document_id,
+                reference=reference,
+                return_url=str(body.return_url) if body.return_url else None,
+                retry_url=str(body.retry_url) if body.retry_url else None,
+                metadata=body.metadata,
+                defaults=body.defaults,
+            ),
+        )
+        answer = request_json(registered.request, registered.urls.as_dict())
+        answer["created"] = registered.created
+        return answer
+
+    from receiver.errors import InvalidAction
+
+    try:
+        _print_json(_run(_with_context(_settings(), run)))
+    except InvalidAction as exc:
+        _fail(f"invalid --defaults: {exc}")
+
+
+@requests.command("list")
+@click.option("--state", default=None)
+@click.option("--provider", default=None)
+@click.option("--reference", default=None)
+@click.option("--limit", default=50, show_default=True)
+@handles_config_errors
+def requests_list(
+    state: str | None, provider: str | None, reference: str | None, limit: int
+) -> None:
+    """List requests, newest first."""
+    from receiver.api import request_json
+    from receiver.store import requests as store
+
+    async def run(ctx: Any) -> list[dict[str, Any]]:
+        rows = await store.search(
+            ctx.db, state=state, provider=provider, reference=reference, limit=limit
+        )
+        return [request_json(store.from_row(r)) for r in rows]
+
+    _print_json(_run(_with_context(_settings(), run)))
+
+
+@requests.command("show")
+@click.argument("request_id", type=int)
+@handles_config_errors
+def requests_show(request_id: int) -> None:
+    """A request with its timeline and outbox actions (and their attempts)."""
+    from receiver.api import action_json, event_json, request_json
+    from receiver.store import inbox, outbox
+    from receiver.store import requests as store
+
+    async def run(ctx: Any) -> dict[str, Any] | None:
+        row = await store.get(ctx.db, request_id)
+        if row is None:
+            return None
+        req = store.from_row(row)
+        actions = await outbox.for_request(ctx.db, req.id)
+        attempts = await outbox.attempts_for(ctx.db, [int(a["id"]) for a in actions])
+        return {
+            **request_json(req, ctx.callback_urls(req.provider, str(row["token_nonce"])).as_dict()),
+            "timeline": [event_json(e) for e in await inbox.timeline(ctx.db, req.id)],
+            "actions": [action_json(a, attempts.get(int(a["id"]), [])) for a in actions],
+        }
+
+    found = _run(_with_context(_settings(), run))
+    if found is None:
+        _fail(f"no request with id {request_id}")
+    _print_json(found)
+
+
+# --- outbox and inbox ---------------------------------------------------------------------
+
+
+@main.group()
+def outbox() -> None:
+    """Inspect and re-queue outbound actions."""
+
+
+@outbox.command("list")
+@click.option("--status", default=None, help="pending, in_flight, done, dead, skipped")
+@click.option("--limit", default=50, show_default=True)
+@handles_config_errors
+def outbox_list(status: str | None, limit: int) -> None:
+    """Actions, newest first, with their attempts."""
+    from receiver.api import action_json
+    from receiver.store import outbox as store
+
+    async def run(ctx: Any) -> list[dict[str, Any]]:
+        rows = await store.search(ctx.db, status=status, limit=limit)
+        attempts = await store.attempts_for(ctx.db, [int(r["id"]) for r in rows])
+        return [action_json(r, attempts.get(int(r["id"]), [])) for r in rows]
+
+    _print_json(_run(_with_context(_settings(), run)))
+
+
+@outbox.command("retry")
+@click.argument("action_id", type=int)
+@handles_config_errors
+def outbox_retry(action_id: int) -> None:
+    """Re-queue a dead or skipped action (a running worker picks it up)."""
+    from receiver.store import outbox as store
+
+    async def run(ctx: Any) -> str | None:
+        if await store.retry(ctx.db, action_id, now=ctx.clock()):
+            return None
+        row = await store.get(ctx.db, action_id)
+        return "no such action" if row is None else f"action is {row['status']}, not dead"
+
+    problem = _run(_with_context(_settings(), run))
+    if problem:
+        _fail(f"cannot retry action {action_id}: {problem}")
+    click.echo(f"action {action_id} re-queued")
+
+
+@main.group()
+def inbox() -> None:
+    """Inspect stored callbacks; re-process failed or unmatched ones."""
+
+
+@inbox.command("list")
+@click.option("--status", default=None, help="pending, processed, unmatched, failed")
+@click.option("--provider", default=None)
+@click.option("--limit", default=50, show_default=True)
+@handles_config_errors
+def inbox_list(status: str | None, provider: str | None, limit: int) -> None:
+    from receiver.api import event_json
+    from receiver.store import inbox as store
+
+    async def run(ctx: Any) -> list[dict[str, Any]]:
+        rows = await store.search(ctx.db, status=status, provider=provider, limit=limit)
+        return [event_json(r) for r in rows]
+
+    _print_json(_run(_with_context(_settings(), run)))
+
+
+@inbox.command("retry")
+@click.argument("inbox_id", type=int)
+@handles_config_errors
+def inbox_retry(inbox_id: int) -> None:
+    from receiver.store import inbox as store
+
+    async def run(ctx: Any) -> bool:
+        return await store.retry(ctx.db, inbox_id)
+
+    if not _run(_with_context(_settings(), run)):
+        _fail(f"event {inbox_id} is not failed or unmatched (or does not exist)")
+    click.echo(f"event {inbox_id} re-queued")
+
+
+# --- emulators ----------------------------------------------------------------------------
+
+
+@main.group()
+def fake() -> None:
+    """Run a provider emulator (for tests and demos; never in production)."""
+
+
+@fake.command("okdokument")
+@click.option("--port", type=int, default=8081, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--api-key", default="fake-okdokument-key", show_default=True)
+def fake_okdokument(port: int, host: str, api_key: str) -> None:
+    """An OKdokument emulator: the API, failure injection, and sign/cancel that call back."""
+    from handlers.okdokument.fake import serve as serve_fake
+
+    serve_fake(port=port, host=host, api_key=api_key)
+
+
+@fake.command("firma")
+@click.option("--port", type=int, default=8082, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--api-key", default="fake-firma-key", show_default=True)
+@click.option("--secret", default=None, help="Webhook signing secret (default: the fake's own).")
+@click.option(
+    "--time-factor",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Scales Firma's webhook retry delays (0.001 = 1000 times faster).",
+)
+def fake_firma(port: int, host: str, api_key: str, secret: str | None, time_factor: float) -> None:
+    """A Firma.dev emulator: signing requests, PATCH rules, rate limits, signed webhooks."""
+    from handlers.firma.fake import serve as serve_fake
+
+    kwargs: dict[str, Any] = {
+        "port": port,
+        "host": host,
+        "api_key": api_key,
+        "time_factor": time_factor,
+    }
+    if secret:
+        kwargs["secret"] = secret
+    serve_fake(**kwargs)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

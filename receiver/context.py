@@ -1,0 +1,80 @@
+"""Everything a running signback needs, built once by the app factory or a CLI command."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from receiver.clock import Clock, system_clock
+from receiver.db.base import Database
+from receiver.providers import Provider
+from receiver.retry import RetryPolicy
+from receiver.rules import RuleBook
+from receiver.settings import Settings
+from receiver.tokens import token_for
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackUrls:
+    return_url: str  # the signer's browser comes back here (/return/<token>)
+    sendinfo_url: str | None  # OKdokument's server-to-server callback (/hooks/okdokument/<token>)
+    webhook_url: str | None  # Firma's webhook endpoint (shared by every request)
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            k: v
+            for k, v in (
+                ("return_url", self.return_url),
+                ("sendinfo_url", self.sendinfo_url),
+                ("webhook_url", self.webhook_url),
+            )
+            if v
+        }
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    db: Database
+    providers: Mapping[str, Provider]
+    rules: RuleBook
+    clock: Clock = system_clock
+    clients: dict[str, Any] = field(default_factory=dict)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        s = self.settings
+        return RetryPolicy(
+            max_attempts=s.outbox_max_attempts,
+            max_age_seconds=s.outbox_max_age_seconds,
+            base_delay=s.retry_base_delay,
+            max_delay=s.retry_max_delay,
+        )
+
+    def token(self, token_nonce: str) -> str:
+        return token_for(self.settings.secret_key.get_secret_value(), token_nonce)
+
+    def callback_urls(
+        self, provider: str, token_nonce: str, public_url: str | None = None
+    ) -> CallbackUrls:
+        base = (public_url or self.settings.public_url).rstrip("/")
+        token = self.token(token_nonce)
+        return CallbackUrls(
+            return_url=f"{base}/return/{token}",
+            sendinfo_url=f"{base}/hooks/okdokument/{token}" if provider == "okdokument" else None,
+            webhook_url=f"{base}/hooks/firma" if provider == "firma" else None,
+        )
+
+    async def start_providers(self) -> None:
+        for provider in self.providers.values():
+            if provider.start is not None:
+                self.closers.append(await provider.start(self))
+
+    async def close(self) -> None:
+        while self.closers:
+            await self.closers.pop()()

@@ -1,0 +1,120 @@
+"""SQLite driver: the embedded default.
+
+Statements run synchronously on the event loop thread. That sounds wrong but is the fast
+choice here: an indexed insert plus a WAL commit takes tens of microseconds, far less than a
+hop to a thread pool (the design notes measured ~19,000 inserts/s this way against ~900/s
+through an async wrapper). ``synchronous=NORMAL`` in WAL mode keeps every committed
+transaction across a process crash (``kill -9``); only a power cut can lose the last ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from receiver.db.base import Database, Params, Row, Transaction
+from receiver.db.wakeup import Wakeups
+
+
+def sqlite_path(url: str) -> str:
+    """``sqlite:///./x.db`` → ``./x.db``; ``sqlite:////abs/x.db`` → ``/abs/x.db``."""
+    if url in ("sqlite://", "sqlite:///:memory:"):
+        return ":memory:"
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise ValueError("SQLite URLs look like sqlite:///relative/path.db or sqlite:////abs.db")
+    return url[len(prefix) :]
+
+
+def connect(url: str) -> sqlite3.Connection:
+    path = sqlite_path(url)
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class _SqliteTransaction(Transaction):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Params | None = None) -> int:
+        return self._conn.execute(sql, params or {}).rowcount
+
+    async def executemany(self, sql: str, params: Sequence[Params]) -> None:
+        self._conn.executemany(sql, params)
+
+    async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
+        return [dict(row) for row in self._conn.execute(sql, params or {}).fetchall()]
+
+
+class SqliteDatabase(Database):
+    dialect = "sqlite"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._wakeups = Wakeups()
+
+    async def connect(self) -> None:
+        if self._conn is None:
+            self._conn = connect(self.url)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("database is not connected")
+        return self._conn
+
+    def render(self, sql: str) -> str:
+        # SQLite serializes writers, so a claim inside BEGIN IMMEDIATE is already exclusive.
+        return sql.replace("{skip_locked}", "").replace("{for_update}", "")
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        conn = self.conn
+        # The lock keeps two coroutines from interleaving statements on the one connection
+        # should a transaction body ever await something that really suspends.
+        async with self._lock:
+            conn.execute("BEGIN IMMEDIATE")
+            tx = _SqliteTransaction(conn)
+            try:
+                yield tx
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        for channel in tx.pending_notifications:
+            self._wakeups.set(channel)
+
+    async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
+        # Plain reads need no write lock: autocommit mode reads a consistent snapshot.
+        async with self._lock:
+            return [dict(row) for row in self.conn.execute(sql, params or {}).fetchall()]
+
+    async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
+
+    async def ping(self) -> None:
+        self.conn.execute("SELECT 1").fetchone()
+
+    async def notify(self, channel: str) -> None:
+        self._wakeups.set(channel)
+
+    async def wait(self, channel: str, timeout: float) -> bool:
+        return await self._wakeups.wait(channel, timeout)

@@ -1,0 +1,231 @@
+"""The outbox dispatcher: claim due actions, call the provider, record, decide what's next.
+
+Due actions go out ordered per request (the claim's head-of-line rule) and in parallel across
+requests, up to ``SIGNBACK_OUTBOX_CONCURRENCY`` at once. Every attempt is logged with its
+status code, duration and the first bytes of the answer. On shutdown it stops claiming,
+lets in-flight calls finish within the grace period, and gives back what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import random
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from receiver.aio import sleep_or_stop
+from receiver.context import AppContext, CallbackUrls
+from receiver.db.base import Row
+from receiver.errors import InvalidAction
+from receiver.logs import get_logger
+from receiver.providers import Outcome
+from receiver.store import inbox, outbox, requests
+
+log = get_logger("signback.outbox")
+
+# Rules may put these strings anywhere in a payload; they are filled in at send time, so the
+# outbox never stores a callback token and URLs always use the current public address.
+PLACEHOLDERS = {
+    "{signback.return_url}": "return_url",
+    "{signback.sendinfo_url}": "sendinfo_url",
+    "{signback.webhook_url}": "webhook_url",
+}
+
+
+def resolve_placeholders(value: Any, urls: CallbackUrls) -> Any:
+    if isinstance(value, str):
+        attribute = PLACEHOLDERS.get(value)
+        if attribute is None:
+            return value
+        resolved = getattr(urls, attribute)
+        if resolved is None:
+            raise InvalidAction(f"{value} has no meaning for this provider")
+        return resolved
+    if isinstance(value, Mapping):
+        return {k: resolve_placeholders(v, urls) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_placeholders(v, urls) for v in value]
+    return value
+
+
+class Dispatcher:
+    def __init__(self, ctx: AppContext, *, rand: random.Random | None = None) -> None:
+        self.ctx = ctx
+        self.in_flight: dict[int, asyncio.Task[None]] = {}
+        self._rand = rand or random.Random()  # jitter, not security
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        settings = self.ctx.settings
+        delay = settings.poll_interval
+        while not stopping.is_set():
+            free = settings.outbox_concurrency - len(self.in_flight)
+            claimed = 0
+            try:
+                if free > 0:
+                    claimed = await self._claim_and_start(free)
+                delay = settings.poll_interval
+            except Exception as exc:
+                log.warning("outbox cannot reach the database", error=str(exc), retry_in=delay)
+                await sleep_or_stop(stopping, delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            if claimed and claimed == free:
+                # Full: wait for a slot (a finished action also notifies the channel).
+                await self.ctx.db.wait(outbox.OUTBOX_CHANNEL, settings.poll_interval)
+            elif not claimed:
+                await self.ctx.db.wait(outbox.OUTBOX_CHANNEL, await self._idle_timeout())
+        await self._drain()
+
+    async def _idle_timeout(self) -> float:
+        poll = self.ctx.settings.poll_interval
+        due = await outbox.next_due_at(self.ctx.db)
+        if due is None:
+            return poll
+        return max(0.005, min(poll, due - self.ctx.clock()))
+
+    async def _claim_and_start(self, free: int) -> int:
+        rows = await outbox.claim(
+            self.ctx.db,
+            limit=free,
+            now=self.ctx.clock(),
+            lease_seconds=self.ctx.settings.lease_seconds,
+            worker=self.ctx.worker_id,
+        )
+        for row in rows:
+            action_id = int(row["id"])
+            task = asyncio.create_task(self.execute(row), name=f"outbox-{action_id}")
+            self.in_flight[action_id] = task
+            task.add_done_callback(functools.partial(self._forget, action_id))
+        return len(rows)
+
+    def _forget(self, action_id: int, _task: asyncio.Task[None]) -> None:
+        self.in_flight.pop(action_id, None)
+
+    async def _drain(self) -> None:
+        """Shutdown: finish in-flight calls within the grace period, give back the rest."""
+        if not self.in_flight:
+            return
+        grace = self.ctx.settings.shutdown_grace_seconds
+        log.info("waiting for in-flight actions", count=len(self.in_flight), grace_seconds=grace)
+        _, pending = await asyncio.wait(list(self.in_flight.values()), timeout=grace)
+        if pending:
+            ids = [i for i, t in self.in_flight.items() if t in pending]
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*pending, return_exceptions=True)
+            released = await outbox.release(
+                self.ctx.db, ids, worker=self.ctx.worker_id, now=self.ctx.clock()
+            )
+            log.warning("released unfinished actions", count=released)
+
+    async def execute(self, row: Row) -> None:
+        ctx = self.ctx
+        action_id, attempt = int(row["id"]), int(row["attempts"])
+        started_at = ctx.clock()
+        t0 = time.perf_counter()
+        outcome = await self._attempt(row)
+        duration_ms = (time.perf_counter() - t0) * 1000
+        now = ctx.clock()
+        decision = ctx.retry_policy.decide(
+            outcome,
+            attempts=attempt,
+            created_at=float(row["created_at"]),
+            now=now,
+            rand=self._rand.random(),
+        )
+        status = "pending" if decision.status == "retry" else decision.status
+        error = None if decision.status == "done" else (decision.reason or outcome.message)
+        async with ctx.db.transaction() as tx:
+            await outbox.record_attempt(
+                tx,
+                action_id=action_id,
+                attempt=attempt,
+                started_at=started_at,
+                duration_ms=round(duration_ms, 2),
+                status_code=outcome.status_code,
+                outcome={"done": "ok"}.get(decision.status, decision.status),
+                error=error,
+                response_excerpt=outcome.response_excerpt[:500] or None,
+            )
+            held = await outbox.settle(
+                tx,
+                action_id,
+                status=status,
+                now=now,
+                due_at=decision.retry_at,
+                status_code=outcome.status_code,
+                error=error,
+                worker=ctx.worker_id,
+            )
+            if held:
+                for follow_up in outcome.follow_up:
+                    await inbox.insert(
+                        tx,
+                        inbox.insert_params(
+                            provider=follow_up.provider,
+                            channel=follow_up.channel,
+                            dedupe_key=follow_up.dedupe_key,
+                            received_at=now,
+                            body=follow_up.body,
+                            headers={},
+                            query="",
+                            request_id=follow_up.request_id,
+                            external_id=None,
+                        ),
+                    )
+        facts = {
+            "action": action_id,
+            "operation": row["operation"],
+            "request": int(row["request_id"]),
+            "attempt": attempt,
+            "status_code": outcome.status_code,
+            "duration_ms": round(duration_ms, 1),
+        }
+        if not held:
+            log.warning("action result discarded: lease was lost to another worker", **facts)
+        elif decision.status == "done":
+            log.info("action done", **facts)
+        elif decision.status == "skipped":
+            log.info("action skipped", reason=decision.reason, **facts)
+        elif decision.status == "retry":
+            log.warning(
+                "action failed, will retry",
+                reason=decision.reason,
+                retry_in=round((decision.retry_at or now) - now, 2),
+                **facts,
+            )
+        else:
+            log.error("action dead", reason=decision.reason, **facts)
+
+    async def _attempt(self, row: Row) -> Outcome:
+        ctx = self.ctx
+        operation_name = str(row["operation"])
+        provider_name = operation_name.split(".", 1)[0]
+        provider = ctx.providers.get(provider_name)
+        operation = provider.operations.get(operation_name) if provider else None
+        if operation is None:
+            return Outcome(ok=False, final=True, message=f"unknown operation {operation_name!r}")
+        request_row = await requests.get(ctx.db, int(row["request_id"]))
+        if request_row is None:
+            return Outcome(ok=False, final=True, message="the signature request is gone")
+        request = requests.from_row(request_row)
+        try:
+            urls = ctx.callback_urls(request.provider, str(request_row["token_nonce"]))
+            payload = resolve_placeholders(json.loads(row["payload"]), urls)
+            return await operation(ctx, request, payload)
+        except InvalidAction as exc:
+            return Outcome(ok=False, final=True, message=str(exc))
+        except httpx.TimeoutException:
+            return Outcome(ok=False, message="the provider did not answer in time")
+        except httpx.TransportError as exc:
+            return Outcome(ok=False, message=f"could not reach the provider ({type(exc).__name__})")
+        except Exception as exc:
+            log.exception("operation crashed", operation=operation_name, action=int(row["id"]))
+            return Outcome(ok=False, message=f"internal error: {type(exc).__name__}: {exc}")

@@ -1,0 +1,43 @@
+"""One base exception for signback; each subclass's docstring is its default message."""
+
+from __future__ import annotations
+
+
+class SignbackError(Exception):
+    """Something went wrong in signback."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class ConfigurationError(SignbackError):
+    """signback is not configured correctly; see the README's configuration table."""
+
+
+class CallbackRejected(SignbackError):
+    """The callback was refused."""
+
+    status_code = 400
+
+    def __init__(self, reason: str, status_code: int | None = None) -> None:
+        super().__init__(reason)
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class SignatureInvalid(CallbackRejected):
+    """The callback's signature could not be verified."""
+
+    status_code = 401
+
+
+class NotRegistered(SignbackError):
+    """No signature request with that id is registered."""
+
+
+class InvalidAction(SignbackError):
+    """A business rule produced an action the provider would refuse; it was not sent."""

@@ -1,0 +1,65 @@
+"""The one normalized event model every provider adapter produces.
+
+A provider callback is stored raw in the inbox first; the pipeline then asks the provider's
+adapter to turn it into a :class:`NormalizedEvent`. Everything after that point (matching,
+the state machine, business rules) only ever sees this model, never provider JSON.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class EventKind(enum.StrEnum):
+    """What happened, in provider-neutral words. Stored as its string value."""
+
+    REQUEST_REGISTERED = "request.registered"  # signback's own: the request was just registered
+    REQUEST_CREATED = "request.created"  # the provider created the request (still a draft)
+    REQUEST_SENT = "request.sent"  # sent to the signers
+    REQUEST_VIEWED = "request.viewed"  # a signer opened it (first view)
+    RECIPIENT_SIGNED = "recipient.signed"  # one signer signed; others may still be pending
+    REQUEST_COMPLETED = "request.completed"  # every signer signed: the round is done
+    REQUEST_DECLINED = "request.declined"  # a signer declined; the request stops
+    REQUEST_CANCELLED = "request.cancelled"  # cancelled by the sender or the signer
+    REQUEST_EXPIRED = "request.expired"  # ran out of time
+    REQUEST_DELETED = "request.deleted"  # deleted at the provider (drafts only)
+    REQUEST_UPDATED = "request.updated"  # properties changed at the provider
+    SIGNER_RETURNED = "signer.returned"  # the signer's browser came back to our result URL
+    DELIVERY_FAILED = "delivery.failed"  # the provider says it could not call us (errorsendinfo)
+    INFORMATIONAL = "informational"  # known but irrelevant to state (reminders, certificates…)
+    TEST = "test"  # a provider's "is this endpoint alive" ping; changes nothing
+    UNKNOWN = "unknown"  # a type we do not know: stored and shown, never dropped
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedEvent:
+    """One callback, as the rest of signback sees it."""
+
+    provider: str  # "okdokument", "firma", … (the adapter's name)
+    kind: EventKind  # normalized kind, see the table above
+    provider_type: str  # the provider's own name for it ("signed", "signing_request.completed")
+    external_id: str | None  # the provider's id of the signature request, used for matching
+    event_id: str | None = None  # the provider's id of this event, if it has one
+    occurred_at: float | None = None  # when the provider says it happened (unix seconds)
+    # Whether the claim can be acted on. Signed (HMAC) events are; OKdokument's unsigned
+    # sendInfo is a claim until the Document-info API confirms it (see handlers/okdokument).
+    confirmed: bool = True
+    # Small provider-neutral facts rules may want: {"result": "close"}, {"recipient": "…"}.
+    details: Mapping[str, Any] = field(default_factory=dict)
+    raw: Mapping[str, Any] = field(default_factory=dict)  # the untouched parsed payload
+
+
+# Kinds that end a request. The first one that arrives wins; later ones are kept in the
+# timeline but never change the state again.
+TERMINAL_KINDS: frozenset[EventKind] = frozenset(
+    {
+        EventKind.REQUEST_COMPLETED,
+        EventKind.REQUEST_DECLINED,
+        EventKind.REQUEST_CANCELLED,
+        EventKind.REQUEST_EXPIRED,
+        EventKind.REQUEST_DELETED,
+    }
+)

@@ -1,0 +1,68 @@
+"""Request ids and one access-log line per request, with secrets cut out of the path."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from receiver.logs import get_logger
+
+log = get_logger("signback.http")
+
+# Callback paths carry the request's token: never log it.
+_TOKEN_PATH = re.compile(r"^/(hooks/okdokument|return)/[^/]+")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_QUIET_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+def loggable_path(path: str) -> str:
+    return _TOKEN_PATH.sub(r"/\1/[token]", path)
+
+
+class RequestContextMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware overhead on the hot path)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
+                break
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex[:16]
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            path = scope["path"]
+            if path not in _QUIET_PATHS or status >= 400:
+                log.info(
+                    "http",
+                    method=scope["method"],
+                    path=loggable_path(path),
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+            structlog.contextvars.clear_contextvars()

@@ -1,0 +1,250 @@
+"""After the ack: normalize → match → state machine → rules → outbox, one transaction each.
+
+Runs in ``signback serve`` (unless SIGNBACK_RUN_WORKER=false) and in ``signback worker``.
+Rows are claimed with a lease, so several processes can share the work and a crashed
+worker's rows come back. Processing is idempotent: a row processed twice finds the state
+already moved and the rules' actions already stored under the same keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.parse
+from dataclasses import replace
+from typing import Any
+
+from receiver import states
+from receiver.aio import sleep_or_stop
+from receiver.context import AppContext
+from receiver.db.base import Row
+from receiver.events import EventKind, NormalizedEvent
+from receiver.logs import get_logger
+from receiver.providers import StoredCallback
+from receiver.store import inbox, outbox, requests
+
+log = get_logger("signback.pipeline")
+
+BATCH_SIZE = 100
+MAX_PROCESSING_ATTEMPTS = 5
+
+
+def stored_callback(row: Row) -> StoredCallback:
+    body = row["body"]
+    return StoredCallback(
+        inbox_id=int(row["id"]),
+        provider=row["provider"],
+        channel=row["channel"],
+        body=bytes(body) if not isinstance(body, bytes) else body,
+        headers=json.loads(row["headers"] or "{}"),
+        query=row["query"] or "",
+        request_id=None if row["request_id"] is None else int(row["request_id"]),
+        received_at=float(row["received_at"]),
+    )
+
+
+def normalize_return(callback: StoredCallback) -> NormalizedEvent:
+    """The signer's browser at /return/<token>: the same for every provider.
+
+    OKdokument adds name, docid, lang, result (success|close|mobile) and ts (ms). It is a
+    person's browser, not the provider: the values are recorded, never trusted for state.
+    """
+    params = dict(urllib.parse.parse_qsl(callback.query, keep_blank_values=True))
+    details: dict[str, Any] = {
+        key: params[key][:200] for key in ("result", "lang", "docid", "name") if key in params
+    }
+    occurred_at = None
+    if params.get("ts", "").isdigit():
+        occurred_at = int(params["ts"]) / 1000.0
+    return NormalizedEvent(
+        provider=callback.provider,
+        kind=EventKind.SIGNER_RETURNED,
+        provider_type=f"return:{details.get('result', 'unknown')}",
+        external_id=None,
+        occurred_at=occurred_at,
+        details=details,
+        raw=params,
+    )
+
+
+class Pipeline:
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+
+    def normalize(self, callback: StoredCallback) -> NormalizedEvent:
+        if callback.channel == "return":
+            event = normalize_return(callback)
+        else:
+            provider = self.ctx.providers.get(callback.provider)
+            if provider is None:
+                raise LookupError(f"no provider named {callback.provider!r} is installed")
+            event = provider.normalize(callback)
+        if event.event_id is None:
+            event = replace(event, event_id=f"inbox-{callback.inbox_id}")
+        return event
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        delay = self.ctx.settings.poll_interval
+        while not stopping.is_set():
+            try:
+                processed = await self.run_once()
+                delay = self.ctx.settings.poll_interval
+            except Exception as exc:  # the database went away: back off, keep the loop alive
+                log.warning("pipeline cannot reach the database", error=str(exc), retry_in=delay)
+                processed = 0
+                await sleep_or_stop(stopping, delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            if processed == 0:
+                await self.ctx.db.wait(inbox.INBOX_CHANNEL, self.ctx.settings.poll_interval)
+
+    async def run_once(self) -> int:
+        rows = await inbox.claim(
+            self.ctx.db,
+            limit=BATCH_SIZE,
+            now=self.ctx.clock(),
+            lease_seconds=self.ctx.settings.lease_seconds,
+        )
+        for row in sorted(rows, key=lambda r: int(r["id"])):
+            await self.process(row)
+        return len(rows)
+
+    async def process(self, row: Row) -> None:
+        callback = stored_callback(row)
+        try:
+            event = self.normalize(callback)
+        except Exception as exc:
+            # The bytes were acknowledged, so they stay: parked as failed, visible, retryable.
+            log.error("cannot normalize callback", inbox_id=callback.inbox_id, error=str(exc))
+            async with self.ctx.db.transaction() as tx:
+                await inbox.finish(
+                    tx,
+                    callback.inbox_id,
+                    status=inbox.FAILED,
+                    now=self.ctx.clock(),
+                    error=f"normalize failed: {exc}",
+                )
+            return
+        try:
+            await self._apply(callback, event)
+        except Exception as exc:
+            log.exception("processing failed", inbox_id=callback.inbox_id, kind=event.kind.value)
+            await inbox.release_for_retry(
+                self.ctx.db,
+                callback.inbox_id,
+                error=f"{type(exc).__name__}: {exc}",
+                max_attempts=MAX_PROCESSING_ATTEMPTS,
+            )
+
+    async def _apply(self, callback: StoredCallback, event: NormalizedEvent) -> None:
+        ctx = self.ctx
+        now = ctx.clock()
+        lock = ctx.db.render("{for_update}")
+        facts: dict[str, Any] = {
+            "kind": event.kind.value,
+            "provider_type": event.provider_type,
+            "event_id": event.event_id,
+            "occurred_at": event.occurred_at,
+        }
+        async with ctx.db.transaction() as tx:
+            if callback.request_id is not None:
+                request_row = await requests.get(tx, callback.request_id, lock=lock)
+            elif event.external_id is not None:
+                request_row = await requests.by_external_id(
+                    tx, event.provider, event.external_id, lock=lock
+                )
+            else:
+                request_row = None
+
+            if request_row is None:
+                status, note = (
+                    (inbox.PROCESSED, "test event: stored, changes nothing")
+                    if event.kind in (EventKind.TEST, EventKind.INFORMATIONAL)
+                    and event.external_id is None
+                    else (inbox.UNMATCHED, "no registered request yet; kept until one is")
+                )
+                await inbox.finish(
+                    tx,
+                    callback.inbox_id,
+                    status=status,
+                    now=now,
+                    external_id=event.external_id,
+                    note=note,
+                    **facts,
+                )
+                log.info(
+                    "event unmatched" if status == inbox.UNMATCHED else "event stored",
+                    inbox_id=callback.inbox_id,
+                    provider=event.provider,
+                    **facts,
+                )
+                return
+
+            request = requests.from_row(request_row)
+            transition = states.apply(request.state, event.kind, confirmed=event.confirmed)
+            provider_status = event.details.get("provider_status") if event.confirmed else None
+            if transition.changed or (
+                provider_status
+                and provider_status != request.provider_status
+                and not states.is_terminal(request.state)
+            ):
+                await requests.set_state(
+                    tx,
+                    request.id,
+                    state=transition.after,
+                    provider_status=str(provider_status) if provider_status else None,
+                    now=now,
+                )
+                request = replace(
+                    request,
+                    state=transition.after,
+                    provider_status=str(provider_status or request.provider_status or "") or None,
+                    updated_at=now,
+                )
+
+            actions = []
+            if self._rules_apply(event, transition):
+                actions = ctx.rules.actions_for(event, request)
+            stored = await outbox.insert_actions(
+                tx, request.id, actions, now=now, source_inbox_id=callback.inbox_id
+            )
+            note = transition.note + (f"; {stored} action(s) queued" if stored else "")
+            await inbox.finish(
+                tx,
+                callback.inbox_id,
+                status=inbox.PROCESSED,
+                now=now,
+                request_id=request.id,
+                external_id=event.external_id or request.external_id,
+                state_before=transition.before.value,
+                state_after=transition.after.value,
+                note=note,
+                **facts,
+            )
+        log.info(
+            "event processed",
+            inbox_id=callback.inbox_id,
+            request=request.id,
+            state=transition.after.value,
+            changed=transition.changed,
+            actions=stored,
+            kind=event.kind.value,
+        )
+
+    @staticmethod
+    def _rules_apply(event: NormalizedEvent, transition: states.Transition) -> bool:
+        """Rules for a state-changing kind run only when the event moved the state.
+
+        A late or repeated ``completed`` is recorded but triggers nothing, so rules never act
+        twice on one fact. Kinds that carry no state (a browser return, an unknown type) always
+        run their rules. Unconfirmed claims run their (confirmation) rules unless the request
+        has already ended.
+        """
+        if not event.confirmed:
+            return not states.is_terminal(transition.before)
+        if event.kind in states.TARGET:
+            return transition.changed
+        return event.kind is not EventKind.TEST
+
+
+__all__ = ["Pipeline", "normalize_return", "stored_callback"]

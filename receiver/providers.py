@@ -1,0 +1,82 @@
+"""What a provider package (``handlers/<name>``) plugs into the core.
+
+A provider says how to verify and key a callback at intake, how to normalize a stored
+callback into a :class:`~receiver.events.NormalizedEvent` (pure), which outbound operations
+it offers to the outbox, and which HTTP routes it mounts. The pipeline around them is written
+once, in ``receiver``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from receiver.events import NormalizedEvent
+from receiver.model import SignatureRequest
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+
+    from receiver.context import AppContext
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCallback:
+    """A callback as the inbox keeps it: the raw bytes plus where and when it came in."""
+
+    inbox_id: int
+    provider: str
+    channel: str  # "sendinfo", "return", "webhook", or "confirmation" (made by signback)
+    body: bytes  # the raw body, exactly as received
+    headers: Mapping[str, str]  # lower-cased names, secrets already redacted
+    query: str  # the raw query string ("" when none)
+    request_id: int | None  # set when the URL itself named the request (OKdokument tokens)
+    received_at: float  # unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUpEvent:
+    """An event an operation learned about (e.g. a confirmed state), fed back to the inbox."""
+
+    provider: str
+    channel: str
+    body: bytes
+    dedupe_key: str
+    request_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one attempt at an outbox action ended. The retry policy decides what follows."""
+
+    ok: bool
+    status_code: int | None = None  # the provider's HTTP status; None when no answer came
+    message: str = ""  # the provider's own error text, or what went wrong on our side
+    retry_after: float | None = None  # seconds the provider asked us to wait (429/503)
+    final: bool = False  # True: do not retry whatever the status (e.g. invalid payload)
+    skipped: bool = False  # True: deliberately not sent (message says why)
+    response_excerpt: str = ""  # the first bytes of the answer, for the attempt log
+    follow_up: Sequence[FollowUpEvent] = ()
+
+
+class Operation(Protocol):
+    """One kind of outbound call, e.g. "okdokument.patch_signature_request"."""
+
+    async def __call__(
+        self, ctx: AppContext, request: SignatureRequest, payload: Mapping[str, Any]
+    ) -> Outcome: ...
+
+
+@dataclass(frozen=True)
+class Provider:
+    """Everything the core needs from one provider package."""
+
+    name: str
+    normalize: Callable[[StoredCallback], NormalizedEvent]
+    routes: Callable[[AppContext], Sequence[BaseRoute]]
+    operations: Mapping[str, Operation] = field(default_factory=dict)
+    # Checks a registration's provider defaults; raises InvalidAction with a clear message.
+    validate_defaults: Callable[[Mapping[str, Any]], None] | None = None
+    # Called once at start-up with the app context; returns a closer (for HTTP clients).
+    start: Callable[[AppContext], Awaitable[Callable[[], Awaitable[None]]]] | None = None

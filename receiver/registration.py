@@ -1,0 +1,109 @@
+"""Registering a signature request: one transaction stores it, runs the registration rules
+(e.g. pointing the provider's callback URLs at signback) and re-queues any events that
+arrived for it before it was registered."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from receiver.context import AppContext, CallbackUrls
+from receiver.events import EventKind, NormalizedEvent
+from receiver.logs import get_logger
+from receiver.model import SignatureRequest
+from receiver.store import inbox, outbox, requests
+from receiver.store.jsonutil import dumps
+from receiver.tokens import new_nonce, token_hash
+
+log = get_logger("signback.registration")
+
+
+@dataclass(frozen=True)
+class Registration:
+    provider: str
+    external_id: str
+    document_id: str | None = None
+    reference: str | None = None
+    return_url: str | None = None
+    retry_url: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Registered:
+    request: SignatureRequest
+    urls: CallbackUrls
+    created: bool  # False: it was registered before (the stored one is returned)
+    requeued_events: int = 0
+    actions: int = 0
+
+
+async def register(ctx: AppContext, data: Registration) -> Registered:
+    now = ctx.clock()
+    nonce = new_nonce()
+    async with ctx.db.transaction() as tx:
+        row = await requests.insert(
+            tx,
+            provider=data.provider,
+            external_id=data.external_id,
+            document_id=data.document_id,
+            reference=data.reference,
+            return_url=data.return_url,
+            retry_url=data.retry_url,
+            metadata=data.metadata,
+            defaults=data.defaults,
+            token_hash=token_hash(ctx.token(nonce)),
+            token_nonce=nonce,
+            now=now,
+        )
+        if row is None:
+            existing = await requests.by_external_id(tx, data.provider, data.external_id)
+            assert existing is not None
+            request = requests.from_row(existing)
+            urls = ctx.callback_urls(request.provider, str(existing["token_nonce"]))
+            return Registered(request, urls, created=False)
+        request = requests.from_row(row)
+        event = NormalizedEvent(
+            provider=request.provider,
+            kind=EventKind.REQUEST_REGISTERED,
+            provider_type="signback.registered",
+            external_id=request.external_id,
+            event_id=f"registered-{request.id}",
+            occurred_at=now,
+        )
+        actions = ctx.rules.actions_for(event, request)
+        queued = await outbox.insert_actions(tx, request.id, actions, now=now, source_inbox_id=None)
+        # The registration is the first line of the request's timeline.
+        await tx.execute(
+            "INSERT INTO inbox (provider, channel, dedupe_key, received_at, body, headers, query,"
+            " request_id, external_id, status, attempts, kind, provider_type, event_id,"
+            " occurred_at, state_after, note, processed_at) VALUES (:provider, 'signback',"
+            " :key, :now, :body, '{}', '', :request_id, :external_id, 'processed', 0, :kind,"
+            " 'signback.registered', :event_id, :now, 'registered', :note, :now)",
+            {
+                "provider": request.provider,
+                "key": f"registered:{request.id}",
+                "now": now,
+                "body": dumps({"reference": request.reference}).encode(),
+                "request_id": request.id,
+                "external_id": request.external_id,
+                "kind": EventKind.REQUEST_REGISTERED.value,
+                "event_id": event.event_id,
+                "note": f"registered; {queued} action(s) queued",
+            },
+        )
+        requeued = await inbox.requeue_unmatched(
+            tx, provider=request.provider, external_id=request.external_id
+        )
+    urls = ctx.callback_urls(request.provider, nonce)
+    log.info(
+        "request registered",
+        request=request.id,
+        provider=request.provider,
+        reference=request.reference,
+        actions=queued,
+        requeued_events=requeued,
+    )
+    return Registered(request, urls, created=True, requeued_events=requeued, actions=queued)

@@ -1,0 +1,73 @@
+"""The outbox retry policy, a pure function of (outcome, attempts, age) → what happens next.
+
+Capped exponential backoff with full jitter (as stamina and procrastinate do), a provider's
+``Retry-After`` always wins, client errors that cannot succeed later are final, and an
+action gives up after a number of attempts or an age — whichever comes first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from receiver.providers import Outcome
+
+# The provider understood us and said no: sending the same thing again cannot help.
+FINAL_STATUSES: frozenset[int] = frozenset({400, 401, 403, 404, 409, 422})
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    status: str  # "done" | "retry" | "dead" | "skipped"
+    retry_at: float | None = None  # unix seconds, for "retry"
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 12
+    max_age_seconds: float = 2 * 24 * 3600
+    base_delay: float = 2.0
+    max_delay: float = 600.0
+    final_statuses: frozenset[int] = FINAL_STATUSES
+
+    def backoff(self, attempts: int, rand: float) -> float:
+        """Delay before attempt ``attempts + 1``: full jitter over a capped exponential."""
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** max(0, attempts - 1))
+        # Never zero: at least half of the ceiling, so retries of many actions spread out
+        # without any of them hammering a struggling provider immediately.
+        return ceiling * (0.5 + 0.5 * rand)
+
+    def decide(
+        self, outcome: Outcome, *, attempts: int, created_at: float, now: float, rand: float
+    ) -> Decision:
+        """``attempts`` counts the attempt that just ended; ``rand`` is uniform in [0, 1)."""
+        if outcome.skipped:
+            return Decision("skipped", reason=outcome.message)
+        if outcome.ok:
+            return Decision("done")
+        what = _describe(outcome)
+        if outcome.final:
+            return Decision("dead", reason=what)
+        if outcome.status_code is not None and outcome.status_code in self.final_statuses:
+            return Decision("dead", reason=what)
+        if attempts >= self.max_attempts:
+            return Decision("dead", reason=f"gave up after {attempts} attempts; last: {what}")
+        if outcome.retry_after is not None:
+            delay = max(0.0, outcome.retry_after)
+        else:
+            delay = self.backoff(attempts, rand)
+        retry_at = now + delay
+        if retry_at - created_at > self.max_age_seconds:
+            age = int(now - created_at)
+            return Decision("dead", reason=f"gave up after {age} s and {attempts} attempts; {what}")
+        return Decision("retry", retry_at=retry_at, reason=what)
+
+
+def _describe(outcome: Outcome) -> str:
+    if outcome.status_code is None:
+        return outcome.message or "no answer"
+    return (
+        f"HTTP {outcome.status_code}: {outcome.message}"
+        if outcome.message
+        else (f"HTTP {outcome.status_code}")
+    )

@@ -1,0 +1,119 @@
+"""Business rules: plain functions ``(event, request) -> actions``, registered by event kind.
+
+A rule module is any importable module. Mark functions with :func:`rule`; nothing happens
+at import time — :meth:`RuleBook.load` collects the marked functions of the modules it is
+given (the shipped ``handlers.*.rules`` and the user's ``SIGNBACK_RULES_MODULE``)::
+
+    from receiver.rules import rule
+    from receiver.events import EventKind
+    from receiver.model import Action
+
+    @rule(EventKind.REQUEST_COMPLETED, provider="okdokument")
+    def thank_you_page(event, request):
+        if request.metadata.get("thanks_url"):
+            yield Action("okdokument.patch_signature_request",
+                         {"resulturl": request.metadata["thanks_url"]}, key="thanks-page")
+
+Rules run inside the pipeline's transaction: they must be pure and quick (no I/O). Anything
+that talks to a provider is an :class:`~receiver.model.Action`, sent later by the outbox.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from receiver.errors import ConfigurationError
+from receiver.events import EventKind, NormalizedEvent
+from receiver.model import Action, SignatureRequest
+
+RuleFunction = Callable[[NormalizedEvent, SignatureRequest], Iterable[Action] | None]
+F = TypeVar("F", bound=RuleFunction)
+
+_MARK = "__signback_rule__"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    kinds: frozenset[EventKind]
+    provider: str | None  # None: every provider
+    # False (the default): runs only on confirmed events, after the state was updated.
+    # True: runs only on unconfirmed claims (used by the confirm-before-acting rule).
+    unconfirmed: bool
+    enabled_setting: str | None  # name of a boolean Settings field that switches it
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    function: RuleFunction
+    spec: RuleSpec
+
+
+def rule(
+    *kinds: EventKind,
+    provider: str | None = None,
+    unconfirmed: bool = False,
+    enabled_setting: str | None = None,
+) -> Callable[[F], F]:
+    """Mark a function as a business rule for the given event kinds."""
+    if not kinds:
+        raise TypeError("rule() needs at least one EventKind")
+
+    def mark(function: F) -> F:
+        setattr(function, _MARK, RuleSpec(frozenset(kinds), provider, unconfirmed, enabled_setting))
+        return function
+
+    return mark
+
+
+class RuleBook:
+    """The rules in force, looked up by (kind, provider, confirmed)."""
+
+    def __init__(self, rules: Sequence[Rule] = ()) -> None:
+        self.rules = list(rules)
+
+    @classmethod
+    def load(cls, modules: Iterable[str], settings: Any = None) -> RuleBook:
+        rules: list[Rule] = []
+        for module_name in modules:
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                raise ConfigurationError(
+                    f"cannot import rules module {module_name!r} (SIGNBACK_RULES_MODULE): {exc}"
+                ) from exc
+            for name, value in vars(module).items():
+                spec = getattr(value, _MARK, None)
+                if not isinstance(spec, RuleSpec) or not callable(value):
+                    continue
+                switched_off = (
+                    spec.enabled_setting is not None
+                    and settings is not None
+                    and not bool(getattr(settings, spec.enabled_setting))
+                )
+                if switched_off:
+                    continue
+                rules.append(Rule(f"{module_name}.{name}", value, spec))
+        return cls(rules)
+
+    def matching(self, event: NormalizedEvent) -> list[Rule]:
+        return [
+            r
+            for r in self.rules
+            if event.kind in r.spec.kinds
+            and (r.spec.provider is None or r.spec.provider == event.provider)
+            and r.spec.unconfirmed == (not event.confirmed)
+        ]
+
+    def actions_for(self, event: NormalizedEvent, request: SignatureRequest) -> list[Action]:
+        actions: list[Action] = []
+        for r in self.matching(event):
+            produced = r.function(event, request)
+            for action in produced or ():
+                if not isinstance(action, Action):
+                    raise TypeError(f"rule {r.name} produced {action!r}, not an Action")
+                actions.append(action)
+        return actions

@@ -1,0 +1,172 @@
+"""All configuration, read once from the environment (and a ``.env`` file) into one object.
+
+Every variable starts with ``SIGNBACK_`` except the PaaS conventions ``DATABASE_URL``,
+``PORT`` and ``WEB_CONCURRENCY``. Secrets are ``SecretStr`` so they never show up in a repr,
+a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from receiver.errors import ConfigurationError
+
+DEFAULT_DATABASE_URL = "sqlite:///./signback.db"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SIGNBACK_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # --- core --------------------------------------------------------------------------
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        validation_alias=AliasChoices("SIGNBACK_DATABASE_URL", "DATABASE_URL", "database_url"),
+    )
+    public_url: str = "http://127.0.0.1:8000"  # base of every callback URL we hand out
+    admin_token: SecretStr = Field(min_length=16)  # bearer token for /api and the CLI
+    # Derives each request's callback token (HMAC of a stored nonce), so a copy of the
+    # database alone does not reveal any callback URL. Changing it invalidates all URLs.
+    secret_key: SecretStr = Field(min_length=32)
+    rules_module: str | None = None  # e.g. "mycompany.signing_rules"
+    max_body_bytes: int = 1024 * 1024
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    # --- workers -----------------------------------------------------------------------
+    run_worker: bool = True  # `signback serve` also runs the pipeline and the outbox
+    outbox_concurrency: int = Field(default=16, ge=1, le=256)
+    outbox_max_attempts: int = Field(default=12, ge=1)
+    outbox_max_age_seconds: float = Field(default=2 * 24 * 3600, gt=0)
+    retry_base_delay: float = Field(default=2.0, gt=0)
+    retry_max_delay: float = Field(default=600.0, gt=0)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    poll_interval: float = Field(default=1.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=25.0, ge=0)
+    db_pool_min: int = Field(default=1, ge=1)
+    db_pool_max: int = Field(default=10, ge=1)
+
+    # --- OKdokument --------------------------------------------------------------------
+    okdokument_base_url: str = "https://apidev.okdokument.com"
+    okdokument_api_key: SecretStr | None = None
+    okdokument_timeout: float = 10.0
+    # Rule (b): confirm an unsigned sendInfo claim with Document info before acting on it.
+    okdokument_confirm_callbacks: bool = True
+
+    # --- Firma.dev ---------------------------------------------------------------------
+    firma_base_url: str = "https://api.firma.dev/functions/v1/signing-request-api"
+    firma_api_key: SecretStr | None = None
+    firma_timeout: float = 10.0
+    # Comma-separated; several allowed so our side can rotate too (new first, old after).
+    firma_webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # {"<workspace id>": ["secret", …]} for /hooks/firma/<workspace id>, as JSON.
+    firma_workspace_secrets: Annotated[dict[str, list[SecretStr]], NoDecode] = Field(
+        default_factory=dict
+    )
+    firma_signature_tolerance_seconds: float = Field(default=300.0, gt=0)
+    # Development only: accept unsigned Firma deliveries. Logged loudly at every start.
+    firma_insecure_skip_verification: bool = False
+    firma_writes_per_minute: float = Field(default=100.0, gt=0)
+
+    @field_validator("firma_webhook_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("firma_workspace_secrets", mode="before")
+    @classmethod
+    def _parse_workspaces(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            parsed = json.loads(value)
+            if not isinstance(parsed, dict):
+                raise ValueError('expected a JSON object: {"<workspace id>": ["secret", …]}')
+            return {str(k): ([v] if isinstance(v, str) else list(v)) for k, v in parsed.items()}
+        return value
+
+    @field_validator("public_url", "okdokument_base_url", "firma_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _paas_postgres_scheme(cls, value: str) -> str:
+        return normalize_database_url(value)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def normalize_database_url(url: str) -> str:
+    """Heroku-style platforms hand out postgres://; SQLAlchemy and psycopg want postgresql://."""
+    url = url.strip()
+    if url.startswith("postgres://"):
+        return "postgresql://" + url[len("postgres://") :]
+    return url
+
+
+def database_url_from_env() -> str:
+    """The database URL alone (for `signback migrate`, which needs no other setting)."""
+    import os
+
+    from dotenv import dotenv_values
+
+    file_values = dotenv_values(".env") if os.path.exists(".env") else {}
+    for name in ("SIGNBACK_DATABASE_URL", "DATABASE_URL"):
+        value = os.environ.get(name) or file_values.get(name)
+        if value:
+            return normalize_database_url(value)
+    return DEFAULT_DATABASE_URL
+
+
+def redact_url(url: str) -> str:
+    """A database URL fit for a log line: the password is replaced."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def env_name(field: str) -> str:
+    """The environment variable a settings field is read from, for error messages."""
+    if field == "database_url":
+        return "SIGNBACK_DATABASE_URL (or DATABASE_URL)"
+    return f"SIGNBACK_{field.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, turning pydantic's errors into one message naming each variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "?"
+            name = env_name(field.split(".")[0])
+            if error["type"] == "missing":
+                lines.append(f"{name} is required but not set")
+            else:
+                lines.append(f"{name}: {error['msg']}")
+        raise ConfigurationError(
+            "signback cannot start: " + "; ".join(lines) + ". See the README's configuration "
+            "table (python3 scripts/run.py writes a .env with fresh secrets for local use)."
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(
+            f"signback cannot start: SIGNBACK_FIRMA_WORKSPACE_SECRETS is not valid JSON: {exc}"
+        ) from None

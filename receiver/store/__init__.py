@@ -1,0 +1,1 @@
+"""Queries, one module per table family. Every function takes a Transaction or Database."""

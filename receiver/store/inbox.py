@@ -1,0 +1,199 @@
+"""The inbox: every accepted callback, raw, before anything trusts it (and its timeline)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from receiver.db.base import Database, Row, Transaction
+from receiver.store.jsonutil import dumps
+
+INBOX_CHANNEL = "inbox"
+
+# Statuses: pending → processing → processed | unmatched | failed.
+PENDING, PROCESSING, PROCESSED, UNMATCHED, FAILED = (
+    "pending",
+    "processing",
+    "processed",
+    "unmatched",
+    "failed",
+)
+
+INSERT_SQL = (
+    "INSERT INTO inbox (provider, channel, dedupe_key, received_at, body, headers, query,"
+    " request_id, external_id, status, attempts) VALUES (:provider, :channel, :dedupe_key,"
+    " :received_at, :body, :headers, :query, :request_id, :external_id, 'pending', 0)"
+    " ON CONFLICT (provider, dedupe_key) DO NOTHING"
+)
+
+
+def insert_params(
+    *,
+    provider: str,
+    channel: str,
+    dedupe_key: str,
+    received_at: float,
+    body: bytes,
+    headers: Mapping[str, str],
+    query: str,
+    request_id: int | None,
+    external_id: str | None,
+) -> dict[str, Any]:
+    return {
+        "provider": provider,
+        "channel": channel,
+        "dedupe_key": dedupe_key,
+        "received_at": received_at,
+        "body": body,
+        "headers": dumps(dict(headers)),
+        "query": query,
+        "request_id": request_id,
+        "external_id": external_id,
+    }
+
+
+async def insert(tx: Transaction, params: Mapping[str, Any]) -> bool:
+    """Store one callback; False when its dedupe key was already stored (a duplicate)."""
+    changed = await tx.execute(INSERT_SQL, params)
+    if changed:
+        tx.notify_on_commit(INBOX_CHANNEL)
+    return changed > 0
+
+
+async def claim(db: Database, *, limit: int, now: float, lease_seconds: float) -> list[Row]:
+    async with db.transaction() as tx:
+        return await tx.fetch_all(
+            db.render(
+                "UPDATE inbox SET status = 'processing', attempts = attempts + 1,"
+                " lease_expires_at = :lease WHERE id IN (SELECT id FROM inbox"
+                " WHERE status = 'pending' ORDER BY id LIMIT :limit {skip_locked})"
+                " RETURNING id, provider, channel, body, headers, query, request_id,"
+                " external_id, received_at, attempts"
+            ),
+            {"lease": now + lease_seconds, "limit": limit},
+        )
+
+
+async def finish(
+    tx: Transaction,
+    inbox_id: int,
+    *,
+    status: str,
+    now: float,
+    request_id: int | None = None,
+    external_id: str | None = None,
+    kind: str | None = None,
+    provider_type: str | None = None,
+    event_id: str | None = None,
+    occurred_at: float | None = None,
+    state_before: str | None = None,
+    state_after: str | None = None,
+    note: str | None = None,
+    error: str | None = None,
+) -> None:
+    await tx.execute(
+        "UPDATE inbox SET status = :status, processed_at = :now, lease_expires_at = NULL,"
+        " request_id = COALESCE(:request_id, request_id),"
+        " external_id = COALESCE(:external_id, external_id), kind = :kind,"
+        " provider_type = :provider_type, event_id = :event_id, occurred_at = :occurred_at,"
+        " state_before = :state_before, state_after = :state_after, note = :note, error = :error"
+        " WHERE id = :id",
+        {
+            "status": status,
+            "now": now,
+            "request_id": request_id,
+            "external_id": external_id,
+            "kind": kind,
+            "provider_type": provider_type,
+            "event_id": event_id,
+            "occurred_at": occurred_at,
+            "state_before": state_before,
+            "state_after": state_after,
+            "note": note,
+            "error": error,
+            "id": inbox_id,
+        },
+    )
+
+
+async def release_for_retry(db: Database, inbox_id: int, *, error: str, max_attempts: int) -> None:
+    """Processing crashed: try again later, or park it as failed after too many tries."""
+    async with db.transaction() as tx:
+        await tx.execute(
+            "UPDATE inbox SET error = :error, lease_expires_at = NULL,"
+            " status = CASE WHEN attempts >= :max THEN 'failed' ELSE 'pending' END"
+            " WHERE id = :id AND status = 'processing'",
+            {"error": error, "max": max_attempts, "id": inbox_id},
+        )
+
+
+async def requeue_unmatched(tx: Transaction, *, provider: str, external_id: str) -> int:
+    """A request was registered: its earlier, unmatched events go through the pipeline again."""
+    changed = await tx.execute(
+        "UPDATE inbox SET status = 'pending', attempts = 0 WHERE provider = :provider"
+        " AND external_id = :external_id AND status = 'unmatched'",
+        {"provider": provider, "external_id": external_id},
+    )
+    if changed:
+        tx.notify_on_commit(INBOX_CHANNEL)
+    return changed
+
+
+async def recover_expired(db: Database, *, now: float) -> int:
+    """Rows claimed by a worker that died come back once their lease has run out."""
+    async with db.transaction() as tx:
+        changed = await tx.execute(
+            "UPDATE inbox SET status = 'pending', lease_expires_at = NULL"
+            " WHERE status = 'processing' AND lease_expires_at < :now",
+            {"now": now},
+        )
+        if changed:
+            tx.notify_on_commit(INBOX_CHANNEL)
+        return changed
+
+
+async def retry(db: Database, inbox_id: int) -> bool:
+    async with db.transaction() as tx:
+        changed = await tx.execute(
+            "UPDATE inbox SET status = 'pending', attempts = 0, error = NULL"
+            " WHERE id = :id AND status IN ('failed', 'unmatched')",
+            {"id": inbox_id},
+        )
+        if changed:
+            tx.notify_on_commit(INBOX_CHANNEL)
+        return changed > 0
+
+
+TIMELINE_COLUMNS = (
+    "id, provider, channel, received_at, status, kind, provider_type, event_id, occurred_at,"
+    " state_before, state_after, note, error, external_id, request_id"
+)
+
+
+async def timeline(db: Database, request_id: int, *, limit: int = 500) -> list[Row]:
+    return await db.fetch_all(
+        f"SELECT {TIMELINE_COLUMNS} FROM inbox WHERE request_id = :id ORDER BY id LIMIT :limit",
+        {"id": request_id, "limit": limit},
+    )
+
+
+async def search(
+    db: Database, *, status: str | None, provider: str | None, limit: int = 100
+) -> list[Row]:
+    clauses: list[str] = []
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        clauses.append("status = :status")
+        params["status"] = status
+    if provider:
+        clauses.append("provider = :provider")
+        params["provider"] = provider
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    return await db.fetch_all(
+        f"SELECT {TIMELINE_COLUMNS} FROM inbox {where} ORDER BY id DESC LIMIT :limit", params
+    )
+
+
+async def counts(db: Database) -> dict[str, int]:
+    rows = await db.fetch_all("SELECT status, COUNT(*) AS n FROM inbox GROUP BY status")
+    return {str(r["status"]): int(r["n"]) for r in rows}

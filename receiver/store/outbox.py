@@ -1,0 +1,252 @@
+"""The outbox: actions decided by rules, sent by the dispatcher, with every attempt logged."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from receiver.db.base import Database, Row, Transaction
+from receiver.model import Action
+from receiver.store.jsonutil import dumps
+
+OUTBOX_CHANNEL = "outbox"
+
+# The head-of-line rule: an action is claimable only when no earlier action of the same
+# request is still pending or in flight. So one request's actions go out one at a time and in
+# order, across every worker process, while different requests go in parallel.
+CLAIM_SQL = """
+UPDATE outbox SET status = 'in_flight', attempts = attempts + 1, lease_expires_at = :lease,
+       claimed_by = :worker, updated_at = :now
+WHERE id IN (
+    SELECT o.id FROM outbox o
+    WHERE o.status = 'pending' AND o.due_at <= :now
+      AND NOT EXISTS (
+          SELECT 1 FROM outbox p
+          WHERE p.request_id = o.request_id AND p.id < o.id
+            AND p.status IN ('pending', 'in_flight'))
+    ORDER BY o.due_at, o.id
+    LIMIT :limit
+    {skip_locked})
+RETURNING id, request_id, action_key, operation, payload, attempts, created_at, due_at
+"""
+
+
+async def insert_actions(
+    tx: Transaction,
+    request_id: int,
+    actions: Sequence[Action],
+    *,
+    now: float,
+    source_inbox_id: int | None,
+) -> int:
+    """Store actions; an action whose key this request already has is ignored (idempotent)."""
+    stored = 0
+    for action in actions:
+        stored += await tx.execute(
+            "INSERT INTO outbox (request_id, action_key, operation, payload, status, due_at,"
+            " attempts, source_inbox_id, created_at, updated_at) VALUES (:request_id, :key,"
+            " :operation, :payload, 'pending', :due, 0, :source, :now, :now)"
+            " ON CONFLICT (request_id, action_key) DO NOTHING",
+            {
+                "request_id": request_id,
+                "key": action.key,
+                "operation": action.operation,
+                "payload": dumps(dict(action.payload)),
+                "due": now + action.delay_seconds,
+                "source": source_inbox_id,
+                "now": now,
+            },
+        )
+    if stored:
+        tx.notify_on_commit(OUTBOX_CHANNEL)
+    return stored
+
+
+async def claim(
+    db: Database, *, limit: int, now: float, lease_seconds: float, worker: str
+) -> list[Row]:
+    async with db.transaction() as tx:
+        rows = await tx.fetch_all(
+            db.render(CLAIM_SQL),
+            {"lease": now + lease_seconds, "worker": worker, "now": now, "limit": limit},
+        )
+    return sorted(rows, key=lambda r: (float(r["due_at"]), int(r["id"])))
+
+
+async def next_due_at(db: Database) -> float | None:
+    row = await db.fetch_one("SELECT MIN(due_at) AS due FROM outbox WHERE status = 'pending'")
+    return None if row is None or row["due"] is None else float(row["due"])
+
+
+async def record_attempt(
+    tx: Transaction,
+    *,
+    action_id: int,
+    attempt: int,
+    started_at: float,
+    duration_ms: float | None,
+    status_code: int | None,
+    outcome: str,
+    error: str | None,
+    response_excerpt: str | None,
+) -> None:
+    await tx.execute(
+        "INSERT INTO outbox_attempts (action_id, attempt, started_at, duration_ms, status_code,"
+        " outcome, error, response_excerpt) VALUES (:action_id, :attempt, :started_at,"
+        " :duration_ms, :status_code, :outcome, :error, :excerpt)",
+        {
+            "action_id": action_id,
+            "attempt": attempt,
+            "started_at": started_at,
+            "duration_ms": duration_ms,
+            "status_code": status_code,
+            "outcome": outcome,
+            "error": error,
+            "excerpt": response_excerpt,
+        },
+    )
+
+
+async def settle(
+    tx: Transaction,
+    action_id: int,
+    *,
+    status: str,
+    now: float,
+    due_at: float | None,
+    status_code: int | None,
+    error: str | None,
+    worker: str,
+) -> bool:
+    """Close a claimed action. False if this worker no longer holds it (lease was lost)."""
+    changed = await tx.execute(
+        "UPDATE outbox SET status = :status, due_at = COALESCE(:due, due_at),"
+        " lease_expires_at = NULL, claimed_by = NULL, last_status_code = :code,"
+        " last_error = :error, updated_at = :now"
+        " WHERE id = :id AND status = 'in_flight' AND claimed_by = :worker",
+        {
+            "status": status,
+            "due": due_at,
+            "code": status_code,
+            "error": error,
+            "now": now,
+            "id": action_id,
+            "worker": worker,
+        },
+    )
+    # A settled action may unblock the next one of the same request.
+    tx.notify_on_commit(OUTBOX_CHANNEL)
+    return changed > 0
+
+
+async def release(db: Database, action_ids: Sequence[int], *, worker: str, now: float) -> int:
+    """Give claimed actions back (shutdown): they are due again at once, attempt not counted."""
+    released = 0
+    async with db.transaction() as tx:
+        for action_id in action_ids:
+            released += await tx.execute(
+                "UPDATE outbox SET status = 'pending', attempts = attempts - 1,"
+                " lease_expires_at = NULL, claimed_by = NULL, due_at = :now, updated_at = :now"
+                " WHERE id = :id AND status = 'in_flight' AND claimed_by = :worker",
+                {"id": action_id, "worker": worker, "now": now},
+            )
+        if released:
+            tx.notify_on_commit(OUTBOX_CHANNEL)
+    return released
+
+
+async def recover_expired(db: Database, *, now: float) -> int:
+    """A crashed worker's claims come back after their lease; the attempt it may have made
+    is logged as ``interrupted`` (the call may or may not have reached the provider)."""
+    async with db.transaction() as tx:
+        expired = await tx.fetch_all(
+            db.render(
+                "SELECT id, attempts FROM outbox WHERE status = 'in_flight'"
+                " AND lease_expires_at < :now {skip_locked}"
+            ),
+            {"now": now},
+        )
+        for row in expired:
+            await record_attempt(
+                tx,
+                action_id=int(row["id"]),
+                attempt=int(row["attempts"]),
+                started_at=now,
+                duration_ms=None,
+                status_code=None,
+                outcome="interrupted",
+                error="the worker holding this action stopped (lease expired)",
+                response_excerpt=None,
+            )
+            await tx.execute(
+                "UPDATE outbox SET status = 'pending', lease_expires_at = NULL, claimed_by = NULL,"
+                " due_at = :now, updated_at = :now WHERE id = :id",
+                {"id": row["id"], "now": now},
+            )
+        if expired:
+            tx.notify_on_commit(OUTBOX_CHANNEL)
+        return len(expired)
+
+
+async def retry(db: Database, action_id: int, *, now: float) -> bool:
+    """Re-queue a dead (or skipped) action: ``signback outbox retry ID``."""
+    async with db.transaction() as tx:
+        changed = await tx.execute(
+            "UPDATE outbox SET status = 'pending', due_at = :now, updated_at = :now"
+            " WHERE id = :id AND status IN ('dead', 'skipped')",
+            {"id": action_id, "now": now},
+        )
+        if changed:
+            tx.notify_on_commit(OUTBOX_CHANNEL)
+        return changed > 0
+
+
+ACTION_COLUMNS = (
+    "id, request_id, action_key, operation, payload, status, due_at, attempts,"
+    " last_status_code, last_error, source_inbox_id, created_at, updated_at"
+)
+
+
+async def for_request(db: Database, request_id: int) -> list[Row]:
+    return await db.fetch_all(
+        f"SELECT {ACTION_COLUMNS} FROM outbox WHERE request_id = :id ORDER BY id",
+        {"id": request_id},
+    )
+
+
+async def get(db: Database, action_id: int) -> Row | None:
+    return await db.fetch_one(
+        f"SELECT {ACTION_COLUMNS} FROM outbox WHERE id = :id", {"id": action_id}
+    )
+
+
+async def attempts_for(db: Database, action_ids: Sequence[int]) -> dict[int, list[Row]]:
+    if not action_ids:
+        return {}
+    names = {f"a{i}": action_id for i, action_id in enumerate(action_ids)}
+    rows = await db.fetch_all(
+        "SELECT action_id, attempt, started_at, duration_ms, status_code, outcome, error,"
+        " response_excerpt FROM outbox_attempts WHERE action_id IN"
+        f" ({', '.join(':' + n for n in names)}) ORDER BY id",
+        names,
+    )
+    grouped: dict[int, list[Row]] = {}
+    for row in rows:
+        grouped.setdefault(int(row["action_id"]), []).append(row)
+    return grouped
+
+
+async def search(db: Database, *, status: str | None, limit: int = 100) -> list[Row]:
+    params: dict[str, Any] = {"limit": limit}
+    where = ""
+    if status:
+        where = "WHERE status = :status"
+        params["status"] = status
+    return await db.fetch_all(
+        f"SELECT {ACTION_COLUMNS} FROM outbox {where} ORDER BY id DESC LIMIT :limit", params
+    )
+
+
+async def counts(db: Database) -> dict[str, int]:
+    rows = await db.fetch_all("SELECT status, COUNT(*) AS n FROM outbox GROUP BY status")
+    return {str(r["status"]): int(r["n"]) for r in rows}

@@ -1,0 +1,144 @@
+"""Signature requests."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from receiver.db.base import Database, Row, Transaction
+from receiver.model import RequestState, SignatureRequest
+from receiver.store.jsonutil import dumps, loads_object
+
+COLUMNS = (
+    "id, provider, external_id, document_id, reference, state, provider_status, return_url, "
+    "retry_url, metadata, defaults, token_nonce, created_at, updated_at"
+)
+
+
+def from_row(row: Row) -> SignatureRequest:
+    return SignatureRequest(
+        id=int(row["id"]),
+        provider=row["provider"],
+        external_id=row["external_id"],
+        state=RequestState(row["state"]),
+        document_id=row["document_id"],
+        reference=row["reference"],
+        return_url=row["return_url"],
+        retry_url=row["retry_url"],
+        metadata=loads_object(row["metadata"]),
+        defaults=loads_object(row["defaults"]),
+        provider_status=row["provider_status"],
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+    )
+
+
+async def insert(
+    tx: Transaction,
+    *,
+    provider: str,
+    external_id: str,
+    document_id: str | None,
+    reference: str | None,
+    return_url: str | None,
+    retry_url: str | None,
+    metadata: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    token_hash: str,
+    token_nonce: str,
+    now: float,
+) -> Row | None:
+    """Insert; None when (provider, external_id) is already registered."""
+    return await tx.fetch_one(
+        "INSERT INTO signature_requests (provider, external_id, document_id, reference, state,"
+        " return_url, retry_url, metadata, defaults, token_hash, token_nonce, created_at,"
+        " updated_at) VALUES (:provider, :external_id, :document_id, :reference, :state,"
+        " :return_url, :retry_url, :metadata, :defaults, :token_hash, :token_nonce, :now, :now)"
+        f" ON CONFLICT DO NOTHING RETURNING {COLUMNS}",
+        {
+            "provider": provider,
+            "external_id": external_id,
+            "document_id": document_id,
+            "reference": reference,
+            "state": RequestState.REGISTERED.value,
+            "return_url": return_url,
+            "retry_url": retry_url,
+            "metadata": dumps(dict(metadata)),
+            "defaults": dumps(dict(defaults)),
+            "token_hash": token_hash,
+            "token_nonce": token_nonce,
+            "now": now,
+        },
+    )
+
+
+async def get(db: Database | Transaction, request_id: int, *, lock: str = "") -> Row | None:
+    return await db.fetch_one(
+        f"SELECT {COLUMNS} FROM signature_requests WHERE id = :id {lock}", {"id": request_id}
+    )
+
+
+async def by_external_id(
+    db: Database | Transaction, provider: str, external_id: str, *, lock: str = ""
+) -> Row | None:
+    return await db.fetch_one(
+        f"SELECT {COLUMNS} FROM signature_requests"
+        f" WHERE provider = :provider AND external_id = :external_id {lock}",
+        {"provider": provider, "external_id": external_id},
+    )
+
+
+async def by_token_hash(db: Database | Transaction, token_hash: str) -> Row | None:
+    return await db.fetch_one(
+        f"SELECT {COLUMNS}, token_hash FROM signature_requests WHERE token_hash = :h",
+        {"h": token_hash},
+    )
+
+
+async def set_state(
+    tx: Transaction,
+    request_id: int,
+    *,
+    state: RequestState,
+    provider_status: str | None,
+    now: float,
+) -> None:
+    await tx.execute(
+        "UPDATE signature_requests SET state = :state,"
+        " provider_status = COALESCE(:provider_status, provider_status), updated_at = :now"
+        " WHERE id = :id",
+        {"state": state.value, "provider_status": provider_status, "now": now, "id": request_id},
+    )
+
+
+async def search(
+    db: Database,
+    *,
+    state: str | None = None,
+    provider: str | None = None,
+    reference: str | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> list[Row]:
+    clauses: list[str] = []
+    params: dict[str, Any] = {"limit": limit}
+    for name, value in (("state", state), ("provider", provider), ("reference", reference)):
+        if value is not None:
+            clauses.append(f"{name} = :{name}")
+            params[name] = value
+    if before_id is not None:
+        clauses.append("id < :before_id")
+        params["before_id"] = before_id
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    return await db.fetch_all(
+        f"SELECT {COLUMNS} FROM signature_requests {where} ORDER BY id DESC LIMIT :limit", params
+    )
+
+
+async def open_requests(db: Database, *, after_id: int, limit: int) -> list[Row]:
+    """Requests that have not ended, oldest first (for re-pointing callback URLs)."""
+    return await db.fetch_all(
+        f"SELECT {COLUMNS} FROM signature_requests WHERE id > :after AND state NOT IN"
+        " ('completed', 'declined', 'cancelled', 'expired', 'deleted') ORDER BY id LIMIT :limit",
+        {"after": after_id, "limit": limit},
+    )

@@ -1,0 +1,60 @@
+"""The background side of signback: pipeline + outbox dispatcher + lease recovery."""
+
+from __future__ import annotations
+
+import asyncio
+
+from receiver.aio import sleep_or_stop
+from receiver.context import AppContext
+from receiver.dispatcher import Dispatcher
+from receiver.logs import get_logger
+from receiver.pipeline import Pipeline
+from receiver.store import inbox, outbox
+
+log = get_logger("signback.worker")
+
+
+class Worker:
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.pipeline = Pipeline(ctx)
+        self.dispatcher = Dispatcher(ctx)
+        self.stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        log.info(
+            "worker started",
+            worker=self.ctx.worker_id,
+            concurrency=self.ctx.settings.outbox_concurrency,
+        )
+        await asyncio.gather(
+            self.pipeline.run(self.stopping),
+            self.dispatcher.run(self.stopping),
+            self._recover_leases(),
+        )
+        log.info("worker stopped", worker=self.ctx.worker_id)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="signback-worker")
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        # Wake the loops so they notice at once instead of after their poll interval.
+        await self.ctx.db.notify(inbox.INBOX_CHANNEL)
+        await self.ctx.db.notify(outbox.OUTBOX_CHANNEL)
+        if self._task is not None:
+            await self._task
+
+    async def _recover_leases(self) -> None:
+        interval = max(0.5, self.ctx.settings.lease_seconds / 4)
+        while not self.stopping.is_set():
+            try:
+                now = self.ctx.clock()
+                rows = await inbox.recover_expired(self.ctx.db, now=now)
+                actions = await outbox.recover_expired(self.ctx.db, now=now)
+                if rows or actions:
+                    log.warning("recovered expired claims", inbox=rows, outbox=actions)
+            except Exception as exc:
+                log.warning("lease recovery failed", error=str(exc))
+            await sleep_or_stop(self.stopping, interval)
