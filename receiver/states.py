@@ -61,12 +61,12 @@ def apply(current: RequestState, kind: EventKind, *, confirmed: bool = True) -> 
     target = TARGET.get(kind)
     if target is None:
         return Transition(current, current, f"{kind.value} does not change the state")
+    if is_terminal(current):
+        return Transition(current, current, f"ignored: request already ended as {current.value}")
     if not confirmed:
         return Transition(current, current, "claim not yet confirmed with the provider")
     if target == current:
         return Transition(current, current, f"already {current.value}")
-    if is_terminal(current):
-        return Transition(current, current, f"ignored: request already ended as {current.value}")
     if RANK[target] <= RANK[current]:
         return Transition(
             current, current, f"late event ignored: {current.value} is past {target.value}"

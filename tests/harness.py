@@ -1,0 +1,116 @@
+"""Helpers to run signback and the provider emulators over real HTTP on loopback.
+
+``running_receiver`` serves the real app (its pipeline and outbox included) under uvicorn in
+a background thread; ``running_okdokument``/``running_firma`` do the same for the emulators,
+so tests see exactly what crossed the wire. Assertions then wait for the background work
+with :func:`wait_until` instead of sleeping a fixed time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+
+from handlers.firma import fake as firma_fake
+from handlers.okdokument import fake as okdokument_fake
+from receiver.app import create_app
+from receiver.settings import Settings
+from tests.conftest import ADMIN_TOKEN
+from tests.servers import bound_socket, running_server
+
+T = TypeVar("T")
+
+
+def wait_until(
+    probe: Callable[[], T | None], *, timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> T:
+    """Call ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or probe}: last={last!r}")
+
+
+@dataclass
+class Receiver:
+    url: str
+    settings: Settings
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10.0)
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, timeout=10.0, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+
+    def register(self, **body: Any) -> dict[str, Any]:
+        with self.admin() as client:
+            response = client.post("/api/requests", json=body)
+        assert response.status_code == 201, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def show(self, request_id: int) -> dict[str, Any]:
+        with self.admin() as client:
+            response = client.get(f"/api/requests/{request_id}")
+        assert response.status_code == 200, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def wait_for_state(self, request_id: int, state: str, timeout: float = 10.0) -> dict[str, Any]:
+        return wait_until(
+            lambda: (r := self.show(request_id))["state"] == state and r,
+            timeout=timeout,
+            what=f"request {request_id} to be {state}",
+        )
+
+    def wait_for_actions(
+        self, request_id: int, *, settled: int, timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """Wait until ``settled`` actions are done, dead or skipped."""
+
+        def probe() -> list[dict[str, Any]] | None:
+            actions: list[dict[str, Any]] = self.show(request_id)["actions"]
+            done = [a for a in actions if a["status"] in ("done", "dead", "skipped")]
+            return actions if len(done) >= settled else None
+
+        return wait_until(probe, timeout=timeout, what=f"{settled} settled actions")
+
+
+@contextmanager
+def running_receiver(
+    make_settings: Callable[..., Settings], **overrides: Any
+) -> Iterator[Receiver]:
+    """signback on a free loopback port, its public URL set to that very address (so the
+    emulators' callbacks reach it), unless ``public_url`` is given."""
+    sock = bound_socket()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    settings = make_settings(**{"public_url": url, **overrides})
+    with running_server(create_app(settings), sock=sock) as served:
+        yield Receiver(served, settings)
+
+
+@contextmanager
+def running_okdokument(
+    **kwargs: Any,
+) -> Iterator[tuple[str, okdokument_fake.FakeOkdokument]]:
+    fake = okdokument_fake.FakeOkdokument(**kwargs)
+    with running_server(okdokument_fake.create_app(fake)) as url:
+        yield url, fake
+
+
+@contextmanager
+def running_firma(**kwargs: Any) -> Iterator[tuple[str, firma_fake.FakeFirma]]:
+    fake = firma_fake.FakeFirma(**kwargs)
+    with running_server(firma_fake.create_app(fake)) as url:
+        yield url, fake
