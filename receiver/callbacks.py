@@ -133,7 +133,8 @@ def rejected(exc: CallbackRejected, *, provider: str, channel: str, **facts: Any
         reason=exc.message,
         **facts,
     )
-    return JSONResponse({"error": exc.message}, status_code=exc.status_code)
+    headers = {"retry-after": "5"} if exc.status_code == 503 else None
+    return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=headers)
 
 
 def accepted(new: bool, **facts: Any) -> JSONResponse:

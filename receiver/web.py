@@ -13,6 +13,7 @@ from receiver.callbacks import body_key, store
 from receiver.context import AppContext
 from receiver.db.base import Row
 from receiver.db.migrate import current_revision, head_revision
+from receiver.errors import CallbackRejected
 from receiver.logs import get_logger
 from receiver.store import requests
 from receiver.tokens import looks_like_token, same_hash, token_hash
@@ -23,11 +24,17 @@ MAX_QUERY = 4096
 
 
 async def find_by_token(ctx: AppContext, token: str) -> Row | None:
-    """The request a callback token belongs to, or None. The token itself is never logged."""
+    """The request a callback token belongs to, or None. The token itself is never logged.
+
+    Raises CallbackRejected(503) when the database cannot answer, so callers never 500."""
     if not looks_like_token(token):
         return None
     digest = token_hash(token)
-    row = await requests.by_token_hash(ctx.db, digest)
+    try:
+        row = await requests.by_token_hash(ctx.db, digest)
+    except Exception as exc:
+        log.error("cannot look up a callback token", error=f"{type(exc).__name__}: {exc}")
+        raise CallbackRejected("temporarily unable to look up this URL; please retry", 503) from exc
     if row is None or not same_hash(str(row["token_hash"]), digest):
         return None
     return row
@@ -56,7 +63,14 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
 
     async def signer_return(request: Request) -> Response:
         """OKdokument's resulturl (and Firma's completion redirect): a person's browser."""
-        row = await find_by_token(ctx, request.path_params["token"])
+        try:
+            row = await find_by_token(ctx, request.path_params["token"])
+        except CallbackRejected:
+            return pages.page(
+                "Please try again in a moment",
+                "We could not record your return just now. Your signature itself is safe.",
+                503,
+            )
         if row is None:
             log.warning("browser return with an unknown token", status=404)
             return pages.not_found()

@@ -67,26 +67,46 @@ def database_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(name))
 
 
+def test_settings(database_url: str, **overrides: Any) -> Settings:
+    """Settings for a test: fast retries and polls, fixed secrets, no .env file."""
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "admin_token": ADMIN_TOKEN,
+        "secret_key": SECRET_KEY,
+        "public_url": "http://signback.test",
+        "okdokument_base_url": "http://okdokument.test",
+        "okdokument_api_key": "fake-okdokument-key",
+        "firma_base_url": "http://firma.test/functions/v1/signing-request-api",
+        "firma_api_key": "fake-firma-key",
+        "firma_webhook_secrets": ["firma-test-secret"],
+        "log_format": "json",
+        "retry_base_delay": 0.01,
+        "retry_max_delay": 0.05,
+        "poll_interval": 0.05,
+        "_env_file": None,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]  # not a test, despite its name
+
+
 @pytest.fixture
 def make_settings(database_url: str) -> Callable[..., Settings]:
+    """Settings on this test's database (SQLite and PostgreSQL, see ``database_url``)."""
+
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "database_url": database_url,
-            "admin_token": ADMIN_TOKEN,
-            "secret_key": SECRET_KEY,
-            "public_url": "http://signback.test",
-            "okdokument_base_url": "http://okdokument.test",
-            "okdokument_api_key": "fake-okdokument-key",
-            "firma_base_url": "http://firma.test/functions/v1/signing-request-api",
-            "firma_api_key": "fake-firma-key",
-            "firma_webhook_secrets": ["firma-test-secret"],
-            "log_format": "json",
-            "retry_base_delay": 0.01,
-            "retry_max_delay": 0.05,
-            "poll_interval": 0.05,
-            "_env_file": None,
-        }
-        values.update(overrides)
-        return Settings(**values)
+        return test_settings(database_url, **overrides)
+
+    return make
+
+
+@pytest.fixture
+def make_sqlite_settings(sqlite_url: str) -> Callable[..., Settings]:
+    """Settings on a fresh SQLite file only, for tests about SQLite itself."""
+
+    def make(**overrides: Any) -> Settings:
+        return test_settings(sqlite_url, **overrides)
 
     return make

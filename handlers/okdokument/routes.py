@@ -43,7 +43,10 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
     limit = ctx.settings.max_body_bytes
 
     async def sendinfo(request: Request) -> Response:
-        row = await find_by_token(ctx, request.path_params["token"])
+        try:
+            row = await find_by_token(ctx, request.path_params["token"])
+        except CallbackRejected as exc:
+            return rejected(exc, provider="okdokument", channel="sendinfo")
         if row is None:
             log.warning("sendInfo to an unknown callback URL", status=404)
             return JSONResponse({"error": "unknown callback URL"}, status_code=404)

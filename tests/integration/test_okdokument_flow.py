@@ -144,7 +144,9 @@ def test_cancel_points_the_next_redirect_at_the_retry_page(
     result = sign(url, "sr-cancel", action="cancel", follow_redirect=True)
     assert result["redirect_status"] == 303  # result=close goes to the retry page at once
     receiver.wait_for_state(registered["id"], "cancelled")
-    sent = wait_until(lambda: len(p := patches(fake, "sr-cancel")) >= 2 and p, what="retry PATCH")
+    sent = wait_until(
+        lambda: p if len(p := patches(fake, "sr-cancel")) >= 2 else None, what="retry PATCH"
+    )
     assert sent[-1] == {
         "signatureRequestId": "sr-cancel",
         "resulturl": "https://shop.example/retry?order=7",
