@@ -40,7 +40,10 @@ def build_context(settings: Settings, *, clock: Clock = system_clock) -> AppCont
     if settings.rules_module:
         rule_modules.append(settings.rules_module)
     db = open_database(
-        settings.database_url, pool_min=settings.db_pool_min, pool_max=settings.db_pool_max
+        settings.database_url,
+        pool_min=settings.db_pool_min,
+        pool_max=settings.db_pool_max,
+        sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms,
     )
     return AppContext(
         settings=settings,

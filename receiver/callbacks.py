@@ -63,8 +63,8 @@ async def read_body(request: Request, limit: int) -> bytes:
 def parse_json_object(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CallbackRejected(f"body is not valid JSON: {exc}", 400) from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, huge ints, nesting
+        raise CallbackRejected(f"body is not valid JSON: {str(exc)[:200]}", 400) from None
     if not isinstance(value, dict):
         raise CallbackRejected("body must be a JSON object", 400)
     return value

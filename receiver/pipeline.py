@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import urllib.parse
 from dataclasses import replace
 from typing import Any
@@ -26,6 +27,7 @@ from receiver.store import inbox, outbox, requests
 log = get_logger("signback.pipeline")
 
 BATCH_SIZE = 100
+_MILLIS = re.compile(r"[0-9]{1,15}")  # ASCII digits only; a plausible unix time in ms
 MAX_PROCESSING_ATTEMPTS = 5
 
 
@@ -54,7 +56,7 @@ def normalize_return(callback: StoredCallback) -> NormalizedEvent:
         key: params[key][:200] for key in ("result", "lang", "docid", "name") if key in params
     }
     occurred_at = None
-    if params.get("ts", "").isdigit():
+    if _MILLIS.fullmatch(params.get("ts", "")):
         occurred_at = int(params["ts"]) / 1000.0
     return NormalizedEvent(
         provider=callback.provider,

@@ -32,7 +32,8 @@ class RetryPolicy:
 
     def backoff(self, attempts: int, rand: float) -> float:
         """Delay before attempt ``attempts + 1``: full jitter over a capped exponential."""
-        ceiling = min(self.max_delay, self.base_delay * 2.0 ** max(0, attempts - 1))
+        exponent = min(max(0, attempts - 1), 60)  # 2**60 s is past any cap; avoids overflow
+        ceiling = min(self.max_delay, self.base_delay * 2.0**exponent)
         # Never zero: at least half of the ceiling, so retries of many actions spread out
         # without any of them hammering a struggling provider immediately.
         return ceiling * (0.5 + 0.5 * rand)

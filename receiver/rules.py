@@ -89,6 +89,15 @@ class RuleBook:
                 spec = getattr(value, _MARK, None)
                 if not isinstance(spec, RuleSpec) or not callable(value):
                     continue
+                if (
+                    spec.enabled_setting is not None
+                    and settings is not None
+                    and not hasattr(settings, spec.enabled_setting)
+                ):
+                    raise ConfigurationError(
+                        f"rule {module_name}.{name} is switched by {spec.enabled_setting!r},"
+                        " which is not a setting"
+                    )
                 switched_off = (
                     spec.enabled_setting is not None
                     and settings is not None

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     # --- core --------------------------------------------------------------------------
     database_url: str = Field(
         default=DEFAULT_DATABASE_URL,
+        repr=False,  # may carry a password
         validation_alias=AliasChoices("SIGNBACK_DATABASE_URL", "DATABASE_URL", "database_url"),
     )
     public_url: str = "http://127.0.0.1:8000"  # base of every callback URL we hand out
@@ -55,6 +56,7 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=25.0, ge=0)
     db_pool_min: int = Field(default=1, ge=1)
     db_pool_max: int = Field(default=10, ge=1)
+    sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
 
     # --- OKdokument --------------------------------------------------------------------
     okdokument_base_url: str = "https://apidev.okdokument.com"
@@ -94,14 +96,24 @@ class Settings(BaseSettings):
             parsed = json.loads(value)
             if not isinstance(parsed, dict):
                 raise ValueError('expected a JSON object: {"<workspace id>": ["secret", …]}')
-            return {str(k): ([v] if isinstance(v, str) else list(v)) for k, v in parsed.items()}
+            secrets: dict[str, list[str]] = {}
+            for workspace, value in parsed.items():
+                items = [value] if isinstance(value, str) else value
+                if not isinstance(items, list) or not all(
+                    isinstance(item, str) and item for item in items
+                ):
+                    raise ValueError(
+                        f"workspace {workspace!r}: expected a secret or a list of secrets"
+                    )
+                secrets[str(workspace)] = items
+            return secrets
         return value
 
     @field_validator("public_url", "okdokument_base_url", "firma_base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         value = value.strip().rstrip("/")
-        if not value.startswith(("http://", "https://")):
+        if not value.lower().startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value
 
@@ -139,7 +151,7 @@ def database_url_from_env() -> str:
 
 def redact_url(url: str) -> str:
     """A database URL fit for a log line: the password is replaced."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def env_name(field: str) -> str:

@@ -84,12 +84,14 @@ class Database(abc.ABC):
         """Wait until ``channel`` is notified (True) or ``timeout`` seconds pass (False)."""
 
 
-def open_database(url: str, *, pool_min: int = 1, pool_max: int = 10) -> Database:
+def open_database(
+    url: str, *, pool_min: int = 1, pool_max: int = 10, sqlite_busy_timeout_ms: int = 5000
+) -> Database:
     """Pick the driver from the URL scheme (``sqlite:///path`` or ``postgresql://…``)."""
     if url.startswith("sqlite"):
         from receiver.db.sqlite import SqliteDatabase
 
-        return SqliteDatabase(url)
+        return SqliteDatabase(url, busy_timeout_ms=sqlite_busy_timeout_ms)
     if url.startswith(("postgresql", "postgres")):
         from receiver.db.postgres import PostgresDatabase
 

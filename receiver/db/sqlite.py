@@ -29,7 +29,7 @@ def sqlite_path(url: str) -> str:
     return url[len(prefix) :]
 
 
-def connect(url: str) -> sqlite3.Connection:
+def connect(url: str, *, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
     path = sqlite_path(url)
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -37,7 +37,9 @@ def connect(url: str) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=5000")
+    # How long a write waits for another process's write lock. It blocks the event loop
+    # meanwhile, so keep it short: a timed-out callback gets a 503 and is retried.
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
 
@@ -59,15 +61,16 @@ class _SqliteTransaction(Transaction):
 class SqliteDatabase(Database):
     dialect = "sqlite"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, busy_timeout_ms: int = 5000) -> None:
         self.url = url
+        self._busy_timeout_ms = busy_timeout_ms
         self._conn: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
         self._wakeups = Wakeups()
 
     async def connect(self) -> None:
         if self._conn is None:
-            self._conn = connect(self.url)
+            self._conn = connect(self.url, busy_timeout_ms=self._busy_timeout_ms)
 
     async def close(self) -> None:
         if self._conn is not None:

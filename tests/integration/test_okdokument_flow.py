@@ -55,7 +55,7 @@ def sign(okd_url: str, sr_id: str, action: str = "sign", **body: Any) -> dict[st
 def test_registration_points_callbacks_at_signback(
     receiver: Receiver, okd: tuple[str, FakeOkdokument]
 ) -> None:
-    url, fake = okd
+    _url, fake = okd
     seed(fake, "sr-attach", "doc-attach")
     registered = receiver.register(
         provider="okdokument", signatureRequestId="sr-attach", documentId="doc-attach"
@@ -109,7 +109,7 @@ def test_a_forged_signed_claim_changes_nothing(
     receiver: Receiver, okd: tuple[str, FakeOkdokument]
 ) -> None:
     """Someone with the URL claims 'signed'; OKdokument says 'tosign': nothing acts on it."""
-    url, fake = okd
+    _url, fake = okd
     seed(fake, "sr-forged", "doc-forged")
     registered = receiver.register(
         provider="okdokument",
@@ -124,7 +124,8 @@ def test_a_forged_signed_claim_changes_nothing(
     actions = receiver.wait_for_actions(registered["id"], settled=2)
     confirm = next(a for a in actions if a["operation"] == "okdokument.confirm_document_state")
     assert confirm["status"] == "skipped"
-    assert "not confirmed" in confirm["last_error"] and "'tosign'" in confirm["last_error"]
+    assert "not confirmed" in confirm["last_error"]
+    assert "'tosign'" in confirm["last_error"]
     assert receiver.show(registered["id"])["state"] == "registered"
 
 
@@ -159,7 +160,7 @@ def test_cancel_points_the_next_redirect_at_the_retry_page(
 def test_the_same_callback_three_times_is_processed_once(
     receiver: Receiver, okd: tuple[str, FakeOkdokument]
 ) -> None:
-    url, fake = okd
+    _url, fake = okd
     seed(fake, "sr-dup", "doc-dup")
     registered = receiver.register(
         provider="okdokument", signatureRequestId="sr-dup", documentId="doc-dup"
@@ -211,7 +212,7 @@ def test_a_late_cancel_claim_never_moves_a_completed_request_back(
 def test_a_failing_provider_is_retried_until_the_patch_lands(
     receiver: Receiver, okd: tuple[str, FakeOkdokument]
 ) -> None:
-    url, fake = okd
+    _url, fake = okd
     seed(fake, "sr-503", "doc-503")
     fake.add_failure(status=503, count=3, methods=frozenset({"PATCH"}))
     registered = receiver.register(
@@ -225,7 +226,7 @@ def test_a_failing_provider_is_retried_until_the_patch_lands(
 
 
 def test_retry_after_is_obeyed(receiver: Receiver, okd: tuple[str, FakeOkdokument]) -> None:
-    url, fake = okd
+    _url, fake = okd
     seed(fake, "sr-429", "doc-429")
     fake.add_failure(status=429, count=1, retry_after=1, methods=frozenset({"PATCH"}))
     registered = receiver.register(
@@ -233,7 +234,8 @@ def test_retry_after_is_obeyed(receiver: Receiver, okd: tuple[str, FakeOkdokumen
     )
     attach = receiver.wait_for_actions(registered["id"], settled=1)[0]
     first, second = attach["attempt_log"]
-    assert first["status_code"] == 429 and second["status_code"] == 200
+    assert first["status_code"] == 429
+    assert second["status_code"] == 200
     times = [c.time for c in fake.calls if c.method == "PATCH"]
     assert times[1] - times[0] >= 0.95  # waited for Retry-After: 1, not the 10 ms backoff
 
@@ -241,7 +243,7 @@ def test_retry_after_is_obeyed(receiver: Receiver, okd: tuple[str, FakeOkdokumen
 def test_a_final_error_leaves_the_action_dead_with_the_providers_message(
     receiver: Receiver, okd: tuple[str, FakeOkdokument]
 ) -> None:
-    url, fake = okd  # "sr-unknown" is not known to the emulator: 400 View ID does not exist
+    _url, fake = okd  # "sr-unknown" is not known to the emulator: 400 View ID does not exist
     registered = receiver.register(provider="okdokument", signatureRequestId="sr-unknown")
     attach = receiver.wait_for_actions(registered["id"], settled=1)[0]
     assert attach["status"] == "dead"
@@ -256,4 +258,5 @@ def test_a_final_error_leaves_the_action_dead_with_the_providers_message(
         assert admin.post("/api/outbox/999999/retry").status_code == 404
     wait_until(lambda: patches(fake, "sr-unknown"), what="the re-queued PATCH")
     again = receiver.wait_for_actions(registered["id"], settled=1)[0]
-    assert again["status"] == "done" and again["attempts"] == 2
+    assert again["status"] == "done"
+    assert again["attempts"] == 2

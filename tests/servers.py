@@ -1,0 +1,74 @@
+"""Run ASGI apps under a real uvicorn server on loopback, for tests that need real HTTP.
+
+``running_server(app)`` binds 127.0.0.1 on a free port (the OS picks it), serves ``app`` from
+a background thread with its own event loop, waits until uvicorn reports it started, yields
+the base URL, and shuts the server down on exit. Sync on purpose: it works from sync and
+async tests alike, and the app's event loop never shares a thread with the test's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import uvicorn
+from starlette.types import ASGIApp
+
+__all__ = ["bound_socket", "running_server"]
+
+
+def bound_socket(host: str = "127.0.0.1") -> socket.socket:
+    """A socket bound to a free port, for a server whose address must be known in advance."""
+    # Binding ourselves (port 0) avoids the race of "find a free port, then let uvicorn bind".
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    return sock
+
+
+@contextlib.contextmanager
+def running_server(
+    app: ASGIApp,
+    *,
+    host: str = "127.0.0.1",
+    startup_timeout: float = 10.0,
+    shutdown_timeout: int = 10,
+    sock: socket.socket | None = None,
+) -> Iterator[str]:
+    """Serve ``app`` on ``host`` at a free port (or on ``sock``); yield ``http://host:port``."""
+    sock = sock or bound_socket(host)
+    port: int = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        loop="asyncio",
+        ws="none",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=shutdown_timeout,
+    )
+    server = uvicorn.Server(config)
+    # uvicorn installs signal handlers only in the main thread, so a thread is safe here.
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError(f"the server on port {port} stopped during startup")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the server on port {port} did not start")
+            time.sleep(0.01)
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(shutdown_timeout)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(shutdown_timeout)
+        sock.close()

@@ -1,0 +1,227 @@
+"""The outbox retry policy (receiver/retry.py): a pure function, so a table."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from receiver.providers import Outcome
+from receiver.retry import FINAL_STATUSES, RetryPolicy
+
+NOW = 1_700_000_000.0
+ALMOST_ONE = 1.0 - 1e-12
+POLICY = RetryPolicy(max_attempts=12, max_age_seconds=86_400.0, base_delay=2.0, max_delay=600.0)
+
+
+def decide(
+    outcome: Outcome,
+    *,
+    attempts: int = 1,
+    age: float = 0.0,
+    rand: float = 0.5,
+    policy: RetryPolicy = POLICY,
+) -> tuple[str, float | None, str]:
+    decision = policy.decide(outcome, attempts=attempts, created_at=NOW - age, now=NOW, rand=rand)
+    return decision.status, decision.retry_at, decision.reason
+
+
+def test_final_statuses_are_the_client_errors_that_cannot_succeed_later() -> None:
+    assert frozenset({400, 401, 403, 404, 409, 422}) == FINAL_STATUSES
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected"),
+    [
+        pytest.param(Outcome(ok=True, status_code=200), ("done", None, ""), id="ok"),
+        pytest.param(Outcome(ok=True, status_code=None), ("done", None, ""), id="ok-no-status"),
+        pytest.param(
+            Outcome(ok=True, status_code=200, final=True), ("done", None, ""), id="ok-and-final"
+        ),
+        pytest.param(
+            Outcome(ok=False, skipped=True, message="nothing to change"),
+            ("skipped", None, "nothing to change"),
+            id="skipped",
+        ),
+        pytest.param(
+            Outcome(ok=True, skipped=True, message="already applied"),
+            ("skipped", None, "already applied"),
+            id="skipped-wins-over-ok",
+        ),
+    ],
+)
+def test_done_and_skipped(outcome: Outcome, expected: tuple[str, float | None, str]) -> None:
+    assert decide(outcome) == expected
+
+
+@pytest.mark.parametrize("status_code", [400, 401, 403, 404, 409, 422])
+@pytest.mark.parametrize("attempts", [1, 5])
+def test_final_client_errors_are_dead_at_once(status_code: int, attempts: int) -> None:
+    status, retry_at, reason = decide(
+        Outcome(ok=False, status_code=status_code, message="no such request", retry_after=1.0),
+        attempts=attempts,
+    )
+    assert (status, retry_at) == ("dead", None)
+    assert reason == f"HTTP {status_code}: no such request"
+
+
+@pytest.mark.parametrize(
+    ("outcome", "reason"),
+    [
+        pytest.param(Outcome(ok=False, status_code=500), "HTTP 500", id="500"),
+        pytest.param(Outcome(ok=False, status_code=502, message="bad gw"), "HTTP 502: bad gw"),
+        pytest.param(Outcome(ok=False, status_code=503), "HTTP 503", id="503"),
+        pytest.param(Outcome(ok=False, status_code=429), "HTTP 429", id="429-no-retry-after"),
+        pytest.param(Outcome(ok=False, status_code=408), "HTTP 408", id="408"),
+        pytest.param(Outcome(ok=False), "no answer", id="no-answer"),
+        pytest.param(
+            Outcome(ok=False, message="could not reach the provider (ConnectError)"),
+            "could not reach the provider (ConnectError)",
+            id="transport-error",
+        ),
+    ],
+)
+@pytest.mark.parametrize(
+    ("attempts", "ceiling"),
+    [(1, 2.0), (2, 4.0), (4, 16.0), (9, 512.0), (10, 600.0), (11, 600.0)],
+)
+@pytest.mark.parametrize("rand", [0.0, 0.25, 0.5, ALMOST_ONE])
+def test_retryable_failures_retry_within_half_to_full_ceiling(
+    outcome: Outcome, reason: str, attempts: int, ceiling: float, rand: float
+) -> None:
+    status, retry_at, got_reason = decide(outcome, attempts=attempts, rand=rand)
+
+    assert status == "retry"
+    assert got_reason == reason
+    assert retry_at is not None
+    delay = retry_at - NOW
+    assert ceiling / 2 <= delay <= ceiling
+    assert delay == pytest.approx(ceiling * (0.5 + 0.5 * rand))
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected_delay"),
+    [
+        pytest.param(30.0, 30.0, id="below-backoff-ceiling"),
+        pytest.param(3_600.0, 3_600.0, id="above-max-delay"),
+        pytest.param(0.0, 0.0, id="zero"),
+        pytest.param(-5.0, 0.0, id="negative-is-now"),
+    ],
+)
+@pytest.mark.parametrize("status_code", [429, 503, None])
+@pytest.mark.parametrize("rand", [0.0, ALMOST_ONE])
+def test_retry_after_wins(
+    retry_after: float, expected_delay: float, status_code: int | None, rand: float
+) -> None:
+    outcome = Outcome(ok=False, status_code=status_code, retry_after=retry_after)
+    status, retry_at, _ = decide(outcome, attempts=3, rand=rand)
+    assert status == "retry"
+    assert retry_at == NOW + expected_delay
+
+
+@pytest.mark.parametrize(
+    ("attempts", "expected"),
+    [(1, "retry"), (11, "retry"), (12, "dead"), (13, "dead"), (100, "dead")],
+)
+def test_max_attempts(attempts: int, expected: str) -> None:
+    status, retry_at, reason = decide(
+        Outcome(ok=False, status_code=503, message="busy", retry_after=1.0), attempts=attempts
+    )
+    assert status == expected
+    if expected == "dead":
+        assert retry_at is None
+        assert reason == f"gave up after {attempts} attempts; last: HTTP 503: busy"
+
+
+@pytest.mark.parametrize(
+    ("age", "rand", "retry_after", "expected"),
+    [
+        pytest.param(0.0, 0.5, None, "retry", id="young"),
+        # attempts=1: the delay is 1.0 with rand=0 and 1.5 with rand=0.5.
+        pytest.param(86_399.0, 0.0, None, "retry", id="retry-exactly-at-max-age"),
+        pytest.param(86_399.0, 0.5, None, "dead", id="retry-just-past-max-age"),
+        pytest.param(86_400.0, 0.0, None, "dead", id="already-at-max-age"),
+        pytest.param(90_000.0, 0.0, None, "dead", id="older-than-max-age"),
+        pytest.param(86_000.0, 0.0, 300.0, "retry", id="retry-after-within-age"),
+        pytest.param(86_000.0, 0.0, 500.0, "dead", id="retry-after-past-max-age"),
+    ],
+)
+def test_max_age(age: float, rand: float, retry_after: float | None, expected: str) -> None:
+    status, retry_at, reason = decide(
+        Outcome(ok=False, status_code=500, retry_after=retry_after), age=age, rand=rand
+    )
+    assert status == expected
+    if expected == "dead":
+        assert retry_at is None
+        assert reason == f"gave up after {int(age)} s and 1 attempts; HTTP 500"
+
+
+@pytest.mark.parametrize("status_code", [None, 200, 409, 429, 500, 503])
+@pytest.mark.parametrize("retry_after", [None, 5.0])
+@pytest.mark.parametrize("attempts", [1, 50])
+def test_final_outcome_is_dead_regardless_of_status(
+    status_code: int | None, retry_after: float | None, attempts: int
+) -> None:
+    outcome = Outcome(
+        ok=False,
+        status_code=status_code,
+        message="invalid payload",
+        retry_after=retry_after,
+        final=True,
+    )
+    status, retry_at, reason = decide(outcome, attempts=attempts)
+    assert (status, retry_at) == ("dead", None)
+    assert "invalid payload" in reason
+    assert "gave up" not in reason
+
+
+@pytest.mark.parametrize(
+    ("attempts", "ceiling"),
+    [
+        (0, 2.0),
+        (1, 2.0),
+        (2, 4.0),
+        (3, 8.0),
+        (5, 32.0),
+        (9, 512.0),
+        (10, 600.0),
+        (11, 600.0),
+        (60, 600.0),
+        (1_000, 600.0),
+    ],
+)
+def test_backoff_jitter_bounds(attempts: int, ceiling: float) -> None:
+    assert POLICY.backoff(attempts, 0.0) == ceiling / 2
+    assert POLICY.backoff(attempts, ALMOST_ONE) == pytest.approx(ceiling)
+    assert POLICY.backoff(attempts, ALMOST_ONE) <= ceiling
+    for rand in (0.0, 0.1, 0.5, 0.9, ALMOST_ONE):
+        assert ceiling / 2 <= POLICY.backoff(attempts, rand) <= ceiling
+
+
+@pytest.mark.parametrize("rand", [0.0, 0.3, ALMOST_ONE])
+def test_backoff_doubles_until_capped(rand: float) -> None:
+    delays = [POLICY.backoff(n, rand) for n in range(1, 30)]
+    for before, after in itertools.pairwise(delays):
+        assert after == min(2 * before, 600.0 * (0.5 + 0.5 * rand))
+    assert max(delays) == pytest.approx(600.0 * (0.5 + 0.5 * rand))
+
+
+@pytest.mark.parametrize(
+    ("policy", "attempts", "ceiling"),
+    [
+        (RetryPolicy(base_delay=0.01, max_delay=0.05), 1, 0.01),
+        (RetryPolicy(base_delay=0.01, max_delay=0.05), 4, 0.05),
+        (RetryPolicy(base_delay=10.0, max_delay=5.0), 1, 5.0),
+    ],
+)
+def test_backoff_with_other_settings(policy: RetryPolicy, attempts: int, ceiling: float) -> None:
+    assert policy.backoff(attempts, 0.0) == pytest.approx(ceiling / 2)
+    assert policy.backoff(attempts, ALMOST_ONE) == pytest.approx(ceiling)
+
+
+def test_backoff_stays_capped_for_very_many_attempts() -> None:
+    policy = RetryPolicy(max_attempts=100_000, max_age_seconds=1e12)
+    status, retry_at, _ = decide(
+        Outcome(ok=False, status_code=503), attempts=1_100, rand=0.0, policy=policy
+    )
+    assert (status, retry_at) == ("retry", NOW + 300.0)

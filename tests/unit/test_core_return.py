@@ -1,0 +1,121 @@
+"""The signer's browser coming back (receiver/pipeline.py normalize_return)."""
+
+from __future__ import annotations
+
+import pytest
+
+from receiver.events import EventKind
+from receiver.pipeline import normalize_return
+from receiver.providers import StoredCallback
+
+
+def callback(query: str, provider: str = "okdokument") -> StoredCallback:
+    return StoredCallback(
+        inbox_id=5,
+        provider=provider,
+        channel="return",
+        body=b"",
+        headers={},
+        query=query,
+        request_id=3,
+        received_at=1_700_000_000.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "details", "provider_type"),
+    [
+        pytest.param(
+            "result=success&lang=sk&docid=DOC-1&name=contract.pdf&ts=1700000000123",
+            {"result": "success", "lang": "sk", "docid": "DOC-1", "name": "contract.pdf"},
+            "return:success",
+            id="okdokument-full",
+        ),
+        pytest.param("result=close", {"result": "close"}, "return:close", id="close"),
+        pytest.param("result=mobile&lang=en", {"result": "mobile", "lang": "en"}, "return:mobile"),
+        pytest.param("", {}, "return:unknown", id="no-query"),
+        pytest.param("foo=bar&utm_source=x", {}, "return:unknown", id="only-other-params"),
+        pytest.param("result=", {"result": ""}, "return:", id="blank-result"),
+        pytest.param("name=", {"name": ""}, "return:unknown", id="blank-name-kept"),
+        pytest.param(
+            "name=J%C3%A1n+Nov%C3%A1k.pdf",
+            {"name": "Ján Novák.pdf"},
+            "return:unknown",
+            id="url-decoded",
+        ),
+        pytest.param(
+            "result=" + "r" * 300 + "&name=" + "n" * 5000 + "&docid=" + "d" * 200,
+            {"result": "r" * 200, "name": "n" * 200, "docid": "d" * 200},
+            "return:" + "r" * 200,
+            id="values-cut-to-200",
+        ),
+        pytest.param("result=a&result=b", {"result": "b"}, "return:b", id="last-value-wins"),
+    ],
+)
+def test_query_parsing(query: str, details: dict[str, str], provider_type: str) -> None:
+    event = normalize_return(callback(query))
+
+    assert event.details == details
+    assert event.provider_type == provider_type
+    assert event.kind == EventKind.SIGNER_RETURNED
+    assert event.external_id is None
+    assert event.event_id is None
+    assert event.provider == "okdokument"
+
+
+@pytest.mark.parametrize("provider", ["okdokument", "firma"])
+def test_provider_comes_from_the_callback(provider: str) -> None:
+    assert normalize_return(callback("result=success", provider)).provider == provider
+
+
+def test_raw_keeps_every_parameter() -> None:
+    event = normalize_return(callback("result=success&utm_source=mail&empty="))
+    assert event.raw == {"result": "success", "utm_source": "mail", "empty": ""}
+
+
+@pytest.mark.parametrize(
+    ("query", "occurred_at"),
+    [
+        pytest.param("ts=1700000000123", 1_700_000_000.123, id="ms"),
+        pytest.param("ts=1700000000000", 1_700_000_000.0, id="whole-second"),
+        pytest.param("ts=0", 0.0, id="zero"),
+        pytest.param("ts=0001000", 1.0, id="leading-zeros"),
+        pytest.param("", None, id="missing"),
+        pytest.param("ts=", None, id="empty"),
+        pytest.param("ts=abc", None, id="letters"),
+        pytest.param("ts=-1700000000123", None, id="negative"),
+        pytest.param("ts=1700000000.123", None, id="decimal"),
+        pytest.param("ts=1e12", None, id="exponent"),
+        pytest.param("ts=+1700000000123", None, id="plus-decoded-to-space"),
+        pytest.param("ts=%201700000000123", None, id="leading-space"),
+        pytest.param("ts=0x10", None, id="hex"),
+    ],
+)
+def test_ts_in_milliseconds(query: str, occurred_at: float | None) -> None:
+    event = normalize_return(callback(query))
+    if occurred_at is None:
+        assert event.occurred_at is None
+    else:
+        assert event.occurred_at == pytest.approx(occurred_at)
+    assert "ts" not in event.details
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param("ts=%C2%B2", id="superscript-two"),
+        pytest.param("ts=" + "9" * 5_000, id="over-4300-digits"),
+        pytest.param("ts=" + "9" * 400, id="too-large-for-a-float"),
+    ],
+)
+def test_garbage_ts_is_ignored_not_raised(query: str) -> None:
+    event = normalize_return(callback(query + "&result=success"))
+    assert event.occurred_at is None
+    assert event.details == {"result": "success"}
+
+
+def test_details_never_exceed_200_chars_per_value() -> None:
+    query = "&".join(f"{key}={'x' * 1000}" for key in ("result", "lang", "docid", "name"))
+    details = normalize_return(callback(query)).details
+    assert sorted(details) == ["docid", "lang", "name", "result"]
+    assert all(len(v) == 200 for v in details.values())

@@ -1,0 +1,318 @@
+"""Settings from the environment (receiver/settings.py load_settings, redact_url)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from receiver.errors import ConfigurationError
+from receiver.settings import DEFAULT_DATABASE_URL, Settings, load_settings, redact_url
+
+ADMIN_TOKEN = "unit-admin-token-0123456789"
+SECRET_KEY = "unit-secret-key-0123456789-0123456789"
+
+Env = Callable[..., Settings]
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Env:
+    """A clean environment in an empty directory (no real .env), plus the two required keys.
+
+    Call the returned function with variables to set (None removes one) to load settings.
+    """
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        upper = name.upper()
+        if upper.startswith("SIGNBACK_") or upper in {"DATABASE_URL", "PORT", "WEB_CONCURRENCY"}:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("SIGNBACK_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("SIGNBACK_SECRET_KEY", SECRET_KEY)
+
+    def load(**variables: str | None) -> Settings:
+        for name, value in variables.items():
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        return load_settings()
+
+    return load
+
+
+def test_defaults(env: Env) -> None:
+    settings = env()
+    assert settings.admin_token.get_secret_value() == ADMIN_TOKEN
+    assert settings.secret_key.get_secret_value() == SECRET_KEY
+    assert settings.database_url == DEFAULT_DATABASE_URL
+    assert settings.is_sqlite
+    assert settings.public_url == "http://127.0.0.1:8000"
+    assert settings.firma_webhook_secrets == []
+    assert settings.firma_workspace_secrets == {}
+
+
+@pytest.mark.parametrize(
+    ("variables", "named", "not_named"),
+    [
+        pytest.param(
+            {"SIGNBACK_ADMIN_TOKEN": None},
+            ["SIGNBACK_ADMIN_TOKEN is required but not set"],
+            ["SIGNBACK_SECRET_KEY"],
+            id="admin-token",
+        ),
+        pytest.param(
+            {"SIGNBACK_SECRET_KEY": None},
+            ["SIGNBACK_SECRET_KEY is required but not set"],
+            ["SIGNBACK_ADMIN_TOKEN"],
+            id="secret-key",
+        ),
+        pytest.param(
+            {"SIGNBACK_ADMIN_TOKEN": None, "SIGNBACK_SECRET_KEY": None},
+            [
+                "SIGNBACK_ADMIN_TOKEN is required but not set",
+                "SIGNBACK_SECRET_KEY is required but not set",
+            ],
+            [],
+            id="both",
+        ),
+        pytest.param(
+            {"SIGNBACK_ADMIN_TOKEN": "short-token"},
+            ["SIGNBACK_ADMIN_TOKEN: "],
+            ["short-token", "SIGNBACK_SECRET_KEY"],
+            id="admin-token-too-short",
+        ),
+        pytest.param(
+            {"SIGNBACK_SECRET_KEY": "too-short-secret"},
+            ["SIGNBACK_SECRET_KEY: "],
+            ["too-short-secret"],
+            id="secret-key-too-short",
+        ),
+        pytest.param(
+            {"SIGNBACK_OUTBOX_CONCURRENCY": "0"},
+            ["SIGNBACK_OUTBOX_CONCURRENCY: "],
+            [],
+            id="out-of-range",
+        ),
+    ],
+)
+def test_bad_configuration_names_the_variable(
+    env: Env, variables: dict[str, str | None], named: list[str], not_named: list[str]
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        env(**variables)
+    message = str(caught.value)
+    assert message.startswith("signback cannot start: ")
+    for text in named:
+        assert text in message
+    for text in not_named:
+        assert text not in message
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        pytest.param({}, DEFAULT_DATABASE_URL, id="default"),
+        pytest.param(
+            {"DATABASE_URL": "postgres://u:p@db:5432/app"},
+            "postgresql://u:p@db:5432/app",
+            id="paas-postgres-scheme",
+        ),
+        pytest.param(
+            {"DATABASE_URL": "postgresql://db/app"}, "postgresql://db/app", id="paas-postgresql"
+        ),
+        pytest.param(
+            {"DATABASE_URL": "  postgres://db/app\n"}, "postgresql://db/app", id="whitespace"
+        ),
+        pytest.param(
+            {"SIGNBACK_DATABASE_URL": "postgres://db/own"},
+            "postgresql://db/own",
+            id="signback-variable",
+        ),
+        pytest.param(
+            {"SIGNBACK_DATABASE_URL": "sqlite:///./own.db", "DATABASE_URL": "postgres://db/app"},
+            "sqlite:///./own.db",
+            id="signback-variable-wins",
+        ),
+        pytest.param(
+            {"DATABASE_URL": "postgresql://db/postgres://x"},
+            "postgresql://db/postgres://x",
+            id="only-the-scheme-is-rewritten",
+        ),
+    ],
+)
+def test_database_url(env: Env, variables: dict[str, str], expected: str) -> None:
+    settings = env(**variables)
+    assert settings.database_url == expected
+    assert settings.is_sqlite is expected.startswith("sqlite")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("one", ["one"]),
+        ("new,old", ["new", "old"]),
+        (" new , old ,", ["new", "old"]),
+        (",,", []),
+        ("", []),
+    ],
+)
+def test_firma_webhook_secrets_are_comma_separated(
+    env: Env, value: str, expected: list[str]
+) -> None:
+    settings = env(SIGNBACK_FIRMA_WEBHOOK_SECRETS=value)
+    assert [s.get_secret_value() for s in settings.firma_webhook_secrets] == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('{"ws1": "s1"}', {"ws1": ["s1"]}),
+        ('{"ws1": ["a", "b"], "ws2": "c"}', {"ws1": ["a", "b"], "ws2": ["c"]}),
+        ('{"ws1": []}', {"ws1": []}),
+        ("{}", {}),
+        ("", {}),
+        ("   ", {}),
+    ],
+)
+def test_firma_workspace_secrets_json(env: Env, value: str, expected: dict[str, list[str]]) -> None:
+    settings = env(SIGNBACK_FIRMA_WORKSPACE_SECRETS=value)
+    got = {
+        workspace: [s.get_secret_value() for s in secrets]
+        for workspace, secrets in settings.firma_workspace_secrets.items()
+    }
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("not json", id="not-json"),
+        pytest.param("{", id="truncated"),
+        pytest.param("ws1=s1", id="key-value"),
+        pytest.param('["s1"]', id="list"),
+        pytest.param('"s1"', id="string"),
+    ],
+)
+def test_firma_workspace_secrets_invalid_is_a_configuration_error(env: Env, value: str) -> None:
+    with pytest.raises(ConfigurationError, match="SIGNBACK_FIRMA_WORKSPACE_SECRETS"):
+        env(SIGNBACK_FIRMA_WORKSPACE_SECRETS=value)
+
+
+@pytest.mark.parametrize("value", ['{"ws1": 5}', '{"ws1": null}'])
+def test_firma_workspace_secrets_of_a_wrong_type_is_a_configuration_error(
+    env: Env, value: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="SIGNBACK_FIRMA_WORKSPACE_SECRETS"):
+        env(SIGNBACK_FIRMA_WORKSPACE_SECRETS=value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://signback.example.com", "https://signback.example.com"),
+        ("https://signback.example.com/", "https://signback.example.com"),
+        ("https://signback.example.com///", "https://signback.example.com"),
+        ("  https://signback.example.com/  ", "https://signback.example.com"),
+        ("http://127.0.0.1:8000/", "http://127.0.0.1:8000"),
+        ("https://example.com/signback/", "https://example.com/signback"),
+        ("https://abc.ngrok-free.app", "https://abc.ngrok-free.app"),
+    ],
+)
+def test_public_url_loses_its_trailing_slash(env: Env, value: str, expected: str) -> None:
+    assert env(SIGNBACK_PUBLIC_URL=value).public_url == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["ftp://signback.example.com", "signback.example.com", "//signback.example.com", "", "/"],
+)
+def test_public_url_must_be_http(env: Env, value: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"SIGNBACK_PUBLIC_URL: .*http:// or https://"):
+        env(SIGNBACK_PUBLIC_URL=value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "attribute"),
+    [
+        ("SIGNBACK_OKDOKUMENT_BASE_URL", "okdokument_base_url"),
+        ("SIGNBACK_FIRMA_BASE_URL", "firma_base_url"),
+    ],
+)
+def test_provider_base_urls_are_checked_the_same_way(
+    env: Env, variable: str, attribute: str
+) -> None:
+    assert getattr(env(**{variable: "https://api.example/v1/"}), attribute) == (
+        "https://api.example/v1"
+    )
+    with pytest.raises(ConfigurationError, match=variable):
+        env(**{variable: "api.example"})
+
+
+def test_a_dotenv_file_in_the_working_directory_is_read(env: Env, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "SIGNBACK_PUBLIC_URL=https://from-dotenv.example/\nDATABASE_URL=postgres://db/dotenv\n"
+    )
+    settings = env()
+    assert settings.public_url == "https://from-dotenv.example"
+    assert settings.database_url == "postgresql://db/dotenv"
+    # The environment wins over the file.
+    assert env(SIGNBACK_PUBLIC_URL="https://env.example").public_url == "https://env.example"
+
+
+SECRET_VARIABLES = {
+    "SIGNBACK_ADMIN_TOKEN": "admin-token-which-is-secret-1",
+    "SIGNBACK_SECRET_KEY": "secret-key-which-is-secret-0123456789",
+    "SIGNBACK_OKDOKUMENT_API_KEY": "okdokument-key-which-is-secret",
+    "SIGNBACK_FIRMA_API_KEY": "firma-key-which-is-secret",
+    "SIGNBACK_FIRMA_WEBHOOK_SECRETS": "webhook-secret-new,webhook-secret-old",
+    "SIGNBACK_FIRMA_WORKSPACE_SECRETS": '{"ws1": ["workspace-secret-a"]}',
+}
+SECRET_VALUES = [
+    "admin-token-which-is-secret-1",
+    "secret-key-which-is-secret-0123456789",
+    "okdokument-key-which-is-secret",
+    "firma-key-which-is-secret",
+    "webhook-secret-new",
+    "webhook-secret-old",
+    "workspace-secret-a",
+]
+
+
+@pytest.mark.parametrize("secret", SECRET_VALUES)
+def test_secrets_never_appear_in_repr(env: Env, secret: str) -> None:
+    settings = env(**SECRET_VARIABLES)
+    assert secret not in repr(settings)
+    assert secret not in str(settings)
+    assert secret not in str(settings.model_dump())
+
+
+def test_database_password_never_appears_in_repr(env: Env) -> None:
+    settings = env(DATABASE_URL="postgres://app:db-password-hunter2@db:5432/app")
+    assert "db-password-hunter2" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "postgresql://user:hunter2@db.example.com:5432/app",
+            "postgresql://user:***@db.example.com:5432/app",
+        ),
+        ("postgres://u:p%40ss@h/db?sslmode=require", "postgres://u:***@h/db?sslmode=require"),
+        ("postgresql+psycopg://u:pa:ss@h/db", "postgresql+psycopg://u:***@h/db"),
+        ("postgresql://u:@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://user@h/db", "postgresql://user@h/db"),
+        ("postgresql://h:5432/db", "postgresql://h:5432/db"),
+        ("sqlite:///./signback.db", "sqlite:///./signback.db"),
+        ("sqlite:////tmp/a:b@c.db", "sqlite:////tmp/a:b@c.db"),
+        ("", ""),
+    ],
+)
+def test_redact_url(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+def test_redact_url_without_a_user_name() -> None:
+    assert "hunter2" not in redact_url("postgresql://:hunter2@db/app")

@@ -1,0 +1,286 @@
+"""The OKdokument client against the in-process emulator (and a MockTransport for the URL)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from urllib.parse import unquote
+
+import httpx
+import pytest
+
+from handlers.okdokument.client import OkdokumentClient, provider_message
+from handlers.okdokument.fake import FakeOkdokument, create_app
+
+KEY = "7796b696_bd2b1aaf7ef4f09be9f52ce2d8d5"
+BASE = "http://okdokument.test"
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def fake() -> FakeOkdokument:
+    return FakeOkdokument(api_key=KEY, clock=lambda: 1655814644.472)
+
+
+def _client(fake: FakeOkdokument, key: str = KEY) -> OkdokumentClient:
+    return OkdokumentClient(BASE, key, transport=httpx.ASGITransport(app=create_app(fake)))
+
+
+@pytest.fixture
+async def client(fake: FakeOkdokument) -> AsyncIterator[OkdokumentClient]:
+    async with _client(fake) as c:
+        yield c
+
+
+def _seed(fake: FakeOkdokument, request_id: str = "1d58a59e-e8f7-4d07-bb99-d3fa39cb58a8") -> str:
+    doc = fake.new_document("contract.pdf", b"%PDF-1.4", document_id="y7Ki_u1mrUwijfb")
+    fake.new_round(doc, signature_request_id=request_id, send_info_url=None, result_url=None)
+    return request_id
+
+
+class _Capture:
+    """A MockTransport handler that remembers every request and answers a fixed response."""
+
+    def __init__(self, response: httpx.Response | None = None) -> None:
+        self.requests: list[httpx.Request] = []
+        self.response = response or httpx.Response(200, json={})
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.response
+
+
+async def test_patch_sends_only_given_fields_and_gets_documented_answer(
+    fake: FakeOkdokument, client: OkdokumentClient
+) -> None:
+    request_id = _seed(fake)
+
+    response = await client.patch_signature_request(
+        request_id, send_info_url="https://receiver.example/sendInfo/t0k?arg=123456"
+    )
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "message": "msg.updated",
+        "result": request_id,
+        "url": f"{BASE}/{request_id}",
+    }
+    call = fake.calls[-1]
+    assert (call.method, call.path, call.authorized) == ("PATCH", "/JSON/signatureRequest", True)
+    assert call.body == {
+        "signatureRequestId": request_id,
+        "sendInfoURL": "https://receiver.example/sendInfo/t0k?arg=123456",
+    }
+    sr = fake.signature_requests[request_id]
+    assert sr.send_info_url == "https://receiver.example/sendInfo/t0k?arg=123456"
+    assert sr.result_url is None
+
+
+async def test_patch_result_url_only(fake: FakeOkdokument, client: OkdokumentClient) -> None:
+    request_id = _seed(fake)
+
+    response = await client.patch_signature_request(
+        request_id, result_url="https://portal.example/done"
+    )
+
+    assert response.status_code == 200
+    assert fake.calls[-1].body == {
+        "signatureRequestId": request_id,
+        "resulturl": "https://portal.example/done",
+    }
+    assert fake.signature_requests[request_id].result_url == "https://portal.example/done"
+
+
+async def test_patch_without_fields_is_a_caller_bug() -> None:
+    async with OkdokumentClient(BASE, KEY, transport=httpx.MockTransport(_Capture())) as c:
+        with pytest.raises(ValueError, match="nothing to update"):
+            await c.patch_signature_request("x")
+
+
+async def test_patch_unknown_id_is_400_with_the_providers_message(
+    client: OkdokumentClient,
+) -> None:
+    response = await client.patch_signature_request(
+        "32f8628d-nope", send_info_url="https://receiver.example/s"
+    )
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "message": "View ID does not exist: 32f8628d-nope",
+        "value": "32f8628d-nope",
+    }
+    assert "View ID does not exist: 32f8628d-nope" in provider_message(response)
+
+
+async def test_wrong_key_is_401(fake: FakeOkdokument) -> None:
+    request_id = _seed(fake)
+    async with _client(fake, key="not-the-key") as c:
+        response = await c.patch_signature_request(request_id, result_url="https://p.example/")
+
+    assert response.status_code == 401
+    assert fake.calls[-1].authorized is False
+    # Nothing changed behind an unauthenticated call.
+    assert fake.signature_requests[request_id].result_url is None
+
+
+async def test_document_metadata_found(fake: FakeOkdokument, client: OkdokumentClient) -> None:
+    _seed(fake)
+
+    response = await client.document_metadata("y7Ki_u1mrUwijfb")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "filename": "contract.pdf",
+        "state": "tosign",
+        "modification": "2022-06-21 12:30:44",
+        "id": "y7Ki_u1mrUwijfb",
+        "date": 1655814644472,
+        "number": "1655814644472",
+    }
+
+
+async def test_document_metadata_not_found(client: OkdokumentClient) -> None:
+    response = await client.document_metadata("missing-doc")
+
+    assert response.status_code == 404
+    assert response.json() == {"message": "err.not.found", "value": "missing-doc"}
+    assert provider_message(response) == "err.not.found (missing-doc)"
+
+
+async def test_create_then_delete_signature_request(
+    fake: FakeOkdokument, client: OkdokumentClient
+) -> None:
+    created = await client.create_signature_request(
+        {
+            "signatureRequestId": "round-1",
+            "sendInfoURL": "https://receiver.example/s/abc",
+            "filedata": {
+                "filename": "nda.pdf",
+                "content": base64.b64encode(b"%PDF-1.4 nda").decode(),
+                "state": "tosign",
+            },
+        }
+    )
+    assert created.status_code == 200
+    body = created.json()
+    assert body["message"] == "msg.signature.request.id.created"
+    assert body["result"] == "round-1"
+    assert body["url"] == f"{BASE}/openDocument/round-1"
+    assert fake.documents[body["documentId"]].content == b"%PDF-1.4 nda"
+
+    deleted = await client.delete_signature_request("round-1")
+    assert deleted.status_code == 200
+    assert deleted.json() == {"message": "msg.deleted", "result": "round-1"}
+
+    again = await client.delete_signature_request("round-1")
+    assert again.status_code == 400
+    assert provider_message(again) == "err.signature.request.not.exist (round-1)"
+
+
+async def test_sends_key_user_agent_and_json() -> None:
+    capture = _Capture()
+    async with OkdokumentClient(BASE, KEY, transport=httpx.MockTransport(capture)) as c:
+        await c.patch_signature_request("abc", send_info_url="https://r.example/s")
+
+    (request,) = capture.requests
+    assert request.method == "PATCH"
+    assert str(request.url) == f"{BASE}/JSON/signatureRequest"
+    assert request.headers["x-api-key"] == KEY
+    assert request.headers["user-agent"].startswith("signback/")
+    assert request.headers["content-type"] == "application/json"
+    assert json.loads(request.content) == {
+        "signatureRequestId": "abc",
+        "sendInfoURL": "https://r.example/s",
+    }
+
+
+@pytest.mark.parametrize(
+    "document_id", ["a/b", "..", ".", "../../admin", "x?y=1#z", "%2e%2e", "a b", "...."]
+)
+async def test_ids_are_quoted_and_stay_under_the_base_path(document_id: str) -> None:
+    capture = _Capture()
+    async with OkdokumentClient(
+        "https://api.example/prefix", KEY, transport=httpx.MockTransport(capture)
+    ) as c:
+        await c.document_metadata(document_id)
+        await c.delete_signature_request(document_id)
+
+    metadata, delete = capture.requests
+    for request, prefix in (
+        (metadata, b"/prefix/JSON/document/metadata/"),
+        (delete, b"/prefix/JSON/signatureRequest/"),
+    ):
+        assert request.url.host == "api.example"
+        assert request.url.query == b""
+        assert request.url.fragment == ""
+        raw_path = request.url.raw_path
+        assert raw_path.startswith(prefix), raw_path
+        segment = raw_path[len(prefix) :].decode()
+        assert "/" not in segment
+        assert unquote(segment) == document_id
+
+
+async def test_quoted_id_reaches_the_fake_whole(client: OkdokumentClient) -> None:
+    response = await client.document_metadata("../a/b")
+
+    assert response.status_code == 404
+    assert response.json() == {"message": "err.not.found", "value": "../a/b"}
+
+
+async def test_empty_id_is_refused() -> None:
+    async with OkdokumentClient(BASE, KEY, transport=httpx.MockTransport(_Capture())) as c:
+        with pytest.raises(ValueError, match="must not be empty"):
+            await c.document_metadata("")
+
+
+async def test_redirects_are_not_followed() -> None:
+    capture = _Capture(httpx.Response(302, headers={"Location": "https://elsewhere.example/"}))
+    async with OkdokumentClient(BASE, KEY, transport=httpx.MockTransport(capture)) as c:
+        response = await c.document_metadata("doc")
+
+    assert response.status_code == 302
+    assert len(capture.requests) == 1
+
+
+async def test_transport_errors_propagate() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    async with OkdokumentClient(BASE, KEY, transport=httpx.MockTransport(refuse)) as c:
+        with pytest.raises(httpx.ConnectError):
+            await c.document_metadata("doc")
+
+
+def test_the_key_never_shows_in_repr() -> None:
+    client = OkdokumentClient("https://api.okdokument.com", KEY)
+
+    assert KEY not in repr(client)
+    assert KEY not in str(client)
+    assert KEY not in repr(vars(client))
+    assert "https://api.okdokument.com" in repr(client)
+
+
+def test_a_missing_key_fails_fast() -> None:
+    with pytest.raises(ValueError, match="API key is required"):
+        OkdokumentClient(BASE, "")
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        (
+            httpx.Response(400, json={"message": "View ID does not exist: 1", "value": "1"}),
+            "View ID does not exist: 1 (1)",
+        ),
+        (httpx.Response(403, json={"message": "err.forbidden"}), "err.forbidden"),
+        (httpx.Response(400, json={"message": "err.x", "value": ""}), "err.x"),
+        (httpx.Response(500, json={"error": "boom"}), '{"error":"boom"}'),
+        (httpx.Response(502, text="<html>" + "x" * 500), "<html>" + "x" * 294),
+        (httpx.Response(503, text=""), "Service Unavailable"),
+        (httpx.Response(500, json=["not", "an", "object"]), '["not","an","object"]'),
+    ],
+)
+def test_provider_message(response: httpx.Response, expected: str) -> None:
+    assert provider_message(response) == expected
