@@ -19,6 +19,7 @@ from receiver.db.migrate import current_revision, head_revision, upgrade
 from receiver.logs import configure_logging, get_logger
 from receiver.middleware import RequestContextMiddleware
 from receiver.providers import Provider
+from receiver.repoint import repoint_if_public_url_changed
 from receiver.rules import RuleBook
 from receiver.settings import Settings, load_settings
 from receiver.worker import Worker
@@ -73,6 +74,15 @@ async def prepare_database(ctx: AppContext) -> None:
             )
 
 
+async def repoint_quietly(ctx: AppContext) -> None:
+    """Re-point open requests if the public URL changed; a database outage must not stop
+    the start-up (it is retried at the next start, and /readyz shows the outage)."""
+    try:
+        await repoint_if_public_url_changed(ctx)
+    except Exception as exc:
+        log.error("could not check for a public URL change", error=str(exc))
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -88,6 +98,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await prepare_database(ctx)
         await ctx.start_providers()
+        await repoint_quietly(ctx)
         worker = Worker(ctx) if with_worker else None
         if worker is not None:
             worker.start()

@@ -138,5 +138,8 @@ def rejected(exc: CallbackRejected, *, provider: str, channel: str, **facts: Any
 
 
 def accepted(new: bool, **facts: Any) -> JSONResponse:
-    log.info("callback stored" if new else "duplicate callback ignored", **facts)
+    try:
+        log.info("callback stored" if new else "duplicate callback ignored", **facts)
+    except Exception:  # the callback is committed: a logging mistake must not turn it into a 500
+        log.exception("could not log a stored callback")
     return JSONResponse({"status": "accepted" if new else "duplicate"}, status_code=200)

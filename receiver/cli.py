@@ -138,7 +138,10 @@ def worker() -> None:
     settings = _settings()
 
     async def run(ctx: Any) -> None:
+        from receiver.app import repoint_quietly
+
         await ctx.start_providers()
+        await repoint_quietly(ctx)
         runner = Worker(ctx)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -382,6 +385,110 @@ def inbox_retry(inbox_id: int) -> None:
     if not _run(_with_context(_settings(), run)):
         _fail(f"event {inbox_id} is not failed or unmatched (or does not exist)")
     click.echo(f"event {inbox_id} re-queued")
+
+
+# --- simulate ------------------------------------------------------------------------------
+
+
+@main.group()
+def simulate() -> None:
+    """Send realistic sample callbacks for a registered request (e.g. through your tunnel)."""
+
+
+def _print_sent(sent: list[Any]) -> None:
+    for item in sent:
+        click.echo(f"{item.what}: {item.method} {item.url} -> {item.status} {item.answer}")
+    if any(item.status >= 400 for item in sent):
+        sys.exit(1)
+
+
+@simulate.command("okdokument")
+@click.argument("request_id", type=int)
+@click.option(
+    "--state",
+    default="signed",
+    show_default=True,
+    type=click.Choice(["signed", "canceled", "none"]),
+    help="The sendInfo state to post ('none': no sendInfo).",
+)
+@click.option(
+    "--browser",
+    default=None,
+    type=click.Choice(["success", "close", "mobile"]),
+    help="Also bring the signer's browser back to the result URL.",
+)
+@click.option(
+    "--to",
+    "base_url",
+    default=None,
+    help="Base URL to send to (default SIGNBACK_PUBLIC_URL, e.g. your tunnel).",
+)
+@handles_config_errors
+def simulate_okdokument(
+    request_id: int, state: str, browser: str | None, base_url: str | None
+) -> None:
+    """OKdokument's sendInfo callback (and optionally the browser return) for REQUEST_ID.
+
+    With confirmation on (the default), signback checks a 'signed' claim with OKdokument's
+    Document info: in a sandbox where nobody signed, the claim is recorded but not acted on.
+    """
+    from receiver import simulate as sim
+
+    async def run(ctx: Any) -> list[Any]:
+        return await sim.okdokument(
+            ctx,
+            request_id,
+            state=None if state == "none" else state,
+            browser=browser,
+            base_url=base_url,
+        )
+
+    _print_sent(_run_simulation(run))
+
+
+@simulate.command("firma")
+@click.argument("request_id", type=int)
+@click.option("--event", "event_type", default="signing_request.completed", show_default=True)
+@click.option("--envelope", default="current", type=click.Choice(["current", "old"]))
+@click.option("--workspace", default=None, help="Send to /hooks/firma/WORKSPACE with its secret.")
+@click.option(
+    "--to",
+    "base_url",
+    default=None,
+    help="Base URL to send to (default SIGNBACK_PUBLIC_URL, e.g. your tunnel).",
+)
+@handles_config_errors
+def simulate_firma(
+    request_id: int, event_type: str, envelope: str, workspace: str | None, base_url: str | None
+) -> None:
+    """A Firma webhook for REQUEST_ID, signed with your configured secret like Firma does."""
+    from receiver import simulate as sim
+
+    async def run(ctx: Any) -> list[Any]:
+        return await sim.firma(
+            ctx,
+            request_id,
+            event_type=event_type,
+            envelope=envelope,
+            workspace=workspace,
+            base_url=base_url,
+        )
+
+    _print_sent(_run_simulation(run))
+
+
+def _run_simulation(run: Callable[[Any], Awaitable[list[Any]]]) -> list[Any]:
+    import httpx
+
+    from receiver.errors import SignbackError
+
+    try:
+        return _run(_with_context(_settings(), run))
+    except SignbackError as exc:
+        _fail(str(exc))
+    except httpx.HTTPError as exc:
+        _fail(f"could not reach signback: {type(exc).__name__}: {exc}")
+    return []
 
 
 # --- emulators ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from receiver.events import NormalizedEvent
-from receiver.model import SignatureRequest
+from receiver.model import Action, SignatureRequest
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
@@ -78,5 +78,8 @@ class Provider:
     operations: Mapping[str, Operation] = field(default_factory=dict)
     # Checks a registration's provider defaults; raises InvalidAction with a clear message.
     validate_defaults: Callable[[Mapping[str, Any]], None] | None = None
+    # The action that points a still-open request's callback URLs at signback's current
+    # public URL (None: nothing to re-point for it). ``key`` is the action key to use.
+    repoint: Callable[[SignatureRequest, str], Action | None] | None = None
     # Called once at start-up with the app context; returns a closer (for HTTP clients).
     start: Callable[[AppContext], Awaitable[Callable[[], Awaitable[None]]]] | None = None

@@ -8,6 +8,7 @@ from typing import Any
 from handlers.firma import events, routes
 from handlers.firma.client import FirmaClient, RateLimiter, validate_properties
 from handlers.firma.operations import OPERATIONS
+from handlers.firma.repoint import repoint
 from receiver.context import AppContext
 from receiver.dispatcher import PLACEHOLDERS
 from receiver.logs import get_logger
@@ -64,5 +65,6 @@ def build(settings: Settings) -> Provider:
         routes=routes.routes,
         operations=OPERATIONS,
         validate_defaults=validate_defaults,
+        repoint=repoint,
         start=start_client,
     )

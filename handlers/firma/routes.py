@@ -69,13 +69,13 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
                 )
             envelope = parse_envelope(body)
         except CallbackRejected as exc:
-            return rejected(exc, event=request.headers.get("x-firma-event"), **facts)
+            return rejected(exc, event_type=request.headers.get("x-firma-event"), **facts)
         return await store_and_ack(
             ctx,
             log_facts={
                 **facts,
                 "event_type": envelope.event_type,
-                "event": envelope.event_id,
+                "event_id": envelope.event_id,
                 "signing_request": envelope.signing_request_id,
                 "verified": bool(secrets),
             },

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from handlers.okdokument import adapter, routes
 from handlers.okdokument.client import OkdokumentClient
 from handlers.okdokument.operations import OPERATIONS
+from handlers.okdokument.rules import repoint
 from receiver.context import AppContext
 from receiver.logs import get_logger
 from receiver.providers import Provider
@@ -45,5 +46,6 @@ def build(settings: Settings) -> Provider:
         ),
         routes=routes.routes,
         operations=OPERATIONS,
+        repoint=repoint,
         start=start_client,
     )

@@ -10,14 +10,25 @@ from receiver.model import Action, SignatureRequest
 from receiver.rules import rule
 
 
+def point_at_signback(key: str) -> Action:
+    """PATCH sendInfoURL and resulturl to this request's signback URLs (filled at send time,
+    so they always use the current public URL)."""
+    return Action(
+        PATCH,
+        {"sendInfoURL": "{signback.sendinfo_url}", "resulturl": "{signback.return_url}"},
+        key=key,
+    )
+
+
 @rule(EventKind.REQUEST_REGISTERED, provider="okdokument")
 def attach_callback_urls(event: NormalizedEvent, request: SignatureRequest) -> Iterator[Action]:
     """(a) On registration, point the request's sendInfoURL and resulturl at signback."""
-    yield Action(
-        PATCH,
-        {"sendInfoURL": "{signback.sendinfo_url}", "resulturl": "{signback.return_url}"},
-        key="attach",
-    )
+    yield point_at_signback("attach")
+
+
+def repoint(request: SignatureRequest, key: str) -> Action | None:
+    """A new public URL: every OKdokument request not yet ended is pointed at it again."""
+    return point_at_signback(key)
 
 
 @rule(
