@@ -45,6 +45,15 @@ def handles_config_errors(function: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
+def _configured(name: str) -> bool:
+    """Set in the environment or in ./.env (pydantic-settings reads both)."""
+    from dotenv import dotenv_values
+
+    return bool(os.environ.get(name)) or bool(
+        os.path.exists(".env") and dotenv_values(".env").get(name)
+    )
+
+
 def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
 
@@ -104,12 +113,24 @@ def serve(
     """Receive callbacks (and, unless --no-worker, process them and send the outbox)."""
     import uvicorn
 
+    port = port if port is not None else int(os.environ.get("PORT", "8000"))
     if public_url:
         os.environ["SIGNBACK_PUBLIC_URL"] = public_url
+    elif not _configured("SIGNBACK_PUBLIC_URL"):
+        # Local default: callbacks come back to this very port. Behind a tunnel or on a
+        # PaaS the real public URL must be configured (a warning says so below).
+        local = host if host and host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+        os.environ["SIGNBACK_PUBLIC_URL"] = f"http://{local}:{port}"
+        if host in ("0.0.0.0", "::"):  # noqa: S104
+            click.secho(
+                "SIGNBACK_PUBLIC_URL is not set: callback URLs will point at "
+                f"{os.environ['SIGNBACK_PUBLIC_URL']}, which providers cannot reach.",
+                fg="yellow",
+                err=True,
+            )
     if no_worker:
         os.environ["SIGNBACK_RUN_WORKER"] = "false"
     settings = _settings()  # fail fast, with a message naming what is missing
-    port = port if port is not None else int(os.environ.get("PORT", "8000"))
     workers = workers if workers is not None else int(os.environ.get("WEB_CONCURRENCY", "1"))
     if settings.is_sqlite and workers > 1:
         click.secho("SQLite serves one process well; use PostgreSQL for --workers > 1.", err=True)

@@ -27,7 +27,7 @@ def ensure_env_file() -> None:
         f"SIGNBACK_ADMIN_TOKEN={admin_token}\n"
         f"SIGNBACK_SECRET_KEY={secrets.token_urlsafe(48)}\n"
         "SIGNBACK_DATABASE_URL=sqlite:///./signback.db\n"
-        "SIGNBACK_PUBLIC_URL=http://127.0.0.1:8000\n"
+        "# SIGNBACK_PUBLIC_URL=https://<your tunnel or domain>   (default: this host and port)\n"
         "# SIGNBACK_OKDOKUMENT_API_KEY=\n"
         "# SIGNBACK_FIRMA_API_KEY=\n"
         "# SIGNBACK_FIRMA_WEBHOOK_SECRETS=\n",
