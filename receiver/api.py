@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 from receiver.context import AppContext
 from receiver.db.base import Row
 from receiver.errors import InvalidAction
+from receiver.metrics import CONTENT_TYPE
 from receiver.model import RequestState, SignatureRequest
 from receiver.registration import Registration, register
 from receiver.store import inbox, outbox, requests
@@ -286,6 +287,10 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             return JSONResponse({"status": "pending"})
         return error(409, "only failed or unmatched events can be re-processed (or no such event)")
 
+    async def metrics(_: Request) -> Response:
+        ctx.metrics.set_queue_counts(await inbox.counts(ctx.db), await outbox.counts(ctx.db))
+        return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
+
     async def stats(_: Request) -> Response:
         return JSONResponse(
             {
@@ -303,4 +308,5 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
         Route("/api/inbox", admin(list_inbox), methods=["GET"]),
         Route("/api/inbox/{id:int}/retry", admin(retry_inbox), methods=["POST"]),
         Route("/api/stats", admin(stats), methods=["GET"]),
+        Route("/metrics", admin(metrics), methods=["GET"]),
     ]

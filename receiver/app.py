@@ -133,7 +133,7 @@ def create_app(
         exception_handlers={Exception: server_error},
     )
     app.state.ctx = ctx
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, metrics=ctx.metrics)
     return app
 
 

@@ -112,15 +112,18 @@ async def store_and_ack(
 ) -> Response:
     """Store, then acknowledge. A store that fails is a 503 (the provider retries), never a
     500 and never a 200: we only acknowledge what is committed."""
+    labels = (str(fields.get("provider")), str(fields.get("channel")))
     try:
         new = await store(ctx, **fields)
     except Exception as exc:
+        ctx.metrics.callbacks.labels(*labels, "503").inc()
         log.error("could not store callback", error=f"{type(exc).__name__}: {exc}", **log_facts)
         return JSONResponse(
             {"error": "temporarily unable to store the callback; please retry"},
             status_code=503,
             headers={"retry-after": "5"},
         )
+    ctx.metrics.callbacks.labels(*labels, "accepted" if new else "duplicate").inc()
     return accepted(new, **log_facts)
 
 

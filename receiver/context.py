@@ -10,6 +10,7 @@ from typing import Any
 
 from receiver.clock import Clock, system_clock
 from receiver.db.base import Database
+from receiver.metrics import Metrics
 from receiver.providers import Provider
 from receiver.retry import RetryPolicy
 from receiver.rules import RuleBook
@@ -43,6 +44,7 @@ class AppContext:
     rules: RuleBook
     clock: Clock = system_clock
     clients: dict[str, Any] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 

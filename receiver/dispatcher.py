@@ -180,6 +180,9 @@ class Dispatcher:
                             external_id=None,
                         ),
                     )
+        operation_name = str(row["operation"])
+        ctx.metrics.attempts.labels(operation_name, decision.status).inc()
+        ctx.metrics.attempt_seconds.labels(operation_name).observe(duration_ms / 1000)
         facts = {
             "action": action_id,
             "operation": row["operation"],

@@ -10,6 +10,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from receiver.logs import get_logger
+from receiver.metrics import Metrics
 
 log = get_logger("signback.http")
 
@@ -19,6 +20,22 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _QUIET_PATHS = frozenset({"/healthz", "/readyz"})
 
 
+_GROUPS = (
+    "/hooks/okdokument",
+    "/hooks/firma",
+    "/return",
+    "/api",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+)
+
+
+def route_group(path: str) -> str:
+    """A small, fixed label set for metrics (never a token, never unbounded)."""
+    return next((g for g in _GROUPS if path == g or path.startswith(g + "/")), "other")
+
+
 def loggable_path(path: str) -> str:
     return _TOKEN_PATH.sub(r"/\1/[token]", path)
 
@@ -26,8 +43,9 @@ def loggable_path(path: str) -> str:
 class RequestContextMiddleware:
     """Pure ASGI (no BaseHTTPMiddleware overhead on the hot path)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,6 +75,8 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             path = scope["path"]
+            if self.metrics is not None:
+                self.metrics.http.labels(route_group(path), str(status)).inc()
             if path not in _QUIET_PATHS or status >= 400:
                 log.info(
                     "http",

@@ -118,6 +118,7 @@ class Pipeline:
         except Exception as exc:
             # The bytes were acknowledged, so they stay: parked as failed, visible, retryable.
             log.error("cannot normalize callback", inbox_id=callback.inbox_id, error=str(exc))
+            self.ctx.metrics.events.labels(callback.provider, "unknown", inbox.FAILED).inc()
             async with self.ctx.db.transaction() as tx:
                 await inbox.finish(
                     tx,
