@@ -103,8 +103,7 @@ async def store(
         request_id=request_id,
         external_id=external_id,
     )
-    async with ctx.db.transaction() as tx:
-        return await inbox.insert(tx, params)
+    return await ctx.db.execute_notify(inbox.INSERT_SQL, params, inbox.INBOX_CHANNEL) > 0
 
 
 async def store_and_ack(

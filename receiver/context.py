@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,26 @@ from receiver.retry import RetryPolicy
 from receiver.rules import RuleBook
 from receiver.settings import Settings
 from receiver.tokens import token_for
+
+
+class LruCache:
+    """A small bounded mapping; the least recently used entry goes first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +66,8 @@ class AppContext:
     clock: Clock = system_clock
     clients: dict[str, Any] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
+    # Token hash → the request's fixed fields, so a callback costs one write, not a read too.
+    token_cache: LruCache = field(default_factory=lambda: LruCache(20_000))
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 

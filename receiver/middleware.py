@@ -77,7 +77,9 @@ class RequestContextMiddleware:
             path = scope["path"]
             if self.metrics is not None:
                 self.metrics.http.labels(route_group(path), str(status)).inc()
-            if path not in _QUIET_PATHS or status >= 400:
+            # Accepted callbacks already logged one line ("callback stored"); one is enough.
+            quiet = path in _QUIET_PATHS or (status == 200 and path.startswith("/hooks/"))
+            if not quiet or status >= 400:
                 log.info(
                     "http",
                     method=scope["method"],

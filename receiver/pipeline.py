@@ -109,6 +109,9 @@ class Pipeline:
         )
         for row in sorted(rows, key=lambda r: int(r["id"])):
             await self.process(row)
+            # SQLite statements run on the event loop: let waiting HTTP requests in between
+            # rows, so a backlog never holds an acknowledgement up for a whole batch.
+            await asyncio.sleep(0)
         return len(rows)
 
     async def process(self, row: Row) -> None:

@@ -21,6 +21,8 @@ from receiver.tokens import looks_like_token, same_hash, token_hash
 log = get_logger("signback.web")
 
 MAX_QUERY = 4096
+# What the callback routes read from a token's request: all fixed at registration.
+TOKEN_ROW_FIELDS = ("id", "provider", "external_id", "return_url", "retry_url", "token_hash")
 
 
 async def find_by_token(ctx: AppContext, token: str) -> Row | None:
@@ -30,6 +32,9 @@ async def find_by_token(ctx: AppContext, token: str) -> Row | None:
     if not looks_like_token(token):
         return None
     digest = token_hash(token)
+    cached = ctx.token_cache.get(digest)
+    if cached is not None:
+        return cached
     try:
         row = await requests.by_token_hash(ctx.db, digest)
     except Exception as exc:
@@ -37,6 +42,8 @@ async def find_by_token(ctx: AppContext, token: str) -> Row | None:
         raise CallbackRejected("temporarily unable to look up this URL; please retry", 503) from exc
     if row is None or not same_hash(str(row["token_hash"]), digest):
         return None
+    # Only fields that never change after registration are kept (no state).
+    ctx.token_cache.put(digest, {k: row[k] for k in TOKEN_ROW_FIELDS})
     return row
 
 

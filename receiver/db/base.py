@@ -71,6 +71,17 @@ class Database(abc.ABC):
         async with self.transaction() as tx:
             return await tx.execute(sql, params)
 
+    async def execute_notify(self, sql: str, params: Params, channel: str) -> int:
+        """One statement committed on its own; wake ``channel`` if it changed a row.
+
+        The intake's hot path: drivers override it to avoid a BEGIN/COMMIT round trip.
+        """
+        async with self.transaction() as tx:
+            changed = await tx.execute(sql, params)
+            if changed:
+                tx.notify_on_commit(channel)
+            return changed
+
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise if the database cannot be reached."""

@@ -113,6 +113,14 @@ class SqliteDatabase(Database):
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
 
+    async def execute_notify(self, sql: str, params: Params, channel: str) -> int:
+        # In autocommit mode a lone statement is its own transaction: one call, one commit.
+        async with self._lock:
+            changed = self.conn.execute(sql, params).rowcount
+        if changed:
+            self._wakeups.set(channel)
+        return changed
+
     async def ping(self) -> None:
         self.conn.execute("SELECT 1").fetchone()
 
