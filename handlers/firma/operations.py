@@ -42,26 +42,35 @@ def _not_editable(why: str) -> Outcome:
 async def patch_signing_request(
     ctx: AppContext, request: SignatureRequest, payload: Mapping[str, Any]
 ) -> Outcome:
-    """PATCH /signing-requests/{id} with properties, but only while the request is a draft."""
+    """PATCH /signing-requests/{id} with properties, but only while the request is a draft.
+
+    Not editable by our own state, or by Firma's answer to a GET just before: recorded as
+    skipped with the reason, nothing is written. Refused as immutable anyway (sent in the
+    moment between the GET and the PATCH): final, never retried, and said so.
+    """
     client = _client(ctx)
     if request.state not in EDITABLE_STATES:
         return _not_editable(f"the request is {request.state.value}")
     if request.provider_status and request.provider_status not in EDITABLE_STATUSES:
         return _not_editable(f"Firma reports it as {request.provider_status}")
-    if request.state is RequestState.REGISTERED and not request.provider_status:
-        # We have heard nothing from Firma yet: ask before writing (reads have their own,
-        # larger rate budget, and a skipped write is better than a refused one).
-        current = await client.get_signing_request(request.external_id)
-        if current.status_code != 200:
-            return from_response(
-                current,
-                now=ctx.clock(),
-                message=provider_message,
-                retry_after=retry_after_seconds(current, now=ctx.clock()),
-            )
-        status = str((current.json() or {}).get("status", ""))
-        if status not in EDITABLE_STATUSES:
-            return _not_editable(f"Firma reports it as {status or 'unknown'}")
+    # Our state may lag behind Firma's even when it says "draft": webhooks arrive late and
+    # out of order, and a "sent" may be stored but not processed yet. So ask before writing
+    # (reads have their own, larger rate budget; a skipped write beats a refused one).
+    current = await client.get_signing_request(request.external_id)
+    if current.status_code != 200:
+        return from_response(
+            current,
+            now=ctx.clock(),
+            message=provider_message,
+            retry_after=retry_after_seconds(current, now=ctx.clock()),
+        )
+    try:
+        answer = current.json()
+    except ValueError:  # not JSON: no status to go by
+        answer = None
+    status = str(answer.get("status") or "") if isinstance(answer, dict) else ""
+    if status not in EDITABLE_STATUSES:
+        return _not_editable(f"Firma reports it as {status or 'unknown'}")
     response = await client.patch_signing_request(request.external_id, payload)
     now = ctx.clock()
     if is_immutable_answer(response):
