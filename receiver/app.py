@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -123,6 +124,13 @@ def create_app(
     for provider in ctx.providers.values():
         routes.extend(provider.routes(ctx))
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # The router's own 404/405 (unknown path, wrong method): JSON like every other refusal.
+        assert isinstance(exc, HTTPException)
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", path=request.url.path.split("/")[1:2])
         return JSONResponse({"error": "internal error; see the server log"}, status_code=500)
@@ -130,7 +138,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={Exception: server_error},
+        exception_handlers={HTTPException: http_error, Exception: server_error},
     )
     app.state.ctx = ctx
     app.add_middleware(RequestContextMiddleware, metrics=ctx.metrics)

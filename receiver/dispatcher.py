@@ -140,8 +140,36 @@ class Dispatcher:
             now=now,
             rand=self._rand.random(),
         )
-        status = "pending" if decision.status == "retry" else decision.status
-        error = None if decision.status == "done" else (decision.reason or outcome.message)
+        deferred = decision.status == "deferred"
+        status = "pending" if decision.status in ("retry", "deferred") else decision.status
+        error = (
+            None
+            if decision.status in ("done", "deferred")
+            else (decision.reason or outcome.message)
+        )
+        if deferred:
+            # Nothing was sent: no attempt to log, and the attempt count is given back.
+            async with ctx.db.transaction() as tx:
+                await outbox.settle(
+                    tx,
+                    action_id,
+                    status="pending",
+                    now=now,
+                    due_at=decision.retry_at,
+                    status_code=None,
+                    error=None,
+                    worker=ctx.worker_id,
+                    uncount=True,
+                )
+        if deferred:
+            ctx.metrics.attempts.labels(str(row["operation"]), "deferred").inc()
+            log.debug(
+                "action deferred",
+                action=action_id,
+                reason=decision.reason,
+                retry_in=round((decision.retry_at or now) - now, 2),
+            )
+            return
         async with ctx.db.transaction() as tx:
             await outbox.record_attempt(
                 tx,

@@ -163,12 +163,12 @@ class Pipeline:
                 request_row = None
 
             if request_row is None:
-                status, note = (
-                    (inbox.PROCESSED, "test event: stored, changes nothing")
-                    if event.kind in (EventKind.TEST, EventKind.INFORMATIONAL)
-                    and event.external_id is None
-                    else (inbox.UNMATCHED, "no registered request yet; kept until one is")
-                )
+                if event.external_id is not None:
+                    status, note = inbox.UNMATCHED, "no registered request yet; kept until one is"
+                elif event.kind is EventKind.TEST:
+                    status, note = inbox.PROCESSED, "test event: stored, changes nothing"
+                else:  # template.*, workspace.*, unknown types without a signing request
+                    status, note = inbox.PROCESSED, "names no signature request: stored only"
                 await inbox.finish(
                     tx,
                     callback.inbox_id,

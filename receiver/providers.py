@@ -56,6 +56,9 @@ class Outcome:
     retry_after: float | None = None  # seconds the provider asked us to wait (429/503)
     final: bool = False  # True: do not retry whatever the status (e.g. invalid payload)
     skipped: bool = False  # True: deliberately not sent (message says why)
+    # True: not attempted yet (e.g. our own rate limit); comes back after ``retry_after``
+    # seconds without counting as an attempt.
+    deferred: bool = False
     response_excerpt: str = ""  # the first bytes of the answer, for the attempt log
     follow_up: Sequence[FollowUpEvent] = ()
 

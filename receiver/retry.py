@@ -17,7 +17,7 @@ FINAL_STATUSES: frozenset[int] = frozenset({400, 401, 403, 404, 409, 422})
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    status: str  # "done" | "retry" | "dead" | "skipped"
+    status: str  # "done" | "retry" | "dead" | "skipped" | "deferred"
     retry_at: float | None = None  # unix seconds, for "retry"
     reason: str = ""
 
@@ -42,6 +42,12 @@ class RetryPolicy:
         self, outcome: Outcome, *, attempts: int, created_at: float, now: float, rand: float
     ) -> Decision:
         """``attempts`` counts the attempt that just ended; ``rand`` is uniform in [0, 1)."""
+        if outcome.deferred:
+            return Decision(
+                "deferred",
+                retry_at=now + max(0.0, outcome.retry_after or 0.0),
+                reason=outcome.message,
+            )
         if outcome.skipped:
             return Decision("skipped", reason=outcome.message)
         if outcome.ok:

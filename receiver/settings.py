@@ -78,7 +78,8 @@ class Settings(BaseSettings):
     firma_signature_tolerance_seconds: float = Field(default=300.0, gt=0)
     # Development only: accept unsigned Firma deliveries. Logged loudly at every start.
     firma_insecure_skip_verification: bool = False
-    firma_writes_per_minute: float = Field(default=100.0, gt=0)
+    # Shared by every process on the database; Firma allows 120 per minute per API key.
+    firma_writes_per_minute: float = Field(default=100.0, gt=0, le=120)
 
     @field_validator("firma_webhook_secrets", mode="before")
     @classmethod

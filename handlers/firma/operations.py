@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,12 +17,24 @@ from receiver.errors import InvalidAction
 from receiver.model import RequestState, SignatureRequest
 from receiver.outcomes import excerpt, from_response
 from receiver.providers import Operation, Outcome
+from receiver.ratelimit import next_free_in, wait_for_slot
 
 PATCH = "firma.patch_signing_request"
 
 # Firma's words for a request that can still be edited (create says "draft", lists "not_sent").
 EDITABLE_STATUSES = frozenset({"draft", "not_sent"})
 EDITABLE_STATES = frozenset({RequestState.REGISTERED, RequestState.DRAFT})
+
+
+# Sleep for a write slot only briefly while holding the action; farther slots defer it.
+MAX_SLOT_WAIT = 5.0
+
+
+def write_schedule(ctx: AppContext) -> str:
+    """One schedule per API key (its hash: the key itself is never stored)."""
+    key = ctx.settings.firma_api_key
+    digest = hashlib.sha256(key.get_secret_value().encode() if key else b"").hexdigest()[:16]
+    return f"firma-writes:{digest}"
 
 
 def _client(ctx: AppContext) -> FirmaClient:
@@ -71,6 +84,23 @@ async def patch_signing_request(
     status = str(answer.get("status") or "") if isinstance(answer, dict) else ""
     if status not in EDITABLE_STATUSES:
         return _not_editable(f"Firma reports it as {status or 'unknown'}")
+    # Our own pace, shared by every process on this database: stay under Firma's 120 writes
+    # a minute per API key even when several workers send at once.
+    waited = await wait_for_slot(
+        ctx.db,
+        write_schedule(ctx),
+        per_minute=ctx.settings.firma_writes_per_minute,
+        clock=ctx.clock,
+        max_wait=MAX_SLOT_WAIT,
+    )
+    if waited is None:
+        later = await next_free_in(ctx.db, write_schedule(ctx), now=ctx.clock())
+        return Outcome(
+            ok=False,
+            deferred=True,
+            retry_after=later,
+            message="waiting for a slot under Firma's write rate limit",
+        )
     response = await client.patch_signing_request(request.external_id, payload)
     now = ctx.clock()
     if is_immutable_answer(response):

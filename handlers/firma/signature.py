@@ -52,6 +52,8 @@ def parse_header(value: str) -> ParsedSignature:
             raise SignatureInvalid("signature header is malformed: expected t=<seconds>,v1=<hex>")
         key, item = key.strip(), item.strip()
         if key == "t":
+            if timestamp is not None:
+                raise SignatureInvalid("signature header has more than one timestamp (t=)")
             if not item.isascii() or not item.isdigit() or len(item) > 12:
                 raise SignatureInvalid("signature timestamp is not a unix time in seconds")
             timestamp = int(item)

@@ -26,6 +26,9 @@ log = get_logger(__name__)
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 CHANNEL_PREFIX = "signback_"
+CHECKOUT_TIMEOUT = 4.0  # seconds a transaction waits for a pooled connection
+# How soon a channel first waited on after the listener started is LISTENed too.
+LISTEN_CHECK_SECONDS = 1.0
 
 
 @lru_cache(maxsize=512)
@@ -79,12 +82,39 @@ class PostgresDatabase(Database):
             kwargs={"row_factory": dict_row, "autocommit": False},
             open=False,
             # A dead connection is noticed and replaced instead of failing a request.
-            check=AsyncConnectionPool.check_connection,
-            reconnect_timeout=0,  # keep trying for ever; /readyz reports the outage
-            timeout=10.0,
+            check=self._check_connection,
+            # A background reconnection gives up at once; the pool grows again on demand
+            # (every checkout that waits tries), so it keeps trying while requests come in,
+            # and /readyz reports the outage meanwhile.
+            reconnect_timeout=0,
+            # A checkout that waits longer than this fails. It must stay under the providers'
+            # deadlines (Firma: 5 s): during an outage a callback is refused with a 503, which
+            # the provider retries, instead of hanging until the provider gives up on us.
+            timeout=CHECKOUT_TIMEOUT,
         )
         await pool.open(wait=False)
         self._pool = pool
+
+    async def _check_connection(self, conn: psycopg.AsyncConnection[Row]) -> None:
+        """The pool's check before it hands out a connection.
+
+        One dead connection almost always means they all died (a server restart, a failover,
+        an idle-connection reaper, ``pg_terminate_backend``). Left alone, the pool would find
+        them one per checkout, backing off 1, 2, 4, 8 s in between, so each of the next
+        requests would wait its whole 10 s timeout and fail while the database is fine
+        again. So the first dead one found sweeps the idle ones out at once (broken ones
+        are replaced), and the next checkout gets a fresh connection.
+        """
+        try:
+            await AsyncConnectionPool.check_connection(conn)
+        except Exception:
+            await self._sweep()
+            raise
+
+    async def _sweep(self) -> None:
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.check()
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -150,11 +180,11 @@ class PostgresDatabase(Database):
                         for channel in self._listened - listening:
                             await conn.execute(f"LISTEN {CHANNEL_PREFIX}{_identifier(channel)}")
                             listening.add(channel)
-                        self._listen_changed.clear()
-                        # After (re)connecting, wake everyone: a NOTIFY may have been missed.
-                        for channel in listening:
+                            # Just (re)connected, or a new channel: a NOTIFY may have been
+                            # missed before this LISTEN, so its waiters look for work once.
                             self._wakeups.set(channel)
-                        async for note in conn.notifies(timeout=5.0):
+                        self._listen_changed.clear()
+                        async for note in conn.notifies(timeout=LISTEN_CHECK_SECONDS):
                             self._wakeups.set(note.channel.removeprefix(CHANNEL_PREFIX))
                             if self._listen_changed.is_set():
                                 break
@@ -162,6 +192,9 @@ class PostgresDatabase(Database):
                 raise
             except Exception as exc:
                 log.warning("database listener lost its connection", error=str(exc), retry_in=delay)
+                # Whatever cut this connection most likely cut the pool's too: replace them
+                # now rather than on the next request.
+                await self._sweep()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 

@@ -117,12 +117,18 @@ async def settle(
     status_code: int | None,
     error: str | None,
     worker: str,
+    uncount: bool = False,
 ) -> bool:
-    """Close a claimed action. False if this worker no longer holds it (lease was lost)."""
+    """Close a claimed action. False if this worker no longer holds it (lease was lost).
+
+    ``uncount``: the claim did not lead to an attempt (deferred): give the attempt back."""
     changed = await tx.execute(
         "UPDATE outbox SET status = :status, due_at = COALESCE(:due, due_at),"
-        " lease_expires_at = NULL, claimed_by = NULL, last_status_code = :code,"
-        " last_error = :error, updated_at = :now"
+        " attempts = attempts - :uncount,"
+        " lease_expires_at = NULL, claimed_by = NULL,"
+        " last_status_code = CASE WHEN :uncount = 1 THEN last_status_code ELSE :code END,"
+        " last_error = CASE WHEN :uncount = 1 THEN last_error ELSE :error END,"
+        " updated_at = :now"
         " WHERE id = :id AND status = 'in_flight' AND claimed_by = :worker",
         {
             "status": status,
@@ -132,6 +138,7 @@ async def settle(
             "now": now,
             "id": action_id,
             "worker": worker,
+            "uncount": 1 if uncount else 0,
         },
     )
     # A settled action may unblock the next one of the same request.

@@ -233,15 +233,15 @@ FIRMA_MALFORMED: Mapping[str, tuple[Malformed, str]] = {
     "t_non_ascii_digit": (lambda now, v1: f"t=\u00b2{now},v1={v1(now)}".encode("latin-1"), "unix"),
     "huge_header": (lambda now, v1: f"t={now},v1={v1(now)}," + "x=" + "y" * 8000, "too long"),
     "many_v1_values": (lambda now, v1: f"t={now}" + f",v1={'0' * 64}" * 200, "too long"),
-    # Duplicate keys cannot stretch a captured (stale) signature past the tolerance: whichever
-    # `t` the parser believes, either the HMAC or the age check fails.
+    # Duplicate keys cannot stretch a captured (stale) signature past the tolerance: a header
+    # with two timestamps is refused as malformed, whichever order they come in.
     "duplicate_t_fresh_last": (
         lambda now, v1: f"t={now - 3600},v1={v1(now - 3600)},t={now}",
-        "does not match",
+        "more than one timestamp",
     ),
     "duplicate_t_stale_last": (
         lambda now, v1: f"t={now},t={now - 3600},v1={v1(now - 3600)}",
-        "too old",
+        "more than one timestamp",
     ),
 }
 
