@@ -131,6 +131,22 @@ def action_json(row: Row, attempts: list[Row] | None = None) -> dict[str, Any]:
     return body
 
 
+async def request_detail(ctx: AppContext, request_id: int) -> dict[str, Any] | None:
+    """A request with its callback URLs, timeline and actions (API and CLI alike)."""
+    row = await requests.get(ctx.db, request_id)
+    if row is None:
+        return None
+    req = requests.from_row(row)
+    urls = ctx.callback_urls(req.provider, str(row["token_nonce"])).as_dict()
+    actions = await outbox.for_request(ctx.db, req.id)
+    attempts = await outbox.attempts_for(ctx.db, [int(a["id"]) for a in actions])
+    return {
+        **request_json(req, urls),
+        "timeline": [event_json(e) for e in await inbox.timeline(ctx.db, req.id)],
+        "actions": [action_json(a, attempts.get(int(a["id"]), [])) for a in actions],
+    }
+
+
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
@@ -236,20 +252,10 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
         return JSONResponse({"items": items, "next_before_id": items[-1]["id"] if items else None})
 
     async def show_request(request: Request) -> Response:
-        row = await requests.get(ctx.db, request.path_params["id"])
-        if row is None:
+        detail = await request_detail(ctx, request.path_params["id"])
+        if detail is None:
             return error(404, "no such request")
-        req = requests.from_row(row)
-        urls = ctx.callback_urls(req.provider, str(row["token_nonce"])).as_dict()
-        actions = await outbox.for_request(ctx.db, req.id)
-        attempts = await outbox.attempts_for(ctx.db, [int(a["id"]) for a in actions])
-        return JSONResponse(
-            {
-                **request_json(req, urls),
-                "timeline": [event_json(e) for e in await inbox.timeline(ctx.db, req.id)],
-                "actions": [action_json(a, attempts.get(int(a["id"]), [])) for a in actions],
-            }
-        )
+        return JSONResponse(detail)
 
     async def list_actions(request: Request) -> Response:
         rows = await outbox.search(

@@ -306,22 +306,10 @@ def requests_list(
 @handles_config_errors
 def requests_show(request_id: int) -> None:
     """A request with its timeline and outbox actions (and their attempts)."""
-    from receiver.api import action_json, event_json, request_json
-    from receiver.store import inbox, outbox
-    from receiver.store import requests as store
+    from receiver.api import request_detail
 
     async def run(ctx: Any) -> dict[str, Any] | None:
-        row = await store.get(ctx.db, request_id)
-        if row is None:
-            return None
-        req = store.from_row(row)
-        actions = await outbox.for_request(ctx.db, req.id)
-        attempts = await outbox.attempts_for(ctx.db, [int(a["id"]) for a in actions])
-        return {
-            **request_json(req, ctx.callback_urls(req.provider, str(row["token_nonce"])).as_dict()),
-            "timeline": [event_json(e) for e in await inbox.timeline(ctx.db, req.id)],
-            "actions": [action_json(a, attempts.get(int(a["id"]), [])) for a in actions],
-        }
+        return await request_detail(ctx, request_id)
 
     found = _run(_with_context(_settings(), run))
     if found is None:

@@ -64,6 +64,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     logging.basicConfig(level=numeric_level, stream=sys.stderr, format="%(message)s")
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("httpx").setLevel(logging.WARNING)  # httpx logs full URLs at INFO
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl …" on every start
 
 
 def get_logger(name: str) -> Any:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import importlib.metadata
 import json
 import math
 import re
@@ -25,6 +24,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from receiver.errors import ConfigurationError, InvalidAction
+from receiver.provider_http import ProviderHttpClient
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -41,15 +41,6 @@ __all__ = [
 
 DEFAULT_BASE_URL = "https://api.firma.dev/functions/v1/signing-request-api"
 
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("signback")
-    except importlib.metadata.PackageNotFoundError:  # running from a source tree
-        return "0+unknown"
-
-
-USER_AGENT = f"signback/{_version()}"
 
 # Firma allows 120 writes (POST/PUT/PATCH/DELETE) per minute per API key. We pace writes at
 # 100/min with a burst of 20: a token bucket lets through at most burst + rate * 60 s = 120
@@ -323,7 +314,7 @@ def _segment(signing_request_id: str) -> str:
     return quote(signing_request_id, safe="")
 
 
-class FirmaClient:
+class FirmaClient(ProviderHttpClient):
     """The Firma.dev signing request API, authenticated with ``Authorization: <raw key>``.
 
     ``base_url`` includes Firma's path (``…/functions/v1/signing-request-api``); every call
@@ -344,35 +335,12 @@ class FirmaClient:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigurationError(f"the Firma base URL must be an http(s) URL: {base_url!r}")
-        self._base_url = base_url
         self._write_limiter = write_limiter or RateLimiter(
             DEFAULT_WRITES_PER_MINUTE, burst=DEFAULT_WRITE_BURST
         )
-        # The key lives only in the httpx client's headers (whose repr masks Authorization);
-        # it is not an attribute of this object, so repr()/vars() never show it.
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            headers={
-                "Authorization": _api_key(api_key),
-                "User-Agent": USER_AGENT,
-                "Accept": "application/json",
-            },
-            timeout=timeout,
-            transport=transport,
-            follow_redirects=False,
+        super().__init__(
+            base_url, {"Authorization": _api_key(api_key)}, timeout=timeout, transport=transport
         )
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={self._base_url!r})"
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def __aenter__(self) -> FirmaClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     async def patch_signing_request(
         self, signing_request_id: str, properties: Mapping[str, Any]

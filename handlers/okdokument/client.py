@@ -8,7 +8,6 @@ lets transport errors (connect errors, timeouts) propagate as ``httpx`` exceptio
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -16,17 +15,10 @@ from urllib.parse import quote
 
 import httpx
 
+from receiver.provider_http import ProviderHttpClient
+
 __all__ = ["OkdokumentClient", "provider_message"]
 
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("signback")
-    except importlib.metadata.PackageNotFoundError:  # running from a source tree
-        return "0+unknown"
-
-
-USER_AGENT = f"signback/{_version()}"
 
 # How much of a non-JSON error body reaches the operator.
 _MAX_BODY_CHARS = 300
@@ -49,7 +41,7 @@ def _segment(value: str) -> str:
     return quoted
 
 
-class OkdokumentClient:
+class OkdokumentClient(ProviderHttpClient):
     """The OKdokument API, authenticated with an ``x-api-key`` header.
 
     ``base_url`` is e.g. ``https://apidev.okdokument.com`` and may carry a path prefix (a
@@ -67,32 +59,7 @@ class OkdokumentClient:
     ) -> None:
         if not api_key:
             raise ValueError("an OKdokument API key is required (it comes with the subscription)")
-        self._base_url = base_url
-        # The key lives only inside the httpx client's headers; it is never stored on this
-        # object, so neither repr() nor vars() of the client shows it.
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            headers={
-                "x-api-key": api_key,
-                "User-Agent": USER_AGENT,
-                "Accept": "application/json",
-            },
-            timeout=timeout,
-            transport=transport,
-            follow_redirects=False,
-        )
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={self._base_url!r})"
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def __aenter__(self) -> OkdokumentClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+        super().__init__(base_url, {"x-api-key": api_key}, timeout=timeout, transport=transport)
 
     async def patch_signature_request(
         self,

@@ -101,7 +101,7 @@ class PostgresDatabase(Database):
         One dead connection almost always means they all died (a server restart, a failover,
         an idle-connection reaper, ``pg_terminate_backend``). Left alone, the pool would find
         them one per checkout, backing off 1, 2, 4, 8 s in between, so each of the next
-        requests would wait its whole 10 s timeout and fail while the database is fine
+        requests would wait out its whole checkout timeout and fail while the database is fine
         again. So the first dead one found sweeps the idle ones out at once (broken ones
         are replaced), and the next checkout gets a fresh connection.
         """
