@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -69,7 +70,10 @@ class AppContext:
     # Token hash → the request's fixed fields, so a callback costs one write, not a read too.
     token_cache: LruCache = field(default_factory=lambda: LruCache(20_000))
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    # Unique per context, even for two in one process: claims are settled only by their owner.
+    worker_id: str = field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    )
 
     @property
     def retry_policy(self) -> RetryPolicy:

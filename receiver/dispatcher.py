@@ -14,7 +14,7 @@ import functools
 import json
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -83,8 +83,12 @@ class Dispatcher:
         await self._drain()
 
     async def _idle_timeout(self) -> float:
+        """Sleep until the next claimable action is due, at most a poll interval."""
         poll = self.ctx.settings.poll_interval
-        due = await outbox.next_due_at(self.ctx.db)
+        try:
+            due = await outbox.next_due_at(self.ctx.db)
+        except Exception:  # the database is away: just poll; the claim reports the outage
+            return poll
         if due is None:
             return poll
         return max(0.005, min(poll, due - self.ctx.clock()))
@@ -126,6 +130,17 @@ class Dispatcher:
             log.warning("released unfinished actions", count=released)
 
     async def execute(self, row: Row) -> None:
+        """Run one claimed action; never raises (a crash here would leave it in flight)."""
+        try:
+            await self._execute(row)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Most likely the database went away while recording the result. The claim's
+            # lease brings the action back; its attempt is then logged as interrupted.
+            log.exception("could not record an action's result", action=int(row["id"]))
+
+    async def _execute(self, row: Row) -> None:
         ctx = self.ctx
         action_id, attempt = int(row["id"]), int(row["attempts"])
         started_at = ctx.clock()
@@ -170,44 +185,49 @@ class Dispatcher:
                 retry_in=round((decision.retry_at or now) - now, 2),
             )
             return
-        async with ctx.db.transaction() as tx:
-            await outbox.record_attempt(
-                tx,
-                action_id=action_id,
-                attempt=attempt,
-                started_at=started_at,
-                duration_ms=round(duration_ms, 2),
-                status_code=outcome.status_code,
-                outcome={"done": "ok"}.get(decision.status, decision.status),
-                error=error,
-                response_excerpt=outcome.response_excerpt[:500] or None,
-            )
-            held = await outbox.settle(
-                tx,
-                action_id,
-                status=status,
-                now=now,
-                due_at=decision.retry_at,
-                status_code=outcome.status_code,
-                error=error,
-                worker=ctx.worker_id,
-            )
-            if held:
-                for follow_up in outcome.follow_up:
-                    await inbox.insert(
-                        tx,
-                        inbox.insert_params(
-                            provider=follow_up.provider,
-                            channel=follow_up.channel,
-                            dedupe_key=follow_up.dedupe_key,
-                            received_at=now,
-                            body=follow_up.body,
-                            headers={},
-                            query="",
-                            request_id=follow_up.request_id,
-                            external_id=None,
-                        ),
-                    )
+
+        async def record() -> bool:
+            async with ctx.db.transaction() as tx:
+                await outbox.record_attempt(
+                    tx,
+                    action_id=action_id,
+                    attempt=attempt,
+                    started_at=started_at,
+                    duration_ms=round(duration_ms, 2),
+                    status_code=outcome.status_code,
+                    outcome={"done": "ok"}.get(decision.status, decision.status),
+                    error=error,
+                    response_excerpt=outcome.response_excerpt[:500] or None,
+                )
+                held = await outbox.settle(
+                    tx,
+                    action_id,
+                    status=status,
+                    now=now,
+                    due_at=decision.retry_at,
+                    status_code=outcome.status_code,
+                    error=error,
+                    worker=ctx.worker_id,
+                )
+                if held:
+                    for follow_up in outcome.follow_up:
+                        await inbox.insert(
+                            tx,
+                            inbox.insert_params(
+                                provider=follow_up.provider,
+                                channel=follow_up.channel,
+                                dedupe_key=follow_up.dedupe_key,
+                                received_at=now,
+                                body=follow_up.body,
+                                headers={},
+                                query="",
+                                request_id=follow_up.request_id,
+                                external_id=None,
+                            ),
+                        )
+            return held
+
+        held = await self._with_db_retries(record, deadline=float(row["lease_expires_at"] or 0))
         operation_name = str(row["operation"])
         ctx.metrics.attempts.labels(operation_name, decision.status).inc()
         ctx.metrics.attempt_seconds.labels(operation_name).observe(duration_ms / 1000)
@@ -235,6 +255,21 @@ class Dispatcher:
         else:
             log.error("action dead", reason=decision.reason, **facts)
 
+    async def _with_db_retries(
+        self, work: Callable[[], Awaitable[bool]], *, deadline: float
+    ) -> bool:
+        """Record a result, retrying a lost database until half-way to the lease's end."""
+        delay = 0.2
+        while True:
+            try:
+                return await work()
+            except Exception as exc:
+                if self.ctx.clock() + delay > deadline - self.ctx.settings.lease_seconds / 2:
+                    raise
+                log.warning("retrying to record an action's result", error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def _attempt(self, row: Row) -> Outcome:
         ctx = self.ctx
         operation_name = str(row["operation"])
@@ -243,7 +278,15 @@ class Dispatcher:
         operation = provider.operations.get(operation_name) if provider else None
         if operation is None:
             return Outcome(ok=False, final=True, message=f"unknown operation {operation_name!r}")
-        request_row = await requests.get(ctx.db, int(row["request_id"]))
+        try:
+            request_row = await requests.get(ctx.db, int(row["request_id"]))
+        except Exception as exc:  # nothing was sent: try again soon, without counting it
+            return Outcome(
+                ok=False,
+                deferred=True,
+                retry_after=1.0,
+                message=f"database unavailable: {type(exc).__name__}",
+            )
         if request_row is None:
             return Outcome(ok=False, final=True, message="the signature request is gone")
         request = requests.from_row(request_row)

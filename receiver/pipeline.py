@@ -107,7 +107,14 @@ class Pipeline:
             now=self.ctx.clock(),
             lease_seconds=self.ctx.settings.lease_seconds,
         )
-        for row in sorted(rows, key=lambda r: int(r["id"])):
+        claimed_at = self.ctx.clock()
+        ordered = sorted(rows, key=lambda r: int(r["id"]))
+        for index, row in enumerate(ordered):
+            if self.ctx.clock() - claimed_at > self.ctx.settings.lease_seconds / 2:
+                # Half the lease is gone (a slow database, a huge backlog): hand the rest back
+                # before another worker could take them over and do the work twice.
+                await inbox.release(self.ctx.db, [int(r["id"]) for r in ordered[index:]])
+                break
             await self.process(row)
             # SQLite statements run on the event loop: let waiting HTTP requests in between
             # rows, so a backlog never holds an acknowledgement up for a whole batch.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from receiver.aio import sleep_or_stop
 from receiver.context import AppContext
@@ -29,11 +30,28 @@ class Worker:
             concurrency=self.ctx.settings.outbox_concurrency,
         )
         await asyncio.gather(
-            self.pipeline.run(self.stopping),
-            self.dispatcher.run(self.stopping),
-            self._recover_leases(),
+            self._supervised("pipeline", self.pipeline.run),
+            self._supervised("outbox", self.dispatcher.run),
+            self._supervised("lease recovery", lambda _stopping: self._recover_leases()),
         )
         log.info("worker stopped", worker=self.ctx.worker_id)
+
+    async def _supervised(
+        self, name: str, loop: Callable[[asyncio.Event], Awaitable[None]]
+    ) -> None:
+        """Keep a loop running: one that dies of an unexpected error is logged and restarted
+        (a silent, dead outbox is the worst failure a receiver can have)."""
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                await loop(self.stopping)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker loop crashed; restarting it", loop=name, retry_in=delay)
+                await sleep_or_stop(self.stopping, delay)
+                delay = min(delay * 2, 30.0)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="signback-worker")

@@ -127,6 +127,18 @@ async def release_for_retry(db: Database, inbox_id: int, *, error: str, max_atte
         )
 
 
+async def release(db: Database, inbox_ids: list[int]) -> None:
+    """Give claimed rows back unprocessed (their claim is not counted as an attempt)."""
+    async with db.transaction() as tx:
+        for inbox_id in inbox_ids:
+            await tx.execute(
+                "UPDATE inbox SET status = 'pending', lease_expires_at = NULL,"
+                " attempts = attempts - 1 WHERE id = :id AND status = 'processing'",
+                {"id": inbox_id},
+            )
+        tx.notify_on_commit(INBOX_CHANNEL)
+
+
 async def requeue_unmatched(tx: Transaction, *, provider: str, external_id: str) -> int:
     """A request was registered: its earlier, unmatched events go through the pipeline again."""
     changed = await tx.execute(

@@ -27,7 +27,8 @@ WHERE id IN (
     ORDER BY o.due_at, o.id
     LIMIT :limit
     {skip_locked})
-RETURNING id, request_id, action_key, operation, payload, attempts, created_at, due_at
+RETURNING id, request_id, action_key, operation, payload, attempts, created_at, due_at,
+          lease_expires_at
 """
 
 
@@ -74,7 +75,13 @@ async def claim(
 
 
 async def next_due_at(db: Database) -> float | None:
-    row = await db.fetch_one("SELECT MIN(due_at) AS due FROM outbox WHERE status = 'pending'")
+    """When the next *claimable* action is due: one waiting behind an earlier action of its
+    request does not count (else an idle dispatcher would spin until the head is retried)."""
+    row = await db.fetch_one(
+        "SELECT MIN(o.due_at) AS due FROM outbox o WHERE o.status = 'pending'"
+        " AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.request_id = o.request_id"
+        " AND p.id < o.id AND p.status IN ('pending', 'in_flight'))"
+    )
     return None if row is None or row["due"] is None else float(row["due"])
 
 
