@@ -7,6 +7,7 @@ keys that look like secrets, so a careless ``log.info(..., token=t)`` cannot lea
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -18,12 +19,17 @@ _SECRET_WORDS = ("token", "secret", "api_key", "apikey", "signature", "password"
 _ALLOWED = frozenset({"request_id", "token_hint"})
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return lowered not in _ALLOWED and any(word in lowered for word in _SECRET_WORDS)
+
+
 def _mask_secrets(
     _: Any, __: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    for key in list(event_dict):
-        lowered = key.lower()
-        if lowered not in _ALLOWED and any(word in lowered for word in _SECRET_WORDS):
+    for key in event_dict:
+        if _is_secret_key(key):
             event_dict[key] = "[redacted]"
     return event_dict
 
@@ -57,7 +63,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=True,
     )
     # uvicorn's own access log prints raw paths, and our callback paths carry secrets:
     # it is switched off where uvicorn is started; keep its error log at our level.

@@ -163,6 +163,10 @@ class Pipeline:
             if callback.request_id is not None:
                 request_row = await requests.get(tx, callback.request_id, lock=lock)
             elif event.external_id is not None:
+                # Serialize with a registration of the same request (see registration.py):
+                # otherwise an event looked up just before the registration commits could be
+                # marked unmatched just after the registration re-queued unmatched events.
+                await tx.lock_key(requests.match_key(event.provider, event.external_id))
                 request_row = await requests.by_external_id(
                     tx, event.provider, event.external_id, lock=lock
                 )

@@ -44,6 +44,9 @@ async def register(ctx: AppContext, data: Registration) -> Registered:
     now = ctx.clock()
     nonce = new_nonce()
     async with ctx.db.transaction() as tx:
+        # Taken before the insert; the pipeline takes it before matching: so an event for this
+        # request is either matched after we commit, or already 'unmatched' for our re-queue.
+        await tx.lock_key(requests.match_key(data.provider, data.external_id))
         row = await requests.insert(
             tx,
             provider=data.provider,

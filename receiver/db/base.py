@@ -28,6 +28,12 @@ class Transaction(abc.ABC):
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
 
+    async def lock_key(self, key: str) -> None:
+        """Hold a lock on ``key`` until this transaction ends (serializes work on one item).
+
+        SQLite needs nothing: its write transactions are serialized already."""
+        return None
+
     def notify_on_commit(self, channel: str) -> None:
         """Wake the workers waiting on ``channel`` once this transaction has committed."""
         self.pending_notifications.add(channel)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
@@ -26,6 +27,7 @@ log = get_logger(__name__)
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 CHANNEL_PREFIX = "signback_"
+RECENTLY_USED_SECONDS = 2.0
 CHECKOUT_TIMEOUT = 4.0  # seconds a transaction waits for a pooled connection
 # How soon a channel first waited on after the listener started is LISTENed too.
 LISTEN_CHECK_SECONDS = 1.0
@@ -58,6 +60,9 @@ class _PgTransaction(Transaction):
         cur = await self._conn.execute(to_psycopg(sql), params or {})
         return await cur.fetchall()
 
+    async def lock_key(self, key: str) -> None:
+        await self._conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [key])
+
 
 class PostgresDatabase(Database):
     dialect = "postgresql"
@@ -68,6 +73,7 @@ class PostgresDatabase(Database):
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] | None = None
         self._pool_min, self._pool_max = pool_min, max(pool_min, pool_max)
         self._wakeups = Wakeups()
+        self._last_returned: dict[int, float] = {}
         self._listened: set[str] = set()
         self._listener: asyncio.Task[None] | None = None
         self._listen_changed = asyncio.Event()
@@ -79,7 +85,10 @@ class PostgresDatabase(Database):
             self._conninfo,
             min_size=self._pool_min,
             max_size=self._pool_max,
-            kwargs={"row_factory": dict_row, "autocommit": False},
+            # Autocommit: a lone statement (the intake's insert) is one round trip; multi-
+            # statement work goes through transaction(), which sends BEGIN/COMMIT itself.
+            kwargs={"row_factory": dict_row, "autocommit": True},
+            reset=self._returned,
             open=False,
             # A dead connection is noticed and replaced instead of failing a request.
             check=self._check_connection,
@@ -105,11 +114,22 @@ class PostgresDatabase(Database):
         again. So the first dead one found sweeps the idle ones out at once (broken ones
         are replaced), and the next checkout gets a fresh connection.
         """
+        # A connection back from work a moment ago is alive: checking it would add a round
+        # trip to every callback. One that sat idle is checked (servers and proxies reap
+        # idle connections); errors on busy ones are caught where they happen.
+        if time.monotonic() - self._last_returned.get(id(conn), 0.0) < RECENTLY_USED_SECONDS:
+            return
         try:
             await AsyncConnectionPool.check_connection(conn)
         except Exception:
             await self._sweep()
             raise
+
+    async def _returned(self, conn: psycopg.AsyncConnection[Row]) -> None:
+        if conn.broken:
+            self._last_returned.pop(id(conn), None)
+        else:
+            self._last_returned[id(conn)] = time.monotonic()
 
     async def _sweep(self) -> None:
         if self._pool is not None:
@@ -148,6 +168,25 @@ class PostgresDatabase(Database):
                     await conn.execute(f"NOTIFY {CHANNEL_PREFIX}{_identifier(channel)}")
             for channel in tx.pending_notifications:
                 self._wakeups.set(channel)
+
+    async def execute_notify(self, sql: str, params: Params, channel: str) -> int:
+        """The intake's insert and its NOTIFY in one autocommitted statement: one round trip."""
+        statement = (
+            f"WITH ins AS ({sql} RETURNING 1),"
+            f" note AS (SELECT pg_notify('{CHANNEL_PREFIX}{_identifier(channel)}', '') FROM ins)"
+            " SELECT (SELECT count(*) FROM ins) AS n, (SELECT count(*) FROM note) AS notified"
+        )
+        try:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(to_psycopg(statement), params)
+                row = await cur.fetchone()
+        except psycopg.OperationalError:
+            await self._sweep()  # the server went away: replace the idle ones now
+            raise
+        changed = int(row["n"]) if row else 0
+        if changed:
+            self._wakeups.set(channel)
+        return changed
 
     async def ping(self) -> None:
         async with self.pool.connection(timeout=3.0) as conn:

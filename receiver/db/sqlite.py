@@ -58,6 +58,9 @@ class _SqliteTransaction(Transaction):
         return [dict(row) for row in self._conn.execute(sql, params or {}).fetchall()]
 
 
+_Queued = tuple[str, Params, str, "asyncio.Future[int]"]
+
+
 class SqliteDatabase(Database):
     dialect = "sqlite"
 
@@ -67,6 +70,8 @@ class SqliteDatabase(Database):
         self._conn: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
         self._wakeups = Wakeups()
+        self._batch: list[_Queued] = []
+        self._flush_scheduled = False
 
     async def connect(self) -> None:
         if self._conn is None:
@@ -114,12 +119,56 @@ class SqliteDatabase(Database):
         return rows[0] if rows else None
 
     async def execute_notify(self, sql: str, params: Params, channel: str) -> int:
-        # In autocommit mode a lone statement is its own transaction: one call, one commit.
-        async with self._lock:
-            changed = self.conn.execute(sql, params).rowcount
-        if changed:
-            self._wakeups.set(channel)
-        return changed
+        """Group commit: statements queued in the same event-loop turn share one transaction.
+
+        Under load, 32 callbacks arriving together cost one commit instead of 32; each caller
+        still gets its own row count only after the commit (so an ack is never early).
+        """
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._batch.append((sql, params, channel, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_batch)
+        return await future
+
+    def _flush_batch(self) -> None:
+        conn = self.conn
+        if self._lock.locked() or conn.in_transaction:
+            # A transaction is open (it suspended mid-way): try again on the next turn.
+            asyncio.get_running_loop().call_soon(self._flush_batch)
+            return
+        self._flush_scheduled = False
+        batch = [item for item in self._batch if not item[3].cancelled()]
+        self._batch = []
+        if not batch:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            counts = [conn.execute(sql, params).rowcount for sql, params, _, _ in batch]
+            conn.execute("COMMIT")
+        except Exception:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._flush_one_by_one(batch)  # isolate whichever statement failed
+            return
+        for (_, _, channel, future), count in zip(batch, counts, strict=True):
+            if count:
+                self._wakeups.set(channel)
+            if not future.done():
+                future.set_result(count)
+
+    def _flush_one_by_one(self, batch: list[_Queued]) -> None:
+        for sql, params, channel, future in batch:
+            try:
+                count = self.conn.execute(sql, params).rowcount  # autocommit: its own commit
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+                continue
+            if count:
+                self._wakeups.set(channel)
+            if not future.done():
+                future.set_result(count)
 
     async def ping(self) -> None:
         self.conn.execute("SELECT 1").fetchone()

@@ -15,6 +15,11 @@ COLUMNS = (
 )
 
 
+def match_key(provider: str, external_id: str) -> str:
+    """The lock key that serializes matching events with registering the request."""
+    return f"match:{provider}:{external_id}"
+
+
 def from_row(row: Row) -> SignatureRequest:
     return SignatureRequest(
         id=int(row["id"]),
