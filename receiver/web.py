@@ -42,9 +42,11 @@ async def find_by_token(ctx: AppContext, token: str) -> Row | None:
         raise CallbackRejected("temporarily unable to look up this URL; please retry", 503) from exc
     if row is None or not same_hash(str(row["token_hash"]), digest):
         return None
-    # Only fields that never change after registration are kept (no state).
-    ctx.token_cache.put(digest, {k: row[k] for k in TOKEN_ROW_FIELDS})
-    return row
+    # Only fields that never change after registration are kept (no state), and callers get
+    # the same shape whether the answer came from the cache or the database.
+    fixed = {k: row[k] for k in TOKEN_ROW_FIELDS}
+    ctx.token_cache.put(digest, fixed)
+    return fixed
 
 
 def routes(ctx: AppContext) -> list[BaseRoute]:

@@ -14,6 +14,9 @@ Params = Mapping[str, Any]
 class Transaction(abc.ABC):
     """Statements inside one transaction (committed when the ``async with`` exits cleanly)."""
 
+    def __init__(self) -> None:
+        self.pending_notifications: set[str] = set()  # channels to wake after the commit
+
     @abc.abstractmethod
     async def execute(self, sql: str, params: Params | None = None) -> int:
         """Run a statement; return the number of rows it changed."""
@@ -37,12 +40,6 @@ class Transaction(abc.ABC):
     def notify_on_commit(self, channel: str) -> None:
         """Wake the workers waiting on ``channel`` once this transaction has committed."""
         self.pending_notifications.add(channel)
-
-    @property
-    def pending_notifications(self) -> set[str]:
-        if not hasattr(self, "_pending_notifications"):
-            self._pending_notifications: set[str] = set()
-        return self._pending_notifications
 
 
 class Database(abc.ABC):

@@ -46,6 +46,7 @@ def conninfo(url: str) -> str:
 
 class _PgTransaction(Transaction):
     def __init__(self, conn: psycopg.AsyncConnection[Row]) -> None:
+        super().__init__()
         self._conn = conn
 
     async def execute(self, sql: str, params: Params | None = None) -> int:

@@ -49,6 +49,7 @@ def connect(url: str, *, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
 
 class _SqliteTransaction(Transaction):
     def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__()
         self._conn = conn
 
     async def execute(self, sql: str, params: Params | None = None) -> int:
