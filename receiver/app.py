@@ -17,6 +17,7 @@ from receiver.clock import Clock, system_clock
 from receiver.context import AppContext
 from receiver.db import open_database
 from receiver.db.migrate import current_revision, head_revision, upgrade
+from receiver.intake import HookRouter
 from receiver.logs import configure_logging, get_logger
 from receiver.middleware import RequestContextMiddleware
 from receiver.providers import Provider
@@ -89,7 +90,7 @@ def create_app(
     *,
     clock: Clock = system_clock,
     run_worker: bool | None = None,
-) -> Starlette:
+) -> HookRouter:
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
     ctx = build_context(settings, clock=clock)
@@ -121,8 +122,7 @@ def create_app(
             log.info("signback stopped")
 
     routes = [*web.routes(ctx), *api.routes(ctx)]
-    for provider in ctx.providers.values():
-        routes.extend(provider.routes(ctx))
+    hooks = [hook for provider in ctx.providers.values() for hook in provider.hooks(ctx)]
 
     async def http_error(request: Request, exc: Exception) -> Response:
         # The router's own 404/405 (unknown path, wrong method): JSON like every other refusal.
@@ -142,9 +142,10 @@ def create_app(
     )
     app.state.ctx = ctx
     app.add_middleware(RequestContextMiddleware, metrics=ctx.metrics)
-    return app
+    # Callbacks take the fast path in front of Starlette; everything else goes through it.
+    return HookRouter(app, hooks, ctx.metrics)
 
 
-def create_app_from_env() -> Starlette:
+def create_app_from_env() -> HookRouter:
     """Factory for ``uvicorn --factory receiver.app:create_app_from_env`` (Procfile, workers)."""
     return create_app()

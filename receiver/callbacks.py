@@ -10,11 +10,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-
 from receiver.context import AppContext
 from receiver.errors import CallbackRejected
+from receiver.intake import Answer
 from receiver.logs import get_logger
 from receiver.store import inbox
 
@@ -40,24 +38,6 @@ def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
         else:
             kept[lowered] = value[:1000]
     return kept
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing (413) anything over ``limit`` without reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise CallbackRejected("invalid Content-Length header", 400)
-        if int(declared) > limit:
-            raise CallbackRejected(f"body larger than {limit} bytes", 413)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise CallbackRejected(f"body larger than {limit} bytes", 413)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -103,12 +83,10 @@ async def store(
         request_id=request_id,
         external_id=external_id,
     )
-    return await ctx.db.execute_notify(inbox.INSERT_SQL, params, inbox.INBOX_CHANNEL) > 0
+    return await ctx.db.insert_new(inbox.NEW_CALLBACK, params, inbox.INBOX_CHANNEL)
 
 
-async def store_and_ack(
-    ctx: AppContext, *, log_facts: Mapping[str, Any], **fields: Any
-) -> Response:
+async def store_and_ack(ctx: AppContext, *, log_facts: Mapping[str, Any], **fields: Any) -> Answer:
     """Store, then acknowledge. A store that fails is a 503 (the provider retries), never a
     500 and never a 200: we only acknowledge what is committed."""
     labels = (str(fields.get("provider")), str(fields.get("channel")))
@@ -117,16 +95,12 @@ async def store_and_ack(
     except Exception as exc:
         ctx.metrics.callbacks.labels(*labels, "503").inc()
         log.error("could not store callback", error=f"{type(exc).__name__}: {exc}", **log_facts)
-        return JSONResponse(
-            {"error": "temporarily unable to store the callback; please retry"},
-            status_code=503,
-            headers={"retry-after": "5"},
-        )
+        return Answer.error(503, "temporarily unable to store the callback; please retry")
     ctx.metrics.callbacks.labels(*labels, "accepted" if new else "duplicate").inc()
     return accepted(new, **log_facts)
 
 
-def rejected(exc: CallbackRejected, *, provider: str, channel: str, **facts: Any) -> JSONResponse:
+def rejected(exc: CallbackRejected, *, provider: str, channel: str, **facts: Any) -> Answer:
     log.warning(
         "callback refused",
         provider=provider,
@@ -135,13 +109,16 @@ def rejected(exc: CallbackRejected, *, provider: str, channel: str, **facts: Any
         reason=exc.message,
         **facts,
     )
-    headers = {"retry-after": "5"} if exc.status_code == 503 else None
-    return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=headers)
+    return Answer.error(exc.status_code, exc.message)
 
 
-def accepted(new: bool, **facts: Any) -> JSONResponse:
+ACCEPTED = Answer.json(200, {"status": "accepted"})
+DUPLICATE = Answer.json(200, {"status": "duplicate"})
+
+
+def accepted(new: bool, **facts: Any) -> Answer:
     try:
         log.info("callback stored" if new else "duplicate callback ignored", **facts)
     except Exception:  # the callback is committed: a logging mistake must not turn it into a 500
         log.exception("could not log a stored callback")
-    return JSONResponse({"status": "accepted" if new else "duplicate"}, status_code=200)
+    return ACCEPTED if new else DUPLICATE

@@ -6,17 +6,16 @@ import os
 import re
 import time
 
-import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from receiver.logs import get_logger
+from receiver.logs import get_logger, set_request_id
 from receiver.metrics import Metrics
 
 log = get_logger("signback.http")
 
 # Callback paths carry the request's token: never log it.
 _TOKEN_PATH = re.compile(r"^/(hooks/okdokument|return)/[^/]+")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _QUIET_PATHS = frozenset({"/healthz", "/readyz"})
 
 
@@ -56,9 +55,8 @@ class RequestContextMiddleware:
             if name == b"x-request-id":
                 incoming = value.decode("latin-1")
                 break
-        request_id = incoming if _REQUEST_ID.match(incoming) else os.urandom(8).hex()
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else os.urandom(8).hex()
+        set_request_id(request_id)
         status = 500
         started = time.perf_counter()
 
@@ -87,4 +85,4 @@ class RequestContextMiddleware:
                     status=status,
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 )
-            structlog.contextvars.clear_contextvars()
+            set_request_id(None)

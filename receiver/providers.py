@@ -2,7 +2,7 @@
 
 A provider says how to verify and key a callback at intake, how to normalize a stored
 callback into a :class:`~receiver.events.NormalizedEvent` (pure), which outbound operations
-it offers to the outbox, and which HTTP routes it mounts. The pipeline around them is written
+it offers to the outbox, and which callback routes it serves. The pipeline around them is written
 once, in ``receiver``.
 """
 
@@ -16,9 +16,8 @@ from receiver.events import NormalizedEvent
 from receiver.model import Action, SignatureRequest
 
 if TYPE_CHECKING:
-    from starlette.routing import BaseRoute
-
     from receiver.context import AppContext
+    from receiver.intake import Hook
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +76,8 @@ class Provider:
 
     name: str
     normalize: Callable[[StoredCallback], NormalizedEvent]
-    routes: Callable[[AppContext], Sequence[BaseRoute]]
+    # The provider's callback routes under /hooks/ (served by receiver.intake's fast path).
+    hooks: Callable[[AppContext], Sequence[Hook]]
     operations: Mapping[str, Operation] = field(default_factory=dict)
     # Checks a registration's provider defaults; raises InvalidAction with a clear message.
     validate_defaults: Callable[[Mapping[str, Any]], None] | None = None

@@ -62,7 +62,7 @@ def build(settings: Settings) -> Provider:
     return Provider(
         name="firma",
         normalize=events.normalize,
-        routes=routes.routes,
+        hooks=routes.hooks,
         operations=OPERATIONS,
         validate_defaults=validate_defaults,
         repoint=repoint,

@@ -16,29 +16,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
-
 from handlers.firma import signature
 from handlers.firma.events import parse_envelope
-from receiver.callbacks import read_body, rejected, store_and_ack
+from receiver.callbacks import rejected, store_and_ack
 from receiver.context import AppContext
 from receiver.errors import CallbackRejected, SignatureInvalid
+from receiver.intake import Answer, Callback, Hook
 from receiver.logs import get_logger
 
 log = get_logger("signback.firma")
 
 
-def check_content_type(request: Request) -> None:
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+def check_content_type(call: Callback) -> None:
+    media = call.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "application/json":
         raise CallbackRejected(
             f"content type must be application/json, not {media or 'missing'!r}", 415
         )
 
 
-def routes(ctx: AppContext) -> list[BaseRoute]:
+def hooks(ctx: AppContext) -> list[Hook]:
     settings = ctx.settings
     limit = settings.max_body_bytes
     default_secrets = [s.get_secret_value() for s in settings.firma_webhook_secrets]
@@ -48,15 +45,14 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
     }
     insecure = settings.firma_insecure_skip_verification
 
-    async def receive(request: Request, secrets: Sequence[str], workspace: str | None) -> Response:
+    async def receive(call: Callback, secrets: Sequence[str], workspace: str | None) -> Answer:
         facts: dict[str, Any] = {"provider": "firma", "channel": "webhook", "workspace": workspace}
         try:
-            check_content_type(request)
-            body = await read_body(request, limit)
-            headers = {k.lower(): v for k, v in request.headers.items()}
+            check_content_type(call)
+            body = await call.read_body(limit)
             if secrets:
                 signature.verify(
-                    headers,
+                    call.headers,
                     body,
                     secrets,
                     now=ctx.clock(),
@@ -69,7 +65,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
                 )
             envelope = parse_envelope(body)
         except CallbackRejected as exc:
-            return rejected(exc, event_type=request.headers.get("x-firma-event"), **facts)
+            return rejected(exc, event_type=call.headers.get("x-firma-event"), **facts)
         return await store_and_ack(
             ctx,
             log_facts={
@@ -84,17 +80,17 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             # The event id, not X-Firma-Delivery (which changes with every retry).
             dedupe_key="event:" + envelope.event_id,
             body=body,
-            headers=dict(request.headers),
+            headers=call.headers,
             query="",
             request_id=None,
             external_id=envelope.signing_request_id,
         )
 
-    async def company_hook(request: Request) -> Response:
-        return await receive(request, default_secrets, None)
+    async def company_hook(call: Callback) -> Answer:
+        return await receive(call, default_secrets, None)
 
-    async def workspace_hook(request: Request) -> Response:
-        workspace = request.path_params["workspace"]
+    async def workspace_hook(call: Callback) -> Answer:
+        workspace = call.param or ""
         secrets = workspace_secrets.get(workspace)
         if secrets is None:
             return rejected(
@@ -102,9 +98,9 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
                 provider="firma",
                 channel="webhook",
             )
-        return await receive(request, secrets, workspace)
+        return await receive(call, secrets, workspace)
 
     return [
-        Route("/hooks/firma", company_hook, methods=["POST"]),
-        Route("/hooks/firma/{workspace}", workspace_hook, methods=["POST"]),
+        Hook("/hooks/firma", company_hook),
+        Hook("/hooks/firma/{workspace}", workspace_hook),
     ]

@@ -44,7 +44,7 @@ def build(settings: Settings) -> Provider:
         normalize=functools.partial(
             adapter.normalize, confirm_claims=settings.okdokument_confirm_callbacks
         ),
-        routes=routes.routes,
+        hooks=routes.hooks,
         operations=OPERATIONS,
         repoint=repoint,
         start=start_client,

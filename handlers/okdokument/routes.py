@@ -11,27 +11,18 @@ from __future__ import annotations
 
 import hmac
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
-
-from receiver.callbacks import (
-    body_key,
-    parse_json_object,
-    read_body,
-    rejected,
-    store_and_ack,
-)
+from receiver.callbacks import body_key, parse_json_object, rejected, store_and_ack
 from receiver.context import AppContext
 from receiver.errors import CallbackRejected
+from receiver.intake import Answer, Callback, Hook
 from receiver.logs import get_logger
 from receiver.web import find_by_token
 
 log = get_logger("signback.okdokument")
 
 
-def check_content_type(request: Request) -> None:
-    content_type = request.headers.get("content-type")
+def check_content_type(call: Callback) -> None:
+    content_type = call.headers.get("content-type")
     if content_type is None:
         return  # undocumented either way: the body must still parse as JSON
     media = content_type.split(";", 1)[0].strip().lower()
@@ -39,21 +30,24 @@ def check_content_type(request: Request) -> None:
         raise CallbackRejected(f"content type must be application/json, not {media!r}", 415)
 
 
-def routes(ctx: AppContext) -> list[BaseRoute]:
+_UNKNOWN_URL = Answer.error(404, "unknown callback URL")
+
+
+def hooks(ctx: AppContext) -> list[Hook]:
     limit = ctx.settings.max_body_bytes
 
-    async def sendinfo(request: Request) -> Response:
+    async def sendinfo(call: Callback) -> Answer:
         try:
-            row = await find_by_token(ctx, request.path_params["token"])
+            row = await find_by_token(ctx, call.param or "")
         except CallbackRejected as exc:
             return rejected(exc, provider="okdokument", channel="sendinfo")
         if row is None:
             log.warning("sendInfo to an unknown callback URL", status=404)
-            return JSONResponse({"error": "unknown callback URL"}, status_code=404)
+            return _UNKNOWN_URL
         request_id = int(row["id"])
         try:
-            check_content_type(request)
-            body = await read_body(request, limit)
+            check_content_type(call)
+            body = await call.read_body(limit)
             payload = parse_json_object(body)
             claimed = payload.get("signatureRequestId")
             if not isinstance(claimed, str) or not claimed:
@@ -74,10 +68,10 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             channel="sendinfo",
             dedupe_key="sendinfo:" + body_key(request_id, body),
             body=body,
-            headers=dict(request.headers),
-            query=request.url.query[:4096],
+            headers=call.headers,
+            query=call.query[:4096],
             request_id=request_id,
             external_id=claimed,
         )
 
-    return [Route("/hooks/okdokument/{token}", sendinfo, methods=["POST"])]
+    return [Hook("/hooks/okdokument/{token}", sendinfo)]

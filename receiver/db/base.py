@@ -5,10 +5,32 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any
 
 Row = dict[str, Any]
 Params = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class NewRowInsert:
+    """``INSERT INTO table (columns) … ON CONFLICT (key) DO NOTHING``: store a row unless
+    one with the same key exists. Drivers may send many such rows as one statement."""
+
+    table: str
+    columns: tuple[str, ...]
+    key: tuple[str, ...]  # the unique key whose conflict means "already stored"
+
+    def key_of(self, row: Params) -> tuple[Any, ...]:
+        return tuple(row[name] for name in self.key)
+
+    def one_row_sql(self) -> str:
+        """With ``:name`` placeholders, for :meth:`Transaction.execute`."""
+        return (
+            f"INSERT INTO {self.table} ({', '.join(self.columns)})"
+            f" VALUES ({', '.join(':' + c for c in self.columns)})"
+            f" ON CONFLICT ({', '.join(self.key)}) DO NOTHING"
+        )
 
 
 class Transaction(abc.ABC):
@@ -74,16 +96,19 @@ class Database(abc.ABC):
         async with self.transaction() as tx:
             return await tx.execute(sql, params)
 
-    async def execute_notify(self, sql: str, params: Params, channel: str) -> int:
-        """One statement committed on its own; wake ``channel`` if it changed a row.
+    async def insert_new(self, insert: NewRowInsert, row: Params, channel: str) -> bool:
+        """Store ``row`` unless its key is already stored, and commit; True if it was new.
+        Wakes ``channel`` when it was.
 
-        The intake's hot path: drivers override it to avoid a BEGIN/COMMIT round trip.
+        The intake's hot path (every callback): drivers override it to share one commit
+        among the rows that arrive together (group commit). A caller still gets its answer
+        only after its row is committed.
         """
         async with self.transaction() as tx:
-            changed = await tx.execute(sql, params)
+            changed = await tx.execute(insert.one_row_sql(), row)
             if changed:
                 tx.notify_on_commit(channel)
-            return changed
+            return changed > 0
 
     @abc.abstractmethod
     async def ping(self) -> None:

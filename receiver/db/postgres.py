@@ -19,7 +19,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from receiver.db.base import Database, Params, Row, Transaction
+from receiver.db.base import Database, NewRowInsert, Params, Row, Transaction
 from receiver.db.wakeup import Wakeups
 from receiver.logs import get_logger
 
@@ -31,6 +31,10 @@ RECENTLY_USED_SECONDS = 2.0
 CHECKOUT_TIMEOUT = 4.0  # seconds a transaction waits for a pooled connection
 # How soon a channel first waited on after the listener started is LISTENed too.
 LISTEN_CHECK_SECONDS = 1.0
+# Group commit of new rows (the intake): at most this many rows per statement, and this
+# many statements in flight at once (each on its own pooled connection).
+GROUP_MAX_ROWS = 128
+GROUP_MAX_IN_FLIGHT = 4
 
 
 @lru_cache(maxsize=512)
@@ -78,6 +82,7 @@ class PostgresDatabase(Database):
         self._listened: set[str] = set()
         self._listener: asyncio.Task[None] | None = None
         self._listen_changed = asyncio.Event()
+        self._group = _GroupInserter(self)
 
     async def connect(self) -> None:
         if self._pool is not None:
@@ -170,24 +175,39 @@ class PostgresDatabase(Database):
             for channel in tx.pending_notifications:
                 self._wakeups.set(channel)
 
-    async def execute_notify(self, sql: str, params: Params, channel: str) -> int:
-        """The intake's insert and its NOTIFY in one autocommitted statement: one round trip."""
+    async def insert_new(self, insert: NewRowInsert, row: Params, channel: str) -> bool:
+        """Group commit: the rows that arrive while a statement is on its way go together in
+        the next one: one multi-row INSERT with its NOTIFY, autocommitted, one round trip
+        for many callbacks. Each caller gets its own answer after the commit."""
+        return await self._group.insert(insert, row, channel)
+
+    async def insert_rows(
+        self, insert: NewRowInsert, rows: Sequence[Params], channel: str
+    ) -> set[tuple[object, ...]]:
+        """Insert ``rows`` (distinct keys) in one autocommitted statement; wake ``channel``
+        here and in every process if any was new. Returns the keys that were new."""
+        columns = insert.columns
+        one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+        returning = ", ".join(insert.key)
         statement = (
-            f"WITH ins AS ({sql} RETURNING 1),"
-            f" note AS (SELECT pg_notify('{CHANNEL_PREFIX}{_identifier(channel)}', '') FROM ins)"
-            " SELECT (SELECT count(*) FROM ins) AS n, (SELECT count(*) FROM note) AS notified"
+            f"WITH ins AS (INSERT INTO {insert.table} ({', '.join(columns)})"
+            f" VALUES {', '.join([one] * len(rows))}"
+            f" ON CONFLICT ({', '.join(insert.key)}) DO NOTHING RETURNING {returning}),"
+            f" note AS (SELECT pg_notify('{CHANNEL_PREFIX}{_identifier(channel)}', '')"
+            " WHERE EXISTS (SELECT 1 FROM ins))"
+            f" SELECT {returning}, (SELECT count(*) FROM note) AS notified FROM ins"
         )
+        values = [row[name] for row in rows for name in columns]
         try:
             async with self.pool.connection() as conn:
-                cur = await conn.execute(to_psycopg(statement), params)
-                row = await cur.fetchone()
+                cur = await conn.execute(statement, values)
+                stored = await cur.fetchall()
         except psycopg.OperationalError:
             await self._sweep()  # the server went away: replace the idle ones now
             raise
-        changed = int(row["n"]) if row else 0
-        if changed:
+        if stored:
             self._wakeups.set(channel)
-        return changed
+        return {tuple(r[name] for name in insert.key) for r in stored}
 
     async def ping(self) -> None:
         async with self.pool.connection(timeout=3.0) as conn:
@@ -243,3 +263,95 @@ def _identifier(channel: str) -> str:
     if not re.fullmatch(r"[a-z_]+", channel):
         raise ValueError(f"bad channel name {channel!r}")
     return channel
+
+
+_Waiter = tuple[Params, "asyncio.Future[bool]"]
+
+
+class _GroupInserter:
+    """Collects :meth:`PostgresDatabase.insert_new` calls into multi-row statements.
+
+    A statement leaves as soon as a connection slot is free; whatever arrives meanwhile
+    waits for the next one. At light load that is one row per statement with no added
+    delay; under load, tens of callbacks share a round trip and a commit."""
+
+    def __init__(self, db: PostgresDatabase) -> None:
+        self._db = db
+        self._queued: dict[tuple[NewRowInsert, str], list[_Waiter]] = {}
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def insert(self, insert: NewRowInsert, row: Params, channel: str) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queued.setdefault((insert, channel), []).append((row, future))
+        self._start()
+        return await future
+
+    def _start(self) -> None:
+        while self._queued and self._in_flight < GROUP_MAX_IN_FLIGHT:
+            target = next(iter(self._queued))
+            waiters = self._queued[target]
+            batch, rest = waiters[:GROUP_MAX_ROWS], waiters[GROUP_MAX_ROWS:]
+            if rest:
+                self._queued[target] = rest
+            else:
+                del self._queued[target]
+            self._in_flight += 1
+            task = asyncio.create_task(self._send(*target, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, insert: NewRowInsert, channel: str, batch: list[_Waiter]) -> None:
+        try:
+            # A key twice in one batch (a provider's immediate retry): the first row goes in
+            # the statement; the others are duplicates of it, whatever happens to it.
+            first: dict[tuple[object, ...], Params] = {}
+            for row, _ in batch:
+                first.setdefault(insert.key_of(row), row)
+            outcome: dict[tuple[object, ...], bool | BaseException]
+            try:
+                new = await self._db.insert_rows(insert, list(first.values()), channel)
+                outcome = {key: key in new for key in first}
+            except psycopg.OperationalError as exc:
+                _fail(batch, exc)  # the database is unreachable: every caller answers 503
+                return
+            except Exception as exc:
+                if len(first) == 1:
+                    _fail(batch, exc)
+                    return
+                outcome = await self._one_by_one(insert, channel, first)
+            answered: set[tuple[object, ...]] = set()
+            for row, future in batch:
+                key = insert.key_of(row)
+                result = outcome[key]
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)  # never acknowledged as a duplicate
+                else:
+                    future.set_result(result and key not in answered)
+                answered.add(key)
+        except BaseException as exc:
+            _fail(batch, exc)
+            raise
+        finally:
+            self._in_flight -= 1
+            self._start()
+
+    async def _one_by_one(
+        self, insert: NewRowInsert, channel: str, rows: dict[tuple[object, ...], Params]
+    ) -> dict[tuple[object, ...], bool | BaseException]:
+        """A statement failed on some row's data: find it, so only its own caller fails."""
+        outcome: dict[tuple[object, ...], bool | BaseException] = {}
+        for key, row in rows.items():
+            try:
+                outcome[key] = bool(await self._db.insert_rows(insert, [row], channel))
+            except Exception as exc:
+                outcome[key] = exc
+        return outcome
+
+
+def _fail(batch: list[_Waiter], exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)

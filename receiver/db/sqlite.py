@@ -10,12 +10,13 @@ transaction across a process crash (``kill -9``); only a power cut can lose the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from receiver.db.base import Database, Params, Row, Transaction
+from receiver.db.base import Database, NewRowInsert, Params, Row, Transaction
 from receiver.db.wakeup import Wakeups
 
 
@@ -45,6 +46,11 @@ def connect(url: str, *, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
     # indexes no longer fit in 2 MiB, and every lookup would go through the OS.
     conn.execute("PRAGMA cache_size=-32768")
     return conn
+
+
+@functools.lru_cache(maxsize=16)
+def _one_row_sql(insert: NewRowInsert) -> str:
+    return insert.one_row_sql()
 
 
 class _SqliteTransaction(Transaction):
@@ -122,18 +128,18 @@ class SqliteDatabase(Database):
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
 
-    async def execute_notify(self, sql: str, params: Params, channel: str) -> int:
-        """Group commit: statements queued in the same event-loop turn share one transaction.
+    async def insert_new(self, insert: NewRowInsert, row: Params, channel: str) -> bool:
+        """Group commit: rows queued in the same event-loop turn share one transaction.
 
         Under load, 32 callbacks arriving together cost one commit instead of 32; each caller
-        still gets its own row count only after the commit (so an ack is never early).
+        still gets its own answer only after the commit (so an ack is never early).
         """
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._batch.append((sql, params, channel, future))
+        self._batch.append((_one_row_sql(insert), row, channel, future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_batch)
-        return await future
+        return await future > 0
 
     def _flush_batch(self) -> None:
         conn = self.conn

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from receiver.db.base import Database, Row, Transaction
+from receiver.db.base import Database, NewRowInsert, Row, Transaction
 from receiver.store.jsonutil import dumps
 
 INBOX_CHANNEL = "inbox"
@@ -19,12 +19,25 @@ PENDING, PROCESSING, PROCESSED, UNMATCHED, FAILED = (
     "failed",
 )
 
-INSERT_SQL = (
-    "INSERT INTO inbox (provider, channel, dedupe_key, received_at, body, headers, query,"
-    " request_id, external_id, status, attempts) VALUES (:provider, :channel, :dedupe_key,"
-    " :received_at, :body, :headers, :query, :request_id, :external_id, 'pending', 0)"
-    " ON CONFLICT (provider, dedupe_key) DO NOTHING"
+# A callback is new unless the same provider already sent its dedupe key.
+NEW_CALLBACK = NewRowInsert(
+    table="inbox",
+    columns=(
+        "provider",
+        "channel",
+        "dedupe_key",
+        "received_at",
+        "body",
+        "headers",
+        "query",
+        "request_id",
+        "external_id",
+        "status",
+        "attempts",
+    ),
+    key=("provider", "dedupe_key"),
 )
+INSERT_SQL = NEW_CALLBACK.one_row_sql()
 
 
 def insert_params(
@@ -49,6 +62,8 @@ def insert_params(
         "query": query,
         "request_id": request_id,
         "external_id": external_id,
+        "status": PENDING,
+        "attempts": 0,
     }
 
 

@@ -1,0 +1,242 @@
+"""The callback fast path: ``/hooks/*`` answered straight from ASGI.
+
+Every provider callback comes through here, so it is the one path whose cost decides how
+many callbacks a process can take. Starlette's router, its ``Request``/``Response`` objects
+and the middleware stack cost more per callback than the database insert itself
+(docs/performance.md), so hook routes skip them: the request is read from ``receive``, the
+provider's handler gets a small :class:`Callback`, and the answer is sent as preformatted
+bytes. Everything else (health, admin API, browser returns) goes on to the Starlette app.
+
+What the middleware does for other routes is done here too: a request id (taken from a
+well-formed ``X-Request-ID`` or made up), bound to every log line of the request and sent
+back; the metrics by route group; an access line for refusals; an unhandled error becomes a
+logged 500 with a JSON body, never a dropped connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from receiver.errors import CallbackRejected
+from receiver.logs import get_logger, set_request_id
+from receiver.metrics import Metrics
+from receiver.middleware import REQUEST_ID_PATTERN, loggable_path, route_group
+
+log = get_logger("signback.http")
+
+HOOKS_PREFIX = "/hooks/"
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived: nobody is left to answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP answer with its JSON body already encoded."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+    @classmethod
+    def json(
+        cls, status: int, payload: Any, headers: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> Answer:
+        return cls(status, json.dumps(payload, separators=(",", ":")).encode(), headers)
+
+    @classmethod
+    def error(cls, status: int, reason: str) -> Answer:
+        # 503s tell the provider when to come back; every refusal carries its reason.
+        headers = ((b"retry-after", b"5"),) if status == 503 else ()
+        return cls.json(status, {"error": reason}, headers)
+
+
+class Callback:
+    """One callback request as a hook handler sees it. The body is read on demand, so a
+    handler can refuse (404 unknown URL, 415 wrong type) before reading it."""
+
+    __slots__ = ("_receive", "headers", "method", "param", "path", "query")
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        path: str,
+        param: str | None,
+        headers: dict[str, str],
+        query: str,
+        receive: Receive,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.param = param  # the route's one ``{…}`` segment, if it has one
+        self.headers = headers  # lower-case names; the last of repeated headers wins
+        self.query = query
+        self._receive = receive
+
+    async def read_body(self, limit: int) -> bytes:
+        """The raw body, refusing (413) anything over ``limit`` without reading it all."""
+        declared = self.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise CallbackRejected("invalid Content-Length header", 400)
+            if int(declared) > limit:
+                raise CallbackRejected(f"body larger than {limit} bytes", 413)
+        message = await self._receive()
+        if message["type"] != "http.request":
+            raise ClientGone
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):  # the usual case: one message holds it all
+            if len(body) > limit:
+                raise CallbackRejected(f"body larger than {limit} bytes", 413)
+            return body
+        chunks = [body]
+        size = len(body)
+        while True:
+            message = await self._receive()
+            if message["type"] != "http.request":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:  # chunked uploads declare no length: stop at the limit
+                raise CallbackRejected(f"body larger than {limit} bytes", 413)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+HookHandler = Callable[[Callback], Awaitable[Answer]]
+
+
+@dataclass(frozen=True, slots=True)
+class Hook:
+    """A callback route: ``/hooks/<provider>`` with at most one ``{name}`` segment at the
+    end (``/hooks/okdokument/{token}``). Only POST is accepted."""
+
+    path: str
+    handle: HookHandler
+
+    def __post_init__(self) -> None:
+        head, _, last = self.path.rpartition("/")
+        if not self.path.startswith(HOOKS_PREFIX) or "{" in head or "}" in head:
+            raise ValueError(f"hook paths look like /hooks/<provider>[/{{name}}]: {self.path}")
+        if ("{" in last) != last.startswith("{") or ("{" in last and not last.endswith("}")):
+            raise ValueError(f"a hook path's parameter is a whole last segment: {self.path}")
+
+    @property
+    def has_param(self) -> bool:
+        return self.path.endswith("}")
+
+    @property
+    def fixed_part(self) -> str:
+        """``/hooks/okdokument/`` for a parameterized route, the whole path otherwise."""
+        return self.path.rpartition("/")[0] + "/" if self.has_param else self.path
+
+
+_SERVER_ERROR = Answer.error(500, "internal error; see the server log")
+_NOT_ALLOWED = Answer.json(405, {"error": "Method Not Allowed"}, ((b"allow", b"POST"),))
+
+
+class HookRouter:
+    """ASGI app in front of the Starlette app: serves hook routes, passes on the rest."""
+
+    def __init__(self, fallback: ASGIApp, hooks: Sequence[Hook], metrics: Metrics) -> None:
+        self.fallback = fallback
+        self.metrics = metrics
+        self._exact: dict[str, HookHandler] = {}
+        self._by_prefix: dict[str, HookHandler] = {}
+        for hook in hooks:
+            table = self._by_prefix if hook.has_param else self._exact
+            if hook.fixed_part in table:
+                raise ValueError(f"two hooks for {hook.path}")
+            table[hook.fixed_part] = hook.handle
+
+    def match(self, path: str) -> tuple[HookHandler | None, str | None]:
+        handler = self._exact.get(path)
+        if handler is not None:
+            return handler, None
+        head, _, last = path.rpartition("/")
+        if last:
+            handler = self._by_prefix.get(head + "/")
+            if handler is not None:
+                return handler, last
+        return None, None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(HOOKS_PREFIX):
+            handler, param = self.match(scope["path"])
+            if handler is not None:
+                await self._serve(handler, param, scope, receive, send)
+                return
+        await self.fallback(scope, receive, send)
+
+    async def _serve(
+        self,
+        handler: HookHandler,
+        param: str | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        started = time.perf_counter()
+        headers: dict[str, str] = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
+        }
+        incoming = headers.get("x-request-id", "")
+        request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else os.urandom(8).hex()
+        set_request_id(request_id)
+        path: str = scope["path"]
+        method: str = scope["method"]
+        try:
+            if method != "POST":
+                answer = _NOT_ALLOWED
+            else:
+                call = Callback(
+                    method=method,
+                    path=path,
+                    param=param,
+                    headers=headers,
+                    query=scope["query_string"].decode("latin-1"),
+                    receive=receive,
+                )
+                answer = await handler(call)
+        except ClientGone:
+            log.info("client disconnected before sending its body", path=loggable_path(path))
+            set_request_id(None)
+            return
+        except Exception:
+            log.exception("unhandled error", path=loggable_path(path))
+            answer = _SERVER_ERROR
+        await send(
+            {
+                "type": "http.response.start",
+                "status": answer.status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(answer.body)).encode()),
+                    (b"x-request-id", request_id.encode()),
+                    *answer.headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer.body})
+        status = answer.status
+        self.metrics.http.labels(route_group(path), str(status)).inc()
+        # Accepted callbacks already logged one line ("callback stored"); one is enough.
+        if status != 200:
+            log.info(
+                "http",
+                method=method,
+                path=loggable_path(path),
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+        set_request_id(None)

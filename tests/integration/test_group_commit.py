@@ -1,0 +1,99 @@
+"""Group commit of callbacks (``Database.insert_new``) on both databases.
+
+Many callbacks arriving at once share one statement or transaction. Each caller must still
+get its own answer: new or duplicate, and only once the row is committed. A row whose data
+the database refuses fails only its own caller (which answers 503). It must never be
+acknowledged as a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from receiver.db import open_database
+from receiver.db.base import Database
+from receiver.store import inbox
+
+pytestmark = pytest.mark.anyio
+
+
+def callback_row(key: str, **overrides: Any) -> dict[str, Any]:
+    row = inbox.insert_params(
+        provider="okdokument",
+        channel="sendinfo",
+        dedupe_key=key,
+        received_at=1.0,
+        body=b'{"state":"signed"}',
+        headers={},
+        query="",
+        request_id=None,
+        external_id="req-1",
+    )
+    row.update(overrides)
+    return row
+
+
+async def opened(database_url: str) -> Database:
+    db = open_database(database_url)
+    await db.connect()
+    return db
+
+
+async def stored_keys(db: Database) -> list[str]:
+    rows = await db.fetch_all("SELECT dedupe_key FROM inbox ORDER BY dedupe_key")
+    return [str(r["dedupe_key"]) for r in rows]
+
+
+async def test_each_caller_gets_its_own_answer_under_concurrency(database_url: str) -> None:
+    db = await opened(database_url)
+    try:
+        # 200 distinct keys, each sent three times, all at once (duplicates land in the same
+        # batch as their original, and in later batches).
+        keys = [f"k{n:03d}" for n in range(200)]
+        calls = [
+            db.insert_new(inbox.NEW_CALLBACK, callback_row(k), inbox.INBOX_CHANNEL)
+            for k in keys * 3
+        ]
+        answers = await asyncio.gather(*calls)
+        new_per_key: dict[str, int] = {}
+        for key, new in zip(keys * 3, answers, strict=True):
+            new_per_key[key] = new_per_key.get(key, 0) + int(new)
+        assert new_per_key == dict.fromkeys(keys, 1)  # exactly one "accepted" per key
+        assert await stored_keys(db) == keys
+        # Once stored, a repeat is a duplicate.
+        assert not await db.insert_new(
+            inbox.NEW_CALLBACK, callback_row("k000"), inbox.INBOX_CHANNEL
+        )
+    finally:
+        await db.close()
+
+
+async def test_a_refused_row_fails_only_its_own_caller(database_url: str) -> None:
+    db = await opened(database_url)
+    try:
+        good = [callback_row(f"good-{n}") for n in range(10)]
+        bad = callback_row("bad", provider=None)  # NOT NULL: the database refuses this row
+        calls = [
+            db.insert_new(inbox.NEW_CALLBACK, row, inbox.INBOX_CHANNEL)
+            for row in [*good[:5], bad, *good[5:]]
+        ]
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(answers[5], Exception)  # its caller answers 503, not "duplicate"
+        assert [a for i, a in enumerate(answers) if i != 5] == [True] * 10
+        assert await stored_keys(db) == sorted(r["dedupe_key"] for r in good)
+    finally:
+        await db.close()
+
+
+async def test_new_rows_wake_the_pipeline(database_url: str) -> None:
+    db = await opened(database_url)
+    try:
+        waiting = asyncio.create_task(db.wait(inbox.INBOX_CHANNEL, 5.0))
+        await asyncio.sleep(0.05)
+        assert await db.insert_new(inbox.NEW_CALLBACK, callback_row("wake"), inbox.INBOX_CHANNEL)
+        assert await waiting
+    finally:
+        await db.close()
