@@ -1,4 +1,9 @@
-"""After the ack: normalize → match → state machine → rules → outbox, one transaction each.
+"""After the ack: normalize → match → state machine → rules → outbox, in one transaction.
+
+On PostgreSQL each inbox row gets its own transaction: several workers share the work, and
+short transactions keep their row locks short. On SQLite, which runs one write transaction
+at a time anyway, up to ``SINGLE_WRITER_CHUNK`` rows share one, each row in a savepoint so
+that one row's failure undoes only that row. Commits were a fifth of the end-to-end CPU.
 
 Runs in ``signback serve`` (unless SIGNBACK_RUN_WORKER=false) and in ``signback worker``.
 Rows are claimed with a lease, so several processes can share the work and a crashed
@@ -12,13 +17,14 @@ import asyncio
 import json
 import re
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from receiver import states
 from receiver.aio import sleep_or_stop
 from receiver.context import AppContext
-from receiver.db.base import Row
+from receiver.db.base import Row, Transaction
 from receiver.events import EventKind, NormalizedEvent
 from receiver.logs import get_logger
 from receiver.providers import StoredCallback
@@ -27,6 +33,9 @@ from receiver.store import inbox, outbox, requests
 log = get_logger("signback.pipeline")
 
 BATCH_SIZE = 100
+# Rows per transaction on a single-writer database. Small enough that the callbacks arriving
+# meanwhile wait at most a few milliseconds for their own commit.
+SINGLE_WRITER_CHUNK = 16
 _MILLIS = re.compile(r"[0-9]{1,15}")  # ASCII digits only; a plausible unix time in ms
 MAX_PROCESSING_ATTEMPTS = 5
 
@@ -109,47 +118,93 @@ class Pipeline:
         )
         claimed_at = self.ctx.clock()
         ordered = sorted(rows, key=lambda r: int(r["id"]))
-        for index, row in enumerate(ordered):
+        step = SINGLE_WRITER_CHUNK if self.ctx.db.single_writer else 1
+        for start in range(0, len(ordered), step):
             if self.ctx.clock() - claimed_at > self.ctx.settings.lease_seconds / 2:
                 # Half the lease is gone (a slow database, a huge backlog): hand the rest back
                 # before another worker could take them over and do the work twice.
-                await inbox.release(self.ctx.db, [int(r["id"]) for r in ordered[index:]])
+                await inbox.release(self.ctx.db, [int(r["id"]) for r in ordered[start:]])
                 break
-            await self.process(row)
+            chunk = ordered[start : start + step]
+            if len(chunk) == 1:
+                await self.process(chunk[0])
+            else:
+                await self.process_together(chunk)
             # SQLite statements run on the event loop: let waiting HTTP requests in between
-            # rows, so a backlog never holds an acknowledgement up for a whole batch.
+            # transactions, so a backlog never holds an acknowledgement up for long.
             await asyncio.sleep(0)
         return len(rows)
 
     async def process(self, row: Row) -> None:
+        """One inbox row in its own transaction."""
         callback = stored_callback(row)
         try:
-            event = self.normalize(callback)
-        except Exception as exc:
-            # The bytes were acknowledged, so they stay: parked as failed, visible, retryable.
-            log.error("cannot normalize callback", inbox_id=callback.inbox_id, error=str(exc))
-            self.ctx.metrics.events.labels(callback.provider, "unknown", inbox.FAILED).inc()
             async with self.ctx.db.transaction() as tx:
-                await inbox.finish(
-                    tx,
-                    callback.inbox_id,
-                    status=inbox.FAILED,
-                    now=self.ctx.clock(),
-                    error=f"normalize failed: {exc}",
-                )
-            return
-        try:
-            await self._apply(callback, event)
+                report = await self._process_in(tx, callback)
         except Exception as exc:
-            log.exception("processing failed", inbox_id=callback.inbox_id, kind=event.kind.value)
+            # The transaction itself failed (most likely the database went away).
+            log.error("processing failed", inbox_id=callback.inbox_id, error=str(exc))
             await inbox.release_for_retry(
                 self.ctx.db,
                 callback.inbox_id,
                 error=f"{type(exc).__name__}: {exc}",
                 max_attempts=MAX_PROCESSING_ATTEMPTS,
             )
+            return
+        report()
 
-    async def _apply(self, callback: StoredCallback, event: NormalizedEvent) -> None:
+    async def process_together(self, rows: list[Row]) -> None:
+        """Several inbox rows in one transaction, each in a savepoint of its own."""
+        reports: list[Callable[[], None]] = []
+        try:
+            async with self.ctx.db.transaction() as tx:
+                for row in rows:
+                    reports.append(await self._process_in(tx, stored_callback(row)))
+        except Exception as exc:
+            # Nothing of this chunk was committed: do it row by row, which isolates the cause.
+            log.warning("processing a chunk failed; one row at a time", error=str(exc))
+            for row in rows:
+                await self.process(row)
+            return
+        for report in reports:
+            report()  # log lines only once the work is committed
+
+    async def _process_in(self, tx: Transaction, callback: StoredCallback) -> Callable[[], None]:
+        """Process one row inside ``tx``; returns what to report once ``tx`` commits."""
+        try:
+            event = self.normalize(callback)
+        except Exception as exc:
+            # The bytes were acknowledged, so they stay: parked as failed, visible, retryable.
+            reason = str(exc)
+            await inbox.finish(
+                tx,
+                callback.inbox_id,
+                status=inbox.FAILED,
+                now=self.ctx.clock(),
+                error=f"normalize failed: {reason}",
+            )
+
+            def report_failed() -> None:
+                log.error("cannot normalize callback", inbox_id=callback.inbox_id, error=reason)
+                self.ctx.metrics.events.labels(callback.provider, "unknown", inbox.FAILED).inc()
+
+            return report_failed
+        try:
+            async with tx.savepoint():
+                return await self._apply(tx, callback, event)
+        except Exception as exc:
+            log.exception("processing failed", inbox_id=callback.inbox_id, kind=event.kind.value)
+            await inbox.mark_for_retry(
+                tx,
+                callback.inbox_id,
+                error=f"{type(exc).__name__}: {exc}",
+                max_attempts=MAX_PROCESSING_ATTEMPTS,
+            )
+            return _nothing
+
+    async def _apply(
+        self, tx: Transaction, callback: StoredCallback, event: NormalizedEvent
+    ) -> Callable[[], None]:
         ctx = self.ctx
         now = ctx.clock()
         lock = ctx.db.render("{for_update}")
@@ -159,94 +214,100 @@ class Pipeline:
             "event_id": event.event_id,
             "occurred_at": event.occurred_at,
         }
-        async with ctx.db.transaction() as tx:
-            if callback.request_id is not None:
-                request_row = await requests.get(tx, callback.request_id, lock=lock)
-            elif event.external_id is not None:
-                # Serialize with a registration of the same request (see registration.py):
-                # otherwise an event looked up just before the registration commits could be
-                # marked unmatched just after the registration re-queued unmatched events.
-                await tx.lock_key(requests.match_key(event.provider, event.external_id))
-                request_row = await requests.by_external_id(
-                    tx, event.provider, event.external_id, lock=lock
-                )
-            else:
-                request_row = None
+        if callback.request_id is not None:
+            request_row = await requests.get(tx, callback.request_id, lock=lock)
+        elif event.external_id is not None:
+            # Serialize with a registration of the same request (see registration.py):
+            # otherwise an event looked up just before the registration commits could be
+            # marked unmatched just after the registration re-queued unmatched events.
+            await tx.lock_key(requests.match_key(event.provider, event.external_id))
+            request_row = await requests.by_external_id(
+                tx, event.provider, event.external_id, lock=lock
+            )
+        else:
+            request_row = None
 
-            if request_row is None:
-                if event.external_id is not None:
-                    status, note = inbox.UNMATCHED, "no registered request yet; kept until one is"
-                elif event.kind is EventKind.TEST:
-                    status, note = inbox.PROCESSED, "test event: stored, changes nothing"
-                else:  # template.*, workspace.*, unknown types without a signing request
-                    status, note = inbox.PROCESSED, "names no signature request: stored only"
-                await inbox.finish(
-                    tx,
-                    callback.inbox_id,
-                    status=status,
-                    now=now,
-                    external_id=event.external_id,
-                    note=note,
-                    **facts,
-                )
+        if request_row is None:
+            if event.external_id is not None:
+                status, note = inbox.UNMATCHED, "no registered request yet; kept until one is"
+            elif event.kind is EventKind.TEST:
+                status, note = inbox.PROCESSED, "test event: stored, changes nothing"
+            else:  # template.*, workspace.*, unknown types without a signing request
+                status, note = inbox.PROCESSED, "names no signature request: stored only"
+            await inbox.finish(
+                tx,
+                callback.inbox_id,
+                status=status,
+                now=now,
+                external_id=event.external_id,
+                note=note,
+                **facts,
+            )
+
+            def report_unmatched() -> None:
                 log.info(
                     "event unmatched" if status == inbox.UNMATCHED else "event stored",
                     inbox_id=callback.inbox_id,
                     provider=event.provider,
                     **facts,
                 )
-                return
 
-            request = requests.from_row(request_row)
-            transition = states.apply(request.state, event.kind, confirmed=event.confirmed)
-            provider_status = event.details.get("provider_status") if event.confirmed else None
-            if transition.changed or (
-                provider_status
-                and provider_status != request.provider_status
-                and not states.is_terminal(request.state)
-            ):
-                await requests.set_state(
-                    tx,
-                    request.id,
-                    state=transition.after,
-                    provider_status=str(provider_status) if provider_status else None,
-                    now=now,
-                )
-                request = replace(
-                    request,
-                    state=transition.after,
-                    provider_status=str(provider_status or request.provider_status or "") or None,
-                    updated_at=now,
-                )
+            return report_unmatched
 
-            actions = []
-            if self._rules_apply(event, transition):
-                actions = ctx.rules.actions_for(event, request)
-            stored = await outbox.insert_actions(
-                tx, request.id, actions, now=now, source_inbox_id=callback.inbox_id
-            )
-            note = transition.note + (f"; {stored} action(s) queued" if stored else "")
-            await inbox.finish(
+        request = requests.from_row(request_row)
+        transition = states.apply(request.state, event.kind, confirmed=event.confirmed)
+        provider_status = event.details.get("provider_status") if event.confirmed else None
+        if transition.changed or (
+            provider_status
+            and provider_status != request.provider_status
+            and not states.is_terminal(request.state)
+        ):
+            await requests.set_state(
                 tx,
-                callback.inbox_id,
-                status=inbox.PROCESSED,
+                request.id,
+                state=transition.after,
+                provider_status=str(provider_status) if provider_status else None,
                 now=now,
-                request_id=request.id,
-                external_id=event.external_id or request.external_id,
-                state_before=transition.before.value,
-                state_after=transition.after.value,
-                note=note,
-                **facts,
             )
-        log.info(
-            "event processed",
-            inbox_id=callback.inbox_id,
-            request=request.id,
-            state=transition.after.value,
-            changed=transition.changed,
-            actions=stored,
-            kind=event.kind.value,
+            request = replace(
+                request,
+                state=transition.after,
+                provider_status=str(provider_status or request.provider_status or "") or None,
+                updated_at=now,
+            )
+
+        actions = []
+        if self._rules_apply(event, transition):
+            actions = ctx.rules.actions_for(event, request)
+        stored = await outbox.insert_actions(
+            tx, request.id, actions, now=now, source_inbox_id=callback.inbox_id
         )
+        note = transition.note + (f"; {stored} action(s) queued" if stored else "")
+        await inbox.finish(
+            tx,
+            callback.inbox_id,
+            status=inbox.PROCESSED,
+            now=now,
+            request_id=request.id,
+            external_id=event.external_id or request.external_id,
+            state_before=transition.before.value,
+            state_after=transition.after.value,
+            note=note,
+            **facts,
+        )
+
+        def report_processed() -> None:
+            log.info(
+                "event processed",
+                inbox_id=callback.inbox_id,
+                request=request.id,
+                state=transition.after.value,
+                changed=transition.changed,
+                actions=stored,
+                kind=event.kind.value,
+            )
+
+        return report_processed
 
     @staticmethod
     def _rules_apply(event: NormalizedEvent, transition: states.Transition) -> bool:
@@ -262,6 +323,10 @@ class Pipeline:
         if event.kind in states.TARGET:
             return transition.changed
         return event.kind is not EventKind.TEST
+
+
+def _nothing() -> None:
+    return None
 
 
 __all__ = ["Pipeline", "normalize_return", "stored_callback"]

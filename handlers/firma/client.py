@@ -353,11 +353,11 @@ class FirmaClient(ProviderHttpClient):
         body = validate_properties(properties)
         path = f"signing-requests/{_segment(signing_request_id)}"
         await self._write_limiter.acquire()
-        return await self._http.patch(path, json=body)
+        return await self._request("PATCH", path, json=body)
 
     async def get_signing_request(self, signing_request_id: str) -> httpx.Response:
         """``GET /signing-requests/{id}``: the request with its current ``status``."""
-        return await self._http.get(f"signing-requests/{_segment(signing_request_id)}")
+        return await self._request("GET", f"signing-requests/{_segment(signing_request_id)}")
 
 
 # --------------------------------------------------------------------------------------------

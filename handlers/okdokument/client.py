@@ -80,7 +80,7 @@ class OkdokumentClient(ProviderHttpClient):
             body["sendInfoURL"] = send_info_url
         if result_url is not None:
             body["resulturl"] = result_url
-        return await self._http.patch("/JSON/signatureRequest", json=body)
+        return await self._request("PATCH", "/JSON/signatureRequest", json=body)
 
     async def create_signature_request(self, body: Mapping[str, Any]) -> httpx.Response:
         """``POST /JSON/signatureRequest``: a new document, or a new round on one.
@@ -88,15 +88,17 @@ class OkdokumentClient(ProviderHttpClient):
         The body is passed through untouched (``filedata`` or ``id`` + ``changeState``,
         ``sendInfoURL``, ``resulturl``, ...); the new id comes back in ``result``.
         """
-        return await self._http.post("/JSON/signatureRequest", json=dict(body))
+        return await self._request("POST", "/JSON/signatureRequest", json=dict(body))
 
     async def document_metadata(self, document_id: str) -> httpx.Response:
         """``GET /JSON/document/metadata/{documentId}``: the document's current state."""
-        return await self._http.get(f"/JSON/document/metadata/{_segment(document_id)}")
+        return await self._request("GET", f"/JSON/document/metadata/{_segment(document_id)}")
 
     async def delete_signature_request(self, signature_request_id: str) -> httpx.Response:
         """``DELETE /JSON/signatureRequest/{signatureRequestId}``."""
-        return await self._http.delete(f"/JSON/signatureRequest/{_segment(signature_request_id)}")
+        return await self._request(
+            "DELETE", f"/JSON/signatureRequest/{_segment(signature_request_id)}"
+        )
 
 
 def provider_message(response: httpx.Response) -> str:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ class Transaction(abc.ABC):
 
     def __init__(self) -> None:
         self.pending_notifications: set[str] = set()  # channels to wake after the commit
+        self._savepoints = 0
 
     @abc.abstractmethod
     async def execute(self, sql: str, params: Params | None = None) -> int:
@@ -59,6 +60,20 @@ class Transaction(abc.ABC):
         SQLite needs nothing: its write transactions are serialized already."""
         return None
 
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A part of the transaction that an exception undoes alone (then re-raised)."""
+        self._savepoints += 1
+        name = f"sp_{self._savepoints}"
+        await self.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            await self.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            await self.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        await self.execute(f"RELEASE SAVEPOINT {name}")
+
     def notify_on_commit(self, channel: str) -> None:
         """Wake the workers waiting on ``channel`` once this transaction has committed."""
         self.pending_notifications.add(channel)
@@ -69,6 +84,9 @@ class Database(abc.ABC):
 
     dialect: str
     url: str
+    # True when the database runs one write transaction at a time anyway (SQLite): grouping
+    # work into fewer, larger transactions then costs no concurrency and saves commits.
+    single_writer: bool = False
 
     @abc.abstractmethod
     async def connect(self) -> None: ...

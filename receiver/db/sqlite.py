@@ -73,6 +73,7 @@ _Queued = tuple[str, Params, str, "asyncio.Future[int]"]
 
 class SqliteDatabase(Database):
     dialect = "sqlite"
+    single_writer = True
 
     def __init__(self, url: str, *, busy_timeout_ms: int = 5000) -> None:
         self.url = url

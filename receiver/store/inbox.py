@@ -134,12 +134,16 @@ async def finish(
 async def release_for_retry(db: Database, inbox_id: int, *, error: str, max_attempts: int) -> None:
     """Processing crashed: try again later, or park it as failed after too many tries."""
     async with db.transaction() as tx:
-        await tx.execute(
-            "UPDATE inbox SET error = :error, lease_expires_at = NULL,"
-            " status = CASE WHEN attempts >= :max THEN 'failed' ELSE 'pending' END"
-            " WHERE id = :id AND status = 'processing'",
-            {"error": error, "max": max_attempts, "id": inbox_id},
-        )
+        await mark_for_retry(tx, inbox_id, error=error, max_attempts=max_attempts)
+
+
+async def mark_for_retry(tx: Transaction, inbox_id: int, *, error: str, max_attempts: int) -> None:
+    await tx.execute(
+        "UPDATE inbox SET error = :error, lease_expires_at = NULL,"
+        " status = CASE WHEN attempts >= :max THEN 'failed' ELSE 'pending' END"
+        " WHERE id = :id AND status = 'processing'",
+        {"error": error, "max": max_attempts, "id": inbox_id},
+    )
 
 
 async def release(db: Database, inbox_ids: list[int]) -> None:

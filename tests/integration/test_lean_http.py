@@ -1,0 +1,222 @@
+"""The outbox's HTTP client (receiver/lean_http.py) against real servers on loopback.
+
+Each test runs on the plain asyncio loop and on uvloop, which ``signback serve`` uses (uvloop
+transports are not ``asyncio.Transport`` subclasses, a difference that once broke
+``connection_made``). It checks keep-alive reuse, the framings of an answer, timeouts and
+errors as httpx's exception types, and that calls stay under the base URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvloop
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from receiver.lean_http import LeanHttpClient
+from tests.servers import running_server
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+def run(loop: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    if loop == "uvloop":
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+
+
+def app() -> Starlette:
+    async def echo(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "method": request.method,
+                "path": request.url.path,
+                "query": request.url.query,
+                "body": (await request.body()).decode(),
+                "headers": {k: v for k, v in request.headers.items()},
+                "peer": f"{request.client.host}:{request.client.port}" if request.client else "",
+            },
+            headers={"x-answer": "yes"},
+        )
+
+    async def chunked(_: Request) -> Response:
+        async def parts() -> Any:
+            for piece in (b'{"parts": ', b"[1, 2, ", b"3]}"):
+                yield piece
+
+        return StreamingResponse(parts(), media_type="application/json")
+
+    async def closing(_: Request) -> Response:
+        return JSONResponse({"closing": True}, headers={"connection": "close"})
+
+    async def slow(_: Request) -> Response:
+        await asyncio.sleep(2)
+        return JSONResponse({"slow": True})
+
+    return Starlette(
+        routes=[
+            Route("/chunked", chunked),
+            Route("/closing", closing),
+            Route("/slow", slow),
+            Route("/{path:path}", echo, methods=["GET", "POST", "PATCH", "DELETE"]),
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def base() -> Iterator[str]:
+    with running_server(app()) as url:
+        yield url
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_keep_alive_headers_body_and_base_path(base: str, loop: str) -> None:
+    async def main() -> None:
+        client = LeanHttpClient(f"{base}/api/v1", {"x-api-key": "k"}, timeout=5)
+        try:
+            answers = await asyncio.gather(
+                *(client.request("PATCH", "items/1", json={"n": n, "ü": "ä"}) for n in range(20))
+            )
+            for n, answer in enumerate(answers):
+                assert answer.status_code == 200
+                assert answer.headers["x-answer"] == "yes"
+                seen = answer.json()
+                assert seen["method"] == "PATCH"
+                assert seen["path"] == "/api/v1/items/1"  # joined like httpx's base_url
+                assert seen["body"] == f'{{"n":{n},"ü":"ä"}}'
+                assert seen["headers"]["x-api-key"] == "k"
+                assert seen["headers"]["content-type"] == "application/json"
+                assert answer.request.url == f"{base}/api/v1/items/1"
+            # A leading slash stays under the base path too, and a query string is kept.
+            answer = await client.request("GET", "/items?x=1")
+            assert answer.json()["path"] == "/api/v1/items"
+            assert answer.json()["query"] == "x=1"
+            # Sequential calls reuse one connection.
+            peers = {(await client.request("GET", "ping")).json()["peer"] for _ in range(10)}
+            assert len(peers) == 1
+            assert client.connections_opened <= 20
+        finally:
+            await client.aclose()
+
+    run(loop, main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_chunked_and_connection_close_answers(base: str, loop: str) -> None:
+    async def main() -> None:
+        client = LeanHttpClient(base, {}, timeout=5)
+        try:
+            assert (await client.request("GET", "chunked")).json() == {"parts": [1, 2, 3]}
+            opened = client.connections_opened
+            assert (await client.request("GET", "closing")).json() == {"closing": True}
+            assert (await client.request("GET", "closing")).json() == {"closing": True}
+            assert client.connections_opened == opened + 1  # "close" is never reused
+        finally:
+            await client.aclose()
+
+    run(loop, main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_timeouts_and_errors_are_httpx_exceptions(base: str, loop: str) -> None:
+    async def main() -> None:
+        client = LeanHttpClient(base, {}, timeout=0.3)
+        try:
+            with pytest.raises(httpx.ReadTimeout):
+                await client.request("GET", "slow")
+            assert (await client.request("GET", "after")).status_code == 200
+        finally:
+            await client.aclose()
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            port = unused.getsockname()[1]
+        refused = LeanHttpClient(f"http://127.0.0.1:{port}", {}, timeout=2)
+        with pytest.raises(httpx.ConnectError):
+            await refused.request("GET", "x")
+        await refused.aclose()
+
+    run(loop, main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_answers_ended_by_close_and_broken_answers(loop: str) -> None:
+    """Raw servers: an answer with neither length nor chunking ends with the connection; a
+    server that hangs up mid-answer or sends garbage is a RemoteProtocolError."""
+    replies = {
+        b"/eof": b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end",
+        b"/cut": b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort",
+        b"/junk": b"NOT HTTP AT ALL\r\n\r\n",
+    }
+    with raw_server(replies) as base:
+
+        async def main() -> None:
+            client = LeanHttpClient(base, {}, timeout=3)
+            try:
+                answer = await client.request("GET", "eof")
+                assert answer.status_code == 200
+                assert answer.text == "until the end"
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await client.request("GET", "cut")
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await client.request("GET", "junk")
+            finally:
+                await client.aclose()
+
+        run(loop, main)
+
+
+@pytest.mark.parametrize(
+    "path", ["http://elsewhere.example/x", "//elsewhere.example/x", "a\r\nInjected: 1", "a b"]
+)
+def test_calls_stay_under_the_base_url(path: str) -> None:
+    async def main() -> None:
+        client = LeanHttpClient("http://127.0.0.1:9/api", {}, timeout=1)
+        with pytest.raises(ValueError, match="under the base URL"):
+            await client.request("GET", path)
+
+    asyncio.run(main())
+
+
+@contextlib.contextmanager
+def raw_server(replies: dict[bytes, bytes]) -> Iterator[str]:
+    """Answers each connection's first request line with a canned reply, then hangs up."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                target = data.split(b" ", 2)[1] if data.count(b" ") >= 2 else b""
+                conn.sendall(replies.get(target, b"HTTP/1.1 404 Not Found\r\n\r\n"))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
