@@ -143,7 +143,7 @@ def create_app(
     app.state.ctx = ctx
     app.add_middleware(RequestContextMiddleware, metrics=ctx.metrics)
     # Callbacks take the fast path in front of Starlette; everything else goes through it.
-    return HookRouter(app, hooks, ctx.metrics)
+    return HookRouter(app, hooks, ctx.metrics, ctx.intake_load)
 
 
 def create_app_from_env() -> HookRouter:

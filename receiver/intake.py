@@ -24,6 +24,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from receiver.context import IntakeLoad
 from receiver.errors import CallbackRejected
 from receiver.logs import get_logger, set_request_id
 from receiver.metrics import Metrics
@@ -148,9 +149,16 @@ _NOT_ALLOWED = Answer.json(405, {"error": "Method Not Allowed"}, ((b"allow", b"P
 class HookRouter:
     """ASGI app in front of the Starlette app: serves hook routes, passes on the rest."""
 
-    def __init__(self, fallback: ASGIApp, hooks: Sequence[Hook], metrics: Metrics) -> None:
+    def __init__(
+        self,
+        fallback: ASGIApp,
+        hooks: Sequence[Hook],
+        metrics: Metrics,
+        load: IntakeLoad | None = None,
+    ) -> None:
         self.fallback = fallback
         self.metrics = metrics
+        self.load = load or IntakeLoad()
         self._exact: dict[str, HookHandler] = {}
         self._by_prefix: dict[str, HookHandler] = {}
         for hook in hooks:
@@ -174,6 +182,7 @@ class HookRouter:
         if scope["type"] == "http" and scope["path"].startswith(HOOKS_PREFIX):
             handler, param = self.match(scope["path"])
             if handler is not None:
+                self.load.arrived()
                 await self._serve(handler, param, scope, receive, send)
                 return
         await self.fallback(scope, receive, send)

@@ -9,6 +9,7 @@ acknowledged as a duplicate.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,3 +98,39 @@ async def test_new_rows_wake_the_pipeline(database_url: str) -> None:
         assert await waiting
     finally:
         await db.close()
+
+
+async def test_sqlite_wal_stays_small_under_constant_writes(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The serving connection never checkpoints on its own (a background thread does), yet
+    the WAL file must not grow without bound while writes never pause."""
+    from receiver.db import sqlite
+
+    monkeypatch.setattr(sqlite, "CHECKPOINT_INTERVAL", 0.005)
+    monkeypatch.setattr(sqlite, "WAL_RESET_PAGES", 100)
+    monkeypatch.setattr(sqlite, "RESET_CHECK_COMMITS", 2)
+    db = await opened(sqlite_url)
+    wal = Path(sqlite.sqlite_path(sqlite_url) + "-wal")
+    largest = 0
+    try:
+        for group in range(300):
+            await asyncio.gather(
+                *(
+                    db.insert_new(
+                        inbox.NEW_CALLBACK, callback_row(f"g{group}-{n}"), inbox.INBOX_CHANNEL
+                    )
+                    for n in range(16)
+                )
+            )
+            largest = max(largest, size_of(wal))
+        assert len(await stored_keys(db)) == 300 * 16
+    finally:
+        await db.close()
+    # Without the reset the WAL reaches several MiB here (every commit appends pages).
+    assert largest < 2 * 1024 * 1024, f"the WAL grew to {largest:,} bytes"
+    assert size_of(wal) == 0  # truncated at close
+
+
+def size_of(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
