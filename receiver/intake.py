@@ -238,8 +238,8 @@ class HookRouter:
         )
         await send({"type": "http.response.body", "body": answer.body})
         status = answer.status
-        self.metrics.http.labels(route_group(path), str(status)).inc()
-        # Accepted callbacks already logged one line ("callback stored"); one is enough.
+        self.metrics.count(self.metrics.http, route_group(path), str(status))
+        # Accepted callbacks: the pipeline logs each one as it is processed.
         if status != 200:
             log.info(
                 "http",

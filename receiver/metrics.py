@@ -51,7 +51,18 @@ class Metrics:
             registry=self.registry,
         )
         self._queue_counts: dict[str, dict[str, int]] = {}
+        self._children: dict[tuple[object, ...], Counter] = {}
         self.registry.register(self.queue_collector())
+
+    def count(self, counter: Counter, *labels: str) -> None:
+        """``counter.labels(*labels).inc()``, with the labelled child looked up once: the
+        intake counts every callback, and ``labels()`` takes a lock and validates each time.
+        """
+        key = (id(counter), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = counter.labels(*labels)
+        child.inc()
 
     def set_queue_counts(self, inbox: dict[str, int], outbox: dict[str, int]) -> None:
         self._queue_counts = {"inbox": inbox, "outbox": outbox}

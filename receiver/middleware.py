@@ -75,7 +75,7 @@ class RequestContextMiddleware:
             path = scope["path"]
             if self.metrics is not None:
                 self.metrics.http.labels(route_group(path), str(status)).inc()
-            # Accepted callbacks already logged one line ("callback stored"); one is enough.
+            # Accepted callbacks: the pipeline logs each one as it is processed.
             quiet = path in _QUIET_PATHS or (status == 200 and path.startswith("/hooks/"))
             if not quiet or status >= 400:
                 log.info(
