@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -112,6 +113,9 @@ def create_app(
             providers=sorted(ctx.providers),
             rules=[r.name for r in ctx.rules.rules],
         )
+        # Everything built so far lives as long as the process: keep it out of the cyclic
+        # collector's full passes, which otherwise walk it all (tens of ms, a latency spike).
+        gc.freeze()
         try:
             yield
         finally:

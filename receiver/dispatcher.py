@@ -21,7 +21,7 @@ import httpx
 
 from receiver.aio import sleep_or_stop
 from receiver.context import AppContext, CallbackUrls
-from receiver.db.base import Row
+from receiver.db.base import Row, Transaction
 from receiver.errors import InvalidAction
 from receiver.logs import get_logger
 from receiver.providers import Outcome
@@ -186,46 +186,49 @@ class Dispatcher:
             )
             return
 
-        async def record() -> bool:
-            async with ctx.db.transaction() as tx:
-                await outbox.record_attempt(
-                    tx,
-                    action_id=action_id,
-                    attempt=attempt,
-                    started_at=started_at,
-                    duration_ms=round(duration_ms, 2),
-                    status_code=outcome.status_code,
-                    outcome={"done": "ok"}.get(decision.status, decision.status),
-                    error=error,
-                    response_excerpt=outcome.response_excerpt[:500] or None,
-                )
-                held = await outbox.settle(
-                    tx,
-                    action_id,
-                    status=status,
-                    now=now,
-                    due_at=decision.retry_at,
-                    status_code=outcome.status_code,
-                    error=error,
-                    worker=ctx.worker_id,
-                )
-                if held:
-                    for follow_up in outcome.follow_up:
-                        await inbox.insert(
-                            tx,
-                            inbox.insert_params(
-                                provider=follow_up.provider,
-                                channel=follow_up.channel,
-                                dedupe_key=follow_up.dedupe_key,
-                                received_at=now,
-                                body=follow_up.body,
-                                headers={},
-                                query="",
-                                request_id=follow_up.request_id,
-                                external_id=None,
-                            ),
-                        )
+        async def record_in(tx: Transaction) -> bool:
+            await outbox.record_attempt(
+                tx,
+                action_id=action_id,
+                attempt=attempt,
+                started_at=started_at,
+                duration_ms=round(duration_ms, 2),
+                status_code=outcome.status_code,
+                outcome={"done": "ok"}.get(decision.status, decision.status),
+                error=error,
+                response_excerpt=outcome.response_excerpt[:500] or None,
+            )
+            held = await outbox.settle(
+                tx,
+                action_id,
+                status=status,
+                now=now,
+                due_at=decision.retry_at,
+                status_code=outcome.status_code,
+                error=error,
+                worker=ctx.worker_id,
+            )
+            if held:
+                for follow_up in outcome.follow_up:
+                    await inbox.insert(
+                        tx,
+                        inbox.insert_params(
+                            provider=follow_up.provider,
+                            channel=follow_up.channel,
+                            dedupe_key=follow_up.dedupe_key,
+                            received_at=now,
+                            body=follow_up.body,
+                            headers={},
+                            query="",
+                            request_id=follow_up.request_id,
+                            external_id=None,
+                        ),
+                    )
             return held
+
+        async def record() -> bool:
+            # Results of actions finishing together share a commit (on SQLite).
+            return await ctx.db.in_shared_transaction(record_in)
 
         held = await self._with_db_retries(record, deadline=float(row["lease_expires_at"] or 0))
         operation_name = str(row["operation"])

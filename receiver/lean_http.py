@@ -229,12 +229,9 @@ class LeanHttpClient:
                     conn.close()  # cancelled, failed or not keep-alive: never reused
         finally:
             self._slots.release()
-        return httpx.Response(
-            status,
-            headers=headers,
-            content=answer,
-            request=httpx.Request(method, self.url_for(path)),
-        )
+        # No httpx.Request is attached (parsing its URL cost more than the rest of the call),
+        # so raise_for_status() and .url are unavailable; provider clients use neither.
+        return httpx.Response(status, headers=headers, content=answer)
 
     async def _checkout(self) -> _Connection:
         now = time.monotonic()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 Row = dict[str, Any]
 Params = Mapping[str, Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,16 @@ class Database(abc.ABC):
     async def execute(self, sql: str, params: Params | None = None) -> int:
         async with self.transaction() as tx:
             return await tx.execute(sql, params)
+
+    async def in_shared_transaction(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
+        """Run ``work`` in a transaction that small pieces of work queued at the same moment
+        may share (each in its own savepoint, so one failing undoes only itself).
+
+        Drivers of single-writer databases share (one commit for many); others give each
+        piece its own transaction, here. ``work`` must only run statements.
+        """
+        async with self.transaction() as tx:
+            return await work(tx)
 
     async def insert_new(self, insert: NewRowInsert, row: Params, channel: str) -> bool:
         """Store ``row`` unless its key is already stored, and commit; True if it was new.

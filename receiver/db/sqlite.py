@@ -14,11 +14,12 @@ import contextlib
 import functools
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-from receiver.db.base import Database, NewRowInsert, Params, Row, Transaction
+from receiver.db.base import Database, NewRowInsert, Params, Row, T, Transaction
 from receiver.db.wakeup import Wakeups
 
 
@@ -135,6 +136,8 @@ class SqliteDatabase(Database):
         self._wakeups = Wakeups()
         self._batch: list[_Queued] = []
         self._flush_scheduled = False
+        self._shared: list[tuple[Callable[[Transaction], Awaitable[Any]], asyncio.Future[Any]]] = []
+        self._shared_tasks: set[asyncio.Task[None]] = set()
 
     async def connect(self) -> None:
         if self._conn is None:
@@ -205,6 +208,50 @@ class SqliteDatabase(Database):
     async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
+
+    async def in_shared_transaction(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
+        """Pieces of work queued in the same event-loop turn share one transaction, each in
+        a savepoint; every caller gets its own result (or exception) after the commit."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._shared.append((work, future))
+        if len(self._shared) == 1:
+            task = asyncio.get_running_loop().create_task(self._run_shared())
+            self._shared_tasks.add(task)
+            task.add_done_callback(self._shared_tasks.discard)
+        return await future
+
+    async def _run_shared(self) -> None:
+        try:
+            await asyncio.sleep(0)  # let this turn's other pieces join
+        except BaseException:  # cancelled (shutdown): nobody may wait for ever
+            queued, self._shared = self._shared, []
+            for _, future in queued:
+                future.cancel()
+            raise
+        queued, self._shared = self._shared, []
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            async with self.transaction() as tx:
+                for work, future in queued:
+                    try:
+                        async with tx.savepoint():
+                            results.append((future, await work(tx), None))
+                    except Exception as exc:
+                        results.append((future, None, exc))
+        except BaseException as exc:  # the commit itself failed: nothing of it happened
+            for _, future in queued:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for future, result, error in results:
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
 
     async def insert_new(self, insert: NewRowInsert, row: Params, channel: str) -> bool:
         """Group commit: rows queued in the same event-loop turn share one transaction.

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from receiver.db import open_database
-from receiver.db.base import Database
+from receiver.db.base import Database, Transaction
 from receiver.store import inbox
 
 pytestmark = pytest.mark.anyio
@@ -134,3 +134,32 @@ async def test_sqlite_wal_stays_small_under_constant_writes(
 
 def size_of(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
+
+
+async def test_shared_transactions_isolate_each_piece(database_url: str) -> None:
+    """``in_shared_transaction``: pieces queued together may share a commit (SQLite), but a
+    piece that fails is undone alone and only its caller sees the error."""
+    db = await opened(database_url)
+
+    def piece(key: str, *, fail: bool = False) -> Any:
+        async def work(tx: Transaction) -> str:
+            await inbox.insert(tx, callback_row(key))
+            if fail:
+                raise ValueError(f"{key} failed")
+            return key
+
+        return work
+
+    try:
+        answers = await asyncio.gather(
+            db.in_shared_transaction(piece("a")),
+            db.in_shared_transaction(piece("b", fail=True)),
+            db.in_shared_transaction(piece("c")),
+            return_exceptions=True,
+        )
+        assert answers[0] == "a"
+        assert answers[2] == "c"
+        assert isinstance(answers[1], ValueError)
+        assert await stored_keys(db) == ["a", "c"]  # b's insert was rolled back alone
+    finally:
+        await db.close()
