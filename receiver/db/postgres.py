@@ -209,6 +209,21 @@ class PostgresDatabase(Database):
             self._wakeups.set(channel)
         return {tuple(r[name] for name in insert.key) for r in stored}
 
+    async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
+        """A lone read on an autocommit connection: one round trip, not BEGIN/SELECT/COMMIT
+        (a token lookup at intake was three)."""
+        try:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(to_psycopg(sql), params or {})
+                return await cur.fetchall()
+        except psycopg.OperationalError:
+            await self._sweep()
+            raise
+
+    async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
+
     async def ping(self) -> None:
         async with self.pool.connection(timeout=3.0) as conn:
             await conn.execute("SELECT 1")
