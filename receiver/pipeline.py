@@ -150,10 +150,11 @@ class Pipeline:
         callback = stored_callback(row)
         try:
             async with self.ctx.db.transaction() as tx:
-                report = await self._process_in(tx, callback)
+                report = await self._process_in(tx, callback, savepoint=False)
         except Exception as exc:
-            # The transaction itself failed (most likely the database went away).
-            log.error("processing failed", inbox_id=callback.inbox_id, error=str(exc))
+            # Rolled back whole (a failing rule, or the database went away): mark the row
+            # for a retry in a transaction of its own.
+            log.exception("processing failed", inbox_id=callback.inbox_id)
             await inbox.release_for_retry(
                 self.ctx.db,
                 callback.inbox_id,
@@ -169,7 +170,8 @@ class Pipeline:
         try:
             async with self.ctx.db.transaction() as tx:
                 for row in rows:
-                    reports.append(await self._process_in(tx, stored_callback(row)))
+                    callback = stored_callback(row)
+                    reports.append(await self._process_in(tx, callback, savepoint=True))
         except Exception as exc:
             # Nothing of this chunk was committed: do it row by row, which isolates the cause.
             log.warning("processing a chunk failed; one row at a time", error=str(exc))
@@ -179,8 +181,14 @@ class Pipeline:
         for report in reports:
             report()  # log lines only once the work is committed
 
-    async def _process_in(self, tx: Transaction, callback: StoredCallback) -> Callable[[], None]:
-        """Process one row inside ``tx``; returns what to report once ``tx`` commits."""
+    async def _process_in(
+        self, tx: Transaction, callback: StoredCallback, *, savepoint: bool
+    ) -> Callable[[], None]:
+        """Process one row inside ``tx``; returns what to report once ``tx`` commits.
+
+        With ``savepoint``, a failure undoes only this row's work and marks it for a retry
+        within ``tx`` (the other rows of the chunk go on); without, it propagates (a
+        savepoint would cost two more round trips per row on PostgreSQL)."""
         try:
             event = self.normalize(callback)
         except Exception as exc:
@@ -199,6 +207,8 @@ class Pipeline:
                 self.ctx.metrics.events.labels(callback.provider, "unknown", inbox.FAILED).inc()
 
             return report_failed
+        if not savepoint:
+            return await self._apply(tx, callback, event)
         try:
             async with tx.savepoint():
                 return await self._apply(tx, callback, event)
