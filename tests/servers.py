@@ -37,8 +37,10 @@ def running_server(
     startup_timeout: float = 10.0,
     shutdown_timeout: int = 10,
     sock: socket.socket | None = None,
+    tls: tuple[str, str] | None = None,
 ) -> Iterator[str]:
-    """Serve ``app`` on ``host`` at a free port (or on ``sock``); yield ``http://host:port``."""
+    """Serve ``app`` on ``host`` at a free port (or on ``sock``); yield ``http://host:port``
+    (``https://`` with ``tls=(certfile, keyfile)``)."""
     sock = sock or bound_socket(host)
     port: int = sock.getsockname()[1]
     config = uvicorn.Config(
@@ -49,6 +51,8 @@ def running_server(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=shutdown_timeout,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
     server = uvicorn.Server(config)
     # uvicorn installs signal handlers only in the main thread, so a thread is safe here.
@@ -64,7 +68,7 @@ def running_server(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the server on port {port} did not start")
             time.sleep(0.01)
-        yield f"http://{host}:{port}"
+        yield f"{'https' if tls else 'http'}://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(shutdown_timeout)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -172,6 +174,35 @@ def test_answers_ended_by_close_and_broken_answers(loop: str) -> None:
                     await client.request("GET", "junk")
             finally:
                 await client.aclose()
+
+        run(loop, main)
+
+
+TLS_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "tls"
+CERT, KEY = str(TLS_DIR / "localhost.crt"), str(TLS_DIR / "localhost.key")
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_https_verifies_the_server(loop: str) -> None:
+    """Providers are called over HTTPS: a certificate we trust works, keep-alive included;
+    one we do not trust is a ConnectError (never a silent unverified call)."""
+    with running_server(app(), tls=(CERT, KEY)) as base:
+
+        async def main() -> None:
+            trusting = LeanHttpClient(
+                base, {}, timeout=5, ssl_context=ssl.create_default_context(cafile=CERT)
+            )
+            try:
+                for _ in range(3):
+                    answer = await trusting.request("PATCH", "items/1", json={"a": 1})
+                    assert answer.json()["body"] == '{"a":1}'
+                assert trusting.connections_opened == 1
+            finally:
+                await trusting.aclose()
+            default = LeanHttpClient(base, {}, timeout=5)  # the system's/certifi's CAs only
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await default.request("GET", "x")
+            await default.aclose()
 
         run(loop, main)
 
