@@ -171,7 +171,6 @@ class LeanHttpClient:
         host = f"[{self._host}]" if ":" in self._host else self._host
         self._authority = host if default_port else f"{host}:{self._port}"
         self._prefix = parts.path.rstrip("/")
-        self._origin = f"{parts.scheme}://{self._authority}"
         self._timeout = timeout
         self._ssl = (ssl_context or httpx.create_ssl_context()) if self._tls else None
         fixed = {"Host": self._authority, **headers}
@@ -180,9 +179,6 @@ class LeanHttpClient:
         self._idle: deque[_Connection] = deque()
         self._closed = False
         self.connections_opened = 0  # for tests and diagnostics
-
-    def url_for(self, path: str) -> str:
-        return self._origin + self._target(path)
 
     def _target(self, path: str) -> str:
         if "://" in path or path.startswith("//") or any(c in path for c in "\r\n "):

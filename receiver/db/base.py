@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ class NewRowInsert:
     def key_of(self, row: Params) -> tuple[Any, ...]:
         return tuple(row[name] for name in self.key)
 
+    @functools.cached_property
     def one_row_sql(self) -> str:
         """With ``:name`` placeholders, for :meth:`Transaction.execute`."""
         return (
@@ -108,8 +110,8 @@ class Database(abc.ABC):
             return await tx.fetch_all(sql, params)
 
     async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
-        async with self.transaction() as tx:
-            return await tx.fetch_one(sql, params)
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
 
     async def execute(self, sql: str, params: Params | None = None) -> int:
         async with self.transaction() as tx:
@@ -134,7 +136,7 @@ class Database(abc.ABC):
         only after its row is committed.
         """
         async with self.transaction() as tx:
-            changed = await tx.execute(insert.one_row_sql(), row)
+            changed = await tx.execute(insert.one_row_sql, row)
             if changed:
                 tx.notify_on_commit(channel)
             return changed > 0

@@ -220,10 +220,6 @@ class PostgresDatabase(Database):
             await self._sweep()
             raise
 
-    async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
-        rows = await self.fetch_all(sql, params)
-        return rows[0] if rows else None
-
     async def ping(self) -> None:
         async with self.pool.connection(timeout=3.0) as conn:
             await conn.execute("SELECT 1")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -97,11 +96,6 @@ class Checkpointer:
                     self.wal_pages = int(row[1])
         finally:
             conn.close()
-
-
-@functools.lru_cache(maxsize=16)
-def _one_row_sql(insert: NewRowInsert) -> str:
-    return insert.one_row_sql()
 
 
 class _SqliteTransaction(Transaction):
@@ -205,10 +199,6 @@ class SqliteDatabase(Database):
         async with self._lock:
             return [dict(row) for row in self.conn.execute(sql, params or {}).fetchall()]
 
-    async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
-        rows = await self.fetch_all(sql, params)
-        return rows[0] if rows else None
-
     async def in_shared_transaction(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
         """Pieces of work queued in the same event-loop turn share one transaction, each in
         a savepoint; every caller gets its own result (or exception) after the commit."""
@@ -260,7 +250,7 @@ class SqliteDatabase(Database):
         still gets its own answer only after the commit (so an ack is never early).
         """
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._batch.append((_one_row_sql(insert), row, channel, future))
+        self._batch.append((insert.one_row_sql, row, channel, future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_batch)

@@ -37,7 +37,7 @@ NEW_CALLBACK = NewRowInsert(
     ),
     key=("provider", "dedupe_key"),
 )
-INSERT_SQL = NEW_CALLBACK.one_row_sql()
+INSERT_SQL = NEW_CALLBACK.one_row_sql
 
 
 def insert_params(

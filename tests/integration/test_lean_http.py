@@ -99,7 +99,6 @@ def test_keep_alive_headers_body_and_base_path(base: str, loop: str) -> None:
                 assert seen["body"] == f'{{"n":{n},"ü":"ä"}}'
                 assert seen["headers"]["x-api-key"] == "k"
                 assert seen["headers"]["content-type"] == "application/json"
-                assert client.url_for("items/1") == f"{base}/api/v1/items/1"
             # A leading slash stays under the base path too, and a query string is kept.
             answer = await client.request("GET", "/items?x=1")
             assert answer.json()["path"] == "/api/v1/items"
