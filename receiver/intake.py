@@ -16,7 +16,6 @@ logged 500 with a JSON body, never a dropped connection.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from receiver.context import IntakeLoad
 from receiver.errors import CallbackRejected
 from receiver.logs import get_logger, set_request_id
 from receiver.metrics import Metrics
-from receiver.middleware import REQUEST_ID_PATTERN, loggable_path, route_group
+from receiver.middleware import finish_request, loggable_path, request_id_for
 
 log = get_logger("signback.http")
 
@@ -199,8 +198,7 @@ class HookRouter:
         headers: dict[str, str] = {
             name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
         }
-        incoming = headers.get("x-request-id", "")
-        request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else os.urandom(8).hex()
+        request_id = request_id_for(headers.get("x-request-id", ""))
         set_request_id(request_id)
         path: str = scope["path"]
         method: str = scope["method"]
@@ -237,15 +235,6 @@ class HookRouter:
             }
         )
         await send({"type": "http.response.body", "body": answer.body})
+        # Accepted callbacks get no access line: the pipeline logs each one as processed.
         status = answer.status
-        self.metrics.count(self.metrics.http, route_group(path), str(status))
-        # Accepted callbacks: the pipeline logs each one as it is processed.
-        if status != 200:
-            log.info(
-                "http",
-                method=method,
-                path=loggable_path(path),
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            )
-        set_request_id(None)
+        finish_request(self.metrics, method, path, status, started, logged=status != 200)

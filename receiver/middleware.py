@@ -39,6 +39,29 @@ def loggable_path(path: str) -> str:
     return _TOKEN_PATH.sub(r"/\1/[token]", path)
 
 
+def request_id_for(incoming: str) -> str:
+    """The caller's ``X-Request-ID`` when it is well-formed, otherwise a new one."""
+    return incoming if REQUEST_ID_PATTERN.match(incoming) else os.urandom(8).hex()
+
+
+def finish_request(
+    metrics: Metrics | None, method: str, path: str, status: int, started: float, *, logged: bool
+) -> None:
+    """What ends every request, here and on the /hooks fast path (receiver/intake.py): the
+    metrics, the access line when ``logged``, and the request id unbound."""
+    if metrics is not None:
+        metrics.count(metrics.http, route_group(path), str(status))
+    if logged:
+        log.info(
+            "http",
+            method=method,
+            path=loggable_path(path),
+            status=status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+    set_request_id(None)
+
+
 class RequestContextMiddleware:
     """Pure ASGI (no BaseHTTPMiddleware overhead on the hot path)."""
 
@@ -55,7 +78,7 @@ class RequestContextMiddleware:
             if name == b"x-request-id":
                 incoming = value.decode("latin-1")
                 break
-        request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else os.urandom(8).hex()
+        request_id = request_id_for(incoming)
         set_request_id(request_id)
         status = 500
         started = time.perf_counter()
@@ -73,16 +96,5 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             path = scope["path"]
-            if self.metrics is not None:
-                self.metrics.http.labels(route_group(path), str(status)).inc()
-            # Accepted callbacks: the pipeline logs each one as it is processed.
-            quiet = path in _QUIET_PATHS or (status == 200 and path.startswith("/hooks/"))
-            if not quiet or status >= 400:
-                log.info(
-                    "http",
-                    method=scope["method"],
-                    path=loggable_path(path),
-                    status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                )
-            set_request_id(None)
+            logged = path not in _QUIET_PATHS or status >= 400
+            finish_request(self.metrics, scope["method"], path, status, started, logged=logged)
