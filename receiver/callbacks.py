@@ -6,14 +6,14 @@ Nothing slow happens before the acknowledgement: read (bounded), check, one INSE
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
 
+from receiver import jsonutil
 from receiver.context import AppContext
 from receiver.errors import CallbackRejected
 from receiver.intake import Answer
-from receiver.logs import get_logger
+from receiver.logs import debug_enabled, get_logger
 from receiver.store import inbox
 
 log = get_logger("signback.intake")
@@ -42,7 +42,7 @@ def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(body)
+        value = jsonutil.loads(body)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, huge ints, nesting
         raise CallbackRejected(f"body is not valid JSON: {str(exc)[:200]}", 400) from None
     if not isinstance(value, dict):
@@ -51,12 +51,17 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 
 
 def body_key(*parts: str | bytes | int | None) -> str:
-    """A dedupe key: SHA-256 over the given parts (identical repeats give the same key)."""
-    digest = hashlib.sha256()
+    """A dedupe key: SHA-256 over the given parts (identical repeats give the same key).
+
+    Each part is framed by its length, so ("ab", "c") and ("a", "bc") differ. Stored keys
+    depend on these exact bytes: changing them would let a retry of a callback that arrived
+    before an upgrade through as new."""
+    framed = []
     for part in parts:
         data = part if isinstance(part, bytes) else str(part).encode()
-        digest.update(len(data).to_bytes(8, "big") + data)
-    return digest.hexdigest()
+        framed.append(len(data).to_bytes(8, "big"))
+        framed.append(data)
+    return hashlib.sha256(b"".join(framed)).hexdigest()
 
 
 async def store(
@@ -93,10 +98,10 @@ async def store_and_ack(ctx: AppContext, *, log_facts: Mapping[str, Any], **fiel
     try:
         new = await store(ctx, **fields)
     except Exception as exc:
-        ctx.metrics.count(ctx.metrics.callbacks, *labels, "503")
+        ctx.metrics.callbacks.inc(*labels, "503")
         log.error("could not store callback", error=f"{type(exc).__name__}: {exc}", **log_facts)
         return Answer.error(503, "temporarily unable to store the callback; please retry")
-    ctx.metrics.count(ctx.metrics.callbacks, *labels, "accepted" if new else "duplicate")
+    ctx.metrics.callbacks.inc(*labels, "accepted" if new else "duplicate")
     return accepted(new, **log_facts)
 
 
@@ -121,7 +126,8 @@ def accepted(new: bool, **facts: Any) -> Answer:
         if new:
             # At INFO each callback is logged once, by the pipeline ("event processed", with
             # what it did); a line here too cost a sixth of the intake's CPU.
-            log.debug("callback stored", **facts)
+            if debug_enabled():
+                log.debug("callback stored", **facts)
         else:
             log.info("duplicate callback ignored", **facts)
     except Exception:  # the callback is committed: a logging mistake must not turn it into a 500

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -13,44 +12,13 @@ from typing import Any
 
 from receiver.clock import Clock, system_clock
 from receiver.db.base import Database
+from receiver.loadshare import Governor, IntakeLoad, Occupancy
 from receiver.metrics import Metrics
 from receiver.providers import Provider
 from receiver.retry import RetryPolicy
 from receiver.rules import RuleBook
 from receiver.settings import Settings
 from receiver.tokens import token_for
-
-
-class IntakeLoad:
-    """How fast callbacks are coming in, so that work done after the ack can make way.
-
-    The HTTP intake calls :meth:`arrived` per callback; the pipeline asks :meth:`busy` before
-    each chunk of work. Both run on the event loop, so plain counters do.
-    """
-
-    BUSY_PER_SECOND = 200.0  # below this, processing runs flat out (and latency stays low)
-    WINDOW_SECONDS = 0.05
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._mark_count = 0
-        self._mark_time = time.monotonic()
-        self._rate = 0.0
-
-    def arrived(self) -> None:
-        self.count += 1
-
-    def rate(self) -> float:
-        """Callbacks per second over the last window (at least 50 ms)."""
-        now = time.monotonic()
-        elapsed = now - self._mark_time
-        if elapsed >= self.WINDOW_SECONDS:
-            self._rate = (self.count - self._mark_count) / elapsed
-            self._mark_count, self._mark_time = self.count, now
-        return self._rate
-
-    def busy(self) -> bool:
-        return self.rate() >= self.BUSY_PER_SECOND
 
 
 class LruCache:
@@ -104,10 +72,16 @@ class AppContext:
     token_cache: LruCache = field(default_factory=lambda: LruCache(20_000))
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     intake_load: IntakeLoad = field(default_factory=IntakeLoad)
+    occupancy: Occupancy = field(default_factory=Occupancy)
+    # Whether background work may go ahead now (acknowledgements first): see loadshare.py.
+    governor: Governor = field(init=False)
     # Unique per context, even for two in one process: claims are settled only by their owner.
     worker_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
     )
+
+    def __post_init__(self) -> None:
+        self.governor = Governor(self.intake_load, self.occupancy)
 
     @property
     def retry_policy(self) -> RetryPolicy:

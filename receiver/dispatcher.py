@@ -68,6 +68,7 @@ class Dispatcher:
             claimed = 0
             try:
                 if free > 0:
+                    await self.ctx.governor.turn()  # the acknowledgements come first
                     claimed = await self._claim_and_start(free)
                 delay = settings.poll_interval
             except Exception as exc:
@@ -177,7 +178,7 @@ class Dispatcher:
                     uncount=True,
                 )
         if deferred:
-            ctx.metrics.attempts.labels(str(row["operation"]), "deferred").inc()
+            ctx.metrics.attempts.inc(str(row["operation"]), "deferred")
             log.debug(
                 "action deferred",
                 action=action_id,
@@ -232,8 +233,8 @@ class Dispatcher:
 
         held = await self._with_db_retries(record, deadline=float(row["lease_expires_at"] or 0))
         operation_name = str(row["operation"])
-        ctx.metrics.attempts.labels(operation_name, decision.status).inc()
-        ctx.metrics.attempt_seconds.labels(operation_name).observe(duration_ms / 1000)
+        ctx.metrics.attempts.inc(operation_name, decision.status)
+        ctx.metrics.observe_attempt(operation_name, duration_ms / 1000)
         facts = {
             "action": action_id,
             "operation": row["operation"],

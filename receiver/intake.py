@@ -15,19 +15,19 @@ logged 500 with a JSON body, never a dropped connection.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from receiver.context import IntakeLoad
+from receiver import jsonutil
 from receiver.errors import CallbackRejected
+from receiver.loadshare import IntakeLoad
 from receiver.logs import get_logger, set_request_id
 from receiver.metrics import Metrics
-from receiver.middleware import finish_request, loggable_path, request_id_for
+from receiver.middleware import finish_request, loggable_path, request_id_for, route_group
 
 log = get_logger("signback.http")
 
@@ -45,12 +45,22 @@ class Answer:
     status: int
     body: bytes
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    # What goes on the wire before the request id: content type, length, ``headers``.
+    wire_headers: tuple[tuple[bytes, bytes], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        wire = (
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(self.body)).encode()),
+            *self.headers,
+        )
+        object.__setattr__(self, "wire_headers", wire)
 
     @classmethod
     def json(
         cls, status: int, payload: Any, headers: tuple[tuple[bytes, bytes], ...] = ()
     ) -> Answer:
-        return cls(status, json.dumps(payload, separators=(",", ":")).encode(), headers)
+        return cls(status, jsonutil.dumps_bytes(payload), headers)
 
     @classmethod
     def error(cls, status: int, reason: str) -> Answer:
@@ -158,31 +168,36 @@ class HookRouter:
         self.fallback = fallback
         self.metrics = metrics
         self.load = load or IntakeLoad()
-        self._exact: dict[str, HookHandler] = {}
-        self._by_prefix: dict[str, HookHandler] = {}
+        # A route's metrics label (its route group) is worked out once, not per request.
+        self._exact: dict[str, tuple[HookHandler, str]] = {}
+        self._by_prefix: dict[str, tuple[HookHandler, str]] = {}
         for hook in hooks:
             table = self._by_prefix if hook.has_param else self._exact
             if hook.fixed_part in table:
                 raise ValueError(f"two hooks for {hook.path}")
-            table[hook.fixed_part] = hook.handle
+            table[hook.fixed_part] = (hook.handle, route_group(hook.fixed_part.rstrip("/")))
 
-    def match(self, path: str) -> tuple[HookHandler | None, str | None]:
-        handler = self._exact.get(path)
-        if handler is not None:
-            return handler, None
+    def match(self, path: str) -> tuple[HookHandler | None, str | None, str]:
+        """The handler for ``path``, its ``{…}`` segment and its route group."""
+        found = self._exact.get(path)
+        if found is not None:
+            return found[0], None, found[1]
         head, _, last = path.rpartition("/")
         if last:
-            handler = self._by_prefix.get(head + "/")
-            if handler is not None:
-                return handler, last
-        return None, None
+            found = self._by_prefix.get(head + "/")
+            if found is not None:
+                return found[0], last, found[1]
+        return None, None, ""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(HOOKS_PREFIX):
-            handler, param = self.match(scope["path"])
+            handler, param, route = self.match(scope["path"])
             if handler is not None:
                 self.load.arrived()
-                await self._serve(handler, param, scope, receive, send)
+                try:
+                    await self._serve(handler, param, route, scope, receive, send)
+                finally:
+                    self.load.answered()
                 return
         await self.fallback(scope, receive, send)
 
@@ -190,6 +205,7 @@ class HookRouter:
         self,
         handler: HookHandler,
         param: str | None,
+        route: str,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -226,15 +242,12 @@ class HookRouter:
             {
                 "type": "http.response.start",
                 "status": answer.status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(answer.body)).encode()),
-                    (b"x-request-id", request_id.encode()),
-                    *answer.headers,
-                ],
+                "headers": [*answer.wire_headers, (b"x-request-id", request_id.encode())],
             }
         )
         await send({"type": "http.response.body", "body": answer.body})
         # Accepted callbacks get no access line: the pipeline logs each one as processed.
         status = answer.status
-        finish_request(self.metrics, method, path, status, started, logged=status != 200)
+        finish_request(
+            self.metrics, method, path, status, started, logged=status != 200, route=route
+        )

@@ -9,7 +9,6 @@ A last-line-of-defence processor masks values of keys that look like secrets, so
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import sys
 import time
@@ -18,6 +17,8 @@ from contextvars import ContextVar
 from typing import Any
 
 import structlog
+
+from receiver import jsonutil
 
 _SECRET_WORDS = ("token", "secret", "api_key", "apikey", "signature", "password", "authorization")
 _ALLOWED = frozenset({"request_id", "token_hint"})
@@ -89,7 +90,7 @@ def _render_json(_: Any, method_name: str, event_dict: MutableMapping[str, Any])
             event_dict[key] = "[redacted]"
     if "exc_info" in event_dict:
         event_dict = structlog.processors.format_exc_info(_, method_name, event_dict)
-    return json.dumps(event_dict, default=repr)
+    return jsonutil.dumps_bytes(event_dict, default=repr).decode()
 
 
 class _CurrentStderr:
@@ -102,7 +103,16 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+_debug_enabled = False
+
+
+def debug_enabled() -> bool:
+    """Whether DEBUG lines are written: hot paths ask before building one."""
+    return _debug_enabled
+
+
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
+    global _debug_enabled
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     processors: list[Any] = (
         [_render_json]
@@ -116,6 +126,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         ]
     )
     numeric_level = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    _debug_enabled = numeric_level <= logging.DEBUG
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),

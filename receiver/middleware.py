@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
@@ -39,18 +40,36 @@ def loggable_path(path: str) -> str:
     return _TOKEN_PATH.sub(r"/\1/[token]", path)
 
 
+# New request ids: 16 hex characters, a random per-process prefix and a counter. Unique
+# enough to tie log lines together, and without a getrandom() call per request.
+_ID_PREFIX = os.urandom(4).hex()
+_ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFF:08x}"
+
+
 def request_id_for(incoming: str) -> str:
     """The caller's ``X-Request-ID`` when it is well-formed, otherwise a new one."""
-    return incoming if REQUEST_ID_PATTERN.match(incoming) else os.urandom(8).hex()
+    return incoming if incoming and REQUEST_ID_PATTERN.match(incoming) else new_request_id()
 
 
 def finish_request(
-    metrics: Metrics | None, method: str, path: str, status: int, started: float, *, logged: bool
+    metrics: Metrics | None,
+    method: str,
+    path: str,
+    status: int,
+    started: float,
+    *,
+    logged: bool,
+    route: str | None = None,
 ) -> None:
     """What ends every request, here and on the /hooks fast path (receiver/intake.py): the
-    metrics, the access line when ``logged``, and the request id unbound."""
+    metrics, the access line when ``logged``, and the request id unbound. ``route`` is the
+    path's :func:`route_group` when the caller already knows it."""
     if metrics is not None:
-        metrics.count(metrics.http, route_group(path), str(status))
+        metrics.http.inc(route or route_group(path), str(status))
     if logged:
         log.info(
             "http",

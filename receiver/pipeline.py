@@ -14,15 +14,13 @@ already moved and the rules' actions already stored under the same keys.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from receiver import states
+from receiver import jsonutil, states
 from receiver.aio import sleep_or_stop
 from receiver.context import AppContext
 from receiver.db.base import Row, Transaction
@@ -37,10 +35,6 @@ BATCH_SIZE = 100
 # Rows per transaction on a single-writer database. Small enough that the callbacks arriving
 # meanwhile wait at most a few milliseconds for their own commit.
 SINGLE_WRITER_CHUNK = 16
-# While callbacks pour in, each chunk of processing is followed by a pause this many times
-# as long as the chunk took: the acknowledgements get about 3/4 of the event loop, and the
-# backlog is worked off at full speed once the burst is over.
-ACK_FIRST_RATIO = 3.0
 _MILLIS = re.compile(r"[0-9]{1,15}")  # ASCII digits only; a plausible unix time in ms
 MAX_PROCESSING_ATTEMPTS = 5
 
@@ -52,7 +46,7 @@ def stored_callback(row: Row) -> StoredCallback:
         provider=row["provider"],
         channel=row["channel"],
         body=bytes(body) if not isinstance(body, bytes) else body,
-        headers=json.loads(row["headers"] or "{}"),
+        headers=jsonutil.loads_object(row["headers"]),
         query=row["query"] or "",
         request_id=None if row["request_id"] is None else int(row["request_id"]),
         received_at=float(row["received_at"]),
@@ -130,19 +124,16 @@ class Pipeline:
                 # before another worker could take them over and do the work twice.
                 await inbox.release(self.ctx.db, [int(r["id"]) for r in ordered[start:]])
                 break
+            # Under a flood of callbacks, the acknowledgements come first (loadshare.py).
+            await self.ctx.governor.turn()
             chunk = ordered[start : start + step]
-            started = time.perf_counter()
             if len(chunk) == 1:
                 await self.process(chunk[0])
             else:
                 await self.process_together(chunk)
             # Statements run on the event loop: let waiting HTTP requests in between
-            # transactions, so a backlog never holds an acknowledgement up for long, and
-            # under a burst of callbacks give them most of the loop (the ack comes first).
-            if self.ctx.intake_load.busy():
-                await asyncio.sleep((time.perf_counter() - started) * ACK_FIRST_RATIO)
-            else:
-                await asyncio.sleep(0)
+            # transactions, so a backlog never holds an acknowledgement up for long.
+            await asyncio.sleep(0)
         return len(rows)
 
     async def process(self, row: Row) -> None:
@@ -204,7 +195,7 @@ class Pipeline:
 
             def report_failed() -> None:
                 log.error("cannot normalize callback", inbox_id=callback.inbox_id, error=reason)
-                self.ctx.metrics.events.labels(callback.provider, "unknown", inbox.FAILED).inc()
+                self.ctx.metrics.events.inc(callback.provider, "unknown", inbox.FAILED)
 
             return report_failed
         if not savepoint:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 
 TOKEN_BYTES = 32
-_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 def new_nonce() -> str:
@@ -32,7 +33,7 @@ def token_hash(token: str) -> str:
 
 def looks_like_token(value: str) -> bool:
     """Cheap shape check before touching the database (43 URL-safe base64 characters)."""
-    return len(value) == 43 and all(c in _ALPHABET for c in value)
+    return len(value) == 43 and _TOKEN_SHAPE.fullmatch(value) is not None
 
 
 def same_hash(a: str, b: str) -> bool:

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from receiver.aio import sleep_or_stop
 from receiver.context import AppContext
 from receiver.dispatcher import Dispatcher
+from receiver.loadshare import background_context
 from receiver.logs import get_logger
 from receiver.pipeline import Pipeline
 from receiver.store import inbox, outbox
@@ -54,7 +55,12 @@ class Worker:
                 delay = min(delay * 2, 30.0)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="signback-worker")
+        """Run in the background of this event loop (``signback serve``): every task the
+        worker starts is timed, so that the acknowledgements can come first (loadshare.py)."""
+        self.ctx.occupancy.install(asyncio.get_running_loop())
+        self._task = asyncio.create_task(
+            self.run(), name="signback-worker", context=background_context()
+        )
 
     async def stop(self) -> None:
         self.stopping.set()

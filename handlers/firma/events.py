@@ -14,7 +14,6 @@ on every retry and is not. The type comes from the body, which is signed, never 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
+from receiver import jsonutil
 from receiver.errors import CallbackRejected
 from receiver.events import EventKind, NormalizedEvent
 from receiver.providers import StoredCallback
@@ -197,12 +197,12 @@ def parse_timestamp(value: Any) -> float | None:
 def parse_envelope(body: bytes) -> Envelope:
     """Read a webhook body; raise :class:`CallbackRejected` (400) when it is not a Firma event."""
     try:
-        # utf-8-sig: a byte-order mark is still UTF-8; json.loads would refuse it.
+        # utf-8-sig: a byte-order mark is still UTF-8; the JSON parser would refuse it.
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
         _reject("body is not UTF-8")
     try:
-        payload: Any = json.loads(text)
+        payload: Any = jsonutil.loads(text)
     except (ValueError, RecursionError):
         _reject("body is not JSON")
     if not isinstance(payload, dict):

@@ -9,10 +9,10 @@ Document-info API. The confirmation comes back through the inbox on channel
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
+from receiver import jsonutil
 from receiver.events import EventKind, NormalizedEvent
 from receiver.providers import StoredCallback
 
@@ -40,7 +40,7 @@ def _text(payload: Mapping[str, Any], key: str) -> str | None:
 
 
 def normalize(callback: StoredCallback, *, confirm_claims: bool = True) -> NormalizedEvent:
-    payload = json.loads(callback.body) if callback.body else {}
+    payload = jsonutil.loads(callback.body) if callback.body else {}
     if not isinstance(payload, dict):
         raise ValueError("OKdokument callback body is not a JSON object")
     state = _text(payload, "state") or ""

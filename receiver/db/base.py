@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import operator
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -32,6 +33,25 @@ class NewRowInsert:
         return (
             f"INSERT INTO {self.table} ({', '.join(self.columns)})"
             f" VALUES ({', '.join(':' + c for c in self.columns)})"
+            f" ON CONFLICT ({', '.join(self.key)}) DO NOTHING"
+        )
+
+    @functools.cached_property
+    def values_of(self) -> Callable[[Params], tuple[Any, ...]]:
+        """A row's values in column order (``operator.itemgetter``: no Python loop)."""
+        getter = operator.itemgetter(*self.columns)
+        if len(self.columns) == 1:
+            return lambda row: (getter(row),)
+        return getter
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 (a few module-level instances, kept for good)
+    def many_rows_sql(self, count: int) -> str:
+        """``count`` rows in one statement, ``?`` placeholders (a key already stored is
+        skipped, as in :attr:`one_row_sql`)."""
+        one = "(" + ", ".join(["?"] * len(self.columns)) + ")"
+        return (
+            f"INSERT INTO {self.table} ({', '.join(self.columns)})"
+            f" VALUES {', '.join([one] * count)}"
             f" ON CONFLICT ({', '.join(self.key)}) DO NOTHING"
         )
 

@@ -3,23 +3,32 @@
 Statements run synchronously on the event loop thread. That sounds wrong but is the fast
 choice here: an indexed insert plus a WAL commit takes tens of microseconds, far less than a
 hop to a thread pool (the design notes measured ~19,000 inserts/s this way against ~900/s
-through an async wrapper). ``synchronous=NORMAL`` in WAL mode keeps every committed
-transaction across a process crash (``kill -9``); only a power cut can lose the last ones.
+through an async wrapper). The exceptions: the intake's group commits, many rows at a time,
+run on a writer thread (:mod:`receiver.db.sqlite_writer`), and the WAL checkpoints on a
+thread of their own (:mod:`receiver.db.sqlite_wal`).
+``synchronous=NORMAL`` in WAL mode keeps every committed transaction across a process crash
+(``kill -9``); only a power cut can lose the last ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from receiver.db.base import Database, NewRowInsert, Params, Row, T, Transaction
+from receiver.db.sqlite_wal import Checkpointer
+from receiver.db.sqlite_writer import Outcome, Queued, WriterThread, write_rows
 from receiver.db.wakeup import Wakeups
+
+# The writer thread's page cache (the serving connection has 32 MiB): it mostly touches the
+# inbox's newest pages and its unique index.
+WRITER_CACHE_KIB = 16384
 
 
 def sqlite_path(url: str) -> str:
@@ -40,62 +49,26 @@ def connect(url: str, *, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    # How long a write waits for another process's write lock. It blocks the event loop
-    # meanwhile, so keep it short: a timed-out callback gets a 503 and is retried.
+    # How long a write waits for another process's write lock. On the serving connection it
+    # blocks the event loop meanwhile, so keep it short: a timed-out callback gets a 503 and
+    # is retried.
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     conn.execute("PRAGMA foreign_keys=ON")
     # 32 MiB of page cache (the default is 2 MiB): with a million requests the unique
     # indexes no longer fit in 2 MiB, and every lookup would go through the OS.
     conn.execute("PRAGMA cache_size=-32768")
+    # Statement journals and RETURNING's scratch tables in memory: a temporary file was
+    # being created and deleted dozens of times a second under load.
+    conn.execute("PRAGMA temp_store=MEMORY")
     return conn
 
 
-CHECKPOINT_INTERVAL = 0.1  # seconds between the background thread's checkpoints
-# Once the WAL holds this many pages (16 MiB), the serving connection finishes a checkpoint
-# itself so that its next write can start the WAL file over.
-WAL_RESET_PAGES = 4096
-RESET_CHECK_COMMITS = 32  # how often (in commits) the serving connection looks at the WAL
-
-
-class Checkpointer:
-    """WAL checkpoints on a thread of their own, off the event loop.
-
-    Left to itself, SQLite checkpoints inside whichever COMMIT pushes the WAL past 1,000
-    pages: that commit copies 4 MiB into the database file and syncs it, holding the event
-    loop (and every acknowledgement waiting on it) for milliseconds, and the I/O waits were
-    a third of the intake's time per callback. So the serving connection does not checkpoint
-    on its own (``wal_autocheckpoint=0``); this thread copies the WAL into the database with
-    PASSIVE checkpoints (they never block readers or writers) ten times a second. A
-    background checkpoint always lags the newest commits a little, and SQLite starts the
-    WAL file over only when nothing is left to copy, so :meth:`SqliteDatabase._committed`
-    lets the serving connection copy the last few pages itself once the WAL has grown.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
-        self.wal_pages = 0  # the WAL's size at the last background checkpoint
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        try:
-            while not self._stop.wait(CHECKPOINT_INTERVAL):
-                try:
-                    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error:
-                    continue  # locked by another checkpoint: the next round catches up
-                if row is not None:
-                    self.wal_pages = int(row[1])
-        finally:
-            conn.close()
+def connect_writer(url: str, *, busy_timeout_ms: int) -> sqlite3.Connection:
+    conn = connect(url, busy_timeout_ms=busy_timeout_ms)
+    # Checkpoints are the Checkpointer's, never a side effect of a commit here.
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+    return conn
 
 
 class _SqliteTransaction(Transaction):
@@ -113,9 +86,6 @@ class _SqliteTransaction(Transaction):
         return [dict(row) for row in self._conn.execute(sql, params or {}).fetchall()]
 
 
-_Queued = tuple[str, Params, str, "asyncio.Future[int]"]
-
-
 class SqliteDatabase(Database):
     dialect = "sqlite"
     single_writer = True
@@ -125,24 +95,49 @@ class SqliteDatabase(Database):
         self._busy_timeout_ms = busy_timeout_ms
         self._conn: sqlite3.Connection | None = None
         self._checkpointer: Checkpointer | None = None
-        self._commits = 0
+        self._writer: WriterThread | None = None  # None for :memory: (one connection only)
+        # Held by each transaction of the serving connection (and, without a writer thread,
+        # by each group commit): one write transaction at a time.
         self._lock = asyncio.Lock()
         self._wakeups = Wakeups()
-        self._batch: list[_Queued] = []
-        self._flush_scheduled = False
+        self._batch: list[Queued] = []  # only without a writer thread
+        self._flusher: asyncio.Task[None] | None = None
         self._shared: list[tuple[Callable[[Transaction], Awaitable[Any]], asyncio.Future[Any]]] = []
         self._shared_tasks: set[asyncio.Task[None]] = set()
 
     async def connect(self) -> None:
-        if self._conn is None:
-            self._conn = connect(self.url, busy_timeout_ms=self._busy_timeout_ms)
-            path = sqlite_path(self.url)
-            if path != ":memory:":
-                self._conn.execute("PRAGMA wal_autocheckpoint=0")
-                self._checkpointer = Checkpointer(path)
-                self._checkpointer.start()
+        if self._conn is not None:
+            return
+        self._conn = connect(self.url, busy_timeout_ms=self._busy_timeout_ms)
+        if sqlite_path(self.url) == ":memory:":
+            return
+        self._conn.execute("PRAGMA wal_autocheckpoint=0")
+        loop = asyncio.get_running_loop()
+        writer: WriterThread | None = None
+
+        def checkpoint_wanted() -> None:
+            if writer is not None:
+                writer.checkpoint_wanted()
+
+        self._checkpointer = Checkpointer(sqlite_path(self.url), checkpoint_wanted)
+        writer = WriterThread(
+            functools.partial(connect_writer, self.url, busy_timeout_ms=self._busy_timeout_ms),
+            loop,
+            self._delivered,
+            self._checkpointer,
+        )
+        self._writer = writer
+        writer.start()
+        self._checkpointer.start()
 
     async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.stop)  # queued rows are written first
+            await asyncio.sleep(0)  # ... and their answers delivered
+            self._writer = None
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.stop)
             self._checkpointer = None
@@ -151,20 +146,6 @@ class SqliteDatabase(Database):
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
             self._conn = None
-
-    def _committed(self) -> None:
-        """After each commit: keep the WAL from growing without bound (see Checkpointer)."""
-        self._commits += 1
-        checkpointer = self._checkpointer
-        if (
-            self._commits % RESET_CHECK_COMMITS == 0
-            and checkpointer is not None
-            and checkpointer.wal_pages > WAL_RESET_PAGES
-        ):
-            checkpointer.wal_pages = 0
-            with contextlib.suppress(sqlite3.Error):
-                # Copies only what the background thread has not yet: a few pages.
-                self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -182,22 +163,33 @@ class SqliteDatabase(Database):
         # The lock keeps two coroutines from interleaving statements on the one connection
         # should a transaction body ever await something that really suspends.
         async with self._lock:
-            conn.execute("BEGIN IMMEDIATE")
-            tx = _SqliteTransaction(conn)
+            writer = self._writer
             try:
-                yield tx
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        self._committed()
+                if writer is not None:
+                    await writer.park()  # its batch in hand is committed; it waits for us
+                conn.execute("BEGIN IMMEDIATE")
+                tx = _SqliteTransaction(conn)
+                try:
+                    yield tx
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                if writer is not None:
+                    writer.unpark()
         for channel in tx.pending_notifications:
             self._wakeups.set(channel)
 
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
-        # Plain reads need no write lock: autocommit mode reads a consistent snapshot.
-        async with self._lock:
-            return [dict(row) for row in self.conn.execute(sql, params or {}).fetchall()]
+        # Plain reads need no write lock: autocommit mode reads a consistent snapshot. Only
+        # an open transaction of this connection (suspended mid-way) must be waited for, or
+        # the read would see its uncommitted rows.
+        conn = self.conn
+        if conn.in_transaction:
+            async with self._lock:
+                return [dict(row) for row in conn.execute(sql, params or {}).fetchall()]
+        return [dict(row) for row in conn.execute(sql, params or {}).fetchall()]
 
     async def in_shared_transaction(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
         """Pieces of work queued in the same event-loop turn share one transaction, each in
@@ -243,58 +235,51 @@ class SqliteDatabase(Database):
             else:
                 future.set_result(result)
 
+    # --- group commit (see receiver.db.sqlite_writer) ------------------------------------------
+
     async def insert_new(self, insert: NewRowInsert, row: Params, channel: str) -> bool:
-        """Group commit: rows queued in the same event-loop turn share one transaction.
+        """Group commit: the rows that arrive while one commit is under way share the next.
 
-        Under load, 32 callbacks arriving together cost one commit instead of 32; each caller
-        still gets its own answer only after the commit (so an ack is never early).
+        Under load, 32 callbacks arriving together cost one statement and one commit instead
+        of 32 of each; each caller still gets its own answer only after the commit (so an
+        ack is never early).
         """
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._batch.append((insert.one_row_sql, row, channel, future))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_batch)
-        return await future > 0
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        queued = (insert, row, channel, future)
+        if self._writer is not None:
+            self._writer.submit(queued)
+        else:
+            self._batch.append(queued)
+            if self._flusher is None:
+                self._flusher = asyncio.get_running_loop().create_task(self._flush_inline())
+        return await future
 
-    def _flush_batch(self) -> None:
-        conn = self.conn
-        if self._lock.locked() or conn.in_transaction:
-            # A transaction is open (it suspended mid-way): try again on the next turn.
-            asyncio.get_running_loop().call_soon(self._flush_batch)
-            return
-        self._flush_scheduled = False
-        batch = [item for item in self._batch if not item[3].cancelled()]
-        self._batch = []
-        if not batch:
-            return
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            counts = [conn.execute(sql, params).rowcount for sql, params, _, _ in batch]
-            conn.execute("COMMIT")
-            self._committed()
-        except Exception:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._flush_one_by_one(batch)  # isolate whichever statement failed
-            return
-        for (_, _, channel, future), count in zip(batch, counts, strict=True):
-            if count:
-                self._wakeups.set(channel)
-            if not future.done():
-                future.set_result(count)
-
-    def _flush_one_by_one(self, batch: list[_Queued]) -> None:
-        for sql, params, channel, future in batch:
-            try:
-                count = self.conn.execute(sql, params).rowcount  # autocommit: its own commit
-            except Exception as exc:
+    def _delivered(self, batch: list[Queued], outcomes: list[Outcome]) -> None:
+        """A batch's answers, on the event loop."""
+        for (_, _, channel, future), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Exception):
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(outcome)
                 continue
-            if count:
+            if outcome:
                 self._wakeups.set(channel)
             if not future.done():
-                future.set_result(count)
+                future.set_result(outcome)
+
+    async def _flush_inline(self) -> None:
+        """Without a writer thread (:memory:): the same batches, on the event loop."""
+        try:
+            await asyncio.sleep(0)  # let the rows of this loop turn join the first batch
+            while self._batch:
+                async with self._lock:
+                    batch, self._batch = self._batch, []
+                    self._delivered(batch, write_rows(self.conn, batch))
+        finally:
+            self._flusher = None
+            queued, self._batch = self._batch, []
+            for *_, future in queued:  # only when cancelled (shutdown) before their turn
+                if not future.done():
+                    future.set_exception(RuntimeError("the database is closing"))
 
     async def ping(self) -> None:
         self.conn.execute("SELECT 1").fetchone()

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from receiver.db.base import Database, NewRowInsert, Row, Transaction
-from receiver.store.jsonutil import dumps
+from receiver.jsonutil import dumps
 
 INBOX_CHANNEL = "inbox"
 
@@ -202,8 +202,16 @@ TIMELINE_COLUMNS = (
 
 
 async def timeline(db: Database, request_id: int, *, limit: int = 500) -> list[Row]:
+    """A request's callbacks, oldest first. Settled rows come from the partial index on
+    (request_id, id); rows still waiting for the pipeline from the status index (migration
+    0003: the intake does not touch the request index, the pipeline does)."""
     return await db.fetch_all(
-        f"SELECT {TIMELINE_COLUMNS} FROM inbox WHERE request_id = :id ORDER BY id LIMIT :limit",
+        f"SELECT {TIMELINE_COLUMNS} FROM ("
+        f" SELECT {TIMELINE_COLUMNS} FROM inbox WHERE request_id = :id"
+        " AND status NOT IN ('pending', 'processing')"
+        f" UNION ALL SELECT {TIMELINE_COLUMNS} FROM inbox WHERE request_id = :id"
+        " AND status IN ('pending', 'processing')"
+        ") AS rows ORDER BY id LIMIT :limit",
         {"id": request_id, "limit": limit},
     )
 

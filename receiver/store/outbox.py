@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from receiver.db.base import Database, Row, Transaction
+from receiver.jsonutil import dumps
 from receiver.model import Action
-from receiver.store.jsonutil import dumps
 
 OUTBOX_CHANNEL = "outbox"
 

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from receiver.db.base import Database, Row, Transaction
+from receiver.jsonutil import dumps, loads_object
 from receiver.model import RequestState, SignatureRequest
-from receiver.store.jsonutil import dumps, loads_object
 
 COLUMNS = (
     "id, provider, external_id, document_id, reference, state, provider_status, return_url, "

@@ -143,8 +143,8 @@ def test_the_procfile_under_honcho(tmp_path: Path, empty_postgres_url: str) -> N
             # SIGTERM, so it says nothing about signback's own exit.)
             assert "SIGKILL" not in output, output[-4000:]
             assert "Application shutdown complete." in output
-            assert re.search(r'worker\.1 +\|.*"event": "worker stopped"', output)
-            assert re.search(r'web\.1 +\|.*"event": "signback stopped"', output)
+            assert re.search(r'worker\.1 +\|.*"event": ?"worker stopped"', output)
+            assert re.search(r'web\.1 +\|.*"event": ?"signback stopped"', output)
             print(f"\nProcfile: everything exited {took:.2f} s after SIGTERM")
         except BaseException:
             print(f"===== honcho =====\n{log_path.read_text(errors='replace')[-8000:]}")

@@ -105,11 +105,11 @@ async def test_sqlite_wal_stays_small_under_constant_writes(
 ) -> None:
     """The serving connection never checkpoints on its own (a background thread does), yet
     the WAL file must not grow without bound while writes never pause."""
-    from receiver.db import sqlite
+    from receiver.db import sqlite, sqlite_wal
 
-    monkeypatch.setattr(sqlite, "CHECKPOINT_INTERVAL", 0.005)
-    monkeypatch.setattr(sqlite, "WAL_RESET_PAGES", 100)
-    monkeypatch.setattr(sqlite, "RESET_CHECK_COMMITS", 2)
+    monkeypatch.setattr(sqlite_wal, "CHECKPOINT_INTERVAL", 0.005)
+    monkeypatch.setattr(sqlite_wal, "WAL_RESET_PAGES", 100)
+    monkeypatch.setattr(sqlite_wal, "RESET_RESIDUE_PAGES", 20)
     db = await opened(sqlite_url)
     wal = Path(sqlite.sqlite_path(sqlite_url) + "-wal")
     largest = 0
@@ -161,5 +161,52 @@ async def test_shared_transactions_isolate_each_piece(database_url: str) -> None
         assert answers[2] == "c"
         assert isinstance(answers[1], ValueError)
         assert await stored_keys(db) == ["a", "c"]  # b's insert was rolled back alone
+    finally:
+        await db.close()
+
+
+async def test_a_batch_mixing_stored_and_new_keys_answers_each(database_url: str) -> None:
+    """Some keys of one statement are stored already (a provider's later retries), others
+    are new: each caller is told which, and nothing is stored twice."""
+    db = await opened(database_url)
+    try:
+        for key in ("m3", "m4", "m5"):
+            assert await db.insert_new(inbox.NEW_CALLBACK, callback_row(key), inbox.INBOX_CHANNEL)
+        keys = ["m6", "m3", "m7", "m4", "m8", "m5", "m6"]
+        answers = await asyncio.gather(
+            *(db.insert_new(inbox.NEW_CALLBACK, callback_row(k), inbox.INBOX_CHANNEL) for k in keys)
+        )
+        assert answers == [True, False, True, False, True, False, False]
+        assert await stored_keys(db) == ["m3", "m4", "m5", "m6", "m7", "m8"]
+    finally:
+        await db.close()
+
+
+async def test_callbacks_and_transactions_take_turns(database_url: str) -> None:
+    """Callbacks arriving while a transaction of the serving connection is open wait for it
+    (SQLite writes one transaction at a time; on SQLite the writer thread is parked), and
+    neither side waits for ever."""
+    db = await opened(database_url)
+    try:
+        inserted: list[asyncio.Task[bool]] = []
+        async with db.transaction() as tx:
+            await inbox.insert(tx, callback_row("in-tx"))
+            inserted = [
+                asyncio.create_task(
+                    db.insert_new(inbox.NEW_CALLBACK, callback_row(f"t{n}"), inbox.INBOX_CHANNEL)
+                )
+                for n in range(20)
+            ]
+            await asyncio.sleep(0.05)  # the callbacks are queued meanwhile
+            if db.dialect == "sqlite":
+                assert not any(task.done() for task in inserted)
+        assert await asyncio.wait_for(asyncio.gather(*inserted), 10) == [True] * 20
+        for _ in range(3):  # and once more each way, back to back
+            async with db.transaction() as tx:
+                await inbox.insert(tx, callback_row(f"tx-{_}"))
+            assert await db.insert_new(
+                inbox.NEW_CALLBACK, callback_row(f"after-{_}"), inbox.INBOX_CHANNEL
+            )
+        assert len(await stored_keys(db)) == 1 + 20 + 3 + 3
     finally:
         await db.close()

@@ -1,0 +1,197 @@
+"""Acknowledgements first: how much of the event loop the background work may take.
+
+``signback serve`` answers callbacks and, on the same event loop, runs the pipeline and the
+outbox dispatcher. A provider waits for the acknowledgement (Firma gives 5 seconds, and
+retries what it does not get), while the work after it may lag a little. So when callbacks
+pour in faster than the loop can answer them *and* do the work behind them, the work waits:
+
+- :class:`IntakeLoad` counts the callbacks being answered at each moment: while the
+  intake keeps up, that is a handful; when callbacks queue up, it is many;
+- :class:`Occupancy` measures how long background tasks hold the loop. Tasks started from
+  a context marked with :func:`background_context` (the worker's) are wrapped by the loop's
+  task factory, which times each of their steps;
+- :class:`Governor` is asked by the background loops before each piece of work
+  (:meth:`Governor.turn`). While callbacks queue up (on average ``SATURATED_IN_FLIGHT``
+  or more being answered at once), it keeps the background's share of the loop at
+  ``SHARE_WHEN_SATURATED``; otherwise it never holds anything up. Under a steady load the
+  loop can carry, the background gets whatever the intake leaves; in a flood, the
+  acknowledgements get nine tenths of the loop and the backlog is worked off afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "signback_background", default=False
+)
+
+
+def background_context() -> contextvars.Context:
+    """A copy of the current context in which new tasks count as background work."""
+    context = contextvars.copy_context()
+    context.run(_BACKGROUND.set, True)
+    return context
+
+
+class IntakeLoad:
+    """Callbacks being answered, kept by the HTTP intake (on the event loop: plain numbers
+    do). ``area`` is the integral of their number over time: its growth over an interval,
+    divided by the interval, is how many were in flight on average."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self.count = 0  # arrived so far
+        self.in_flight = 0
+        self._area = 0.0
+        self._at = clock()
+
+    def _accrue(self) -> None:
+        now = self._clock()
+        self._area += self.in_flight * (now - self._at)
+        self._at = now
+
+    def arrived(self) -> None:
+        self._accrue()
+        self.count += 1
+        self.in_flight += 1
+
+    def answered(self) -> None:
+        self._accrue()
+        self.in_flight -= 1
+
+    @property
+    def area(self) -> float:
+        self._accrue()
+        return self._area
+
+
+class Occupancy:
+    """Seconds the event loop spent running background tasks' steps."""
+
+    def __init__(self) -> None:
+        self.busy = 0.0
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Time every task created in a :func:`background_context` on ``loop``."""
+        previous = loop.get_task_factory()
+        occupancy = self
+
+        def factory(
+            loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any
+        ) -> asyncio.Future[Any]:
+            context = kwargs.get("context")
+            is_background = (
+                context.get(_BACKGROUND, False) if context is not None else _BACKGROUND.get()
+            )
+            if is_background:
+                coro = _Timed(coro, occupancy)
+            if previous is not None:
+                return previous(loop, coro, **kwargs)
+            return asyncio.Task(coro, loop=loop, **kwargs)
+
+        loop.set_task_factory(factory)
+
+
+class _Timed(Coroutine[Any, Any, Any]):
+    """A coroutine that adds the time each of its steps takes to an :class:`Occupancy`."""
+
+    __slots__ = ("_coro", "_occupancy")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], occupancy: Occupancy) -> None:
+        self._coro = coro
+        self._occupancy = occupancy
+
+    def send(self, value: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self._coro.send(value)
+        finally:
+            self._occupancy.busy += time.perf_counter() - started
+
+    def throw(self, *args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self._coro.throw(*args)
+        finally:
+            self._occupancy.busy += time.perf_counter() - started
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self
+
+    def __iter__(self) -> _Timed:
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    def __repr__(self) -> str:
+        return repr(self._coro)
+
+
+class Governor:
+    """Decides when background work may take its next piece (see the module doc)."""
+
+    SHARE_WHEN_SATURATED = 0.1  # the background's share of the loop during a flood
+    SATURATED_IN_FLIGHT = 4.0  # callbacks being answered at once, on average, in a flood
+    WINDOW = 0.05  # seconds over which that average is taken
+    MAX_CREDIT = 0.005  # seconds of background work that may go ahead of the share
+    TOLERANCE = 0.0005  # seconds beyond the share not worth a pause
+    MIN_PAUSE, MAX_PAUSE = 0.001, 0.1  # seconds
+
+    def __init__(
+        self,
+        intake: IntakeLoad,
+        occupancy: Occupancy,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.intake = intake
+        self.occupancy = occupancy
+        self._clock = clock
+        now = clock()
+        self._mark = (now, intake.area)
+        self._saturated = False
+        self._debt = 0.0  # background seconds beyond its share while saturated
+        self._debt_at = (now, occupancy.busy)
+        self.waits = 0  # times turn() held the background back (for tests and metrics)
+
+    def saturated(self) -> bool:
+        """Callbacks queued up during the last window (see the module doc)."""
+        now = self._clock()
+        since, area = self._mark
+        if now - since >= self.WINDOW:
+            area_now = self.intake.area
+            self._saturated = area_now - area >= self.SATURATED_IN_FLIGHT * (now - since)
+            self._mark = (now, area_now)
+        return self._saturated
+
+    def _settle(self) -> float:
+        """Add the background time since the last call, less its share of the wall time."""
+        now = self._clock()
+        then, busy_then = self._debt_at
+        busy = self.occupancy.busy
+        self._debt += (busy - busy_then) - self.SHARE_WHEN_SATURATED * (now - then)
+        self._debt = max(self._debt, -self.MAX_CREDIT)
+        self._debt_at = (now, busy)
+        return self._debt
+
+    async def turn(self) -> None:
+        """Wait, if need be, until the background may take its next piece of work."""
+        debt = self._settle()
+        while debt > self.TOLERANCE and self.saturated():
+            self.waits += 1
+            pause = debt / self.SHARE_WHEN_SATURATED
+            await asyncio.sleep(min(max(pause, self.MIN_PAUSE), self.MAX_PAUSE))
+            debt = self._settle()
+        if not self._saturated:
+            self._debt = min(self._debt, 0.0)
