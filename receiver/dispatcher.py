@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -19,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from receiver import jsonutil
 from receiver.aio import sleep_or_stop
 from receiver.context import AppContext, CallbackUrls
 from receiver.db.base import Row, Transaction
@@ -36,6 +36,14 @@ PLACEHOLDERS = {
     "{signback.sendinfo_url}": "sendinfo_url",
     "{signback.webhook_url}": "webhook_url",
 }
+PLACEHOLDER_MARK = "{signback."
+
+
+class _Unknown:
+    """Not read yet (as opposed to None: read, and there is no such row)."""
+
+
+_UNKNOWN = _Unknown()
 
 
 def resolve_placeholders(value: Any, urls: CallbackUrls) -> Any:
@@ -102,9 +110,22 @@ class Dispatcher:
             lease_seconds=self.ctx.settings.lease_seconds,
             worker=self.ctx.worker_id,
         )
+        # The actions' requests in one query rather than one each. Should it fail, each
+        # action reads its own, and one that cannot is deferred, not counted as an attempt.
+        prefetched: dict[int, Row] | None = None
+        if rows:
+            try:
+                prefetched = await requests.get_many(
+                    self.ctx.db, {int(row["request_id"]) for row in rows}
+                )
+            except Exception:
+                prefetched = None
         for row in rows:
             action_id = int(row["id"])
-            task = asyncio.create_task(self.execute(row), name=f"outbox-{action_id}")
+            request_row: Row | _Unknown | None = _UNKNOWN
+            if prefetched is not None:
+                request_row = prefetched.get(int(row["request_id"]))
+            task = asyncio.create_task(self.execute(row, request_row), name=f"outbox-{action_id}")
             self.in_flight[action_id] = task
             task.add_done_callback(functools.partial(self._forget, action_id))
         return len(rows)
@@ -130,10 +151,12 @@ class Dispatcher:
             )
             log.warning("released unfinished actions", count=released)
 
-    async def execute(self, row: Row) -> None:
-        """Run one claimed action; never raises (a crash here would leave it in flight)."""
+    async def execute(self, row: Row, request_row: Row | _Unknown | None = _UNKNOWN) -> None:
+        """Run one claimed action; never raises (a crash here would leave it in flight).
+        ``request_row``: its request as read with the claim (None: there is none), or
+        ``_UNKNOWN`` (the default) to read it now."""
         try:
-            await self._execute(row)
+            await self._execute(row, request_row)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -141,12 +164,12 @@ class Dispatcher:
             # lease brings the action back; its attempt is then logged as interrupted.
             log.exception("could not record an action's result", action=int(row["id"]))
 
-    async def _execute(self, row: Row) -> None:
+    async def _execute(self, row: Row, request_row: Row | _Unknown | None) -> None:
         ctx = self.ctx
         action_id, attempt = int(row["id"]), int(row["attempts"])
         started_at = ctx.clock()
         t0 = time.perf_counter()
-        outcome = await self._attempt(row)
+        outcome = await self._attempt(row, request_row)
         duration_ms = (time.perf_counter() - t0) * 1000
         now = ctx.clock()
         decision = ctx.retry_policy.decide(
@@ -274,7 +297,7 @@ class Dispatcher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _attempt(self, row: Row) -> Outcome:
+    async def _attempt(self, row: Row, request_row: Row | _Unknown | None) -> Outcome:
         ctx = self.ctx
         operation_name = str(row["operation"])
         provider_name = operation_name.split(".", 1)[0]
@@ -282,21 +305,25 @@ class Dispatcher:
         operation = provider.operations.get(operation_name) if provider else None
         if operation is None:
             return Outcome(ok=False, final=True, message=f"unknown operation {operation_name!r}")
-        try:
-            request_row = await requests.get(ctx.db, int(row["request_id"]))
-        except Exception as exc:  # nothing was sent: try again soon, without counting it
-            return Outcome(
-                ok=False,
-                deferred=True,
-                retry_after=1.0,
-                message=f"database unavailable: {type(exc).__name__}",
-            )
+        if isinstance(request_row, _Unknown):
+            try:
+                request_row = await requests.get(ctx.db, int(row["request_id"]))
+            except Exception as exc:  # nothing was sent: try again soon, without counting it
+                return Outcome(
+                    ok=False,
+                    deferred=True,
+                    retry_after=1.0,
+                    message=f"database unavailable: {type(exc).__name__}",
+                )
         if request_row is None:
             return Outcome(ok=False, final=True, message="the signature request is gone")
         request = requests.from_row(request_row)
         try:
-            urls = ctx.callback_urls(request.provider, str(request_row["token_nonce"]))
-            payload = resolve_placeholders(json.loads(row["payload"]), urls)
+            text = str(row["payload"])
+            payload = jsonutil.loads(text)
+            if PLACEHOLDER_MARK in text:  # the callback token is derived only when needed
+                urls = ctx.callback_urls(request.provider, str(request_row["token_nonce"]))
+                payload = resolve_placeholders(payload, urls)
             return await operation(ctx, request, payload)
         except InvalidAction as exc:
             return Outcome(ok=False, final=True, message=str(exc))

@@ -152,7 +152,10 @@ def _checked_id(value: Any, what: str) -> str:
 
 def _first(*candidates: Any) -> Any:
     """The first candidate that is not None (a JSON null counts as absent)."""
-    return next((value for value in candidates if value is not None), None)
+    for value in candidates:
+        if value is not None:
+            return value
+    return None
 
 
 def _object(value: Any, what: str) -> Mapping[str, Any]:
@@ -249,9 +252,9 @@ def parse_envelope(body: bytes) -> Envelope:
     )
 
     # The first readable timestamp wins (`created_at`, then the older `timestamp`).
-    created_at = _first(
-        parse_timestamp(payload.get("created_at")), parse_timestamp(payload.get("timestamp"))
-    )
+    created_at = parse_timestamp(payload.get("created_at"))
+    if created_at is None:
+        created_at = parse_timestamp(payload.get("timestamp"))
     return Envelope(
         event_id=event_id,
         event_type=event_type,

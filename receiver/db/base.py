@@ -23,6 +23,12 @@ class NewRowInsert:
     table: str
     columns: tuple[str, ...]
     key: tuple[str, ...]  # the unique key whose conflict means "already stored"
+    # Each column's PostgreSQL type: many rows go as one array per column (see postgres.py).
+    pg_types: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.pg_types) != len(self.columns):
+            raise ValueError("NewRowInsert needs one PostgreSQL type per column")
 
     def key_of(self, row: Params) -> tuple[Any, ...]:
         return tuple(row[name] for name in self.key)

@@ -192,8 +192,11 @@ class SqliteDatabase(Database):
         return [dict(row) for row in conn.execute(sql, params or {}).fetchall()]
 
     async def in_shared_transaction(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
-        """Pieces of work queued in the same event-loop turn share one transaction, each in
-        a savepoint; every caller gets its own result (or exception) after the commit."""
+        """Pieces of work queued in the same event-loop turn share one transaction; every
+        caller gets its own result (or exception) after the commit. Should a piece fail, the
+        shared transaction is rolled back and each piece runs again in a transaction of its
+        own, so that the failure is only its own (cheaper than a savepoint around every
+        piece, for a failure that almost never comes)."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._shared.append((work, future))
         if len(self._shared) == 1:
@@ -211,28 +214,33 @@ class SqliteDatabase(Database):
                 future.cancel()
             raise
         queued, self._shared = self._shared, []
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
-            async with self.transaction() as tx:
-                for work, future in queued:
+            try:
+                async with self.transaction() as tx:
+                    results = [await work(tx) for work, _ in queued]
+            except Exception:
+                if len(queued) == 1:
+                    raise
+                for work, future in queued:  # one at a time: only the failing piece fails
                     try:
-                        async with tx.savepoint():
-                            results.append((future, await work(tx), None))
+                        async with self.transaction() as tx:
+                            result = await work(tx)
                     except Exception as exc:
-                        results.append((future, None, exc))
-        except BaseException as exc:  # the commit itself failed: nothing of it happened
+                        if not future.done():
+                            future.set_exception(exc)
+                    else:
+                        if not future.done():
+                            future.set_result(result)
+                return
+        except BaseException as exc:
             for _, future in queued:
                 if not future.done():
                     future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        for future, result, error in results:
-            if future.done():
-                continue
-            if error is not None:
-                future.set_exception(error)
-            else:
+        for (_, future), result in zip(queued, results, strict=True):
+            if not future.done():
                 future.set_result(result)
 
     # --- group commit (see receiver.db.sqlite_writer) ------------------------------------------

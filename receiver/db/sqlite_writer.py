@@ -133,6 +133,7 @@ class WriterThread:
         self._cond = threading.Condition()
         # Everything below is guarded by _cond.
         self._queue: list[Queued] = []
+        self._busy = True  # until the thread first waits: writing, or about to
         self._park_wanted = False
         self._parked = False
         self._park_future: asyncio.Future[None] | None = None
@@ -154,13 +155,20 @@ class WriterThread:
             self._cond.notify()
 
     async def park(self) -> None:
-        """Return once this thread has finished its batch in hand and waits for
-        :meth:`unpark`. The caller must call :meth:`unpark` afterwards, also if cancelled."""
-        future = self._loop.create_future()
+        """Return once this thread writes nothing and will not until :meth:`unpark`. The
+        caller must call :meth:`unpark` afterwards, also if cancelled.
+
+        When the thread is idle (waiting for rows, which it cannot take without the lock held
+        here), parking it is immediate. Only a batch in hand is waited for: a round trip
+        through the thread would cost the waiting for the GIL, a millisecond or more while
+        the event loop is busy, on every transaction."""
         with self._cond:
+            if not self._busy:
+                self._parked = True
+                return
+            future = self._loop.create_future()
             self._park_future = future
             self._park_wanted = True
-            self._cond.notify()
         await future
 
     def unpark(self) -> None:
@@ -189,24 +197,25 @@ class WriterThread:
                 batch: list[Queued] = []
                 reset = False
                 with self._cond:
-                    while not (
+                    self._busy = False
+                    while self._parked or not (
                         self._queue
                         or self._park_wanted
                         or self._stopping
                         or (checkpointer is not None and checkpointer.reset_wanted)
                     ):
                         self._cond.wait()
-                    if self._park_wanted:
+                    if self._park_wanted:  # asked while busy: now idle, say so
+                        self._park_wanted = False
                         self._parked = True
-                        future = self._park_future
+                        future, self._park_future = self._park_future, None
                         if future is not None:
                             try:
                                 self._loop.call_soon_threadsafe(self._parked_now, future)
                             except RuntimeError:  # the loop is closed
                                 return
-                        while self._parked:
-                            self._cond.wait()
                         continue
+                    self._busy = True
                     if checkpointer is not None and checkpointer.reset_wanted:
                         reset = True
                     elif self._queue:

@@ -36,6 +36,19 @@ NEW_CALLBACK = NewRowInsert(
         "attempts",
     ),
     key=("provider", "dedupe_key"),
+    pg_types=(
+        "text",
+        "text",
+        "text",
+        "float8",
+        "bytea",
+        "text",
+        "text",
+        "int8",
+        "text",
+        "text",
+        "int4",
+    ),
 )
 INSERT_SQL = NEW_CALLBACK.one_row_sql
 

@@ -83,6 +83,19 @@ async def get(db: Database | Transaction, request_id: int, *, lock: str = "") ->
     )
 
 
+async def get_many(db: Database, request_ids: set[int]) -> dict[int, Row]:
+    """Several requests in one query, by id (the ones that exist)."""
+    if not request_ids:
+        return {}
+    names = {f"r{i}": request_id for i, request_id in enumerate(sorted(request_ids))}
+    rows = await db.fetch_all(
+        f"SELECT {COLUMNS} FROM signature_requests"
+        f" WHERE id IN ({', '.join(':' + name for name in names)})",
+        names,
+    )
+    return {int(row["id"]): row for row in rows}
+
+
 async def by_external_id(
     db: Database | Transaction, provider: str, external_id: str, *, lock: str = ""
 ) -> Row | None:
