@@ -28,6 +28,7 @@ from receiver.context import AppContext
 from receiver.db.base import Row, Transaction
 from receiver.events import EventKind, NormalizedEvent
 from receiver.logs import get_logger
+from receiver.model import SignatureRequest
 from receiver.providers import StoredCallback
 from receiver.store import inbox, outbox, requests
 
@@ -111,6 +112,9 @@ class Pipeline:
                 await self.ctx.db.wait(inbox.INBOX_CHANNEL, self.ctx.settings.poll_interval)
 
     async def run_once(self) -> int:
+        """Process up to BATCH_SIZE pending rows; how many there were."""
+        if self.ctx.db.single_writer:
+            return await self._run_once_single_writer()
         rows = await inbox.claim(
             self.ctx.db,
             limit=BATCH_SIZE,
@@ -119,8 +123,7 @@ class Pipeline:
         )
         claimed_at = self.ctx.clock()
         ordered = sorted(rows, key=lambda r: int(r["id"]))
-        step = SINGLE_WRITER_CHUNK if self.ctx.db.single_writer else 1
-        for start in range(0, len(ordered), step):
+        for start in range(len(ordered)):
             if self.ctx.clock() - claimed_at > self.ctx.settings.lease_seconds / 2:
                 # Half the lease is gone (a slow database, a huge backlog): hand the rest back
                 # before another worker could take them over and do the work twice.
@@ -128,22 +131,32 @@ class Pipeline:
                 break
             # Under a flood of callbacks, the acknowledgements come first (loadshare.py).
             await self.ctx.governor.turn()
-            chunk = ordered[start : start + step]
-            if len(chunk) == 1:
-                await self.process(chunk[0])
-            else:
-                await self.process_together(chunk)
+            await self.process(ordered[start])
             # Statements run on the event loop: let waiting HTTP requests in between
             # transactions, so a backlog never holds an acknowledgement up for long.
             await asyncio.sleep(0)
         return len(rows)
+
+    async def _run_once_single_writer(self) -> int:
+        """SQLite: chunks of SINGLE_WRITER_CHUNK rows, each taken and settled in one
+        transaction (see :func:`inbox.take_pending`): no claim to write, and no lease. Each
+        row is tried at most once per call: one that failed waits for the next."""
+        done = last_id = 0
+        while done < BATCH_SIZE:
+            await self.ctx.governor.turn()  # the acknowledgements come first
+            taken, last_id = await self.process_chunk(SINGLE_WRITER_CHUNK, after_id=last_id)
+            if not taken:
+                break
+            done += taken
+            await asyncio.sleep(0)  # let waiting HTTP requests in between transactions
+        return done
 
     async def process(self, row: Row) -> None:
         """One inbox row in its own transaction."""
         callback = stored_callback(row)
         try:
             async with self.ctx.db.transaction() as tx:
-                report = await self._process_in(tx, callback)
+                report = await self._process_in(tx, callback, {})
         except Exception as exc:
             # Rolled back whole (a failing rule, or the database went away): mark the row
             # for a retry in a transaction of its own.
@@ -157,25 +170,50 @@ class Pipeline:
             return
         report()
 
-    async def process_together(self, rows: list[Row]) -> None:
-        """Several inbox rows in one transaction; if any fails, each in its own."""
+    async def process_chunk(self, limit: int, *, after_id: int = 0) -> tuple[int, int]:
+        """Take up to ``limit`` pending rows (after ``after_id``) and process them, in one
+        transaction; if any fails, each in its own (claimed), so that only that row fails.
+        Their requests are read in one query first (a single-writer database: nobody else
+        can change them before the commit). Returns how many rows were taken, and the last
+        one's id."""
         reports: list[Callable[[], None]] = []
+        rows: list[Row] = []
         try:
             async with self.ctx.db.transaction() as tx:
+                rows = await inbox.take_pending(tx, limit=limit, after_id=after_id)
+                wanted = {int(r["request_id"]) for r in rows if r["request_id"] is not None}
+                known = {
+                    request_id: requests.from_row(row)
+                    for request_id, row in (await requests.get_many(tx, wanted)).items()
+                }
                 for row in rows:
-                    reports.append(await self._process_in(tx, stored_callback(row)))
+                    reports.append(await self._process_in(tx, stored_callback(row), known))
         except Exception as exc:
+            if not rows:
+                raise  # taking them failed: the database, most likely (run() backs off)
             # Nothing of this chunk was committed: do it row by row, which isolates the cause.
             log.warning("processing a chunk failed; one row at a time", error=str(exc))
-            for row in rows:
+            claimed = await inbox.claim_ids(
+                self.ctx.db,
+                [int(r["id"]) for r in rows],
+                now=self.ctx.clock(),
+                lease_seconds=self.ctx.settings.lease_seconds,
+            )
+            for row in claimed:
                 await self.process(row)
-            return
+            return len(rows), int(rows[-1]["id"])
         for report in reports:
             report()  # log lines only once the work is committed
+        return len(rows), int(rows[-1]["id"]) if rows else after_id
 
-    async def _process_in(self, tx: Transaction, callback: StoredCallback) -> Callable[[], None]:
+    async def _process_in(
+        self, tx: Transaction, callback: StoredCallback, known: dict[int, SignatureRequest]
+    ) -> Callable[[], None]:
         """Process one row inside ``tx``; returns what to report once ``tx`` commits. A
-        failure propagates: the caller rolls back and marks the row for a retry."""
+        failure propagates: the caller rolls back and marks the row for a retry.
+
+        ``known``: requests already read in ``tx``, by id, kept up to date here (two events
+        of one request in a chunk: the second sees the state the first left)."""
         try:
             event = self.normalize(callback)
         except Exception as exc:
@@ -194,10 +232,14 @@ class Pipeline:
                 self.ctx.metrics.events.inc(callback.provider, "unknown", inbox.FAILED)
 
             return report_failed
-        return await self._apply(tx, callback, event)
+        return await self._apply(tx, callback, event, known)
 
     async def _apply(
-        self, tx: Transaction, callback: StoredCallback, event: NormalizedEvent
+        self,
+        tx: Transaction,
+        callback: StoredCallback,
+        event: NormalizedEvent,
+        known: dict[int, SignatureRequest],
     ) -> Callable[[], None]:
         ctx = self.ctx
         now = ctx.clock()
@@ -208,20 +250,21 @@ class Pipeline:
             "event_id": event.event_id,
             "occurred_at": event.occurred_at,
         }
+        request: SignatureRequest | None = None
         if callback.request_id is not None:
-            request_row = await requests.get(tx, callback.request_id, lock=lock)
+            request = known.get(callback.request_id)
+            if request is None:
+                request = _request_or_none(await requests.get(tx, callback.request_id, lock=lock))
         elif event.external_id is not None:
             # Serialize with a registration of the same request (see registration.py):
             # otherwise an event looked up just before the registration commits could be
             # marked unmatched just after the registration re-queued unmatched events.
             await tx.lock_key(requests.match_key(event.provider, event.external_id))
-            request_row = await requests.by_external_id(
-                tx, event.provider, event.external_id, lock=lock
+            request = _request_or_none(
+                await requests.by_external_id(tx, event.provider, event.external_id, lock=lock)
             )
-        else:
-            request_row = None
 
-        if request_row is None:
+        if request is None:
             if event.external_id is not None:
                 status, note = inbox.UNMATCHED, "no registered request yet; kept until one is"
             elif event.kind is EventKind.TEST:
@@ -248,7 +291,6 @@ class Pipeline:
 
             return report_unmatched
 
-        request = requests.from_row(request_row)
         transition = states.apply(request.state, event.kind, confirmed=event.confirmed)
         provider_status = event.details.get("provider_status") if event.confirmed else None
         if transition.changed or (
@@ -269,6 +311,7 @@ class Pipeline:
                 provider_status=str(provider_status or request.provider_status or "") or None,
                 updated_at=now,
             )
+            known[request.id] = request
 
         actions = []
         if self._rules_apply(event, transition):
@@ -317,6 +360,10 @@ class Pipeline:
         if event.kind in states.TARGET:
             return transition.changed
         return event.kind is not EventKind.TEST
+
+
+def _request_or_none(row: Row | None) -> SignatureRequest | None:
+    return None if row is None else requests.from_row(row)
 
 
 __all__ = ["Pipeline", "normalize_return", "stored_callback"]

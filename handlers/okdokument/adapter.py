@@ -66,6 +66,8 @@ def normalize(callback: StoredCallback, *, confirm_claims: bool = True) -> Norma
         kind=kind,
         provider_type=f"sendinfo:{state}",
         external_id=_text(payload, "signatureRequestId"),
+        # sendInfo carries no event id of its own: the inbox row is the event.
+        event_id=f"inbox-{callback.inbox_id}",
         confirmed=not (confirm_claims and kind in CONFIRMABLE),
         details=details,
         raw=payload,

@@ -88,18 +88,53 @@ async def insert(tx: Transaction, params: Mapping[str, Any]) -> bool:
     return changed > 0
 
 
+CLAIMED_COLUMNS = (
+    "id, provider, channel, body, headers, query, request_id, external_id, received_at, attempts"
+)
+
+
 async def claim(db: Database, *, limit: int, now: float, lease_seconds: float) -> list[Row]:
+    """Take pending rows for processing under a lease (several workers may share them)."""
     async with db.transaction() as tx:
         return await tx.fetch_all(
             db.render(
                 "UPDATE inbox SET status = 'processing', attempts = attempts + 1,"
                 " lease_expires_at = :lease WHERE id IN (SELECT id FROM inbox"
                 " WHERE status = 'pending' ORDER BY id LIMIT :limit {skip_locked})"
-                " RETURNING id, provider, channel, body, headers, query, request_id,"
-                " external_id, received_at, attempts"
+                f" RETURNING {CLAIMED_COLUMNS}"
             ),
             {"lease": now + lease_seconds, "limit": limit},
         )
+
+
+async def claim_ids(
+    db: Database, inbox_ids: list[int], *, now: float, lease_seconds: float
+) -> list[Row]:
+    """:func:`claim` for the given rows, those of them still pending, in id order."""
+    names = {f"i{n}": inbox_id for n, inbox_id in enumerate(inbox_ids)}
+    async with db.transaction() as tx:
+        rows = await tx.fetch_all(
+            "UPDATE inbox SET status = 'processing', attempts = attempts + 1,"
+            " lease_expires_at = :lease WHERE status = 'pending'"
+            f" AND id IN ({', '.join(':' + name for name in names)})"
+            f" RETURNING {CLAIMED_COLUMNS}",
+            {"lease": now + lease_seconds, **names},
+        )
+    return sorted(rows, key=lambda r: int(r["id"]))
+
+
+async def take_pending(tx: Transaction, *, limit: int, after_id: int = 0) -> list[Row]:
+    """The oldest pending rows after ``after_id``, for processing within ``tx`` itself: on a
+    database with one writer at a time nobody else can take them before ``tx`` ends, so no
+    claim (status, lease) is written; a rollback leaves them pending. Counts the attempt, as
+    a claim does."""
+    rows = await tx.fetch_all(
+        "UPDATE inbox SET attempts = attempts + 1 WHERE id IN (SELECT id FROM inbox"
+        " WHERE status = 'pending' AND id > :after ORDER BY id LIMIT :limit)"
+        f" RETURNING {CLAIMED_COLUMNS}",
+        {"limit": limit, "after": after_id},
+    )
+    return sorted(rows, key=lambda r: int(r["id"]))
 
 
 async def finish(

@@ -83,7 +83,7 @@ async def get(db: Database | Transaction, request_id: int, *, lock: str = "") ->
     )
 
 
-async def get_many(db: Database, request_ids: set[int]) -> dict[int, Row]:
+async def get_many(db: Database | Transaction, request_ids: set[int]) -> dict[int, Row]:
     """Several requests in one query, by id (the ones that exist)."""
     if not request_ids:
         return {}

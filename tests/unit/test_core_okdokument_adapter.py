@@ -57,7 +57,7 @@ def test_sendinfo(state: str, confirm_claims: bool) -> None:
     assert event.kind == EXPECTED_KINDS[state]
     assert event.provider_type == f"sendinfo:{state}"
     assert event.external_id == "SR-1"
-    assert event.event_id is None
+    assert event.event_id == "inbox-11"  # sendInfo has no id of its own: the row is the event
     assert event.confirmed is not (confirm_claims and state in CLAIMS)
     assert event.details == {"document_state": state, "document_id": "DOC-1"}
     assert event.raw == body
