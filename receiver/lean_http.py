@@ -15,8 +15,10 @@ small:
 - Responses may carry a Content-Length, be chunked, or end with the connection.
 - The httpx timeout rules apply: connect, pool wait and response each get ``timeout``
   seconds.
-- Errors raise httpx's own exception types, and answers come back as ``httpx.Response``.
-  Callers cannot tell the two paths apart.
+- Errors raise httpx's own exception types. Answers come back as :class:`LeanResponse`,
+  which has what the provider clients read of an ``httpx.Response`` (status, headers,
+  content, text, reason, ``json()``: :class:`receiver.provider_http.HttpAnswer`); building
+  an ``httpx.Response`` cost more than the rest of the call.
 
 What it does not do: HTTP/2, proxies, redirects (never followed for providers anyway),
 compression (it asks for none), streaming. :class:`receiver.provider_http.ProviderHttpClient`
@@ -27,20 +29,84 @@ whenever a test hands in an httpx transport.
 from __future__ import annotations
 
 import asyncio
+import http
 import json as jsonlib
 import ssl
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httptools
 import httpx
 
+from receiver import jsonutil
+
 # An idle connection older than this is closed, not reused: under common server keep-alive
 # timeouts (uvicorn 5 s, nginx 75 s), so a call rarely meets a connection being closed.
 KEEPALIVE_SECONDS = 4.0
+
+
+class LeanHeaders(dict[str, str]):
+    """Answer headers by lower-case name; a repeated header's values joined with ", ", as
+    ``httpx.Headers.get`` joins them. Lookups ignore case."""
+
+    def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
+        super().__init__()
+        for name, value in raw:
+            key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+            super().__setitem__(key, f"{self[key]}, {text}" if key in self else text)
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name.lower(), default)
+
+
+class LeanResponse:
+    """An HTTP answer: the parts of ``httpx.Response`` the provider clients use."""
+
+    __slots__ = ("content", "headers", "status_code")
+
+    def __init__(self, status_code: int, headers: LeanHeaders, content: bytes) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self.content = content
+
+    @property
+    def reason_phrase(self) -> str:
+        try:
+            return http.HTTPStatus(self.status_code).phrase
+        except ValueError:
+            return ""
+
+    @property
+    def encoding(self) -> str:
+        """The charset the Content-Type names, else UTF-8 (httpx's default too)."""
+        content_type: str = self.headers.get("content-type", "")
+        for param in content_type.split(";")[1:]:
+            key, _, value = param.strip().partition("=")
+            if key.lower() == "charset" and value:
+                return value.strip("\"' ")
+        return "utf-8"
+
+    @property
+    def text(self) -> str:
+        try:
+            return self.content.decode(self.encoding, "replace")
+        except LookupError:  # an unknown charset
+            return self.content.decode("utf-8", "replace")
+
+    def json(self, **_: Any) -> Any:
+        return jsonutil.loads(self.content)
+
+    def __repr__(self) -> str:
+        return f"<LeanResponse [{self.status_code}]>"
 
 
 class _Connection(asyncio.Protocol):
@@ -188,11 +254,11 @@ class LeanHttpClient:
 
     async def request(
         self, method: str, path: str, *, json: Any = None, content: bytes | None = None
-    ) -> httpx.Response:
+    ) -> LeanResponse:
         if method == "HEAD":
             raise ValueError("HEAD is not supported here (its answer has no body to frame)")
         if json is not None:
-            # The same encoding httpx uses for json=.
+            # The same encoding httpx uses for json= (orjson would write NaN as null).
             content = jsonlib.dumps(
                 json, ensure_ascii=False, separators=(",", ":"), allow_nan=False
             ).encode()
@@ -227,9 +293,7 @@ class LeanHttpClient:
                     conn.close()  # cancelled, failed or not keep-alive: never reused
         finally:
             self._slots.release()
-        # No httpx.Request is attached (parsing its URL cost more than the rest of the call),
-        # so raise_for_status() and .url are unavailable; provider clients use neither.
-        return httpx.Response(status, headers=headers, content=answer)
+        return LeanResponse(status, LeanHeaders(headers), answer)
 
     async def _checkout(self) -> _Connection:
         now = time.monotonic()

@@ -5,8 +5,7 @@ from __future__ import annotations
 import email.utils
 from collections.abc import Callable
 
-import httpx
-
+from receiver.provider_http import HttpAnswer
 from receiver.providers import Outcome
 
 EXCERPT_BYTES = 500
@@ -26,19 +25,19 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def excerpt(response: httpx.Response) -> str:
+def excerpt(response: HttpAnswer) -> str:
     return response.content[:EXCERPT_BYTES].decode("utf-8", "replace")
 
 
 def from_response(
-    response: httpx.Response,
+    response: HttpAnswer,
     *,
     now: float,
-    message: Callable[[httpx.Response], str],
+    message: Callable[[HttpAnswer], str],
     retry_after: float | None = None,
 ) -> Outcome:
     ok = 200 <= response.status_code < 300
-    if retry_after is None:
+    if retry_after is None and not ok:
         retry_after = parse_retry_after(response.headers.get("retry-after"), now=now)
     return Outcome(
         ok=ok,

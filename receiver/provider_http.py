@@ -7,8 +7,8 @@ the key lives only inside the HTTP clients' headers, never on the object, so nei
 Calls go through :class:`receiver.lean_http.LeanHttpClient`, which needs a twentieth of
 httpx's CPU per call (the outbox makes one per action). httpx takes over when a test hands in
 a transport, and when the environment sets a proxy for the provider's host, because only
-httpx speaks to proxies. Either way the answer is an ``httpx.Response``, and a failure
-raises one of httpx's exceptions.
+httpx speaks to proxies. Either way the answer is an :class:`HttpAnswer` (an
+``httpx.Response`` is one), and a failure raises one of httpx's exceptions.
 """
 
 from __future__ import annotations
@@ -16,12 +16,34 @@ from __future__ import annotations
 import importlib.metadata
 import urllib.request
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
 import httpx
 
 from receiver.lean_http import LeanHttpClient
+
+
+class HttpAnswer(Protocol):
+    """What provider clients read of an answer: ``httpx.Response`` and
+    :class:`receiver.lean_http.LeanResponse` both have it."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def reason_phrase(self) -> str: ...
+
+    def json(self, **kwargs: Any) -> Any: ...
 
 
 def _version() -> str:
@@ -56,7 +78,7 @@ class ProviderHttpClient:
             follow_redirects=False,
         )
 
-    async def _request(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
+    async def _request(self, method: str, path: str, *, json: Any = None) -> HttpAnswer:
         """``method`` on ``path`` under the base URL (``json``: the body to send)."""
         if self._lean is not None:
             return await self._lean.request(method, path, json=json)

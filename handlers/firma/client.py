@@ -2,9 +2,10 @@
 
 Deliberately thin: one HTTP request per call, no retries. The core's outbox owns retrying;
 it asks :func:`is_immutable_answer` (never retry), :func:`retry_after_seconds` (how long the
-provider asked us to wait) and :func:`provider_message` (what to show the operator). Answered
-requests come back as :class:`httpx.Response`; transport errors propagate as ``httpx``
-exceptions. Properties are validated *before* anything is sent (:class:`InvalidAction`).
+provider asked us to wait) and :func:`provider_message` (what to show the operator). Answers
+come back as a :class:`~receiver.provider_http.HttpAnswer`; transport errors propagate as
+``httpx`` exceptions. Properties are validated *before* anything is sent
+(:class:`InvalidAction`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from receiver.errors import ConfigurationError, InvalidAction
-from receiver.provider_http import ProviderHttpClient
+from receiver.provider_http import HttpAnswer, ProviderHttpClient
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -344,7 +345,7 @@ class FirmaClient(ProviderHttpClient):
 
     async def patch_signing_request(
         self, signing_request_id: str, properties: Mapping[str, Any]
-    ) -> httpx.Response:
+    ) -> HttpAnswer:
         """``PATCH /signing-requests/{id}`` with validated properties.
 
         Only a request that was not sent yet can be updated; otherwise Firma answers 400 or
@@ -355,7 +356,7 @@ class FirmaClient(ProviderHttpClient):
         await self._write_limiter.acquire()
         return await self._request("PATCH", path, json=body)
 
-    async def get_signing_request(self, signing_request_id: str) -> httpx.Response:
+    async def get_signing_request(self, signing_request_id: str) -> HttpAnswer:
         """``GET /signing-requests/{id}``: the request with its current ``status``."""
         return await self._request("GET", f"signing-requests/{_segment(signing_request_id)}")
 
@@ -369,7 +370,7 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _json_object(response: httpx.Response) -> Mapping[str, Any] | None:
+def _json_object(response: HttpAnswer) -> Mapping[str, Any] | None:
     try:
         data: Any = json.loads(response.content) if response.content else None
     except (ValueError, RecursionError, httpx.ResponseNotRead):
@@ -377,7 +378,7 @@ def _json_object(response: httpx.Response) -> Mapping[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _body_text(response: httpx.Response) -> str:
+def _body_text(response: HttpAnswer) -> str:
     try:
         return response.text
     except httpx.ResponseNotRead:
@@ -388,7 +389,7 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def provider_message(response: httpx.Response) -> str:
+def provider_message(response: HttpAnswer) -> str:
     """Firma's own words about an answer, for the operator.
 
     Firma errors are ``{"error", "code", "message"?, "details"?}`` and become
@@ -419,7 +420,7 @@ def provider_message(response: httpx.Response) -> str:
 _IMMUTABLE_PHRASES = ("already been sent", "cannot be modified")
 
 
-def is_immutable_answer(response: httpx.Response) -> bool:
+def is_immutable_answer(response: HttpAnswer) -> bool:
     """True when Firma refused an update because the request is no longer editable.
 
     Quirk: the docs disagree on how. The API spec answers **400** ``{"error": "Cannot update
@@ -454,7 +455,7 @@ def _number(value: str | None) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def retry_after_seconds(response: httpx.Response, *, now: float) -> float | None:
+def retry_after_seconds(response: HttpAnswer, *, now: float) -> float | None:
     """How long Firma asked us to wait, in seconds (never negative); None when it did not say.
 
     ``Retry-After`` (seconds or an HTTP date) wins. Otherwise ``X-RateLimit-Reset`` (a unix

@@ -2,8 +2,9 @@
 
 Deliberately thin: one method per endpoint, one HTTP request per call, no retries and no
 status interpretation. The core's outbox owns retrying (it decides from the status code and
-the transport error), so this client returns every answered :class:`httpx.Response` as is and
-lets transport errors (connect errors, timeouts) propagate as ``httpx`` exceptions.
+the transport error), so this client returns every answer (an
+:class:`~receiver.provider_http.HttpAnswer`) as is and lets transport errors (connect
+errors, timeouts) propagate as ``httpx`` exceptions.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
-from receiver.provider_http import ProviderHttpClient
+from receiver.provider_http import HttpAnswer, ProviderHttpClient
 
 __all__ = ["OkdokumentClient", "provider_message"]
 
@@ -67,7 +68,7 @@ class OkdokumentClient(ProviderHttpClient):
         *,
         send_info_url: str | None = None,
         result_url: str | None = None,
-    ) -> httpx.Response:
+    ) -> HttpAnswer:
         """``PATCH /JSON/signatureRequest``: change where a round reports back to.
 
         Only the given fields are sent. The docs' field table spells ``sendInfoUrl`` while
@@ -82,7 +83,7 @@ class OkdokumentClient(ProviderHttpClient):
             body["resulturl"] = result_url
         return await self._request("PATCH", "/JSON/signatureRequest", json=body)
 
-    async def create_signature_request(self, body: Mapping[str, Any]) -> httpx.Response:
+    async def create_signature_request(self, body: Mapping[str, Any]) -> HttpAnswer:
         """``POST /JSON/signatureRequest``: a new document, or a new round on one.
 
         The body is passed through untouched (``filedata`` or ``id`` + ``changeState``,
@@ -90,18 +91,18 @@ class OkdokumentClient(ProviderHttpClient):
         """
         return await self._request("POST", "/JSON/signatureRequest", json=dict(body))
 
-    async def document_metadata(self, document_id: str) -> httpx.Response:
+    async def document_metadata(self, document_id: str) -> HttpAnswer:
         """``GET /JSON/document/metadata/{documentId}``: the document's current state."""
         return await self._request("GET", f"/JSON/document/metadata/{_segment(document_id)}")
 
-    async def delete_signature_request(self, signature_request_id: str) -> httpx.Response:
+    async def delete_signature_request(self, signature_request_id: str) -> HttpAnswer:
         """``DELETE /JSON/signatureRequest/{signatureRequestId}``."""
         return await self._request(
             "DELETE", f"/JSON/signatureRequest/{_segment(signature_request_id)}"
         )
 
 
-def provider_message(response: httpx.Response) -> str:
+def provider_message(response: HttpAnswer) -> str:
     """The provider's own words about a response, for the operator.
 
     OKdokument errors are JSON ``{"message": ..., "value": ...}`` where ``value`` names the

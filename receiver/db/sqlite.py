@@ -26,6 +26,11 @@ from receiver.db.sqlite_wal import Checkpointer
 from receiver.db.sqlite_writer import Outcome, Queued, WriterThread, write_rows
 from receiver.db.wakeup import Wakeups
 
+# A shared transaction (in_shared_transaction) waits this many event-loop turns for more
+# pieces before it starts: outbox results that arrive a few turns apart then share a commit.
+# Measured with 5,000 actions against the emulator: one turn 372-449 µs of CPU per action,
+# three 315-340, five 288-304.
+SHARED_GATHER_TURNS = 5
 # The writer thread's page cache (the serving connection has 32 MiB): it mostly touches the
 # inbox's newest pages and its unique index.
 WRITER_CACHE_KIB = 16384
@@ -192,7 +197,7 @@ class SqliteDatabase(Database):
         return [dict(row) for row in conn.execute(sql, params or {}).fetchall()]
 
     async def in_shared_transaction(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
-        """Pieces of work queued in the same event-loop turn share one transaction; every
+        """Pieces of work queued within a few event-loop turns share one transaction; every
         caller gets its own result (or exception) after the commit. Should a piece fail, the
         shared transaction is rolled back and each piece runs again in a transaction of its
         own, so that the failure is only its own (cheaper than a savepoint around every
@@ -207,7 +212,8 @@ class SqliteDatabase(Database):
 
     async def _run_shared(self) -> None:
         try:
-            await asyncio.sleep(0)  # let this turn's other pieces join
+            for _ in range(SHARED_GATHER_TURNS):
+                await asyncio.sleep(0)  # let the pieces of the next few loop turns join
         except BaseException:  # cancelled (shutdown): nobody may wait for ever
             queued, self._shared = self._shared, []
             for _, future in queued:
