@@ -10,12 +10,13 @@ work (B-tree inserts, writing the WAL frames: about a third of the cost of takin
 callback) no longer holds the event loop, which meanwhile reads the next requests, and
 ``sqlite3`` lets go of the GIL while SQLite works. The thread takes the next batch as soon
 as it has committed one, without waiting for the event loop, which only gets the answers.
+When no callback has come for a moment, it finishes the WAL resets the checkpointer asks
+for (:mod:`receiver.db.sqlite_wal`).
 
 SQLite allows one write transaction at a time. The serving connection's own transactions
 (pipeline, outbox, API) first *park* this thread (:meth:`WriterThread.park`): it finishes
 the batch in hand and waits until :meth:`WriterThread.unpark`, so nothing of this process
-ever waits inside SQLite for another of its connections. Between two writes it also
-finishes the WAL resets the checkpointer asks for (:mod:`receiver.db.sqlite_wal`).
+ever waits inside SQLite for another of its connections.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import asyncio
 import functools
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from receiver.db.base import NewRowInsert, Params
-from receiver.db.sqlite_wal import Checkpointer
+from receiver.db.sqlite_wal import RESET_LULL_SECONDS, Checkpointer
 
 # A queued row: its insert, values, wake-up channel, and the caller's future.
 Queued = tuple[NewRowInsert, Params, str, "asyncio.Future[bool]"]
@@ -134,6 +136,7 @@ class WriterThread:
         # Everything below is guarded by _cond.
         self._queue: list[Queued] = []
         self._busy = True  # until the thread first waits: writing, or about to
+        self._last_write = 0.0  # time.monotonic() of the last batch taken
         self._park_wanted = False
         self._parked = False
         self._park_future: asyncio.Future[None] | None = None
@@ -189,6 +192,12 @@ class WriterThread:
         if not future.done():
             future.set_result(None)
 
+    def _reset_due(self) -> bool:
+        checkpointer = self._checkpointer
+        return checkpointer is not None and checkpointer.reset_due(
+            time.monotonic() - self._last_write
+        )
+
     def _run(self) -> None:
         conn = self._connect()
         checkpointer = self._checkpointer
@@ -199,12 +208,11 @@ class WriterThread:
                 with self._cond:
                     self._busy = False
                     while self._parked or not (
-                        self._queue
-                        or self._park_wanted
-                        or self._stopping
-                        or (checkpointer is not None and checkpointer.reset_wanted)
+                        self._queue or self._park_wanted or self._stopping or self._reset_due()
                     ):
-                        self._cond.wait()
+                        # A wanted reset waits for a lull: look again when one may have come.
+                        wanted = checkpointer is not None and checkpointer.reset_wanted
+                        self._cond.wait(RESET_LULL_SECONDS if wanted else None)
                     if self._park_wanted:  # asked while busy: now idle, say so
                         self._park_wanted = False
                         self._parked = True
@@ -216,10 +224,11 @@ class WriterThread:
                                 return
                         continue
                     self._busy = True
-                    if checkpointer is not None and checkpointer.reset_wanted:
+                    if self._reset_due():
                         reset = True
                     elif self._queue:
                         batch, self._queue = self._queue, []
+                        self._last_write = time.monotonic()
                     elif self._stopping:
                         return
                 if reset:

@@ -103,18 +103,64 @@ async def test_new_rows_wake_the_pipeline(database_url: str) -> None:
 async def test_sqlite_wal_stays_small_under_constant_writes(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The serving connection never checkpoints on its own (a background thread does), yet
-    the WAL file must not grow without bound while writes never pause."""
+    """No connection checkpoints on its own (a background thread does), yet the WAL file
+    must not grow without bound while writes never pause: past the hard limit it starts
+    over without waiting for a lull."""
+    from receiver.db import sqlite_wal
+
+    monkeypatch.setattr(sqlite_wal, "CHECKPOINT_INTERVAL", 0.005)
+    monkeypatch.setattr(sqlite_wal, "WAL_RESET_PAGES", 100)
+    monkeypatch.setattr(sqlite_wal, "WAL_FORCE_RESET_PAGES", 200)
+    monkeypatch.setattr(sqlite_wal, "RESET_RESIDUE_PAGES", 20)
+    largest = await write_groups(sqlite_url, groups=300, pause=0.0)
+    # Without the reset the WAL reaches several MiB here (every commit appends pages).
+    assert largest < 2 * 1024 * 1024, f"the WAL grew to {largest:,} bytes"
+
+
+async def test_sqlite_wal_starts_over_in_a_lull(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below the hard limit, the writer finishes a WAL reset only when the callbacks pause:
+    the reset's last copy and fsync would hold their acknowledgements up."""
     from receiver.db import sqlite, sqlite_wal
 
     monkeypatch.setattr(sqlite_wal, "CHECKPOINT_INTERVAL", 0.005)
     monkeypatch.setattr(sqlite_wal, "WAL_RESET_PAGES", 100)
     monkeypatch.setattr(sqlite_wal, "RESET_RESIDUE_PAGES", 20)
+    monkeypatch.setattr(sqlite_wal, "RESET_LULL_SECONDS", 0.1)
+    monkeypatch.setattr("receiver.db.sqlite_writer.RESET_LULL_SECONDS", 0.1)
+    db = await opened(sqlite_url)
+    assert isinstance(db, sqlite.SqliteDatabase)
+    checkpointer = db._checkpointer
+    assert checkpointer is not None
+    try:
+        for group in range(150):  # back to back: no lull
+            await asyncio.gather(
+                *(
+                    db.insert_new(
+                        inbox.NEW_CALLBACK, callback_row(f"g{group}-{n}"), inbox.INBOX_CHANNEL
+                    )
+                    for n in range(16)
+                )
+            )
+        assert checkpointer.wal_pages > 100  # a reset was due ...
+        assert checkpointer.resets == 0  # ... and waited
+        await asyncio.sleep(0.5)  # a lull
+        assert checkpointer.resets >= 1
+    finally:
+        await db.close()
+
+
+async def write_groups(sqlite_url: str, *, groups: int, pause: float, every: int = 1) -> int:
+    """Write ``groups`` groups of 16 callbacks, pausing ``pause`` s after every ``every``
+    groups; the largest size the WAL file reached."""
+    from receiver.db import sqlite
+
     db = await opened(sqlite_url)
     wal = Path(sqlite.sqlite_path(sqlite_url) + "-wal")
     largest = 0
     try:
-        for group in range(300):
+        for group in range(groups):
             await asyncio.gather(
                 *(
                     db.insert_new(
@@ -124,12 +170,13 @@ async def test_sqlite_wal_stays_small_under_constant_writes(
                 )
             )
             largest = max(largest, size_of(wal))
-        assert len(await stored_keys(db)) == 300 * 16
+            if pause and group % every == every - 1:
+                await asyncio.sleep(pause)
+        assert len(await stored_keys(db)) == groups * 16
     finally:
         await db.close()
-    # Without the reset the WAL reaches several MiB here (every commit appends pages).
-    assert largest < 2 * 1024 * 1024, f"the WAL grew to {largest:,} bytes"
     assert size_of(wal) == 0  # truncated at close
+    return largest
 
 
 def size_of(path: Path) -> int:
