@@ -79,8 +79,11 @@ class Occupancy:
         self.busy = 0.0
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Time every task created in a :func:`background_context` on ``loop``."""
+        """Time every task created in a :func:`background_context` on ``loop`` (once: a
+        second call for the same loop changes nothing)."""
         previous = loop.get_task_factory()
+        if getattr(previous, "occupancy", None) is self:
+            return
         occupancy = self
 
         def factory(
@@ -96,6 +99,7 @@ class Occupancy:
                 return previous(loop, coro, **kwargs)
             return asyncio.Task(coro, loop=loop, **kwargs)
 
+        factory.occupancy = self  # type: ignore[attr-defined]
         loop.set_task_factory(factory)
 
 

@@ -137,16 +137,21 @@ def normalize_database_url(url: str) -> str:
 
 
 def database_url_from_env() -> str:
-    """The database URL alone (for `signback migrate`, which needs no other setting)."""
+    """The database URL alone (for `signback migrate`, which needs no other setting), found
+    as :func:`load_settings` finds it: the environment before the ``.env`` file, so that a
+    platform's ``DATABASE_URL`` wins over a ``SIGNBACK_DATABASE_URL`` left in a local file
+    (migrate had once upgraded the file's SQLite database while serve used the platform's)."""
     import os
 
     from dotenv import dotenv_values
 
+    names = ("SIGNBACK_DATABASE_URL", "DATABASE_URL")
     file_values = dotenv_values(".env") if os.path.exists(".env") else {}
-    for name in ("SIGNBACK_DATABASE_URL", "DATABASE_URL"):
-        value = os.environ.get(name) or file_values.get(name)
-        if value:
-            return normalize_database_url(value)
+    for source in (os.environ, file_values):
+        for name in names:
+            value = source.get(name)
+            if value:
+                return normalize_database_url(value)
     return DEFAULT_DATABASE_URL
 
 

@@ -144,8 +144,9 @@ class Database(abc.ABC):
             return await tx.execute(sql, params)
 
     async def in_shared_transaction(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
-        """Run ``work`` in a transaction that small pieces of work queued at the same moment
-        may share (each in its own savepoint, so one failing undoes only itself).
+        """Run ``work`` in a transaction that small pieces of work queued at about the same
+        moment may share (should one fail, each runs again in its own transaction, so that
+        the failure is only its own).
 
         Drivers of single-writer databases share (one commit for many); others give each
         piece its own transaction, here. ``work`` must only run statements.

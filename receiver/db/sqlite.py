@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -23,7 +24,7 @@ from typing import Any
 
 from receiver.db.base import Database, NewRowInsert, Params, Row, T, Transaction
 from receiver.db.sqlite_wal import Checkpointer
-from receiver.db.sqlite_writer import Outcome, Queued, WriterThread, write_rows
+from receiver.db.sqlite_writer import Outcome, Queued, WriterGone, WriterThread, write_rows
 from receiver.db.wakeup import Wakeups
 
 # A shared transaction (in_shared_transaction) waits this many event-loop turns for more
@@ -109,6 +110,8 @@ class SqliteDatabase(Database):
         self._flusher: asyncio.Task[None] | None = None
         self._shared: list[tuple[Callable[[Transaction], Awaitable[Any]], asyncio.Future[Any]]] = []
         self._shared_tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._sync_fd: int | None = None
 
     async def connect(self) -> None:
         if self._conn is not None:
@@ -124,7 +127,11 @@ class SqliteDatabase(Database):
             if writer is not None:
                 writer.checkpoint_wanted()
 
-        self._checkpointer = Checkpointer(sqlite_path(self.url), checkpoint_wanted)
+        # Opened before, and closed after, every connection of the process: see Checkpointer.
+        self._sync_fd = os.open(sqlite_path(self.url), os.O_RDONLY)
+        self._checkpointer = Checkpointer(
+            sqlite_path(self.url), checkpoint_wanted, sync_fd=self._sync_fd
+        )
         writer = WriterThread(
             functools.partial(connect_writer, self.url, busy_timeout_ms=self._busy_timeout_ms),
             loop,
@@ -136,6 +143,7 @@ class SqliteDatabase(Database):
         self._checkpointer.start()
 
     async def close(self) -> None:
+        self._closing = True
         if self._writer is not None:
             await asyncio.to_thread(self._writer.stop)  # queued rows are written first
             await asyncio.sleep(0)  # ... and their answers delivered
@@ -151,6 +159,9 @@ class SqliteDatabase(Database):
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
             self._conn = None
+        if self._sync_fd is not None:
+            os.close(self._sync_fd)
+            self._sync_fd = None
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -176,10 +187,13 @@ class SqliteDatabase(Database):
                 tx = _SqliteTransaction(conn)
                 try:
                     yield tx
+                    conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    # Also after a failed COMMIT (busy, disk full): SQLite may leave the
+                    # transaction open, and with it the write lock.
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
                     raise
-                conn.execute("COMMIT")
             finally:
                 if writer is not None:
                     writer.unpark()
@@ -258,6 +272,8 @@ class SqliteDatabase(Database):
         of 32 of each; each caller still gets its own answer only after the commit (so an
         ack is never early).
         """
+        if self._closing:
+            raise WriterGone("the database is closing")
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         queued = (insert, row, channel, future)
         if self._writer is not None:
@@ -287,7 +303,11 @@ class SqliteDatabase(Database):
             while self._batch:
                 async with self._lock:
                     batch, self._batch = self._batch, []
-                    self._delivered(batch, write_rows(self.conn, batch))
+                    try:
+                        outcomes = write_rows(self.conn, batch)
+                    except Exception as exc:  # the connection is gone (closed)
+                        outcomes = [exc] * len(batch)
+                    self._delivered(batch, outcomes)
         finally:
             self._flusher = None
             queued, self._batch = self._batch, []

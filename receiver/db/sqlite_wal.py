@@ -8,6 +8,10 @@ import sqlite3
 import threading
 from collections.abc import Callable
 
+from receiver.logs import get_logger
+
+log = get_logger("signback.sqlite")
+
 CHECKPOINT_INTERVAL = 0.1  # seconds between the background thread's checkpoints
 # Once the WAL holds this many pages (64 MiB), it is started over at the next lull in the
 # writes (see Checkpointer) ...
@@ -19,6 +23,9 @@ RESET_LULL_SECONDS = 0.25
 # The reset waits until at most this many pages are left to copy (the rest is copied then).
 RESET_RESIDUE_PAGES = 512
 CATCH_UP_INTERVAL = 0.002  # seconds between background checkpoints while catching up
+
+# fdatasync where there is one (Linux); fsync elsewhere (macOS).
+_datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 
 
 class Checkpointer:
@@ -34,8 +41,12 @@ class Checkpointer:
     SQLite syncs the database file only at the end of a checkpoint that copied everything,
     so the pages the PASSIVE checkpoints copy pile up unsynced in the OS's cache until then.
     This thread therefore syncs the file itself (``fdatasync``) after each checkpoint that
-    copied anything: durability is unchanged (a sync more never hurts), and the sync at the
-    end of a complete checkpoint finds little left to do.
+    copied anything: durability is unchanged (a sync more never hurts, and SQLite's own
+    sync still comes before the WAL may start over), and the sync at the end of a complete
+    checkpoint finds little left to do. The file descriptor it syncs through is the
+    driver's, opened before and closed after all of the process's connections: closing a
+    descriptor of a database file drops every POSIX lock the process holds on it, including
+    the ones that tell other processes this one is using the database.
 
     The WAL must also start over now and then, or it fills the disk. SQLite starts it over
     only once everything in it has been copied, which a background checkpoint never
@@ -52,9 +63,10 @@ class Checkpointer:
     is a matter of disk space, not speed.)
     """
 
-    def __init__(self, path: str, wanted: Callable[[], object]) -> None:
+    def __init__(self, path: str, wanted: Callable[[], object], sync_fd: int | None = None) -> None:
         self._path = path
         self._wanted = wanted  # thread-safe: called from this thread
+        self._sync_fd = sync_fd  # the database file, for syncing only (see above)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
         self.wal_pages = 0  # the WAL's size at the last background checkpoint
@@ -77,7 +89,9 @@ class Checkpointer:
             with self._checkpointing, contextlib.suppress(sqlite3.Error):
                 # Another process's write would leave it incomplete: then next time.
                 row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                if row is not None and int(row[1]) == int(row[2]):
+                # (0, n, n): not blocked, and all n pages copied. (1, -1, -1) is a checkpoint
+                # that could not run at all.
+                if row is not None and int(row[0]) == 0 and int(row[1]) == int(row[2]):
                     self.resets += 1
                     self.wal_pages = 0
         finally:
@@ -91,7 +105,6 @@ class Checkpointer:
 
     def _run(self) -> None:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        database = os.open(self._path, os.O_RDONLY)  # fdatasync needs no write access
         interval = CHECKPOINT_INTERVAL
         copied_before = 0
         try:
@@ -101,9 +114,12 @@ class Checkpointer:
                     with self._checkpointing:
                         row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                         if row is not None and int(row[2]) != copied_before:
-                            os.fdatasync(database)
+                            self._sync()
                 except (sqlite3.Error, OSError):
                     continue  # locked by another process's checkpoint: next round
+                except Exception:  # never die: without this thread the WAL grows for ever
+                    log.exception("WAL checkpoint failed; trying again")
+                    continue
                 if row is None:
                     continue
                 # (busy, pages in the WAL, pages copied): the WAL grew during the copy.
@@ -116,5 +132,8 @@ class Checkpointer:
                         self.reset_wanted = True
                         self._wanted()
         finally:
-            os.close(database)
             conn.close()
+
+    def _sync(self) -> None:
+        if self._sync_fd is not None:
+            _datasync(self._sync_fd)

@@ -22,6 +22,7 @@ ever waits inside SQLite for another of its connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import sqlite3
 import threading
@@ -31,6 +32,9 @@ from typing import Any
 
 from receiver.db.base import NewRowInsert, Params
 from receiver.db.sqlite_wal import RESET_LULL_SECONDS, Checkpointer
+from receiver.logs import get_logger
+
+log = get_logger("signback.sqlite")
 
 # A queued row: its insert, values, wake-up channel, and the caller's future.
 Queued = tuple[NewRowInsert, Params, str, "asyncio.Future[bool]"]
@@ -38,38 +42,50 @@ Queued = tuple[NewRowInsert, Params, str, "asyncio.Future[bool]"]
 Outcome = bool | Exception
 
 
+# At most this many rows per statement (11 values each: far below SQLite's limit on bound
+# values, which was 999 before 3.32), so that a batch grown during a long pause still goes
+# in a few statements.
+MAX_ROWS_PER_STATEMENT = 64
+
+
 def write_rows(conn: sqlite3.Connection, rows: Sequence[Queued]) -> list[Outcome]:
-    """Insert ``rows``: one multi-row statement per kind of insert, each committed on its
-    own (autocommit: one step, no BEGIN and COMMIT around it). If a statement fails, its
-    rows go one by one, so that only the failing rows fail. Runs on whichever one thread
-    owns ``conn``."""
+    """Insert ``rows``: multi-row statements per kind of insert, each committed on its own
+    (autocommit: one step, no BEGIN and COMMIT around it). Runs on whichever one thread
+    owns ``conn``.
+
+    If a statement is refused for its data (a constraint), its rows go one by one, so that
+    only the bad row fails. If the database itself fails (locked by another process past the
+    busy timeout, disk full, I/O error), the statement's rows fail with it: their callers
+    answer 503 and the providers retry, rather than each row waiting out the busy timeout
+    on its own while every other writer waits too."""
     groups: dict[NewRowInsert, list[int]] = {}
     for index, queued in enumerate(rows):
         groups.setdefault(queued[0], []).append(index)
     outcomes: list[Outcome] = [False] * len(rows)
     for insert, indexes in groups.items():
-        try:
-            new: list[Outcome] = list(_insert_group(conn, insert, [rows[i][1] for i in indexes]))
-        except Exception:
-            new = [_insert_one(conn, insert, rows[i][1]) for i in indexes]
-        for index, outcome in zip(indexes, new, strict=True):
-            outcomes[index] = outcome
+        for start in range(0, len(indexes), MAX_ROWS_PER_STATEMENT):
+            part = indexes[start : start + MAX_ROWS_PER_STATEMENT]
+            new = _insert_part(conn, insert, [rows[i][1] for i in part])
+            for index, outcome in zip(part, new, strict=True):
+                outcomes[index] = outcome
     return outcomes
 
 
-def _insert_group(
+def _insert_part(
     conn: sqlite3.Connection, insert: NewRowInsert, rows: Sequence[Params]
-) -> list[bool]:
+) -> list[Outcome]:
     """One multi-row ``INSERT … ON CONFLICT DO NOTHING``, and which rows it stored.
 
     Usually every row is new, and the statement's row count says so. When it stored fewer
     rows than it was given, the keys that were stored already are found by their ids: the
-    rows one statement inserts get the highest ids of the table at that moment, so of the
-    batch's keys, the ``count`` with the highest ids are this statement's. (Asking SQLite
-    with ``RETURNING`` instead hands back one row per step, and each step lets go of the
-    GIL and must win it back from the busy event loop: that was most of this thread's
-    time.) A key that comes twice in the batch (a provider's immediate retry) is new only
-    the first time, as if the rows had gone in one by one."""
+    rows one statement inserts get the highest ids of the table at that moment (the id is
+    an ``INTEGER PRIMARY KEY`` without AUTOINCREMENT, so a new row gets the highest id plus
+    one, and no other connection of this process writes meanwhile), so of the batch's keys,
+    the ``count`` with the highest ids are this statement's. (Asking SQLite with
+    ``RETURNING`` instead hands back one row per step, and each step lets go of the GIL and
+    must win it back from the busy event loop: that was most of this thread's time.) A key
+    that comes twice in the batch (a provider's immediate retry) is new only the first time,
+    as if the rows had gone in one by one."""
     first: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     keys = []
     for row in rows:
@@ -78,16 +94,29 @@ def _insert_group(
         if key not in first:
             first[key] = insert.values_of(row)
     values = [value for row_values in first.values() for value in row_values]
-    stored = conn.execute(insert.many_rows_sql(len(first)), values).rowcount
+    try:
+        stored = conn.execute(insert.many_rows_sql(len(first)), values).rowcount
+    except sqlite3.IntegrityError:
+        # A row the table refuses (NOT NULL, a foreign key): nothing of the statement was
+        # stored; one at a time finds it, and fails only its own caller.
+        return [_insert_one(conn, insert, row) for row in rows]
+    except sqlite3.Error as exc:
+        return [exc] * len(rows)
     if stored == len(first):
         fresh = set(first)
     else:
-        by_id = conn.execute(
-            _ids_sql(insert, len(first)), [v for key in first for v in key]
-        ).fetchall()
+        try:
+            by_id = conn.execute(
+                _ids_sql(insert, len(first)), [v for key in first for v in key]
+            ).fetchall()
+        except sqlite3.Error as exc:
+            # Stored, but which rows were new is unknown: no one is told "accepted" or
+            # "duplicate" wrongly; they answer 503, and the providers' retries are
+            # answered from what is stored.
+            return [exc] * len(rows)
         by_id.sort(key=lambda r: r[-1], reverse=True)
         fresh = {tuple(r[:-1]) for r in by_id[:stored]}
-    new: list[bool] = []
+    new: list[Outcome] = []
     for key in keys:
         new.append(key in fresh)
         fresh.discard(key)
@@ -118,6 +147,10 @@ def _insert_one(conn: sqlite3.Connection, insert: NewRowInsert, row: Params) -> 
 Deliver = Callable[[list[Queued], list[Outcome]], None]
 
 
+class WriterGone(RuntimeError):
+    """The writer thread has stopped (shut down, or failed): nothing more can be written."""
+
+
 class WriterThread:
     """Owns a connection and writes queued rows, batch after batch (see the module doc)."""
 
@@ -141,6 +174,7 @@ class WriterThread:
         self._parked = False
         self._park_future: asyncio.Future[None] | None = None
         self._stopping = False
+        self._gone: BaseException | None = None  # set when the thread has ended
         self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
 
     def start(self) -> None:
@@ -148,6 +182,8 @@ class WriterThread:
 
     def submit(self, queued: Queued) -> None:
         with self._cond:
+            if self._gone is not None or self._stopping:
+                raise WriterGone("the database is closing") from self._gone
             self._queue.append(queued)
             if len(self._queue) == 1:
                 self._cond.notify()
@@ -164,9 +200,10 @@ class WriterThread:
         When the thread is idle (waiting for rows, which it cannot take without the lock held
         here), parking it is immediate. Only a batch in hand is waited for: a round trip
         through the thread would cost the waiting for the GIL, a millisecond or more while
-        the event loop is busy, on every transaction."""
+        the event loop is busy, on every transaction. A thread that has ended writes nothing
+        any more: parking it is immediate too."""
         with self._cond:
-            if not self._busy:
+            if not self._busy or self._gone is not None:
                 self._parked = True
                 return
             future = self._loop.create_future()
@@ -182,7 +219,8 @@ class WriterThread:
             self._cond.notify()
 
     def stop(self) -> None:
-        """Write what is queued, then end the thread (blocks: call it from a thread)."""
+        """Write what is queued, then end the thread (blocks: call it from a thread). Rows
+        submitted from now on are refused (:class:`WriterGone`)."""
         with self._cond:
             self._stopping = True
             self._cond.notify()
@@ -199,49 +237,65 @@ class WriterThread:
         )
 
     def _run(self) -> None:
-        conn = self._connect()
-        checkpointer = self._checkpointer
+        conn: sqlite3.Connection | None = None
+        ended: BaseException = WriterGone("the writer thread has stopped")
         try:
-            while True:
-                batch: list[Queued] = []
-                reset = False
-                with self._cond:
-                    self._busy = False
-                    while self._parked or not (
-                        self._queue or self._park_wanted or self._stopping or self._reset_due()
-                    ):
-                        # A wanted reset waits for a lull: look again when one may have come.
-                        wanted = checkpointer is not None and checkpointer.reset_wanted
-                        self._cond.wait(RESET_LULL_SECONDS if wanted else None)
-                    if self._park_wanted:  # asked while busy: now idle, say so
-                        self._park_wanted = False
-                        self._parked = True
-                        future, self._park_future = self._park_future, None
-                        if future is not None:
-                            try:
-                                self._loop.call_soon_threadsafe(self._parked_now, future)
-                            except RuntimeError:  # the loop is closed
-                                return
-                        continue
-                    self._busy = True
-                    if self._reset_due():
-                        reset = True
-                    elif self._queue:
-                        batch, self._queue = self._queue, []
-                        self._last_write = time.monotonic()
-                    elif self._stopping:
-                        return
-                if reset:
-                    assert checkpointer is not None
-                    checkpointer.finish_reset(conn)
-                    continue
-                try:
-                    outcomes = write_rows(conn, batch)
-                except Exception as exc:  # the connection itself failed
-                    outcomes = [exc] * len(batch)
-                try:
-                    self._loop.call_soon_threadsafe(self._deliver, batch, outcomes)
-                except RuntimeError:  # the loop is closed: nobody is waiting any more
-                    return
+            conn = self._connect()
+            self._loop_forever(conn)
+        except BaseException as exc:  # whatever ends the thread, nobody may wait for ever
+            ended = exc
+            log.error(
+                "the SQLite writer thread failed; callbacks are refused until a restart",
+                error=f"{type(exc).__name__}: {exc}",
+            )
         finally:
-            conn.close()
+            with self._cond:
+                self._gone = ended
+                self._busy = False
+                left, self._queue = self._queue, []
+                future, self._park_future = self._park_future, None
+            if left or future is not None:
+                failure = ended if isinstance(ended, Exception) else WriterGone(str(ended))
+                failures: list[Outcome] = [failure] * len(left)
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    if left:
+                        self._loop.call_soon_threadsafe(self._deliver, left, failures)
+                    if future is not None:
+                        self._loop.call_soon_threadsafe(self._parked_now, future)
+            if conn is not None:
+                conn.close()
+
+    def _loop_forever(self, conn: sqlite3.Connection) -> None:
+        checkpointer = self._checkpointer
+        while True:
+            batch: list[Queued] = []
+            reset = False
+            with self._cond:
+                self._busy = False
+                while self._parked or not (
+                    self._queue or self._park_wanted or self._stopping or self._reset_due()
+                ):
+                    # A wanted reset waits for a lull: look again when one may have come.
+                    wanted = checkpointer is not None and checkpointer.reset_wanted
+                    self._cond.wait(RESET_LULL_SECONDS if wanted else None)
+                if self._park_wanted:  # asked while busy: now idle, say so
+                    self._park_wanted = False
+                    self._parked = True
+                    future, self._park_future = self._park_future, None
+                    if future is not None:
+                        self._loop.call_soon_threadsafe(self._parked_now, future)
+                    continue
+                self._busy = True
+                if self._reset_due():
+                    reset = True
+                elif self._queue:
+                    batch, self._queue = self._queue, []
+                    self._last_write = time.monotonic()
+                elif self._stopping:
+                    return
+            if reset:
+                assert checkpointer is not None
+                checkpointer.finish_reset(conn)
+                continue
+            outcomes = write_rows(conn, batch)
+            self._loop.call_soon_threadsafe(self._deliver, batch, outcomes)

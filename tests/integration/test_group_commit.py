@@ -257,3 +257,65 @@ async def test_callbacks_and_transactions_take_turns(database_url: str) -> None:
         assert len(await stored_keys(db)) == 1 + 20 + 3 + 3
     finally:
         await db.close()
+
+
+async def test_sqlite_rows_fail_fast_while_another_process_holds_the_write_lock(
+    sqlite_url: str,
+) -> None:
+    """A lock held elsewhere past the busy timeout fails the batch (its callers answer 503,
+    the providers retry) rather than each row waiting out the timeout on its own."""
+    import sqlite3
+
+    from receiver.db import sqlite
+    from receiver.db.sqlite import SqliteDatabase
+
+    db = SqliteDatabase(sqlite_url, busy_timeout_ms=200)
+    await db.connect()
+    other = sqlite3.connect(sqlite.sqlite_path(sqlite_url), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process's write transaction
+        started = asyncio.get_running_loop().time()
+        answers = await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    db.insert_new(inbox.NEW_CALLBACK, callback_row(f"l{n}"), inbox.INBOX_CHANNEL)
+                    for n in range(20)
+                ),
+                return_exceptions=True,
+            ),
+            10,
+        )
+        assert all(isinstance(a, sqlite3.OperationalError) for a in answers), answers
+        assert asyncio.get_running_loop().time() - started < 2.0  # not 20 times the timeout
+        other.execute("ROLLBACK")
+        assert await db.insert_new(inbox.NEW_CALLBACK, callback_row("l0"), inbox.INBOX_CHANNEL)
+    finally:
+        other.close()
+        await db.close()
+
+
+async def test_sqlite_a_failed_writer_refuses_rows_and_blocks_nothing(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the writer thread fail, callbacks are refused at once (503), never left
+    waiting, and the serving connection's transactions still run."""
+    from receiver.db import sqlite
+
+    def broken(url: str, *, busy_timeout_ms: int) -> Any:
+        raise OSError("no connection for the writer")
+
+    monkeypatch.setattr(sqlite, "connect_writer", broken)
+    db = await opened(sqlite_url)
+    try:
+        with pytest.raises(Exception, match=r"no connection for the writer|closing|stopped"):
+            await asyncio.wait_for(
+                db.insert_new(inbox.NEW_CALLBACK, callback_row("w1"), inbox.INBOX_CHANNEL), 5
+            )
+        async with asyncio.timeout(5):
+            async with db.transaction() as tx:
+                await inbox.insert(tx, callback_row("in-a-transaction"))
+        assert await stored_keys(db) == ["in-a-transaction"]
+    finally:
+        await db.close()
+    with pytest.raises(Exception, match="closing"):
+        await db.insert_new(inbox.NEW_CALLBACK, callback_row("late"), inbox.INBOX_CHANNEL)

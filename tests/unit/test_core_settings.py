@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from receiver.errors import ConfigurationError
-from receiver.settings import DEFAULT_DATABASE_URL, Settings, load_settings, redact_url
+from receiver.settings import (
+    DEFAULT_DATABASE_URL,
+    Settings,
+    database_url_from_env,
+    load_settings,
+    redact_url,
+)
 
 ADMIN_TOKEN = "unit-admin-token-0123456789"
 SECRET_KEY = "unit-secret-key-0123456789-0123456789"
@@ -259,6 +265,33 @@ def test_a_dotenv_file_in_the_working_directory_is_read(env: Env, tmp_path: Path
     assert settings.database_url == "postgresql://db/dotenv"
     # The environment wins over the file.
     assert env(SIGNBACK_PUBLIC_URL="https://env.example").public_url == "https://env.example"
+
+
+@pytest.mark.parametrize(
+    ("dotenv", "environment", "expected"),
+    [
+        ("SIGNBACK_DATABASE_URL=sqlite:///./local.db\n", {}, "sqlite:///./local.db"),
+        (
+            "SIGNBACK_DATABASE_URL=sqlite:///./local.db\n",
+            {"DATABASE_URL": "postgres://platform/db"},
+            "postgresql://platform/db",
+        ),
+        (
+            "DATABASE_URL=postgres://file/db\n",
+            {"SIGNBACK_DATABASE_URL": "postgresql://env/db"},
+            "postgresql://env/db",
+        ),
+        ("", {}, DEFAULT_DATABASE_URL),
+    ],
+)
+def test_migrate_finds_the_database_serve_uses(
+    env: Env, tmp_path: Path, dotenv: str, environment: dict[str, str], expected: str
+) -> None:
+    """``signback migrate`` reads only the database URL, and must find the same one as the
+    settings do: the environment before the ``.env`` file."""
+    (tmp_path / ".env").write_text(dotenv)
+    settings = env(**environment)
+    assert database_url_from_env() == settings.database_url == expected
 
 
 SECRET_VARIABLES = {
