@@ -151,10 +151,10 @@ class Dispatcher:
             )
             log.warning("released unfinished actions", count=released)
 
-    async def execute(self, row: Row, request_row: Row | _Unknown | None = _UNKNOWN) -> None:
+    async def execute(self, row: Row, request_row: Row | _Unknown | None) -> None:
         """Run one claimed action; never raises (a crash here would leave it in flight).
         ``request_row``: its request as read with the claim (None: there is none), or
-        ``_UNKNOWN`` (the default) to read it now."""
+        ``_UNKNOWN`` to read it now."""
         try:
             await self._execute(row, request_row)
         except asyncio.CancelledError:

@@ -47,7 +47,6 @@ class IntakeLoad:
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self._clock = clock
-        self.count = 0  # arrived so far
         self.in_flight = 0
         self._area = 0.0
         self._at = clock()
@@ -59,7 +58,6 @@ class IntakeLoad:
 
     def arrived(self) -> None:
         self._accrue()
-        self.count += 1
         self.in_flight += 1
 
     def answered(self) -> None:

@@ -8,8 +8,9 @@ transaction each, so that only that row fails; savepoints around every row, for 
 that almost never comes, had cost two statements per row.
 
 Runs in ``signback serve`` (unless SIGNBACK_RUN_WORKER=false) and in ``signback worker``.
-Rows are claimed with a lease, so several processes can share the work and a crashed
-worker's rows come back. Processing is idempotent: a row processed twice finds the state
+On PostgreSQL rows are claimed with a lease, so several processes can share the work and a
+crashed worker's rows come back; on SQLite a chunk is taken and settled in one transaction,
+which a crash rolls back. Processing is idempotent: a row processed twice finds the state
 already moved and the rules' actions already stored under the same keys.
 """
 

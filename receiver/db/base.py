@@ -5,8 +5,8 @@ from __future__ import annotations
 import abc
 import functools
 import operator
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -23,7 +23,7 @@ class NewRowInsert:
     table: str
     columns: tuple[str, ...]
     key: tuple[str, ...]  # the unique key whose conflict means "already stored"
-    # Each column's PostgreSQL type: many rows go as one array per column (see postgres.py).
+    # Each column's PostgreSQL type: many rows go as one JSON document (see postgres.py).
     pg_types: tuple[str, ...]
 
     def __post_init__(self) -> None:
@@ -67,7 +67,6 @@ class Transaction(abc.ABC):
 
     def __init__(self) -> None:
         self.pending_notifications: set[str] = set()  # channels to wake after the commit
-        self._savepoints = 0
 
     @abc.abstractmethod
     async def execute(self, sql: str, params: Params | None = None) -> int:
@@ -88,20 +87,6 @@ class Transaction(abc.ABC):
 
         SQLite needs nothing: its write transactions are serialized already."""
         return None
-
-    @asynccontextmanager
-    async def savepoint(self) -> AsyncIterator[None]:
-        """A part of the transaction that an exception undoes alone (then re-raised)."""
-        self._savepoints += 1
-        name = f"sp_{self._savepoints}"
-        await self.execute(f"SAVEPOINT {name}")
-        try:
-            yield
-        except BaseException:
-            await self.execute(f"ROLLBACK TO SAVEPOINT {name}")
-            await self.execute(f"RELEASE SAVEPOINT {name}")
-            raise
-        await self.execute(f"RELEASE SAVEPOINT {name}")
 
     def notify_on_commit(self, channel: str) -> None:
         """Wake the workers waiting on ``channel`` once this transaction has committed."""

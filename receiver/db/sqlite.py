@@ -313,7 +313,7 @@ class SqliteDatabase(Database):
             queued, self._batch = self._batch, []
             for *_, future in queued:  # only when cancelled (shutdown) before their turn
                 if not future.done():
-                    future.set_exception(RuntimeError("the database is closing"))
+                    future.set_exception(WriterGone("the database is closing"))
 
     async def ping(self) -> None:
         self.conn.execute("SELECT 1").fetchone()

@@ -84,7 +84,7 @@ class Checkpointer:
 
     def finish_reset(self, conn: sqlite3.Connection) -> None:
         """Copy what is left, with no write in progress; the next write restarts the WAL.
-        Called by the writer thread (or, without one, by the serving connection)."""
+        Called by the writer thread, between two of its writes."""
         try:
             with self._checkpointing, contextlib.suppress(sqlite3.Error):
                 # Another process's write would leave it incomplete: then next time.

@@ -1,9 +1,9 @@
 """The pipeline's failure paths, on both databases (receiver/pipeline.py).
 
-On SQLite several inbox rows share one transaction, each in a savepoint; on PostgreSQL each
-row has its own. Either way a row that cannot be normalized is parked as failed, a row whose
-processing raises goes back for a retry with its error, and the good rows around them are
-processed: one bad row never takes its neighbours down.
+On SQLite several inbox rows share one transaction (redone one row per transaction if any
+fails); on PostgreSQL each row has its own. Either way a row that cannot be normalized is
+parked as failed, a row whose processing raises goes back for a retry with its error, and the
+good rows around them are processed: one bad row never takes its neighbours down.
 """
 
 from __future__ import annotations
