@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import functools
 import operator
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -60,6 +60,13 @@ class NewRowInsert:
             f" VALUES {', '.join([one] * count)}"
             f" ON CONFLICT ({', '.join(self.key)}) DO NOTHING"
         )
+
+
+def in_list(values: Iterable[Any], prefix: str = "in_") -> tuple[str, dict[str, Any]]:
+    """``(:in_0, :in_1, …)`` and its parameters, for ``column IN …`` with ``:name``
+    placeholders (``prefix`` keeps the names apart from a statement's other parameters)."""
+    params = {f"{prefix}{i}": value for i, value in enumerate(values)}
+    return "(" + ", ".join(":" + name for name in params) + ")", params
 
 
 class Transaction(abc.ABC):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from receiver.db.base import Database, NewRowInsert, Row, Transaction
+from receiver.db.base import Database, NewRowInsert, Row, Transaction, in_list
 from receiver.jsonutil import dumps
 
 INBOX_CHANNEL = "inbox"
@@ -93,13 +93,18 @@ CLAIMED_COLUMNS = (
 )
 
 
+# What claiming a row writes: it is in processing, under a lease, and the try is counted.
+_CLAIM = (
+    "UPDATE inbox SET status = 'processing', attempts = attempts + 1, lease_expires_at = :lease"
+)
+
+
 async def claim(db: Database, *, limit: int, now: float, lease_seconds: float) -> list[Row]:
     """Take pending rows for processing under a lease (several workers may share them)."""
     async with db.transaction() as tx:
         return await tx.fetch_all(
             db.render(
-                "UPDATE inbox SET status = 'processing', attempts = attempts + 1,"
-                " lease_expires_at = :lease WHERE id IN (SELECT id FROM inbox"
+                f"{_CLAIM} WHERE id IN (SELECT id FROM inbox"
                 " WHERE status = 'pending' ORDER BY id LIMIT :limit {skip_locked})"
                 f" RETURNING {CLAIMED_COLUMNS}"
             ),
@@ -111,14 +116,11 @@ async def claim_ids(
     db: Database, inbox_ids: list[int], *, now: float, lease_seconds: float
 ) -> list[Row]:
     """:func:`claim` for the given rows, those of them still pending, in id order."""
-    names = {f"i{n}": inbox_id for n, inbox_id in enumerate(inbox_ids)}
+    ids, params = in_list(inbox_ids)
     async with db.transaction() as tx:
         rows = await tx.fetch_all(
-            "UPDATE inbox SET status = 'processing', attempts = attempts + 1,"
-            " lease_expires_at = :lease WHERE status = 'pending'"
-            f" AND id IN ({', '.join(':' + name for name in names)})"
-            f" RETURNING {CLAIMED_COLUMNS}",
-            {"lease": now + lease_seconds, **names},
+            f"{_CLAIM} WHERE status = 'pending' AND id IN {ids} RETURNING {CLAIMED_COLUMNS}",
+            {"lease": now + lease_seconds, **params},
         )
     return sorted(rows, key=lambda r: int(r["id"]))
 

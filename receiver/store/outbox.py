@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from receiver.db.base import Database, Row, Transaction
+from receiver.db.base import Database, Row, Transaction, in_list
 from receiver.jsonutil import dumps
 from receiver.model import Action
 
@@ -237,12 +237,11 @@ async def get(db: Database, action_id: int) -> Row | None:
 async def attempts_for(db: Database, action_ids: Sequence[int]) -> dict[int, list[Row]]:
     if not action_ids:
         return {}
-    names = {f"a{i}": action_id for i, action_id in enumerate(action_ids)}
+    ids, params = in_list(action_ids)
     rows = await db.fetch_all(
         "SELECT action_id, attempt, started_at, duration_ms, status_code, outcome, error,"
-        " response_excerpt FROM outbox_attempts WHERE action_id IN"
-        f" ({', '.join(':' + n for n in names)}) ORDER BY id",
-        names,
+        f" response_excerpt FROM outbox_attempts WHERE action_id IN {ids} ORDER BY id",
+        params,
     )
     grouped: dict[int, list[Row]] = {}
     for row in rows:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from receiver.db.base import Database, Row, Transaction
+from receiver.db.base import Database, Row, Transaction, in_list
 from receiver.jsonutil import dumps, loads_object
 from receiver.model import RequestState, SignatureRequest
 
@@ -87,12 +87,8 @@ async def get_many(db: Database | Transaction, request_ids: set[int]) -> dict[in
     """Several requests in one query, by id (the ones that exist)."""
     if not request_ids:
         return {}
-    names = {f"r{i}": request_id for i, request_id in enumerate(sorted(request_ids))}
-    rows = await db.fetch_all(
-        f"SELECT {COLUMNS} FROM signature_requests"
-        f" WHERE id IN ({', '.join(':' + name for name in names)})",
-        names,
-    )
+    ids, params = in_list(sorted(request_ids))
+    rows = await db.fetch_all(f"SELECT {COLUMNS} FROM signature_requests WHERE id IN {ids}", params)
     return {int(row["id"]): row for row in rows}
 
 
