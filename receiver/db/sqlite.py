@@ -117,30 +117,27 @@ class SqliteDatabase(Database):
         if self._conn is not None:
             return
         self._conn = connect(self.url, busy_timeout_ms=self._busy_timeout_ms)
-        if sqlite_path(self.url) == ":memory:":
+        path = sqlite_path(self.url)
+        if path == ":memory:":
             return
         self._conn.execute("PRAGMA wal_autocheckpoint=0")
-        loop = asyncio.get_running_loop()
-        writer: WriterThread | None = None
-
-        def checkpoint_wanted() -> None:
-            if writer is not None:
-                writer.checkpoint_wanted()
-
         # Opened before, and closed after, every connection of the process: see Checkpointer.
-        self._sync_fd = os.open(sqlite_path(self.url), os.O_RDONLY)
-        self._checkpointer = Checkpointer(
-            sqlite_path(self.url), checkpoint_wanted, sync_fd=self._sync_fd
-        )
-        writer = WriterThread(
+        self._sync_fd = os.open(path, os.O_RDONLY)
+        self._checkpointer = Checkpointer(path, self._checkpoint_wanted, sync_fd=self._sync_fd)
+        self._writer = WriterThread(
             functools.partial(connect_writer, self.url, busy_timeout_ms=self._busy_timeout_ms),
-            loop,
+            asyncio.get_running_loop(),
             self._delivered,
             self._checkpointer,
         )
-        self._writer = writer
-        writer.start()
+        self._writer.start()
         self._checkpointer.start()
+
+    def _checkpoint_wanted(self) -> None:
+        """The checkpointer wants a WAL reset finished (from its thread): wake the writer."""
+        writer = self._writer
+        if writer is not None:
+            writer.checkpoint_wanted()
 
     async def close(self) -> None:
         self._closing = True
