@@ -10,6 +10,7 @@ never a ValueError escaping as a 500.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import re
 from collections.abc import Mapping, Sequence
@@ -24,10 +25,23 @@ _MAX_HEADER_LENGTH = 2048  # a real header is ~80 chars; refuse to parse megabyt
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 
 
+@functools.lru_cache(maxsize=64)
+def _keyed(secret: str) -> hmac.HMAC:
+    """An HMAC-SHA256 already keyed with ``secret``, to be copied for each message."""
+    return hmac.new(secret.encode("utf-8"), digestmod="sha256")
+
+
 def compute(secret: str, body: bytes, timestamp: int) -> str:
-    """The hex HMAC-SHA256 Firma puts in ``v1``."""
-    signed = b"%d.%s" % (timestamp, body)
-    return hmac.digest(secret.encode("utf-8"), signed, "sha256").hex()
+    """The hex HMAC-SHA256 Firma puts in ``v1``.
+
+    A copy of a keyed HMAC, not ``hmac.digest``: the one-shot call lets go of the GIL for
+    every message, however small, and on a busy process the serving thread then waits to get
+    it back from the SQLite writer thread (33 µs a callback in a profile, against 4 µs of
+    hashing). ``update`` lets go of it only for messages of 2 KiB and more."""
+    mac = _keyed(secret).copy()
+    mac.update(b"%d." % timestamp)
+    mac.update(body)
+    return mac.hexdigest()
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
