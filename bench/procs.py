@@ -252,6 +252,16 @@ def process_ticks(pid: int) -> int:
     return sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
 
 
+def main_thread_ticks(pid: int) -> int:
+    """CPU ticks of a process's first thread: in signback and uvicorn, the event loop's."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = text.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
 def postgres_ticks(database_prefix: str = "signback_bench_") -> int:
     """CPU ticks of the PostgreSQL backends serving the bench's own databases (their process
     title names the database), so that they do not pass for other load on the machine."""
@@ -281,12 +291,16 @@ class CpuMeter:
         self.postgres = 0.0
         self.seconds = 0.0
         self.per_pid: dict[int, float] = {}
+        # The event loop's thread alone: well under one core while the process waits on
+        # something else (its writer thread, the GIL), at one core when it is the limit.
+        self.main_thread: dict[int, float] = {}
 
     def __enter__(self) -> CpuMeter:
         self._t0 = time.monotonic()
         self._busy0 = cpu_busy_ticks()
         self._pg0 = postgres_ticks()
         self._pid0 = {pid: process_ticks(pid) for pid in self.pids}
+        self._main0 = {pid: main_thread_ticks(pid) for pid in self.pids}
         return self
 
     def add(self, pid: int) -> None:
@@ -300,6 +314,8 @@ class CpuMeter:
         for pid in self.pids:
             used = max(0, process_ticks(pid) - self._pid0.get(pid, 0))
             self.per_pid[pid] = used / CLOCK_TICKS / seconds
+            main = max(0, main_thread_ticks(pid) - self._main0.get(pid, 0))
+            self.main_thread[pid] = main / CLOCK_TICKS / seconds
         self.ours = sum(self.per_pid.values())
         self.postgres = max(0, postgres_ticks() - self._pg0) / CLOCK_TICKS / seconds
         self.others = max(0.0, busy - self.ours - self.postgres)

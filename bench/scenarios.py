@@ -270,7 +270,12 @@ class Bench:
     # --- load --------------------------------------------------------------------------------
 
     def okd_data(self, targets: Sequence[Target], state: str) -> Path:
-        path = self.run_dir / f"okdokument-{state}-{len(targets)}-{targets[0].request_id}.tsv"
+        # Named after this bench's seed too: the tokens are derived from it, and a file left
+        # in a reused --run-dir by an earlier bench would send every callback to a 404.
+        path = (
+            self.run_dir
+            / f"okdokument-{self.seed}-{state}-{len(targets)}-{targets[0].request_id}.tsv"
+        )
         if not path.exists():
             load.write_okdokument_data(path, targets, state=state)
         return path
@@ -320,10 +325,12 @@ class Bench:
             children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime
         ) / max(meter.seconds, 1e-6)
         server_cores = meter.per_pid.get(server_pid, 0.0) if server_pid is not None else 0.0
+        loop_cores = meter.main_thread.get(server_pid, 0.0) if server_pid is not None else 0.0
         self.last_others = max(0.0, meter.others - wrk_cores)
         pg = f", PostgreSQL {meter.postgres:.2f}" if meter.postgres >= 0.01 else ""
         self.cpu_notes.append(
-            f"{label}: server {server_cores:.2f}, wrk {wrk_cores:.2f}{pg}, other processes "
+            f"{label}: server {server_cores:.2f} (its event-loop thread {loop_cores:.2f}), "
+            f"wrk {wrk_cores:.2f}{pg}, other processes "
             f"{self.last_others:.2f} cores (before the run: {others_before:.2f})"
         )
         return result
@@ -418,6 +425,8 @@ class Bench:
     ) -> None:
         r = run.result
         ratio = r.rps / baseline.rps if baseline is not None and baseline.rps else None
+        # Refusals are fast: a run whose answers were not acknowledgements measures nothing.
+        invalid = answers_invalid(r)
         self.rows.append(
             Row(
                 scenario,
@@ -426,7 +435,10 @@ class Bench:
                 fmt_int(baseline.rps) if baseline is not None else "",
                 f"{ratio:.2f}x" if ratio is not None else "",
                 f"≥ {min_ratio}x bare" if min_ratio else "",
-                check(ratio >= min_ratio, f"({ratio / min_ratio - 1:+.0%})")
+                check(
+                    invalid is None and ratio >= min_ratio,
+                    invalid or f"({ratio / min_ratio - 1:+.0%})",
+                )
                 if min_ratio and ratio is not None
                 else "",
             )
@@ -442,7 +454,11 @@ class Bench:
                 else "",
                 "",
                 f"p99 ≤ {max_p99_ms:g} ms" if max_p99_ms else "",
-                check(p99 <= max_p99_ms, f"(x{p99 / max_p99_ms:.1f})") if max_p99_ms else "",
+                check(
+                    invalid is None and p99 <= max_p99_ms, invalid or f"(x{p99 / max_p99_ms:.1f})"
+                )
+                if max_p99_ms
+                else "",
             )
         )
         acked = run.acked
@@ -798,7 +814,10 @@ class Bench:
                 "",
                 "",
                 "≤ 150 MiB",
-                check(run.peak_rss_kib <= 150 * 1024),
+                check(
+                    total > 0 and run.peak_rss_kib <= 150 * 1024,
+                    "" if total > 0 else "(invalid: no callback was stored)",
+                ),
             )
         )
         if total >= 2 * window and first and last:
@@ -1015,6 +1034,16 @@ class Bench:
                 rate=200,
             )
         )
+
+
+def answers_invalid(result: WrkResult) -> str | None:
+    """Why a load run's figures say nothing about the intake (None: they do): more than 1 %
+    of the answers were not 2xx, or nothing was accepted."""
+    if result.accepted == 0:
+        return "(invalid: no callback was accepted)"
+    if result.other > 0.01 * max(result.requests, 1):
+        return f"(invalid: {result.other:,} of {result.requests:,} answers were not 2xx)"
+    return None
 
 
 def bracketed(before: WrkResult, after: WrkResult) -> WrkResult:
