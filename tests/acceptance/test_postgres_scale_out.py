@@ -342,6 +342,16 @@ def test_two_web_two_workers_5000_callbacks(tmp_path: Path, postgres_url: str) -
         )
 
 
+def holds_claims(stack: Scale, pid: int) -> bool:
+    """Whether the worker process ``pid`` holds a claimed action (worker ids are
+    ``host:pid:random``)."""
+    rows = stack.query(
+        "SELECT count(*) AS n FROM outbox WHERE status = 'in_flight'"
+        f" AND claimed_by LIKE '%:{int(pid)}:%'"
+    )
+    return int(rows[0]["n"]) > 0
+
+
 def test_a_worker_killed_halfway_the_other_finishes(tmp_path: Path, postgres_url: str) -> None:
     lease = 3.0
     with scale_stack(tmp_path, postgres_url, lease_seconds=lease) as stack:
@@ -358,7 +368,24 @@ def test_a_worker_killed_halfway_the_other_finishes(tmp_path: Path, postgres_url
                 interval=0.2,
                 what="half of the PATCHes at the emulator",
             )
-            stack.workers[0].kill9()
+            # Kill worker 1 while it certainly holds actions: PATCHes are answered after a
+            # second for a few seconds, so its claims stay in flight long enough to be seen
+            # (killed at a moment it held none, the test would prove nothing; it has been).
+            httpx.post(
+                f"{stack.okd}/_fake/failures",
+                json={"delay": 1.0, "seconds": 4, "methods": ["PATCH"]},
+                timeout=10,
+            ).raise_for_status()
+            victim = stack.workers[0]
+            assert victim.popen is not None
+            victim_pid = victim.popen.pid
+            wait_until(
+                lambda: holds_claims(stack, victim_pid),
+                timeout=30,
+                interval=0.05,
+                what="worker 1 holding an action in flight",
+            )
+            victim.kill9()
             killed_at, patches_at_kill = time.monotonic(), len(stack.patches())
             answers = [f.result() for f in sending]
         check_sends(callbacks, answers, REQUESTS * (RETURNS_PER_REQUEST + 1))
