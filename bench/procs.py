@@ -242,24 +242,26 @@ def cpu_busy_ticks() -> int:
     return sum(values) - values[3] - values[4]
 
 
-def process_ticks(pid: int) -> int:
-    """CPU ticks used by a process and its waited-for children (0 when it is gone)."""
+def stat_ticks(stat_file: Path, *, children: bool = False) -> int:
+    """CPU ticks (utime + stime, and with ``children`` the waited-for children's too) in a
+    ``/proc/…/stat`` file; 0 when the process or thread is gone."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        text = stat_file.read_text()
     except OSError:
         return 0
+    # Fields after the command name, which is in parentheses and may itself hold spaces.
     fields = text.rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    return sum(int(v) for v in fields[11 : 15 if children else 13])
+
+
+def process_ticks(pid: int) -> int:
+    """CPU ticks used by a process and its waited-for children (0 when it is gone)."""
+    return stat_ticks(Path(f"/proc/{pid}/stat"), children=True)
 
 
 def main_thread_ticks(pid: int) -> int:
     """CPU ticks of a process's first thread: in signback and uvicorn, the event loop's."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    fields = text.rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime
+    return stat_ticks(Path(f"/proc/{pid}/task/{pid}/stat"))
 
 
 def postgres_ticks(database_prefix: str = "signback_bench_") -> int:
@@ -271,13 +273,10 @@ def postgres_ticks(database_prefix: str = "signback_bench_") -> int:
             continue
         try:
             title = (entry / "cmdline").read_bytes()
-            if not title.startswith(b"postgres:") or database_prefix.encode() not in title:
-                continue
-            text = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = text.rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
+        if title.startswith(b"postgres:") and database_prefix.encode() in title:
+            total += stat_ticks(entry / "stat")
     return total
 
 
