@@ -13,7 +13,9 @@ worker with SIGKILL halfway; the other one must finish after the dead one's leas
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -368,13 +370,23 @@ def test_a_worker_killed_halfway_the_other_finishes(tmp_path: Path, postgres_url
                 interval=0.2,
                 what="half of the PATCHes at the emulator",
             )
-            # Kill worker 1 when it is seen holding actions in flight (killed at a moment it
-            # held none, the test would prove nothing; that happened about once in eight).
+            # Kill worker 1 while it holds actions in flight (killed at a moment it held
+            # none, the test would prove nothing; that happened about once in eight). It is
+            # frozen (SIGSTOP) before its claims are looked at, so it cannot finish them
+            # between the look and the kill; holding none, it is let go and tried again.
             victim = stack.workers[0]
             assert victim.popen is not None
             victim_pid = victim.popen.pid
+
+            def frozen_holding_claims() -> bool:
+                os.killpg(victim_pid, signal.SIGSTOP)
+                if holds_claims(stack, victim_pid):
+                    return True
+                os.killpg(victim_pid, signal.SIGCONT)
+                return False
+
             wait_until(
-                lambda: holds_claims(stack, victim_pid),
+                frozen_holding_claims,
                 timeout=30,
                 interval=0.01,
                 what="worker 1 holding an action in flight",
