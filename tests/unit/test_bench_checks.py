@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.load import WrkResult
-from bench.scenarios import answers_invalid
+from bench.scenarios import IntakeRun, answers_invalid, first_invalid
 
 
 def result(*, requests: int, accepted: int, other: int) -> WrkResult:
@@ -36,3 +36,17 @@ def test_a_run_of_refusals_is_invalid() -> None:
 def test_more_than_one_percent_refused_is_invalid() -> None:
     reason = answers_invalid(result(requests=10_000, accepted=9_800, other=200))
     assert reason == "(invalid: 200 of 10,000 answers were not 2xx)"
+
+
+def test_a_row_built_from_several_runs_is_invalid_if_one_of_them_is() -> None:
+    # The growth and slow-provider rows compare runs; one run of refusals spoils the row.
+    good = IntakeRun(result(requests=100, accepted=100, other=0), 0, 100, acked=100)
+    refused = IntakeRun(
+        result(requests=100, accepted=0, other=100),
+        0,
+        0,
+        acked=0,
+        invalid="(invalid: no callback was accepted)",
+    )
+    assert first_invalid(good, good) is None
+    assert first_invalid(good, refused, good) == "(invalid: no callback was accepted)"
