@@ -3,9 +3,10 @@
 Statements run synchronously on the event loop thread. That sounds wrong but is the fast
 choice here: an indexed insert plus a WAL commit takes tens of microseconds, far less than a
 hop to a thread pool (the design notes measured ~19,000 inserts/s this way against ~900/s
-through an async wrapper). The exceptions: the intake's group commits, many rows at a time,
-run on a writer thread (:mod:`receiver.db.sqlite_writer`), and the WAL checkpoints on a
-thread of their own (:mod:`receiver.db.sqlite_wal`).
+through an async wrapper). The intake's callbacks are stored in group commits, the rows of
+one loop turn in one statement (:mod:`receiver.db.sqlite_group`); the WAL checkpoints run
+on a thread of their own (:mod:`receiver.db.sqlite_wal`), and so does the last copy of a WAL
+reset, with the write lock held meanwhile.
 ``synchronous=NORMAL`` in WAL mode keeps every committed transaction across a process crash
 (``kill -9``); only a power cut can lose the last ones.
 """
@@ -14,27 +15,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from receiver.db import sqlite_wal
 from receiver.db.base import Database, NewRowInsert, Params, Row, T, Transaction
+from receiver.db.sqlite_group import Outcome, Queued, WriterGone, write_rows
 from receiver.db.sqlite_wal import Checkpointer
-from receiver.db.sqlite_writer import Outcome, Queued, WriterGone, WriterThread, write_rows
 from receiver.db.wakeup import Wakeups
+from receiver.logs import get_logger
+
+log = get_logger("signback.sqlite")
 
 # A shared transaction (in_shared_transaction) waits this many event-loop turns for more
 # pieces before it starts: outbox results that arrive a few turns apart then share a commit.
 # Measured with 5,000 actions against the emulator: one turn 372-449 µs of CPU per action,
 # three 315-340, five 288-304.
 SHARED_GATHER_TURNS = 5
-# The writer thread's page cache (the serving connection has 32 MiB): it mostly touches the
-# inbox's newest pages and its unique index.
-WRITER_CACHE_KIB = 16384
 
 
 def sqlite_path(url: str) -> str:
@@ -69,11 +71,12 @@ def connect(url: str, *, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
     return conn
 
 
-def connect_writer(url: str, *, busy_timeout_ms: int) -> sqlite3.Connection:
+def connect_resetter(url: str, *, busy_timeout_ms: int) -> sqlite3.Connection:
+    """The connection that copies the last pages of a WAL reset, on a thread (it only
+    checkpoints: a small page cache does)."""
     conn = connect(url, busy_timeout_ms=busy_timeout_ms)
-    # Checkpoints are the Checkpointer's, never a side effect of a commit here.
     conn.execute("PRAGMA wal_autocheckpoint=0")
-    conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+    conn.execute("PRAGMA cache_size=-1024")
     return conn
 
 
@@ -100,14 +103,17 @@ class SqliteDatabase(Database):
         self.url = url
         self._busy_timeout_ms = busy_timeout_ms
         self._conn: sqlite3.Connection | None = None
-        self._checkpointer: Checkpointer | None = None
-        self._writer: WriterThread | None = None  # None for :memory: (one connection only)
-        # Held by each transaction of the serving connection (and, without a writer thread,
-        # by each group commit): one write transaction at a time.
+        self._checkpointer: Checkpointer | None = None  # None for :memory:
+        self._resetter_conn: sqlite3.Connection | None = None
+        self._resetter: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Held by each transaction of the serving connection, each group commit and a WAL
+        # reset's last copy: one writer at a time.
         self._lock = asyncio.Lock()
         self._wakeups = Wakeups()
-        self._batch: list[Queued] = []  # only without a writer thread
+        self._batch: list[Queued] = []  # rows queued for the next group commit
         self._flusher: asyncio.Task[None] | None = None
+        self._last_write = 0.0  # time.monotonic() of the last group commit
         self._shared: list[tuple[Callable[[Transaction], Awaitable[Any]], asyncio.Future[Any]]] = []
         self._shared_tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -120,37 +126,75 @@ class SqliteDatabase(Database):
         path = sqlite_path(self.url)
         if path == ":memory:":
             return
+        # Checkpoints are the Checkpointer's, never a side effect of a commit here.
         self._conn.execute("PRAGMA wal_autocheckpoint=0")
         # Opened before, and closed after, every connection of the process: see Checkpointer.
         self._sync_fd = os.open(path, os.O_RDONLY)
+        self._resetter_conn = connect_resetter(self.url, busy_timeout_ms=self._busy_timeout_ms)
+        self._loop = asyncio.get_running_loop()
         self._checkpointer = Checkpointer(path, self._checkpoint_wanted, sync_fd=self._sync_fd)
-        self._writer = WriterThread(
-            functools.partial(connect_writer, self.url, busy_timeout_ms=self._busy_timeout_ms),
-            asyncio.get_running_loop(),
-            self._delivered,
-            self._checkpointer,
-        )
-        self._writer.start()
         self._checkpointer.start()
 
     def _checkpoint_wanted(self) -> None:
-        """The checkpointer wants a WAL reset finished (from its thread): wake the writer."""
-        writer = self._writer
-        if writer is not None:
-            writer.checkpoint_wanted()
+        """The checkpointer wants a WAL reset finished (called from its thread)."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to reset
+                loop.call_soon_threadsafe(self._watch_for_reset)
+
+    def _watch_for_reset(self) -> None:
+        if self._resetter is None and not self._closing:
+            self._resetter = asyncio.get_running_loop().create_task(self._reset_at_lull())
+
+    async def _reset_at_lull(self) -> None:
+        """Finish the WAL reset the checkpointer asked for (see :mod:`sqlite_wal`): at the
+        next lull in the callbacks (``RESET_LULL_SECONDS`` without a group commit), or at
+        once once the WAL passes the hard limit. The last pages are copied, and synced, by a
+        thread with the write lock held, so nothing writes meanwhile while the event loop
+        goes on reading requests."""
+        checkpointer, conn = self._checkpointer, self._resetter_conn
+        try:
+            while (
+                checkpointer is not None
+                and conn is not None
+                and checkpointer.reset_wanted
+                and not self._closing
+            ):
+                idle = time.monotonic() - self._last_write
+                if checkpointer.reset_due(idle):
+                    await self._finish_reset()
+                    return
+                await asyncio.sleep(max(sqlite_wal.RESET_LULL_SECONDS - idle, 0.01))
+        except Exception:  # never fatal: the checkpointer asks again
+            log.exception("finishing a WAL reset failed")
+        finally:
+            self._resetter = None
+
+    async def _finish_reset(self) -> None:
+        checkpointer, conn = self._checkpointer, self._resetter_conn
+        if checkpointer is None or conn is None:
+            return
+        async with self._lock:
+            if checkpointer.reset_wanted:  # not done meanwhile by the other caller
+                await asyncio.to_thread(checkpointer.finish_reset, conn)
 
     async def close(self) -> None:
         self._closing = True
-        if self._writer is not None:
-            await asyncio.to_thread(self._writer.stop)  # queued rows are written first
-            await asyncio.sleep(0)  # ... and their answers delivered
-            self._writer = None
-        if self._flusher is not None:
+        if self._flusher is not None:  # queued rows are written first
             with contextlib.suppress(Exception):
                 await self._flusher
+        resetter = self._resetter
+        if resetter is not None:
+            async with self._lock:  # a reset's copy under way on its thread ends first
+                resetter.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await resetter
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.stop)
             self._checkpointer = None
+        if self._resetter_conn is not None:
+            self._resetter_conn.close()
+            self._resetter_conn = None
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):  # leave a small WAL behind
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -176,24 +220,17 @@ class SqliteDatabase(Database):
         # The lock keeps two coroutines from interleaving statements on the one connection
         # should a transaction body ever await something that really suspends.
         async with self._lock:
-            writer = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            tx = _SqliteTransaction(conn)
             try:
-                if writer is not None:
-                    await writer.park()  # its batch in hand is committed; it waits for us
-                conn.execute("BEGIN IMMEDIATE")
-                tx = _SqliteTransaction(conn)
-                try:
-                    yield tx
-                    conn.execute("COMMIT")
-                except BaseException:
-                    # Also after a failed COMMIT (busy, disk full): SQLite may leave the
-                    # transaction open, and with it the write lock.
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            finally:
-                if writer is not None:
-                    writer.unpark()
+                yield tx
+                conn.execute("COMMIT")
+            except BaseException:
+                # Also after a failed COMMIT (busy, disk full): SQLite may leave the
+                # transaction open, and with it the write lock.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
         for channel in tx.pending_notifications:
             self._wakeups.set(channel)
 
@@ -260,29 +297,26 @@ class SqliteDatabase(Database):
             if not future.done():
                 future.set_result(result)
 
-    # --- group commit (see receiver.db.sqlite_writer) ------------------------------------------
+    # --- group commit (see receiver.db.sqlite_group) -------------------------------------------
 
     async def insert_new(self, insert: NewRowInsert, row: Params, channel: str) -> bool:
         """Group commit: the rows that arrive while one commit is under way share the next.
 
         Under load, 32 callbacks arriving together cost one statement and one commit instead
         of 32 of each; each caller still gets its own answer only after the commit (so an
-        ack is never early).
+        ack is never early). The rows of one loop turn go together; those that come while a
+        transaction holds the write lock join them.
         """
         if self._closing:
             raise WriterGone("the database is closing")
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        queued = (insert, row, channel, future)
-        if self._writer is not None:
-            self._writer.submit(queued)
-        else:
-            self._batch.append(queued)
-            if self._flusher is None:
-                self._flusher = asyncio.get_running_loop().create_task(self._flush_inline())
+        self._batch.append((insert, row, channel, future))
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
         return await future
 
     def _delivered(self, batch: list[Queued], outcomes: list[Outcome]) -> None:
-        """A batch's answers, on the event loop."""
+        """A batch's answers."""
         for (_, _, channel, future), outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 if not future.done():
@@ -293,13 +327,18 @@ class SqliteDatabase(Database):
             if not future.done():
                 future.set_result(outcome)
 
-    async def _flush_inline(self) -> None:
-        """Without a writer thread (:memory:): the same batches, on the event loop."""
+    async def _flush(self) -> None:
+        """Group commits, batch after batch, until no row is queued."""
         try:
             await asyncio.sleep(0)  # let the rows of this loop turn join the first batch
             while self._batch:
+                checkpointer = self._checkpointer
+                if checkpointer is not None and checkpointer.reset_due(0.0):
+                    # Past the hard limit, with no lull in sight: now, between two batches.
+                    await self._finish_reset()
                 async with self._lock:
                     batch, self._batch = self._batch, []
+                    self._last_write = time.monotonic()
                     try:
                         outcomes = write_rows(self.conn, batch)
                     except Exception as exc:  # the connection is gone (closed)

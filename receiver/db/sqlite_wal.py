@@ -53,14 +53,14 @@ class Checkpointer:
     achieves while commits keep coming: the last pages must be copied while nothing writes,
     with every acknowledgement waiting meanwhile. So once the WAL passes
     ``WAL_RESET_PAGES``, this thread checkpoints back to back until little is left to copy,
-    then raises :attr:`reset_wanted` and calls ``wanted``: the writer thread
-    (:mod:`receiver.db.sqlite_writer`) calls :meth:`finish_reset` on its own connection at
-    the next lull in the callbacks (``RESET_LULL_SECONDS`` without one), or at once should
-    the WAL pass ``WAL_FORCE_RESET_PAGES``. That copy and its fsyncs never run on the event
-    loop. (Before the syncs here, that final fsync flushed everything copied since the last
-    reset: 6 ms on a small database, 35 ms on a large one. Pages already copied cost a
-    lookup nothing: SQLite searches only the part of the WAL not yet copied, so a long WAL
-    is a matter of disk space, not speed.)
+    then raises :attr:`reset_wanted` and calls ``wanted``: the driver
+    (:mod:`receiver.db.sqlite`) takes its write lock at the next lull in the callbacks
+    (``RESET_LULL_SECONDS`` without one), or at once should the WAL pass
+    ``WAL_FORCE_RESET_PAGES``, and has :meth:`finish_reset` run on a thread meanwhile. That
+    copy and its fsyncs never run on the event loop. (Before the syncs here, that final
+    fsync flushed everything copied since the last reset: 6 ms on a small database, 35 ms
+    on a large one. Pages already copied cost a lookup nothing: SQLite searches only the
+    part of the WAL not yet copied, so a long WAL is a matter of disk space, not speed.)
     """
 
     def __init__(self, path: str, wanted: Callable[[], object], sync_fd: int | None = None) -> None:
@@ -84,7 +84,7 @@ class Checkpointer:
 
     def finish_reset(self, conn: sqlite3.Connection) -> None:
         """Copy what is left, with no write in progress; the next write restarts the WAL.
-        Called by the writer thread, between two of its writes."""
+        Called on a thread while the driver holds its write lock."""
         try:
             with self._checkpointing, contextlib.suppress(sqlite3.Error):
                 # Another process's write would leave it incomplete: then next time.
@@ -98,7 +98,8 @@ class Checkpointer:
             self.reset_wanted = False
 
     def reset_due(self, idle_seconds: float) -> bool:
-        """Whether the writer, idle for ``idle_seconds``, should finish a reset now."""
+        """Whether a reset should be finished now, no row having been written for
+        ``idle_seconds``."""
         return self.reset_wanted and (
             idle_seconds >= RESET_LULL_SECONDS or self.wal_pages >= WAL_FORCE_RESET_PAGES
         )

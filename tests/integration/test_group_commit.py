@@ -120,15 +120,14 @@ async def test_sqlite_wal_stays_small_under_constant_writes(
 async def test_sqlite_wal_starts_over_in_a_lull(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Below the hard limit, the writer finishes a WAL reset only when the callbacks pause:
-    the reset's last copy and fsync would hold their acknowledgements up."""
+    """Below the hard limit, a WAL reset is finished only when the callbacks pause: the
+    reset's last copy and fsync would hold their acknowledgements up."""
     from receiver.db import sqlite, sqlite_wal
 
     monkeypatch.setattr(sqlite_wal, "CHECKPOINT_INTERVAL", 0.005)
     monkeypatch.setattr(sqlite_wal, "WAL_RESET_PAGES", 100)
     monkeypatch.setattr(sqlite_wal, "RESET_RESIDUE_PAGES", 20)
     monkeypatch.setattr(sqlite_wal, "RESET_LULL_SECONDS", 0.1)
-    monkeypatch.setattr("receiver.db.sqlite_writer.RESET_LULL_SECONDS", 0.1)
     db = await opened(sqlite_url)
     assert isinstance(db, sqlite.SqliteDatabase)
     checkpointer = db._checkpointer
@@ -231,8 +230,7 @@ async def test_a_batch_mixing_stored_and_new_keys_answers_each(database_url: str
 
 async def test_callbacks_and_transactions_take_turns(database_url: str) -> None:
     """Callbacks arriving while a transaction of the serving connection is open wait for it
-    (SQLite writes one transaction at a time; on SQLite the writer thread is parked), and
-    neither side waits for ever."""
+    (SQLite writes one transaction at a time), and neither side waits for ever."""
     db = await opened(database_url)
     try:
         inserted: list[asyncio.Task[bool]] = []
@@ -294,27 +292,34 @@ async def test_sqlite_rows_fail_fast_while_another_process_holds_the_write_lock(
         await db.close()
 
 
-async def test_sqlite_a_failed_writer_refuses_rows_and_blocks_nothing(
+async def test_sqlite_a_failing_group_commit_fails_its_callers_and_blocks_nothing(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Should the writer thread fail, callbacks are refused at once (503), never left
-    waiting, and the serving connection's transactions still run."""
-    from receiver.db import sqlite
+    """Should a group commit fail outright (not a refused row: the statement itself), its
+    callers get the error at once (503), never wait, and the next rows and the serving
+    connection's transactions still go through."""
+    from receiver.db.sqlite_group import write_rows
 
-    def broken(url: str, *, busy_timeout_ms: int) -> Any:
-        raise OSError("no connection for the writer")
+    failures = iter([OSError("disk on fire")])
 
-    monkeypatch.setattr(sqlite, "connect_writer", broken)
+    def failing_once(conn: Any, rows: Any) -> Any:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return write_rows(conn, rows)
+
+    monkeypatch.setattr("receiver.db.sqlite.write_rows", failing_once)
     db = await opened(sqlite_url)
     try:
-        with pytest.raises(Exception, match=r"no connection for the writer|closing|stopped"):
+        with pytest.raises(OSError, match="disk on fire"):
             await asyncio.wait_for(
                 db.insert_new(inbox.NEW_CALLBACK, callback_row("w1"), inbox.INBOX_CHANNEL), 5
             )
         async with asyncio.timeout(5):
             async with db.transaction() as tx:
                 await inbox.insert(tx, callback_row("in-a-transaction"))
-        assert await stored_keys(db) == ["in-a-transaction"]
+            assert await db.insert_new(inbox.NEW_CALLBACK, callback_row("w2"), inbox.INBOX_CHANNEL)
+        assert await stored_keys(db) == ["in-a-transaction", "w2"]
     finally:
         await db.close()
     with pytest.raises(Exception, match="closing"):
