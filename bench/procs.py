@@ -291,7 +291,7 @@ class CpuMeter:
         self.seconds = 0.0
         self.per_pid: dict[int, float] = {}
         # The event loop's thread alone: well under one core while the process waits on
-        # something else (its writer thread, the GIL), at one core when it is the limit.
+        # something else (the GIL, I/O), at one core when it is the limit.
         self.main_thread: dict[int, float] = {}
 
     def __enter__(self) -> CpuMeter:
