@@ -147,36 +147,45 @@ class SqliteDatabase(Database):
             self._resetter = asyncio.get_running_loop().create_task(self._reset_at_lull())
 
     async def _reset_at_lull(self) -> None:
-        """Finish the WAL reset the checkpointer asked for (see :mod:`sqlite_wal`): at the
+        """Finish the WAL resets the checkpointer asks for (see :mod:`sqlite_wal`): at the
         next lull in the callbacks (``RESET_LULL_SECONDS`` without a group commit), or at
-        once once the WAL passes the hard limit. The last pages are copied, and synced, by a
-        thread with the write lock held, so nothing writes meanwhile while the event loop
-        goes on reading requests."""
-        checkpointer, conn = self._checkpointer, self._resetter_conn
+        once past the hard limit. The last pages are copied, and synced, by a thread with
+        the write lock held, so nothing writes meanwhile while the event loop goes on
+        reading requests."""
+        checkpointer = self._checkpointer
         try:
-            while (
-                checkpointer is not None
-                and conn is not None
-                and checkpointer.reset_wanted
-                and not self._closing
-            ):
-                idle = time.monotonic() - self._last_write
-                if checkpointer.reset_due(idle):
-                    await self._finish_reset()
-                    return
-                await asyncio.sleep(max(sqlite_wal.RESET_LULL_SECONDS - idle, 0.01))
-        except Exception:  # never fatal: the checkpointer asks again
-            log.exception("finishing a WAL reset failed")
+            while checkpointer is not None and checkpointer.reset_wanted and not self._closing:
+                if not await self._finish_reset():
+                    idle = time.monotonic() - self._last_write
+                    await asyncio.sleep(max(sqlite_wal.RESET_LULL_SECONDS - idle, 0.01))
+        except Exception:
+            log.exception("finishing a WAL reset failed; trying again at the next lull")
+            await asyncio.sleep(sqlite_wal.RESET_LULL_SECONDS)
         finally:
             self._resetter = None
+            # Asked again while this task was ending (the checkpointer asks only when it
+            # raises the flag): a request must not go unwatched until the hard limit.
+            if checkpointer is not None and checkpointer.reset_wanted and not self._closing:
+                self._watch_for_reset()
 
-    async def _finish_reset(self) -> None:
+    async def _finish_reset(self) -> bool:
+        """Finish a due reset (whether it is due is decided with the write lock held: a
+        resetter that waited for the lock may find the lull over). True if one ran."""
         checkpointer, conn = self._checkpointer, self._resetter_conn
         if checkpointer is None or conn is None:
-            return
+            return False
         async with self._lock:
-            if checkpointer.reset_wanted:  # not done meanwhile by the other caller
-                await asyncio.to_thread(checkpointer.finish_reset, conn)
+            if not checkpointer.reset_due(time.monotonic() - self._last_write):
+                return False
+            copy = asyncio.ensure_future(asyncio.to_thread(checkpointer.finish_reset, conn))
+            try:
+                await asyncio.shield(copy)
+            finally:
+                # Cancelled meanwhile: the copy goes on on its thread; the write lock stays
+                # held until it ends, or a group commit would write during the copy.
+                if not copy.done():
+                    await asyncio.wait({copy})
+            return True
 
     async def close(self) -> None:
         self._closing = True

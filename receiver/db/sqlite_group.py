@@ -43,15 +43,22 @@ def write_rows(conn: sqlite3.Connection, rows: Sequence[Queued]) -> list[Outcome
     only the bad row fails. If the database itself fails (locked by another process past the
     busy timeout, disk full, I/O error), the statement's rows fail with it: their callers
     answer 503 and the providers retry, rather than each row waiting out the busy timeout
-    on its own while every other writer waits too."""
+    on its own while every other writer waits too. After a statement that waited out the
+    busy timeout, the rest of the rows fail at once, unwritten: each further statement
+    would wait as long again, and the event loop waits with it."""
     groups: dict[NewRowInsert, list[int]] = {}
     for index, queued in enumerate(rows):
         groups.setdefault(queued[0], []).append(index)
     outcomes: list[Outcome] = [False] * len(rows)
+    busy: sqlite3.OperationalError | None = None
     for insert, indexes in groups.items():
         for start in range(0, len(indexes), MAX_ROWS_PER_STATEMENT):
             part = indexes[start : start + MAX_ROWS_PER_STATEMENT]
-            new = _insert_part(conn, insert, [rows[i][1] for i in part])
+            if busy is not None:
+                new: list[Outcome] = [busy] * len(part)
+            else:
+                new = _insert_part(conn, insert, [rows[i][1] for i in part])
+                busy = next((o for o in new if isinstance(o, sqlite3.OperationalError)), None)
             for index, outcome in zip(part, new, strict=True):
                 outcomes[index] = outcome
     return outcomes
