@@ -17,6 +17,7 @@ import pytest
 
 from receiver.db import open_database
 from receiver.db.base import Database
+from receiver.db.postgres import PostgresDatabase, to_psycopg
 from receiver.store import outbox
 
 pytestmark = pytest.mark.anyio
@@ -120,12 +121,13 @@ def rows_examined(plan: dict[str, Any]) -> int:
     return int(own * loops) + sum(rows_examined(child) for child in plan.get("Plans", []))
 
 
-def claim_work(conn: psycopg.Connection[Any], limit: int = 16) -> tuple[int, int]:
+def claim_work(
+    conn: psycopg.Connection[Any], postgres_url: str, limit: int = 16
+) -> tuple[int, int]:
     """(rows examined, actions claimed) by one claim, rolled back afterwards."""
     with conn.transaction(force_rollback=True):
-        sql = outbox.CLAIM_SQL.replace("{skip_locked}", "FOR UPDATE SKIP LOCKED")
-        sql = sql.replace(":lease", "%(lease)s").replace(":worker", "%(worker)s")
-        sql = sql.replace(":now", "%(now)s").replace(":limit", "%(limit)s")
+        # The statement exactly as the driver sends it (SKIP LOCKED, psycopg placeholders).
+        sql = to_psycopg(PostgresDatabase(postgres_url).render(outbox.CLAIM_SQL))
         row = conn.execute(
             "EXPLAIN (ANALYZE, FORMAT JSON) " + sql,
             {"lease": NOW + 60, "worker": "test:1:x", "now": NOW, "limit": limit},
@@ -165,10 +167,10 @@ def test_claim_work_on_a_backlog_does_not_depend_on_statistics(postgres_url: str
         actions(done_each + 1, pending_each, "pending")
         backlog = requests_n * pending_each
 
-        stale_work, claimed = claim_work(conn)
+        stale_work, claimed = claim_work(conn, postgres_url)
         assert claimed == 16
         conn.execute("ANALYZE outbox")
-        fresh_work, claimed = claim_work(conn)
+        fresh_work, claimed = claim_work(conn, postgres_url)
         assert claimed == 16
 
     # The NOT EXISTS formulation looked at 3.7 million rows here with stale statistics; the
