@@ -25,7 +25,7 @@ from typing import Any
 
 from receiver.db import sqlite_wal
 from receiver.db.base import Database, NewRowInsert, Params, Row, T, Transaction
-from receiver.db.sqlite_group import Outcome, Queued, WriterGone, write_rows
+from receiver.db.sqlite_group import DatabaseClosing, Outcome, Queued, write_rows
 from receiver.db.sqlite_wal import Checkpointer
 from receiver.db.wakeup import Wakeups
 from receiver.logs import get_logger
@@ -317,7 +317,7 @@ class SqliteDatabase(Database):
         transaction holds the write lock join them.
         """
         if self._closing:
-            raise WriterGone("the database is closing")
+            raise DatabaseClosing("the database is closing")
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._batch.append((insert, row, channel, future))
         if self._flusher is None:
@@ -358,7 +358,7 @@ class SqliteDatabase(Database):
             queued, self._batch = self._batch, []
             for *_, future in queued:  # only when cancelled (shutdown) before their turn
                 if not future.done():
-                    future.set_exception(WriterGone("the database is closing"))
+                    future.set_exception(DatabaseClosing("the database is closing"))
 
     async def ping(self) -> None:
         self.conn.execute("SELECT 1").fetchone()

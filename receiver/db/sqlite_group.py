@@ -136,5 +136,5 @@ def _insert_one(conn: sqlite3.Connection, insert: NewRowInsert, row: Params) -> 
         return exc
 
 
-class WriterGone(RuntimeError):
+class DatabaseClosing(RuntimeError):
     """The database is closing: nothing more can be written."""
