@@ -27,6 +27,11 @@ T = TypeVar("T")
 # A fresh connection per request: reused loopback connections stalled ~40 ms each in the
 # polling loops (delayed ACKs), which made the suite several times slower.
 NO_KEEPALIVE = httpx.Limits(max_keepalive_connections=0)
+# For clients that keep connections: httpx reuses an idle connection for up to 5 s by
+# default, exactly uvicorn's keep-alive timeout, so a request sent on a connection idle for
+# nearly 5 s could meet the server closing it ("Connection reset by peer", which httpx does
+# not retry: the request may have been read). Give up idle connections well before that.
+POOLED = httpx.Limits(keepalive_expiry=2.0)
 
 
 def wait_until(

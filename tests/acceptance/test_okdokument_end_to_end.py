@@ -23,7 +23,7 @@ from tests.acceptance.processes import (
     signback_env,
 )
 from tests.conftest import ADMIN_TOKEN
-from tests.harness import wait_until
+from tests.harness import POOLED, wait_until
 
 pytestmark = pytest.mark.acceptance
 
@@ -53,7 +53,10 @@ class Stack:
         started.append(self.serve)
         self.start_receiver()
         self.api = httpx.Client(
-            base_url=self.url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
+            base_url=self.url,
+            headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=30,
+            limits=POOLED,
         )
 
     def start_receiver(self) -> None:

@@ -40,7 +40,7 @@ from tests.acceptance.processes import (
     signback_env,
 )
 from tests.conftest import ADMIN_TOKEN
-from tests.harness import wait_until
+from tests.harness import POOLED, wait_until
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.postgres]
 
@@ -100,7 +100,11 @@ class Scale:
             started.append(process.start())
         for process, url in zip(self.web_processes, self.webs, strict=True):
             process.wait_http(f"{url}/readyz")
-        limits = httpx.Limits(max_connections=SENDERS, max_keepalive_connections=SENDERS)
+        limits = httpx.Limits(
+            max_connections=SENDERS,
+            max_keepalive_connections=SENDERS,
+            keepalive_expiry=POOLED.keepalive_expiry,  # under uvicorn's 5 s: see POOLED
+        )
         self.clients = [
             httpx.Client(
                 base_url=url,
