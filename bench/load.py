@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -176,6 +177,30 @@ class WrkOptions:
     threads: int = 1
     connections: int = 32
     timeout_s: int = 10
+
+
+def wait_for_load(pid: int, threads: int, timeout: float = 60.0) -> bool:
+    """Wait until wrk (``pid``) has started its ``threads`` load threads; False if it ended
+    or ``timeout`` passed first.
+
+    wrk runs the script's ``init`` for each thread before starting that thread: reading the
+    data file, which for a Firma pool of 300,000 signed bodies takes seconds. The server
+    idles meanwhile, and wrk's own rate counts only from the start of the threads, so the
+    CPU figures must too: measured from wrk's launch, they showed the server idle for a
+    fifth of a Firma run that it in fact spent at one full core."""
+    deadline = time.monotonic() + timeout
+    task_dir = Path(f"/proc/{pid}/task")
+    while time.monotonic() < deadline:
+        try:
+            if len(os.listdir(task_dir)) > threads:  # the main thread and every load thread
+                return True
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return False
+        if state in ("Z", "X"):
+            return False
+        time.sleep(0.01)
+    return False
 
 
 def run_wrk(

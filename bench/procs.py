@@ -295,12 +295,16 @@ class CpuMeter:
         self.main_thread: dict[int, float] = {}
 
     def __enter__(self) -> CpuMeter:
+        self.restart()
+        return self
+
+    def restart(self) -> None:
+        """Measure from now on (e.g. once the load generator has loaded its data)."""
         self._t0 = time.monotonic()
         self._busy0 = cpu_busy_ticks()
         self._pg0 = postgres_ticks()
         self._pid0 = {pid: process_ticks(pid) for pid in self.pids}
         self._main0 = {pid: main_thread_ticks(pid) for pid in self.pids}
-        return self
 
     def add(self, pid: int) -> None:
         """Count a process started after the meter (e.g. wrk)."""

@@ -20,12 +20,14 @@ import httpx
 from bench import load, profile, stores
 from bench.load import WrkOptions, WrkResult
 from bench.procs import (
+    CLOCK_TICKS,
     LOOPBACK,
     CpuMeter,
     Proc,
     Procs,
     RssSampler,
     free_port,
+    process_ticks,
     python_env,
     wait_quiet,
 )
@@ -311,6 +313,17 @@ class Bench:
         others_before = wait_quiet(self.config.quiet_wait_s, threshold=QUIET_CORES, say=self.say)
         meter = CpuMeter([server_pid] if server_pid is not None else [])
         children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        loading_ticks = 0  # wrk's CPU before its load began (reading its data)
+
+        def started(pid: int) -> None:
+            # The CPU figures cover the load itself, as wrk's rate does (see wait_for_load).
+            nonlocal loading_ticks
+            load.wait_for_load(pid, self.config.wrk.threads)
+            meter.restart()
+            loading_ticks = process_ticks(pid)
+            if on_start is not None:
+                on_start(pid)
+
         with meter:
             result = load.run_wrk(
                 self.config.wrk,
@@ -321,13 +334,14 @@ class Bench:
                 limit_total=limit,
                 log_path=self.run_dir / "wrk.log",
                 stop_when=stop_when,
-                on_start=on_start,
+                on_start=started,
             )
             # wrk is the only child waited for meanwhile: its CPU shows up here.
             children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        wrk_cores = (
+        wrk_seconds = (
             children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime
-        ) / max(meter.seconds, 1e-6)
+        ) - loading_ticks / CLOCK_TICKS
+        wrk_cores = max(0.0, wrk_seconds) / max(meter.seconds, 1e-6)
         server_cores = meter.per_pid.get(server_pid, 0.0) if server_pid is not None else 0.0
         loop_cores = meter.main_thread.get(server_pid, 0.0) if server_pid is not None else 0.0
         self.last_others = max(0.0, meter.others - wrk_cores)
