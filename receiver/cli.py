@@ -146,6 +146,7 @@ def serve(
         access_log=False,  # ours (receiver.middleware) hides callback tokens; uvicorn's does not
         log_config=None,
         timeout_graceful_shutdown=3,  # then the lifespan drains the outbox (25 s by default)
+        timeout_keep_alive=settings.keepalive_seconds,
         server_header=False,
     )
 

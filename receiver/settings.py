@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     secret_key: SecretStr = Field(min_length=32)
     rules_module: str | None = None  # e.g. "mycompany.signing_rules"
     max_body_bytes: int = 1024 * 1024
+    # How long `signback serve` keeps an idle client connection open (uvicorn's
+    # timeout_keep_alive). Behind a load balancer that reuses connections it must exceed
+    # the balancer's idle timeout, or the balancer may send a request on a connection being
+    # closed and answer the provider 502.
+    keepalive_seconds: int = Field(default=5, ge=1, le=3600)
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
