@@ -27,7 +27,7 @@ from bench.procs import (
     Procs,
     RssSampler,
     free_port,
-    process_ticks,
+    main_thread_ticks,
     python_env,
     wait_quiet,
 )
@@ -314,13 +314,15 @@ class Bench:
         meter = CpuMeter([server_pid] if server_pid is not None else [])
         children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         loading_ticks = 0  # wrk's CPU before its load began (reading its data)
+        load_seen = True
 
         def started(pid: int) -> None:
             # The CPU figures cover the load itself, as wrk's rate does (see wait_for_load).
-            nonlocal loading_ticks
-            load.wait_for_load(pid, self.config.wrk.threads)
+            nonlocal loading_ticks, load_seen
+            load_seen = load.wait_for_load(pid, self.config.wrk.threads)
             meter.restart()
-            loading_ticks = process_ticks(pid)
+            # wrk's main thread reads the data for every thread; the load threads only send.
+            loading_ticks = main_thread_ticks(pid)
             if on_start is not None:
                 on_start(pid)
 
@@ -350,6 +352,7 @@ class Bench:
             f"{label}: server {server_cores:.2f} (its event-loop thread {loop_cores:.2f}), "
             f"wrk {wrk_cores:.2f}{pg}, other processes "
             f"{self.last_others:.2f} cores (before the run: {others_before:.2f})"
+            + ("" if load_seen else "; wrk's load start not seen (it ended, or loaded for 60 s)")
         )
         return result
 

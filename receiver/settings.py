@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     # timeout_keep_alive). Behind a load balancer that reuses connections it must exceed
     # the balancer's idle timeout, or the balancer may send a request on a connection being
     # closed and answer the provider 502.
-    keepalive_seconds: int = Field(default=5, ge=1, le=3600)
+    keepalive_seconds: int = Field(default=5, ge=1, le=86400)
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
