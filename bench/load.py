@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from bench.procs import stat_fields
 from bench.stores import Target
 from handlers.firma import signature
 
@@ -194,10 +195,10 @@ def wait_for_load(pid: int, threads: int, timeout: float = 60.0) -> bool:
         try:
             if len(os.listdir(task_dir)) > threads:  # the main thread and every load thread
                 return True
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError, IndexError):
+        except OSError:  # gone
             return False
-        if state in ("Z", "X"):
+        fields = stat_fields(Path(f"/proc/{pid}/stat"))
+        if fields is None or fields[0] in ("Z", "X"):  # gone, or ended and not yet reaped
             return False
         time.sleep(0.01)
     return False

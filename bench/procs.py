@@ -242,15 +242,23 @@ def cpu_busy_ticks() -> int:
     return sum(values) - values[3] - values[4]
 
 
-def stat_ticks(stat_file: Path, *, children: bool = False) -> int:
-    """CPU ticks (utime + stime, and with ``children`` the waited-for children's too) in a
-    ``/proc/…/stat`` file; 0 when the process or thread is gone."""
+def stat_fields(stat_file: Path) -> list[str] | None:
+    """The fields of a ``/proc/…/stat`` file after the command name, the state first;
+    None when the process or thread is gone."""
     try:
         text = stat_file.read_text()
     except OSError:
+        return None
+    # The command name is in parentheses and may itself hold spaces.
+    return text.rsplit(")", 1)[1].split()
+
+
+def stat_ticks(stat_file: Path, *, children: bool = False) -> int:
+    """CPU ticks (utime + stime, and with ``children`` the waited-for children's too) in a
+    ``/proc/…/stat`` file; 0 when the process or thread is gone."""
+    fields = stat_fields(stat_file)
+    if fields is None:
         return 0
-    # Fields after the command name, which is in parentheses and may itself hold spaces.
-    fields = text.rsplit(")", 1)[1].split()
     return sum(int(v) for v in fields[11 : 15 if children else 13])
 
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from receiver.db.migrate import upgrade
+from bench import stores
 from receiver.db.sqlite import SqliteDatabase
 from receiver.store import inbox
 
@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds <= 0 or args.rate < 0:
         parser.error("--seconds must be positive and --rate not negative")
     with tempfile.TemporaryDirectory(prefix="signback-wal-reset-") as scratch:
-        url = f"sqlite:///{Path(scratch) / 'reset.db'}"
-        upgrade(url)
+        url = stores.sqlite_url(Path(scratch) / "reset.db")
+        stores.migrate(url)
         rows, took, held, waits = asyncio.run(flood(url, args.rate, args.seconds))
     waits.sort()
 
