@@ -113,6 +113,8 @@ def serve(
     """Receive callbacks (and, unless --no-worker, process them and send the outbox)."""
     import uvicorn
 
+    from receiver.hook_protocol import HookHttpProtocol
+
     port = port if port is not None else int(os.environ.get("PORT", "8000"))
     if public_url:
         os.environ["SIGNBACK_PUBLIC_URL"] = public_url
@@ -148,6 +150,8 @@ def serve(
         timeout_graceful_shutdown=3,  # then the lifespan drains the outbox (25 s by default)
         timeout_keep_alive=settings.keepalive_seconds,
         server_header=False,
+        # uvicorn's httptools protocol, answering callbacks without the ASGI round trip.
+        http=HookHttpProtocol,
     )
 
 

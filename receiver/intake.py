@@ -71,9 +71,10 @@ class Answer:
 
 class Callback:
     """One callback request as a hook handler sees it. The body is read on demand, so a
-    handler can refuse (404 unknown URL, 415 wrong type) before reading it."""
+    handler can refuse (404 unknown URL, 415 wrong type) before reading it. On the short
+    path (receiver/hook_protocol.py) the body has already arrived and comes as ``body``."""
 
-    __slots__ = ("_receive", "headers", "method", "param", "path", "query")
+    __slots__ = ("_body", "_receive", "headers", "method", "param", "path", "query")
 
     def __init__(
         self,
@@ -83,14 +84,18 @@ class Callback:
         param: str | None,
         headers: dict[str, str],
         query: str,
-        receive: Receive,
+        receive: Receive | None = None,
+        body: bytes | None = None,
     ) -> None:
+        if (receive is None) == (body is None):
+            raise ValueError("a Callback reads its body from receive or is given it, not both")
         self.method = method
         self.path = path
         self.param = param  # the route's one ``{…}`` segment, if it has one
         self.headers = headers  # lower-case names; the last of repeated headers wins
         self.query = query
         self._receive = receive
+        self._body = body
 
     async def read_body(self, limit: int) -> bytes:
         """The raw body, refusing (413) anything over ``limit`` without reading it all."""
@@ -100,6 +105,11 @@ class Callback:
                 raise CallbackRejected("invalid Content-Length header", 400)
             if int(declared) > limit:
                 raise CallbackRejected(f"body larger than {limit} bytes", 413)
+        if self._body is not None:
+            if len(self._body) > limit:
+                raise CallbackRejected(f"body larger than {limit} bytes", 413)
+            return self._body
+        assert self._receive is not None
         message = await self._receive()
         if message["type"] != "http.request":
             raise ClientGone
@@ -193,13 +203,57 @@ class HookRouter:
         if scope["type"] == "http" and scope["path"].startswith(HOOKS_PREFIX):
             handler, param, route = self.match(scope["path"])
             if handler is not None:
-                self.load.arrived()
-                try:
-                    await self._serve(handler, param, route, scope, receive, send)
-                finally:
-                    self.load.answered()
+                await self._serve(handler, param, route, scope, receive, send)
                 return
         await self.fallback(scope, receive, send)
+
+    async def respond(
+        self,
+        handler: HookHandler,
+        param: str | None,
+        route: str,
+        *,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        query: str,
+        receive: Receive | None = None,
+        body: bytes | None = None,
+    ) -> tuple[Answer, str]:
+        """The answer to one callback and its request id, which is bound to the log lines
+        until :meth:`finished`. Raises :class:`ClientGone` when the client left before its
+        body arrived. Shared by the ASGI path below and receiver/hook_protocol.py."""
+        request_id = request_id_for(headers.get("x-request-id", ""))
+        set_request_id(request_id)
+        self.load.arrived()
+        try:
+            if method != "POST":
+                return _NOT_ALLOWED, request_id
+            call = Callback(
+                method=method,
+                path=path,
+                param=param,
+                headers=headers,
+                query=query,
+                receive=receive,
+                body=body,
+            )
+            return await handler(call), request_id
+        except ClientGone:
+            log.info("client disconnected before sending its body", path=loggable_path(path))
+            set_request_id(None)
+            raise
+        except Exception:
+            log.exception("unhandled error", path=loggable_path(path))
+            return _SERVER_ERROR, request_id
+        finally:
+            self.load.answered()
+
+    def finished(self, method: str, path: str, status: int, started: float, route: str) -> None:
+        # Accepted callbacks get no access line: the pipeline logs each one as processed.
+        finish_request(
+            self.metrics, method, path, status, started, logged=status != 200, route=route
+        )
 
     async def _serve(
         self,
@@ -214,30 +268,21 @@ class HookRouter:
         headers: dict[str, str] = {
             name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
         }
-        request_id = request_id_for(headers.get("x-request-id", ""))
-        set_request_id(request_id)
         path: str = scope["path"]
         method: str = scope["method"]
         try:
-            if method != "POST":
-                answer = _NOT_ALLOWED
-            else:
-                call = Callback(
-                    method=method,
-                    path=path,
-                    param=param,
-                    headers=headers,
-                    query=scope["query_string"].decode("latin-1"),
-                    receive=receive,
-                )
-                answer = await handler(call)
+            answer, request_id = await self.respond(
+                handler,
+                param,
+                route,
+                method=method,
+                path=path,
+                headers=headers,
+                query=scope["query_string"].decode("latin-1"),
+                receive=receive,
+            )
         except ClientGone:
-            log.info("client disconnected before sending its body", path=loggable_path(path))
-            set_request_id(None)
             return
-        except Exception:
-            log.exception("unhandled error", path=loggable_path(path))
-            answer = _SERVER_ERROR
         await send(
             {
                 "type": "http.response.start",
@@ -246,8 +291,4 @@ class HookRouter:
             }
         )
         await send({"type": "http.response.body", "body": answer.body})
-        # Accepted callbacks get no access line: the pipeline logs each one as processed.
-        status = answer.status
-        finish_request(
-            self.metrics, method, path, status, started, logged=status != 200, route=route
-        )
+        self.finished(method, path, answer.status, started, route)

@@ -8,17 +8,19 @@ with :func:`wait_until` instead of sleeping a fixed time.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 
 from handlers.firma import fake as firma_fake
 from handlers.okdokument import fake as okdokument_fake
 from receiver.app import create_app
+from receiver.hook_protocol import HookHttpProtocol
 from receiver.settings import Settings
 from tests.conftest import ADMIN_TOKEN
 from tests.servers import bound_socket, running_server
@@ -100,14 +102,19 @@ class Receiver:
 
 @contextmanager
 def running_receiver(
-    make_settings: Callable[..., Settings], **overrides: Any
+    make_settings: Callable[..., Settings],
+    *,
+    http: type[asyncio.Protocol] | Literal["httptools"] = HookHttpProtocol,
+    **overrides: Any,
 ) -> Iterator[Receiver]:
     """signback on a free loopback port, its public URL set to that very address (so the
-    emulators' callbacks reach it), unless ``public_url`` is given."""
+    emulators' callbacks reach it), unless ``public_url`` is given. Served with the HTTP
+    protocol `signback serve` uses (callbacks take its short path) unless ``http`` says
+    otherwise."""
     sock = bound_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     settings = make_settings(**{"public_url": url, **overrides})
-    with running_server(create_app(settings), sock=sock) as served:
+    with running_server(create_app(settings), sock=sock, http=http) as served:
         yield Receiver(served, settings)
 
 

@@ -8,11 +8,13 @@ async tests alike, and the app's event loop never shares a thread with the test'
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Literal
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -38,9 +40,10 @@ def running_server(
     shutdown_timeout: int = 10,
     sock: socket.socket | None = None,
     tls: tuple[str, str] | None = None,
+    http: type[asyncio.Protocol] | Literal["httptools"] = "httptools",
 ) -> Iterator[str]:
     """Serve ``app`` on ``host`` at a free port (or on ``sock``); yield ``http://host:port``
-    (``https://`` with ``tls=(certfile, keyfile)``)."""
+    (``https://`` with ``tls=(certfile, keyfile)``). ``http`` is uvicorn's HTTP protocol."""
     sock = sock or bound_socket(host)
     port: int = sock.getsockname()[1]
     config = uvicorn.Config(
@@ -48,6 +51,7 @@ def running_server(
         lifespan="on",
         loop="asyncio",
         ws="none",
+        http=http,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=shutdown_timeout,
