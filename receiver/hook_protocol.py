@@ -17,7 +17,7 @@ one write. Nothing about *what* is answered changes: the same checks, the same c
 before the acknowledgement, the same request id, metrics and log lines.
 
 Everything else — other paths and methods, chunked or larger bodies, upgrades, a
-configured concurrency limit — goes through uvicorn's ASGI path untouched, and
+configured concurrency limit or root path — goes through uvicorn's ASGI path untouched, and
 ``uvicorn receiver.app:create_app_from_env`` without this protocol serves the same
 answers, only slower.
 
@@ -33,6 +33,8 @@ tests/integration/test_hook_protocol.py runs the same wire-level cases through b
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import time
 import urllib.parse
 from typing import Any
@@ -41,14 +43,24 @@ import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from receiver.intake import HOOKS_PREFIX, HookHandler, HookRouter
+from receiver.intake import HOOKS_PREFIX, Answer, HookHandler, HookRouter
 from receiver.logs import get_logger
+from receiver.middleware import loggable_path
 
 log = get_logger("signback.http")
 
 _HOOKS_PREFIX = HOOKS_PREFIX.encode()
 # Larger bodies take uvicorn's path, which pauses reading while the app catches up.
 LEAN_BODY_LIMIT = HIGH_WATER_LIMIT
+_SERVER_ERROR = Answer.error(500, "internal error; see the server log")
+_SERVER_ERROR_CLOSE = b"".join(
+    [
+        STATUS_LINE[500],
+        *(name + b": " + value + b"\r\n" for name, value in _SERVER_ERROR.wire_headers),
+        b"connection: close\r\n\r\n",
+        _SERVER_ERROR.body,
+    ]
+)
 
 
 def find_router(app: Any) -> HookRouter | None:
@@ -122,10 +134,21 @@ class CallbackCycle:
         """uvicorn's name for "answer this request"; ``app`` is not used."""
         try:
             await self._answer()
-        except Exception:
-            # Only writing can fail here (respond() turns handler errors into a 500).
-            log.exception("could not write a callback answer", route=self.route)
-            self.transport.close()
+        except BaseException as exc:
+            # respond() turns handler errors into a 500, so this is a failed write, or the
+            # task cancelled when a graceful shutdown runs out of time. As uvicorn does for
+            # its own cycles: a 500 if nothing was sent yet, and the connection closed. (The
+            # callback may or may not be stored; the provider retries, and a retry of a
+            # stored one is answered as a duplicate.)
+            if not isinstance(exc, asyncio.CancelledError):
+                log.exception("could not answer a callback", path=loggable_path(self.path))
+            if not self.response_complete:
+                if not self.disconnected:
+                    with contextlib.suppress(Exception):
+                        self.transport.write(_SERVER_ERROR_CLOSE)
+                self.transport.close()
+            if not isinstance(exc, Exception):
+                raise
         finally:
             self.on_response = _nothing  # as uvicorn does: a late call must not re-arm timers
 
@@ -134,7 +157,7 @@ class CallbackCycle:
             await self.message_event.wait()
             self.message_event.clear()
         if self.disconnected:
-            log.info("client disconnected before sending its body", route=self.route)
+            log.info("client disconnected before sending its body", path=loggable_path(self.path))
             return
         started = time.perf_counter()
         answer, request_id = await self.router.respond(
@@ -189,7 +212,12 @@ class HookHttpProtocol(HttpToolsProtocol):
         existing = self.cycle
         self.cycle = cycle  # type: ignore[assignment]
         if existing is None or existing.response_complete:
-            task = self.loop.create_task(cycle.run_asgi(self.app))
+            if getattr(self.config, "reset_contextvars", False):  # uvicorn ≥ 0.39's option
+                task = self.loop.create_task(
+                    cycle.run_asgi(self.app), context=contextvars.Context()
+                )
+            else:
+                task = self.loop.create_task(cycle.run_asgi(self.app))
             task.add_done_callback(self.tasks.discard)
             self.tasks.add(task)
         else:
@@ -201,6 +229,7 @@ class HookHttpProtocol(HttpToolsProtocol):
         router = self.router
         if (
             router is None
+            or self.root_path  # the app sees <root path>/hooks/…: let it route that
             or not self.url.startswith(_HOOKS_PREFIX)
             or self.expect_100_continue
             or self.limit_concurrency is not None
@@ -214,7 +243,11 @@ class HookHttpProtocol(HttpToolsProtocol):
                 length = value
             elif name == b"transfer-encoding":
                 return None
-        if length is None or not length.isdigit() or int(length) > LEAN_BODY_LIMIT:
+        if length is None or not length.isdigit():
+            return None
+        # Leading zeros are legal, and int() refuses numbers of over 4,300 digits.
+        digits = length.lstrip(b"0")
+        if len(digits) > len(str(LEAN_BODY_LIMIT)) or int(digits or b"0") > LEAN_BODY_LIMIT:
             return None
         parsed = _parse_url(self.url)
         if parsed is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -15,9 +16,11 @@ import httptools
 import pytest
 
 from receiver import hook_protocol
+from receiver.app import create_app
 from receiver.hook_protocol import HookHttpProtocol
 from receiver.settings import Settings
 from tests.harness import Receiver, running_receiver
+from tests.servers import bound_socket, running_server
 
 GOOD = b'{"state":"signed","id":"doc-1","signatureRequestId":"sr-1"}'
 PROTOCOLS: dict[str, type[asyncio.Protocol] | Literal["httptools"]] = {
@@ -193,6 +196,46 @@ def test_a_client_leaving_mid_body_does_not_disturb_the_next(receiver: Receiver,
         sock.sendall(post(hook, GOOD)[:-10])
     answers, _ = exchange(receiver, post(hook, GOOD), answers=1)
     assert answers[0].json() == {"status": "accepted"}  # the cut one was never stored
+
+
+def test_a_content_length_with_thousands_of_leading_zeros(receiver: Receiver, hook: str) -> None:
+    # Legal HTTP, and more digits than Python's int() takes from a string by default.
+    request = post(hook, GOOD).replace(b"content-length: ", b"content-length: " + b"0" * 5000, 1)
+    answers, _ = exchange(receiver, request, answers=1)
+    assert (answers[0].status, answers[0].json()) == (200, {"status": "accepted"})
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_a_shutdown_that_runs_out_of_time_answers_a_waiting_callback(
+    protocol: str, make_sqlite_settings: Callable[..., Settings]
+) -> None:
+    """A callback whose body never completes holds up a graceful shutdown until uvicorn's
+    timeout cancels it: the client then gets a 500 and a closed connection, not silence."""
+    sock = bound_socket()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    settings = make_sqlite_settings(public_url=url, okdokument_base_url="http://127.0.0.1:9")
+    serving = running_server(
+        create_app(settings), sock=sock, http=PROTOCOLS[protocol], shutdown_timeout=1
+    )
+    serving.__enter__()
+    stopper = threading.Thread(target=serving.__exit__, args=(None, None, None))
+    try:
+        r = Receiver(url, settings)
+        registered = r.register(provider="okdokument", signatureRequestId="sr-1")
+        path = str(registered["callback_urls"]["sendinfo_url"]).removeprefix(url)
+        with socket.create_connection(("127.0.0.1", sock.getsockname()[1]), timeout=10) as c:
+            c.sendall(post(path, GOOD)[:-5])
+            stopper.start()
+            received = b""
+            while chunk := c.recv(65536):
+                received += chunk
+    finally:
+        if stopper.ident is None:  # failed before the shutdown began
+            serving.__exit__(None, None, None)
+        else:
+            stopper.join(30)
+    assert received.startswith(b"HTTP/1.1 500 "), received
+    assert b"connection: close" in received.lower()
 
 
 def test_refusals_on_the_hook_routes(receiver: Receiver, hook: str) -> None:
