@@ -63,14 +63,11 @@ def serve(mode: str, port: int) -> None:
 
     from receiver.hook_protocol import HookHttpProtocol
 
-    if mode == "starlette":
-        app, factory = "bench.baseline:create_app", True
-    else:
-        app, factory = "bench.asgi_cost:create_app", True
+    app = "bench.baseline:create_app" if mode == "starlette" else "bench.asgi_cost:create_app"
     # The options of receiver.cli.serve; only the protocol differs between asgi and short.
     uvicorn.run(
         app,
-        factory=factory,
+        factory=True,
         host="127.0.0.1",
         port=port,
         access_log=False,

@@ -37,13 +37,21 @@ import contextlib
 import contextvars
 import time
 import urllib.parse
+from collections.abc import Iterable
 from typing import Any
 
 import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from receiver.intake import HOOKS_PREFIX, Answer, HookHandler, HookRouter
+from receiver.intake import (
+    HOOKS_PREFIX,
+    SERVER_ERROR,
+    HookHandler,
+    HookRouter,
+    decode_headers,
+    length_exceeds,
+)
 from receiver.logs import get_logger
 from receiver.middleware import loggable_path
 
@@ -52,15 +60,23 @@ log = get_logger("signback.http")
 _HOOKS_PREFIX = HOOKS_PREFIX.encode()
 # Larger bodies take uvicorn's path, which pauses reading while the app catches up.
 LEAN_BODY_LIMIT = HIGH_WATER_LIMIT
-_SERVER_ERROR = Answer.error(500, "internal error; see the server log")
-_SERVER_ERROR_CLOSE = b"".join(
-    [
-        STATUS_LINE[500],
-        *(name + b": " + value + b"\r\n" for name, value in _SERVER_ERROR.wire_headers),
-        b"connection: close\r\n\r\n",
-        _SERVER_ERROR.body,
-    ]
-)
+
+
+def encode_answer(
+    status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes, *, close: bool
+) -> bytes:
+    """An HTTP/1.1 answer on the wire: status line, headers, ``connection: close`` when the
+    connection ends with it, body."""
+    wire = [STATUS_LINE[status]]
+    for name, value in headers:
+        wire += (name, b": ", value, b"\r\n")
+    if close:
+        wire.append(b"connection: close\r\n")
+    wire += (b"\r\n", body)
+    return b"".join(wire)
+
+
+_SERVER_ERROR_CLOSE = encode_answer(500, SERVER_ERROR.wire_headers, SERVER_ERROR.body, close=True)
 
 
 def find_router(app: Any) -> HookRouter | None:
@@ -116,9 +132,7 @@ class CallbackCycle:
         self.route = route
         self.path = path
         self.query = query
-        self.headers: dict[str, str] = {
-            name.decode("latin-1"): value.decode("latin-1") for name, value in protocol.headers
-        }
+        self.headers = decode_headers(protocol.headers)
         self.transport = protocol.transport
         self.flow: FlowControl = protocol.flow
         self.on_response = protocol.on_response_complete
@@ -173,16 +187,14 @@ class CallbackCycle:
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
         if not self.disconnected:
-            head = [STATUS_LINE[answer.status]]
-            for name, value in self.protocol.server_state.default_headers:
-                head += (name, b": ", value, b"\r\n")
-            for name, value in answer.wire_headers:
-                head += (name, b": ", value, b"\r\n")
-            head += (b"x-request-id: ", request_id.encode(), b"\r\n")
-            if not self.keep_alive:
-                head.append(b"connection: close\r\n")
-            head += (b"\r\n", answer.body)
-            self.transport.write(b"".join(head))
+            headers = (
+                *self.protocol.server_state.default_headers,
+                *answer.wire_headers,
+                (b"x-request-id", request_id.encode()),
+            )
+            self.transport.write(
+                encode_answer(answer.status, headers, answer.body, close=not self.keep_alive)
+            )
             self.response_complete = True
             self.message_event.set()
             if not self.keep_alive:
@@ -243,11 +255,11 @@ class HookHttpProtocol(HttpToolsProtocol):
                 length = value
             elif name == b"transfer-encoding":
                 return None
-        if length is None or not length.isdigit():
-            return None
-        # Leading zeros are legal, and int() refuses numbers of over 4,300 digits.
-        digits = length.lstrip(b"0")
-        if len(digits) > len(str(LEAN_BODY_LIMIT)) or int(digits or b"0") > LEAN_BODY_LIMIT:
+        if (
+            length is None
+            or not length.isdigit()
+            or length_exceeds(length.decode("ascii"), LEAN_BODY_LIMIT)
+        ):
             return None
         parsed = _parse_url(self.url)
         if parsed is None:
@@ -257,9 +269,6 @@ class HookHttpProtocol(HttpToolsProtocol):
         if handler is None:
             return None
         http_version = self.parser.get_http_version()
-        self.scope["method"] = "POST"
-        if http_version != "1.1":
-            self.scope["http_version"] = http_version
         keep_alive = http_version != "1.0" and self.parser.should_keep_alive()
         return CallbackCycle(self, router, handler, param, route, path, query, keep_alive)
 

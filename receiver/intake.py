@@ -16,7 +16,7 @@ logged 500 with a JSON body, never a dropped connection.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +69,19 @@ class Answer:
         return cls.json(status, {"error": reason}, headers)
 
 
+def decode_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Header names and values as text (uvicorn has lower-cased the names); the last of
+    repeated headers wins."""
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in raw}
+
+
+def length_exceeds(declared: str, limit: int) -> bool:
+    """Whether a Content-Length of digits only is over ``limit``. Leading zeros are legal,
+    and int() refuses numbers of over 4,300 digits."""
+    digits = declared.lstrip("0")
+    return len(digits) > len(str(limit)) or int(digits or "0") > limit
+
+
 class Callback:
     """One callback request as a hook handler sees it. The body is read on demand, so a
     handler can refuse (404 unknown URL, 415 wrong type) before reading it. On the short
@@ -103,9 +116,7 @@ class Callback:
         if declared is not None:
             if not declared.isdigit():
                 raise CallbackRejected("invalid Content-Length header", 400)
-            # Leading zeros are legal, and int() refuses numbers of over 4,300 digits.
-            digits = declared.lstrip("0")
-            if len(digits) > len(str(limit)) or int(digits or "0") > limit:
+            if length_exceeds(declared, limit):
                 raise CallbackRejected(f"body larger than {limit} bytes", 413)
         if self._body is not None:
             if len(self._body) > limit:
@@ -163,7 +174,7 @@ class Hook:
         return self.path.rpartition("/")[0] + "/" if self.has_param else self.path
 
 
-_SERVER_ERROR = Answer.error(500, "internal error; see the server log")
+SERVER_ERROR = Answer.error(500, "internal error; see the server log")
 _NOT_ALLOWED = Answer.json(405, {"error": "Method Not Allowed"}, ((b"allow", b"POST"),))
 
 
@@ -247,7 +258,7 @@ class HookRouter:
             raise
         except Exception:
             log.exception("unhandled error", path=loggable_path(path))
-            return _SERVER_ERROR, request_id
+            return SERVER_ERROR, request_id
         finally:
             self.load.answered()
 
@@ -267,9 +278,7 @@ class HookRouter:
         send: Send,
     ) -> None:
         started = time.perf_counter()
-        headers: dict[str, str] = {
-            name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
-        }
+        headers = decode_headers(scope["headers"])
         path: str = scope["path"]
         method: str = scope["method"]
         try:
