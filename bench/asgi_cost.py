@@ -8,7 +8,7 @@ wrk (32 connections, 800-byte POST bodies) in turn, ``--rounds`` times:
 
 - ``asgi``: uvicorn's httptools protocol and its ASGI cycle (how plain
   ``uvicorn receiver.app:create_app_from_env`` serves callbacks);
-- ``short``: ``receiver.hook_protocol.HookHttpProtocol`` (how ``signback serve`` does);
+- ``short``: ``receiver.intake.protocol.HookHttpProtocol`` (how ``signback serve`` does);
 - ``starlette``: for scale, bench.baseline's bare Starlette handler.
 
 Reported: throughput, and the server's CPU time per request (from /proc, so it holds even
@@ -33,7 +33,7 @@ from starlette.routing import Route
 
 from bench.load import find_wrk
 from bench.procs import Procs, free_port, process_ticks, python_env
-from receiver.intake import Answer, Callback, Hook, HookRouter
+from receiver.intake.router import Answer, Callback, Hook, HookRouter
 from receiver.metrics import Metrics
 
 ACCEPTED = Answer.json(200, {"status": "accepted"})
@@ -61,7 +61,7 @@ def create_app() -> HookRouter:
 def serve(mode: str, port: int) -> None:
     import uvicorn
 
-    from receiver.hook_protocol import HookHttpProtocol
+    from receiver.intake.protocol import HookHttpProtocol
 
     app = "bench.baseline:create_app" if mode == "starlette" else "bench.asgi_cost:create_app"
     # The options of receiver.cli.serve; only the protocol differs between asgi and short.

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from handlers.okdokument.operations import PATCH
 from receiver.events import EventKind, NormalizedEvent
 from receiver.model import Action, SignatureRequest
-from receiver.rules import rule
+from receiver.pipeline.rules import rule
 
 RESULT_URL = "http://127.0.0.1:9/bench/{seq}"
 

@@ -34,10 +34,10 @@ from bench.procs import (
 from bench.report import Row, check, fmt_int, fmt_mib, fmt_ms
 from bench.rules import seq_of
 from bench.stores import Target
-from receiver.db import open_database
-from receiver.db.base import Database
+from receiver.intake.tokens import token_for, token_hash
 from receiver.store import requests as request_store
-from receiver.tokens import token_for, token_hash
+from receiver.store.db import open_database
+from receiver.store.db.base import Database
 
 OKD = "okdokument"
 FIRMA = "firma"

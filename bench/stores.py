@@ -1,9 +1,9 @@
 """Databases for the bench: fresh SQLite files and PostgreSQL databases with the real schema
-(``receiver.db.migrate.upgrade``), requests registered by SQL, and bulk fills.
+(``receiver.store.migrate.upgrade``), requests registered by SQL, and bulk fills.
 
 Requests are inserted directly, not through ``POST /api/requests``: registering runs the
 shipped rules (a PATCH per request), which is not what these scenarios measure. Tokens are
-made exactly as signback makes them (``receiver.tokens``), so the callback URLs are real.
+made exactly as signback makes them (``receiver.intake.tokens``), so the callback URLs are real.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any
 
 import psycopg
 
-from receiver.db.migrate import upgrade
-from receiver.db.postgres import to_psycopg
-from receiver.tokens import token_for, token_hash
+from receiver.intake.tokens import token_for, token_hash
+from receiver.store.db.postgres import to_psycopg
+from receiver.store.migrate import upgrade
 
 REQUEST_SQL = (
     "INSERT INTO signature_requests (provider, external_id, document_id, reference, state,"
@@ -44,7 +44,7 @@ EVENT_TUPLE_SQL = (
     " ?, ?, 'processed', 1, 'request.sent', 'sendinfo:tosign', ?, NULL, 'sent', 'sent',"
     " 'already sent', ?)"
 )
-# What a stored sendInfo's headers look like after redaction (receiver.callbacks).
+# What a stored sendInfo's headers look like after redaction (receiver.intake.ack).
 STORED_HEADERS = json.dumps(
     {
         "host": "signback.example.com",

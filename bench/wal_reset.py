@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from bench import stores
-from receiver.db.sqlite import SqliteDatabase
 from receiver.store import inbox
+from receiver.store.db.sqlite import SqliteDatabase
 
 BATCH = 32  # rows in flight at once, as with wrk's 32 connections
 BODY = os.urandom(410).hex().encode()  # 820 bytes: the bench's Firma event (bench.load)

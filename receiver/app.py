@@ -13,18 +13,19 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from receiver import api, web
+from receiver.admin import api
 from receiver.clock import Clock, system_clock
 from receiver.context import AppContext
-from receiver.db import open_database
-from receiver.db.migrate import current_revision, head_revision, upgrade
-from receiver.intake import HookRouter
+from receiver.intake import returns as web
+from receiver.intake.middleware import RequestContextMiddleware
+from receiver.intake.router import HookRouter
 from receiver.logs import configure_logging, get_logger
-from receiver.middleware import RequestContextMiddleware
+from receiver.pipeline.repoint import repoint_if_public_url_changed
+from receiver.pipeline.rules import RuleBook
 from receiver.providers import Provider
-from receiver.repoint import repoint_if_public_url_changed
-from receiver.rules import RuleBook
 from receiver.settings import Settings, load_settings
+from receiver.store.db import open_database
+from receiver.store.migrate import current_revision, head_revision, upgrade
 from receiver.worker import Worker
 
 log = get_logger("signback.app")

@@ -113,7 +113,7 @@ def serve(
     """Receive callbacks (and, unless --no-worker, process them and send the outbox)."""
     import uvicorn
 
-    from receiver.hook_protocol import HookHttpProtocol
+    from receiver.intake.protocol import HookHttpProtocol
 
     port = port if port is not None else int(os.environ.get("PORT", "8000"))
     if public_url:
@@ -145,7 +145,8 @@ def serve(
         proxy_headers=True,
         forwarded_allow_ips=forwarded_allow_ips
         or os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
-        access_log=False,  # ours (receiver.middleware) hides callback tokens; uvicorn's does not
+        # Ours (receiver.intake.middleware) hides callback tokens; uvicorn's does not.
+        access_log=False,
         log_config=None,
         timeout_graceful_shutdown=3,  # then the lifespan drains the outbox (25 s by default)
         timeout_keep_alive=settings.keepalive_seconds,
@@ -181,7 +182,7 @@ def worker() -> None:
 @handles_config_errors
 def migrate() -> None:
     """Bring the database schema up to date (the Procfile's release step)."""
-    from receiver.db.migrate import head_revision, upgrade
+    from receiver.store.migrate import head_revision, upgrade
 
     # Only the database URL is needed here (a release step may not have the other secrets).
     url = database_url_from_env()
@@ -236,8 +237,8 @@ def requests_add(
     defaults: str | None,
 ) -> None:
     """Register a signature request and print its callback URLs."""
-    from receiver.api import RegisterBody, request_json
-    from receiver.registration import Registration, register
+    from receiver.admin.api import RegisterBody, request_json
+    from receiver.pipeline.registration import Registration, register
 
     try:
         body = RegisterBody.model_validate(
@@ -294,7 +295,7 @@ def requests_list(
     state: str | None, provider: str | None, reference: str | None, limit: int
 ) -> None:
     """List requests, newest first."""
-    from receiver.api import request_json
+    from receiver.admin.api import request_json
     from receiver.store import requests as store
 
     async def run(ctx: Any) -> list[dict[str, Any]]:
@@ -311,7 +312,7 @@ def requests_list(
 @handles_config_errors
 def requests_show(request_id: int) -> None:
     """A request with its timeline and outbox actions (and their attempts)."""
-    from receiver.api import request_detail
+    from receiver.admin.api import request_detail
 
     async def run(ctx: Any) -> dict[str, Any] | None:
         return await request_detail(ctx, request_id)
@@ -336,7 +337,7 @@ def outbox() -> None:
 @handles_config_errors
 def outbox_list(status: str | None, limit: int) -> None:
     """Actions, newest first, with their attempts."""
-    from receiver.api import action_json
+    from receiver.admin.api import action_json
     from receiver.store import outbox as store
 
     async def run(ctx: Any) -> list[dict[str, Any]]:
@@ -377,7 +378,7 @@ def inbox() -> None:
 @click.option("--limit", default=50, show_default=True)
 @handles_config_errors
 def inbox_list(status: str | None, provider: str | None, limit: int) -> None:
-    from receiver.api import event_json
+    from receiver.admin.api import event_json
     from receiver.store import inbox as store
 
     async def run(ctx: Any) -> list[dict[str, Any]]:

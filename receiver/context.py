@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from receiver.clock import Clock, system_clock
-from receiver.db.base import Database
+from receiver.intake.tokens import token_for
 from receiver.loadshare import Governor, IntakeLoad, Occupancy
 from receiver.metrics import Metrics
+from receiver.outbox.retry import RetryPolicy
+from receiver.pipeline.rules import RuleBook
 from receiver.providers import Provider
-from receiver.retry import RetryPolicy
-from receiver.rules import RuleBook
 from receiver.settings import Settings
-from receiver.tokens import token_for
+from receiver.store.db.base import Database
 
 
 class LruCache:

@@ -1,7 +1,8 @@
 """structlog set-up: JSON lines when not on a terminal, readable lines on one.
 
 Every line logged while serving an HTTP request carries that request's ``request_id``
-(set with :func:`set_request_id` by :mod:`receiver.middleware` and :mod:`receiver.intake`).
+(set with :func:`set_request_id` by :mod:`receiver.intake.middleware` and
+:mod:`receiver.intake.router`).
 A last-line-of-defence processor masks values of keys that look like secrets, so a careless
 ``log.info(..., token=t)`` cannot leak one.
 """

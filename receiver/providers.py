@@ -17,7 +17,7 @@ from receiver.model import Action, SignatureRequest
 
 if TYPE_CHECKING:
     from receiver.context import AppContext
-    from receiver.intake import Hook
+    from receiver.intake.router import Hook
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +76,7 @@ class Provider:
 
     name: str
     normalize: Callable[[StoredCallback], NormalizedEvent]
-    # The provider's callback routes under /hooks/ (served by receiver.intake's fast path).
+    # The provider's callback routes under /hooks/ (served by receiver.intake.router's fast path).
     hooks: Callable[[AppContext], Sequence[Hook]]
     operations: Mapping[str, Operation] = field(default_factory=dict)
     # Checks a registration's provider defaults; raises InvalidAction with a clear message.

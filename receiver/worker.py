@@ -7,10 +7,10 @@ from collections.abc import Awaitable, Callable
 
 from receiver.aio import sleep_or_stop
 from receiver.context import AppContext
-from receiver.dispatcher import Dispatcher
 from receiver.loadshare import background_context
 from receiver.logs import get_logger
-from receiver.pipeline import Pipeline
+from receiver.outbox.dispatcher import Dispatcher
+from receiver.pipeline.processor import Pipeline
 from receiver.store import inbox, outbox
 
 log = get_logger("signback.worker")

@@ -20,7 +20,7 @@ import httpx
 from handlers.firma import fake as firma_fake
 from handlers.okdokument import fake as okdokument_fake
 from receiver.app import create_app
-from receiver.hook_protocol import HookHttpProtocol
+from receiver.intake.protocol import HookHttpProtocol
 from receiver.settings import Settings
 from tests.conftest import ADMIN_TOKEN
 from tests.servers import bound_socket, running_server

@@ -3,7 +3,7 @@
 Deliberately thin: one HTTP request per call, no retries. The core's outbox owns retrying;
 it asks :func:`is_immutable_answer` (never retry), :func:`retry_after_seconds` (how long the
 provider asked us to wait) and :func:`provider_message` (what to show the operator). Answers
-come back as a :class:`~receiver.provider_http.HttpAnswer`; transport errors propagate as
+come back as a :class:`~receiver.outbox.provider_http.HttpAnswer`; transport errors propagate as
 ``httpx`` exceptions. Properties are validated *before* anything is sent
 (:class:`InvalidAction`).
 """
@@ -25,7 +25,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from receiver.errors import ConfigurationError, InvalidAction
-from receiver.provider_http import HttpAnswer, ProviderHttpClient
+from receiver.outbox.provider_http import HttpAnswer, ProviderHttpClient
 
 __all__ = [
     "DEFAULT_BASE_URL",

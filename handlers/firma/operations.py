@@ -15,9 +15,9 @@ from handlers.firma.client import (
 from receiver.context import AppContext
 from receiver.errors import InvalidAction
 from receiver.model import RequestState, SignatureRequest
-from receiver.outcomes import excerpt, from_response
+from receiver.outbox.budgets import next_free_in, wait_for_slot
+from receiver.outbox.outcomes import excerpt, from_response
 from receiver.providers import Operation, Outcome
-from receiver.ratelimit import next_free_in, wait_for_slot
 
 PATCH = "firma.patch_signing_request"
 

@@ -10,8 +10,8 @@ from handlers.firma.client import FirmaClient, RateLimiter, validate_properties
 from handlers.firma.operations import OPERATIONS
 from handlers.firma.repoint import repoint
 from receiver.context import AppContext
-from receiver.dispatcher import PLACEHOLDERS
 from receiver.logs import get_logger
+from receiver.outbox.dispatcher import PLACEHOLDERS
 from receiver.providers import Provider
 from receiver.settings import Settings
 

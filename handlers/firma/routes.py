@@ -18,10 +18,10 @@ from typing import Any
 
 from handlers.firma import signature
 from handlers.firma.events import parse_envelope
-from receiver.callbacks import rejected, store_and_ack
 from receiver.context import AppContext
 from receiver.errors import CallbackRejected, SignatureInvalid
-from receiver.intake import Answer, Callback, Hook
+from receiver.intake.ack import rejected, store_and_ack
+from receiver.intake.router import Answer, Callback, Hook
 from receiver.logs import get_logger
 
 log = get_logger("signback.firma")

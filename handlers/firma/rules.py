@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from handlers.firma.operations import PATCH
 from receiver.events import EventKind, NormalizedEvent
 from receiver.model import Action, SignatureRequest
-from receiver.rules import rule
+from receiver.pipeline.rules import rule
 
 RETURN_URL_PLACEHOLDER = "{signback.return_url}"
 

@@ -3,7 +3,7 @@
 Deliberately thin: one method per endpoint, one HTTP request per call, no retries and no
 status interpretation. The core's outbox owns retrying (it decides from the status code and
 the transport error), so this client returns every answer (an
-:class:`~receiver.provider_http.HttpAnswer`) as is and lets transport errors (connect
+:class:`~receiver.outbox.provider_http.HttpAnswer`) as is and lets transport errors (connect
 errors, timeouts) propagate as ``httpx`` exceptions.
 """
 
@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
-from receiver.provider_http import HttpAnswer, ProviderHttpClient
+from receiver.outbox.provider_http import HttpAnswer, ProviderHttpClient
 
 __all__ = ["OkdokumentClient", "provider_message"]
 

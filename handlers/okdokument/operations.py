@@ -11,7 +11,7 @@ from handlers.okdokument.client import OkdokumentClient, provider_message
 from receiver.context import AppContext
 from receiver.errors import InvalidAction
 from receiver.model import SignatureRequest
-from receiver.outcomes import excerpt, from_response
+from receiver.outbox.outcomes import excerpt, from_response
 from receiver.providers import FollowUpEvent, Operation, Outcome
 
 PATCH = "okdokument.patch_signature_request"

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hmac
 
-from receiver.callbacks import body_key, parse_json_object, rejected, store_and_ack
 from receiver.context import AppContext
 from receiver.errors import CallbackRejected
-from receiver.intake import Answer, Callback, Hook
+from receiver.intake.ack import body_key, parse_json_object, rejected, store_and_ack
+from receiver.intake.returns import find_by_token
+from receiver.intake.router import Answer, Callback, Hook
 from receiver.logs import get_logger
-from receiver.web import find_by_token
 
 log = get_logger("signback.okdokument")
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from handlers.okdokument.operations import CONFIRM, PATCH
 from receiver.events import EventKind, NormalizedEvent
 from receiver.model import Action, SignatureRequest
-from receiver.rules import rule
+from receiver.pipeline.rules import rule
 
 
 def point_at_signback(key: str) -> Action:

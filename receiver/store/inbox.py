@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from receiver.db.base import Database, NewRowInsert, Row, Transaction, in_list
 from receiver.jsonutil import dumps
+from receiver.store.db.base import Database, NewRowInsert, Row, Transaction, in_list
 
 INBOX_CHANNEL = "inbox"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from receiver.db.base import Database, Transaction
+from receiver.store.db.base import Database, Transaction
 
 
 async def get(db: Database, key: str) -> str | None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from receiver.db.base import Database, Row, Transaction, in_list
 from receiver.jsonutil import dumps
 from receiver.model import Action
+from receiver.store.db.base import Database, Row, Transaction, in_list
 
 OUTBOX_CHANNEL = "outbox"
 

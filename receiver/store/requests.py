@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from receiver.db.base import Database, Row, Transaction, in_list
 from receiver.jsonutil import dumps, loads_object
 from receiver.model import RequestState, SignatureRequest
+from receiver.store.db.base import Database, Row, Transaction, in_list
 
 COLUMNS = (
     "id, provider, external_id, document_id, reference, state, provider_status, return_url, "

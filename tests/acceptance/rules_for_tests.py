@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from receiver.events import EventKind, NormalizedEvent
 from receiver.model import Action, SignatureRequest
-from receiver.rules import rule
+from receiver.pipeline.rules import rule
 
 
 @rule(EventKind.REQUEST_COMPLETED, provider="okdokument")

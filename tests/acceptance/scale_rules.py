@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from receiver.events import EventKind, NormalizedEvent
 from receiver.model import Action, SignatureRequest
-from receiver.rules import rule
+from receiver.pipeline.rules import rule
 
 PATCH = "okdokument.patch_signature_request"
 SHOP = "https://shop.example"

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from bench import asgi_cost
-from receiver.hook_protocol import HookHttpProtocol
+from receiver.intake.protocol import HookHttpProtocol
 from tests.servers import running_server
 
 

@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from bench.wal_reset import flood
-from receiver.db.migrate import upgrade
+from receiver.store.migrate import upgrade
 
 
 def test_every_timed_row_is_stored(tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from receiver.db import open_database
-from receiver.db.base import Database, Transaction
 from receiver.store import inbox
+from receiver.store.db import open_database
+from receiver.store.db.base import Database, Transaction
 
 pytestmark = pytest.mark.anyio
 
@@ -106,7 +106,7 @@ async def test_sqlite_wal_stays_small_under_constant_writes(
     """No connection checkpoints on its own (a background thread does), yet the WAL file
     must not grow without bound while writes never pause: past the hard limit it starts
     over without waiting for a lull."""
-    from receiver.db import sqlite_wal
+    from receiver.store.db import sqlite_wal
 
     monkeypatch.setattr(sqlite_wal, "CHECKPOINT_INTERVAL", 0.005)
     monkeypatch.setattr(sqlite_wal, "WAL_RESET_PAGES", 100)
@@ -124,7 +124,7 @@ async def test_sqlite_wal_starts_over_in_a_lull(
 ) -> None:
     """Below the hard limit, a WAL reset is finished only when the callbacks pause: the
     reset's last copy and fsync would hold their acknowledgements up."""
-    from receiver.db import sqlite, sqlite_wal
+    from receiver.store.db import sqlite, sqlite_wal
 
     monkeypatch.setattr(sqlite_wal, "CHECKPOINT_INTERVAL", 0.005)
     monkeypatch.setattr(sqlite_wal, "WAL_RESET_PAGES", 100)
@@ -156,7 +156,7 @@ async def test_sqlite_wal_starts_over_in_a_lull(
 async def write_groups(sqlite_url: str, *, groups: int, pause: float, every: int = 1) -> int:
     """Write ``groups`` groups of 16 callbacks, pausing ``pause`` s after every ``every``
     groups; the largest size the WAL file reached."""
-    from receiver.db import sqlite
+    from receiver.store.db import sqlite
 
     db = await opened(sqlite_url)
     wal = Path(sqlite.sqlite_path(sqlite_url) + "-wal")
@@ -267,8 +267,8 @@ async def test_sqlite_rows_fail_fast_while_another_process_holds_the_write_lock(
     the providers retry) rather than each row waiting out the timeout on its own."""
     import sqlite3
 
-    from receiver.db import sqlite
-    from receiver.db.sqlite import SqliteDatabase
+    from receiver.store.db import sqlite
+    from receiver.store.db.sqlite import SqliteDatabase
 
     db = SqliteDatabase(sqlite_url, busy_timeout_ms=500)
     await db.connect()
@@ -304,7 +304,7 @@ async def test_sqlite_a_failing_group_commit_fails_its_callers_and_blocks_nothin
     """Should a group commit fail outright (not a refused row: the statement itself), its
     callers get the error at once (503), never wait, and the next rows and the serving
     connection's transactions still go through."""
-    from receiver.db.sqlite_group import write_rows
+    from receiver.store.db.sqlite_group import write_rows
 
     failures = iter([OSError("disk on fire")])
 
@@ -314,7 +314,7 @@ async def test_sqlite_a_failing_group_commit_fails_its_callers_and_blocks_nothin
             raise failure
         return write_rows(conn, rows)
 
-    monkeypatch.setattr("receiver.db.sqlite.write_rows", failing_once)
+    monkeypatch.setattr("receiver.store.db.sqlite.write_rows", failing_once)
     db = await opened(sqlite_url)
     try:
         with pytest.raises(OSError, match="disk on fire"):

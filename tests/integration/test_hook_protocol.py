@@ -1,4 +1,4 @@
-"""The callback short path (receiver/hook_protocol.py) answers exactly as uvicorn's ASGI
+"""The callback short path (receiver/intake/protocol.py) answers exactly as uvicorn's ASGI
 path does, on the wire: each case runs against both, over raw sockets where HTTP details
 (pipelining, HTTP/1.0, ``Expect: 100-continue``, a client leaving mid-body) matter."""
 
@@ -15,9 +15,9 @@ from typing import Any, Literal
 import httptools
 import pytest
 
-from receiver import hook_protocol
 from receiver.app import create_app
-from receiver.hook_protocol import HookHttpProtocol
+from receiver.intake import protocol as hook_protocol
+from receiver.intake.protocol import HookHttpProtocol
 from receiver.settings import Settings
 from tests.harness import Receiver, running_receiver
 from tests.servers import bound_socket, running_server

@@ -1,4 +1,4 @@
-"""The outbox's HTTP client (receiver/lean_http.py) against real servers on loopback.
+"""The outbox's HTTP client (receiver/outbox/lean_http.py) against real servers on loopback.
 
 Each test runs on the plain asyncio loop and on uvloop, which ``signback serve`` uses (uvloop
 transports are not ``asyncio.Transport`` subclasses, a difference that once broke
@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from receiver.lean_http import LeanHttpClient
+from receiver.outbox.lean_http import LeanHttpClient
 from tests.servers import running_server
 
 LOOPS = ["asyncio", "uvloop"]

@@ -15,10 +15,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from receiver.db import open_database
-from receiver.db.base import Database
-from receiver.db.postgres import PostgresDatabase, to_psycopg
 from receiver.store import outbox
+from receiver.store.db import open_database
+from receiver.store.db.base import Database
+from receiver.store.db.postgres import PostgresDatabase, to_psycopg
 
 pytestmark = pytest.mark.anyio
 

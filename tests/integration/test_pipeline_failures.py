@@ -1,4 +1,4 @@
-"""The pipeline's failure paths, on both databases (receiver/pipeline.py).
+"""The pipeline's failure paths, on both databases (receiver/pipeline/processor.py).
 
 On SQLite several inbox rows share one transaction (redone one row per transaction if any
 fails); on PostgreSQL each row has its own. Either way a row that cannot be normalized is
@@ -17,8 +17,8 @@ from receiver.app import build_context, prepare_database
 from receiver.context import AppContext
 from receiver.events import NormalizedEvent
 from receiver.model import Action, SignatureRequest
-from receiver.pipeline import MAX_PROCESSING_ATTEMPTS, Pipeline
-from receiver.registration import Registration, register
+from receiver.pipeline.processor import MAX_PROCESSING_ATTEMPTS, Pipeline
+from receiver.pipeline.registration import Registration, register
 from receiver.settings import Settings
 from receiver.store import inbox
 

@@ -32,9 +32,9 @@ from handlers.okdokument import fake as okdokument_fake
 from handlers.okdokument.operations import PATCH
 from receiver.app import build_context, prepare_database
 from receiver.context import AppContext
-from receiver.dispatcher import Dispatcher
 from receiver.model import Action
-from receiver.registration import Registration, register
+from receiver.outbox.dispatcher import Dispatcher
+from receiver.pipeline.registration import Registration, register
 from receiver.settings import Settings
 from receiver.store import outbox
 from tests.conftest import test_settings

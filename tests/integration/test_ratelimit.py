@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from receiver.db import open_database
-from receiver.ratelimit import reserve
+from receiver.outbox.budgets import reserve
+from receiver.store.db import open_database
 
 
 @pytest.mark.anyio

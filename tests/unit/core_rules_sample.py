@@ -7,7 +7,7 @@ from typing import Any
 
 from receiver.events import EventKind, NormalizedEvent
 from receiver.model import Action, SignatureRequest
-from receiver.rules import rule
+from receiver.pipeline.rules import rule
 
 NOT_A_RULE = 42
 

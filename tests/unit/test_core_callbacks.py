@@ -1,4 +1,4 @@
-"""Intake helpers shared by every provider route (receiver/callbacks.py)."""
+"""Intake helpers shared by every provider route (receiver/intake/ack.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from receiver.callbacks import body_key, parse_json_object, redact_headers
 from receiver.errors import CallbackRejected, SignatureInvalid
+from receiver.intake.ack import body_key, parse_json_object, redact_headers
 
 SECRET_VALUE = "s3cr3t-value-that-must-not-be-stored"
 

@@ -1,11 +1,11 @@
-"""Access-log paths never carry a callback token (receiver/middleware.py loggable_path)."""
+"""Access-log paths never carry a callback token (receiver/intake/middleware.py loggable_path)."""
 
 from __future__ import annotations
 
 import pytest
 
-from receiver.middleware import loggable_path
-from receiver.tokens import token_for
+from receiver.intake.middleware import loggable_path
+from receiver.intake.tokens import token_for
 
 TOKEN = token_for("k" * 32, "0123456789abcdef0123456789abcdef")
 

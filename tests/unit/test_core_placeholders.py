@@ -1,4 +1,4 @@
-"""Send-time placeholders in outbox payloads (receiver/dispatcher.py resolve_placeholders)."""
+"""Send-time placeholders in outbox payloads (receiver/outbox/dispatcher.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from receiver.context import CallbackUrls
-from receiver.dispatcher import resolve_placeholders
 from receiver.errors import InvalidAction
+from receiver.outbox.dispatcher import resolve_placeholders
 
 RETURN = "https://signback.example/return/TOKEN"
 SENDINFO = "https://signback.example/hooks/okdokument/TOKEN"

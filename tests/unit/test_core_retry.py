@@ -1,4 +1,4 @@
-"""The outbox retry policy (receiver/retry.py): a pure function, so a table."""
+"""The outbox retry policy (receiver/outbox/retry.py): a pure function, so a table."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
+from receiver.outbox.retry import FINAL_STATUSES, RetryPolicy
 from receiver.providers import Outcome
-from receiver.retry import FINAL_STATUSES, RetryPolicy
 
 NOW = 1_700_000_000.0
 ALMOST_ONE = 1.0 - 1e-12

@@ -1,11 +1,11 @@
-"""The signer's browser coming back (receiver/pipeline.py normalize_return)."""
+"""The signer's browser coming back (receiver/pipeline/processor.py normalize_return)."""
 
 from __future__ import annotations
 
 import pytest
 
 from receiver.events import EventKind
-from receiver.pipeline import normalize_return
+from receiver.pipeline.processor import normalize_return
 from receiver.providers import StoredCallback
 
 

@@ -1,4 +1,4 @@
-"""Business-rule registration and lookup (receiver/rules.py), with core_rules_sample.py."""
+"""Business-rule registration and lookup (receiver/pipeline/rules.py), with core_rules_sample.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from receiver.errors import ConfigurationError
 from receiver.events import EventKind, NormalizedEvent
 from receiver.model import Action, RequestState, SignatureRequest
-from receiver.rules import Rule, RuleBook, RuleSpec, rule
+from receiver.pipeline.rules import Rule, RuleBook, RuleSpec, rule
 from tests.unit import core_rules_sample as sample
 
 SAMPLE = "tests.unit.core_rules_sample"

@@ -1,4 +1,4 @@
-"""The monotonic request state machine (receiver/states.py)."""
+"""The monotonic request state machine (receiver/pipeline/states.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from receiver.events import EventKind
 from receiver.model import RequestState
-from receiver.states import RANK, apply, is_terminal
+from receiver.pipeline.states import RANK, apply, is_terminal
 
 S = RequestState
 K = EventKind

@@ -1,4 +1,4 @@
-"""Per-request callback tokens (receiver/tokens.py)."""
+"""Per-request callback tokens (receiver/intake/tokens.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import string
 
 import pytest
 
-from receiver.tokens import looks_like_token, new_nonce, same_hash, token_for, token_hash
+from receiver.intake.tokens import looks_like_token, new_nonce, same_hash, token_for, token_hash
 
 SECRET = "k" * 32
 NONCE = "0123456789abcdef0123456789abcdef"

@@ -1,4 +1,4 @@
-"""The outbox client's answers (receiver/lean_http.py): what provider clients read of them
+"""The outbox client's answers (receiver/outbox/lean_http.py): what provider clients read of them
 must read as it does on an ``httpx.Response`` built from the same bytes."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from receiver.lean_http import LeanHeaders, LeanResponse
+from receiver.outbox.lean_http import LeanHeaders, LeanResponse
 
 RAW = [
     (b"Content-Type", b"application/json; charset=utf-8"),

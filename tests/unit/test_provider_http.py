@@ -1,4 +1,4 @@
-"""Which HTTP path a provider client takes (receiver/provider_http.py).
+"""Which HTTP path a provider client takes (receiver/outbox/provider_http.py).
 
 The lean client serves calls unless an httpx transport is handed in (tests) or the
 environment routes the provider's host through a proxy, which only httpx speaks to.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from receiver.provider_http import ProviderHttpClient, proxied
+from receiver.outbox.provider_http import ProviderHttpClient, proxied
 
 BASE = "https://api.provider.example/v1"
 

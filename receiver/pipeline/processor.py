@@ -23,15 +23,16 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from receiver import jsonutil, states
+from receiver import jsonutil
 from receiver.aio import sleep_or_stop
 from receiver.context import AppContext
-from receiver.db.base import Row, Transaction
 from receiver.events import EventKind, NormalizedEvent
 from receiver.logs import get_logger
 from receiver.model import SignatureRequest
+from receiver.pipeline import states
 from receiver.providers import StoredCallback
 from receiver.store import inbox, outbox, requests
+from receiver.store.db.base import Row, Transaction
 
 log = get_logger("signback.pipeline")
 

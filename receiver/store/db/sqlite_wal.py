@@ -54,7 +54,7 @@ class Checkpointer:
     with every acknowledgement waiting meanwhile. So once the WAL passes
     ``WAL_RESET_PAGES``, this thread checkpoints back to back until little is left to copy,
     then raises :attr:`reset_wanted` and calls ``wanted``: the driver
-    (:mod:`receiver.db.sqlite`) takes its write lock at the next lull in the callbacks
+    (:mod:`receiver.store.db.sqlite`) takes its write lock at the next lull in the callbacks
     (``RESET_LULL_SECONDS`` without one), or at once should the WAL pass
     ``WAL_FORCE_RESET_PAGES``, and has :meth:`finish_reset` run on a thread meanwhile. That
     copy and its fsyncs never run on the event loop. (Before the syncs here, that final

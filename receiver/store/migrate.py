@@ -10,9 +10,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from receiver.db.base import Database
+from receiver.store.db.base import Database
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -29,7 +29,7 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str) -> None:
     """Bring the database to the newest schema (idempotent)."""
-    from receiver.db.sqlite import sqlite_path
+    from receiver.store.db.sqlite import sqlite_path
 
     if url.startswith("sqlite"):
         Path(sqlite_path(url)).parent.mkdir(parents=True, exist_ok=True)

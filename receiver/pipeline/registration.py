@@ -10,11 +10,11 @@ from typing import Any
 
 from receiver.context import AppContext, CallbackUrls
 from receiver.events import EventKind, NormalizedEvent
+from receiver.intake.tokens import new_nonce, token_hash
 from receiver.jsonutil import dumps
 from receiver.logs import get_logger
 from receiver.model import SignatureRequest
 from receiver.store import inbox, outbox, requests
-from receiver.tokens import new_nonce, token_hash
 
 log = get_logger("signback.registration")
 

@@ -24,10 +24,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver import jsonutil
 from receiver.errors import CallbackRejected
+from receiver.intake.middleware import finish_request, loggable_path, request_id_for, route_group
 from receiver.loadshare import IntakeLoad
 from receiver.logs import get_logger, set_request_id
 from receiver.metrics import Metrics
-from receiver.middleware import finish_request, loggable_path, request_id_for, route_group
 
 log = get_logger("signback.http")
 
@@ -85,7 +85,7 @@ def length_exceeds(declared: str, limit: int) -> bool:
 class Callback:
     """One callback request as a hook handler sees it. The body is read on demand, so a
     handler can refuse (404 unknown URL, 415 wrong type) before reading it. On the short
-    path (receiver/hook_protocol.py) the body has already arrived and comes as ``body``."""
+    path (receiver/intake/protocol.py) the body has already arrived and comes as ``body``."""
 
     __slots__ = ("_body", "_receive", "headers", "method", "param", "path", "query")
 
@@ -235,7 +235,7 @@ class HookRouter:
     ) -> tuple[Answer, str]:
         """The answer to one callback and its request id, which is bound to the log lines
         until :meth:`finished`. Raises :class:`ClientGone` when the client left before its
-        body arrived. Shared by the ASGI path below and receiver/hook_protocol.py."""
+        body arrived. Shared by the ASGI path below and receiver/intake/protocol.py."""
         request_id = request_id_for(headers.get("x-request-id", ""))
         set_request_id(request_id)
         self.load.arrived()

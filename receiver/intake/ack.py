@@ -12,7 +12,7 @@ from typing import Any
 from receiver import jsonutil
 from receiver.context import AppContext
 from receiver.errors import CallbackRejected
-from receiver.intake import Answer
+from receiver.intake.router import Answer
 from receiver.logs import debug_enabled, get_logger
 from receiver.store import inbox
 

@@ -21,9 +21,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from receiver import jsonutil
-from receiver.db.base import Database, NewRowInsert, Params, Row, Transaction
-from receiver.db.wakeup import Wakeups
 from receiver.logs import get_logger
+from receiver.store.db.base import Database, NewRowInsert, Params, Row, Transaction
+from receiver.store.db.wakeup import Wakeups
 
 log = get_logger(__name__)
 

@@ -21,7 +21,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from receiver.db.base import NewRowInsert, Params
+from receiver.store.db.base import NewRowInsert, Params
 
 # A queued row: its insert, values, wake-up channel, and the caller's future.
 Queued = tuple[NewRowInsert, Params, str, "asyncio.Future[bool]"]

@@ -12,7 +12,7 @@ What changes: a request is answered here, without ASGI, when it is a ``POST`` to
 registered ``/hooks/...`` route with a ``Content-Length`` of at most 64 KiB (uvicorn's own
 read buffer limit) and no ``Expect: 100-continue``. Its body is collected by uvicorn's
 parser callbacks exactly as before, the same handler as on the ASGI path
-(:meth:`receiver.intake.HookRouter.respond`) decides the answer, and the answer goes out as
+(:meth:`receiver.intake.router.HookRouter.respond`) decides the answer, and the answer goes out as
 one write. Nothing about *what* is answered changes: the same checks, the same commit
 before the acknowledgement, the same request id, metrics and log lines.
 
@@ -44,7 +44,8 @@ import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from receiver.intake import (
+from receiver.intake.middleware import loggable_path
+from receiver.intake.router import (
     HOOKS_PREFIX,
     SERVER_ERROR,
     HookHandler,
@@ -53,7 +54,6 @@ from receiver.intake import (
     length_exceeds,
 )
 from receiver.logs import get_logger
-from receiver.middleware import loggable_path
 
 log = get_logger("signback.http")
 

@@ -7,7 +7,7 @@ from sqlalchemy import create_engine, pool
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url")
-assert url, "sqlalchemy.url must be set by receiver.db.migrate"
+assert url, "sqlalchemy.url must be set by receiver.store.migrate"
 
 connectable = create_engine(url, poolclass=pool.NullPool)
 with connectable.connect() as connection:

@@ -21,11 +21,11 @@ import httpx
 from receiver import jsonutil
 from receiver.aio import sleep_or_stop
 from receiver.context import AppContext, CallbackUrls
-from receiver.db.base import Row, Transaction
 from receiver.errors import InvalidAction
 from receiver.logs import get_logger
 from receiver.providers import Outcome
 from receiver.store import inbox, outbox, requests
+from receiver.store.db.base import Row, Transaction
 
 log = get_logger("signback.outbox")
 

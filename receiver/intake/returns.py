@@ -8,15 +8,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from receiver import pages
-from receiver.callbacks import body_key, store
 from receiver.context import AppContext
-from receiver.db.base import Row
-from receiver.db.migrate import current_revision, head_revision
 from receiver.errors import CallbackRejected
+from receiver.intake import pages
+from receiver.intake.ack import body_key, store
+from receiver.intake.tokens import looks_like_token, same_hash, token_hash
 from receiver.logs import get_logger
 from receiver.store import requests
-from receiver.tokens import looks_like_token, same_hash, token_hash
+from receiver.store.db.base import Row
+from receiver.store.migrate import current_revision, head_revision
 
 log = get_logger("signback.web")
 

@@ -4,7 +4,7 @@ Redirects are never followed (following one would hand the API key to another ho
 the key lives only inside the HTTP clients' headers, never on the object, so neither
 ``repr()`` nor ``vars()`` of a client shows it.
 
-Calls go through :class:`receiver.lean_http.LeanHttpClient`, which needs a twentieth of
+Calls go through :class:`receiver.outbox.lean_http.LeanHttpClient`, which needs a twentieth of
 httpx's CPU per call (the outbox makes one per action). httpx takes over when a test hands in
 a transport, and when the environment sets a proxy for the provider's host, because only
 httpx speaks to proxies. Either way the answer is an :class:`HttpAnswer` (an
@@ -21,12 +21,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from receiver.lean_http import LeanHttpClient
+from receiver.outbox.lean_http import LeanHttpClient
 
 
 class HttpAnswer(Protocol):
     """What provider clients read of an answer: ``httpx.Response`` and
-    :class:`receiver.lean_http.LeanResponse` both have it."""
+    :class:`receiver.outbox.lean_http.LeanResponse` both have it."""
 
     @property
     def status_code(self) -> int: ...

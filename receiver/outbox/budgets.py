@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass
 
 from receiver.clock import Clock
-from receiver.db.base import Database
+from receiver.store.db.base import Database
 
 ENSURE_SQL = (
     "INSERT INTO kv (key, value, updated_at) VALUES (:key, CAST(:now AS TEXT), :now)"

@@ -18,12 +18,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from receiver.context import AppContext
-from receiver.db.base import Row
 from receiver.errors import InvalidAction
 from receiver.metrics import CONTENT_TYPE
 from receiver.model import RequestState, SignatureRequest
-from receiver.registration import Registration, register
+from receiver.pipeline.registration import Registration, register
 from receiver.store import inbox, outbox, requests
+from receiver.store.db.base import Row
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 MAX_API_BODY = 256 * 1024

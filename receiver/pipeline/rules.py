@@ -4,7 +4,7 @@ A rule module is any importable module. Mark functions with :func:`rule`; nothin
 at import time — :meth:`RuleBook.load` collects the marked functions of the modules it is
 given (the shipped ``handlers.*.rules`` and the user's ``SIGNBACK_RULES_MODULE``)::
 
-    from receiver.rules import rule
+    from receiver.pipeline.rules import rule
     from receiver.events import EventKind
     from receiver.model import Action
 

@@ -17,11 +17,11 @@ small:
   seconds.
 - Errors raise httpx's own exception types. Answers come back as :class:`LeanResponse`,
   which has what the provider clients read of an ``httpx.Response`` (status, headers,
-  content, text, reason, ``json()``: :class:`receiver.provider_http.HttpAnswer`); building
+  content, text, reason, ``json()``: :class:`receiver.outbox.provider_http.HttpAnswer`); building
   an ``httpx.Response`` cost more than the rest of the call.
 
 What it does not do: HTTP/2, proxies, redirects (never followed for providers anyway),
-compression (it asks for none), streaming. :class:`receiver.provider_http.ProviderHttpClient`
+compression (it asks for none), streaming. :class:`receiver.outbox.provider_http.ProviderHttpClient`
 uses httpx whenever the environment configures a proxy for the provider's host, and
 whenever a test hands in an httpx transport.
 """

@@ -178,11 +178,11 @@ def open_database(
 ) -> Database:
     """Pick the driver from the URL scheme (``sqlite:///path`` or ``postgresql://…``)."""
     if url.startswith("sqlite"):
-        from receiver.db.sqlite import SqliteDatabase
+        from receiver.store.db.sqlite import SqliteDatabase
 
         return SqliteDatabase(url, busy_timeout_ms=sqlite_busy_timeout_ms)
     if url.startswith(("postgresql", "postgres")):
-        from receiver.db.postgres import PostgresDatabase
+        from receiver.store.db.postgres import PostgresDatabase
 
         return PostgresDatabase(url, pool_min=pool_min, pool_max=pool_max)
     raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]!r}")

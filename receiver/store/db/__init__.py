@@ -7,6 +7,6 @@ CONFLICT``, ``RETURNING``); the PostgreSQL driver rewrites parameters for psycop
 
 from __future__ import annotations
 
-from receiver.db.base import Database, Row, Transaction, open_database
+from receiver.store.db.base import Database, Row, Transaction, open_database
 
 __all__ = ["Database", "Row", "Transaction", "open_database"]

@@ -65,7 +65,7 @@ def finish_request(
     logged: bool,
     route: str | None = None,
 ) -> None:
-    """What ends every request, here and on the /hooks fast path (receiver/intake.py): the
+    """What ends every request, here and on the /hooks fast path (receiver/intake/router.py): the
     metrics, the access line when ``logged``, and the request id unbound. ``route`` is the
     path's :func:`route_group` when the caller already knows it."""
     if metrics is not None:

@@ -4,8 +4,8 @@ Statements run synchronously on the event loop thread. That sounds wrong but is 
 choice here: an indexed insert plus a WAL commit takes tens of microseconds, far less than a
 hop to a thread pool (the design notes measured ~19,000 inserts/s this way against ~900/s
 through an async wrapper). The intake's callbacks are stored in group commits, the rows of
-one loop turn in one statement (:mod:`receiver.db.sqlite_group`); the WAL checkpoints run
-on a thread of their own (:mod:`receiver.db.sqlite_wal`), and so does the last copy of a WAL
+one loop turn in one statement (:mod:`receiver.store.db.sqlite_group`); the WAL checkpoints run
+on a thread of their own (:mod:`receiver.store.db.sqlite_wal`), and so does the last copy of a WAL
 reset, with the write lock held meanwhile.
 ``synchronous=NORMAL`` in WAL mode keeps every committed transaction across a process crash
 (``kill -9``); only a power cut can lose the last ones.
@@ -23,12 +23,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from receiver.db import sqlite_wal
-from receiver.db.base import Database, NewRowInsert, Params, Row, T, Transaction
-from receiver.db.sqlite_group import DatabaseClosing, Outcome, Queued, write_rows
-from receiver.db.sqlite_wal import Checkpointer
-from receiver.db.wakeup import Wakeups
 from receiver.logs import get_logger
+from receiver.store.db import sqlite_wal
+from receiver.store.db.base import Database, NewRowInsert, Params, Row, T, Transaction
+from receiver.store.db.sqlite_group import DatabaseClosing, Outcome, Queued, write_rows
+from receiver.store.db.sqlite_wal import Checkpointer
+from receiver.store.db.wakeup import Wakeups
 
 log = get_logger("signback.sqlite")
 
@@ -306,7 +306,7 @@ class SqliteDatabase(Database):
             if not future.done():
                 future.set_result(result)
 
-    # --- group commit (see receiver.db.sqlite_group) -------------------------------------------
+    # --- group commit (see receiver.store.db.sqlite_group) ---------------------------
 
     async def insert_new(self, insert: NewRowInsert, row: Params, channel: str) -> bool:
         """Group commit: the rows that arrive while one commit is under way share the next.

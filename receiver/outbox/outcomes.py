@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.utils
 from collections.abc import Callable
 
-from receiver.provider_http import HttpAnswer
+from receiver.outbox.provider_http import HttpAnswer
 from receiver.providers import Outcome
 
 EXCERPT_BYTES = 500
