@@ -24,6 +24,7 @@ from receiver.middleware import RequestContextMiddleware
 from receiver.providers import Provider
 from receiver.repoint import repoint_if_public_url_changed
 from receiver.rules import RuleBook
+from receiver.sendinfo_split import split_quietly
 from receiver.settings import Settings, load_settings
 from receiver.worker import Worker
 
@@ -101,6 +102,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await prepare_database(ctx)
         await ctx.start_providers()
+        await split_quietly(ctx)
         await repoint_quietly(ctx)
         worker = Worker(ctx) if with_worker else None
         if worker is not None:

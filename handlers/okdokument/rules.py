@@ -39,14 +39,13 @@ def repoint(request: SignatureRequest, key: str) -> Action | None:
     enabled_setting="okdokument_confirm_callbacks",
 )
 def confirm_before_acting(event: NormalizedEvent, request: SignatureRequest) -> Iterator[Action]:
-    """(b) sendInfo is unsigned: check its claim with Document info before anything acts."""
+    """(b) sendInfo is unsigned: check its claim with Document info before anything acts.
+
+    The document asked about is the one registered for the request, read when the action
+    runs; the callback's body has no say in it (so the payload carries no document id)."""
     yield Action(
         CONFIRM,
-        {
-            "claimed_state": event.details.get("document_state"),
-            "document_id": event.details.get("document_id") or request.document_id,
-            "confirms": event.event_id,
-        },
+        {"claimed_state": event.details.get("document_state"), "confirms": event.event_id},
         key=f"confirm:{event.event_id}",
     )
 

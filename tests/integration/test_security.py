@@ -384,7 +384,8 @@ class OkdokumentCase(Case):
     def register(self, sr_id: str) -> str:
         """Register a request; its sendInfo URL."""
         response = self.target.admin.post(
-            "/api/requests", json={"provider": "okdokument", "signatureRequestId": sr_id}
+            "/api/requests",
+            json={"provider": "okdokument", "signatureRequestId": sr_id, "documentId": "doc-1"},
         )
         assert response.status_code == 201, response.text
         return str(response.json()["callback_urls"]["sendinfo_url"])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from receiver.middleware import loggable_path
-from receiver.tokens import token_for
+from receiver.tokens import return_token_for
 
-TOKEN = token_for("k" * 32, "0123456789abcdef0123456789abcdef")
+TOKEN = return_token_for("k" * 32, "0123456789abcdef0123456789abcdef")
 
 
 @pytest.mark.parametrize(
