@@ -87,5 +87,9 @@ class Provider:
     # The action that points a still-open request's callback URLs at signback's current
     # public URL (None: nothing to re-point for it). ``key`` is the action key to use.
     repoint: Callable[[SignatureRequest, str], Action | None] | None = None
+    # The action that gives the provider this request's own sendInfo URL and changes nothing
+    # else, for requests registered before that URL had a token of its own (see
+    # receiver/sendinfo_split.py). None: the provider has no sendInfo callback.
+    point_sendinfo: Callable[[SignatureRequest, str], Action] | None = None
     # Called once at start-up with the app context; returns a closer (for HTTP clients).
     start: Callable[[AppContext], Awaitable[Callable[[], Awaitable[None]]]] | None = None

@@ -7,11 +7,12 @@ without it (none, once done: one probe of the unique index), in batches of ``BAT
 transaction each:
 
 - it stores the sendInfo token's hash;
-- a still-open request with a sendInfo URL (OKdokument) gets its provider's re-point action,
-  with the fixed key ``MOVE_KEY``: it PATCHes the new sendInfo URL to OKdokument through the
-  outbox (retried, visible in the attempt log). Until OKdokument has acknowledged it, the old
-  token keeps opening the sendInfo route, or callbacks sent in between would be lost; the
-  dispatcher retires it the moment the PATCH succeeds (see dispatcher.py).
+- a still-open request with a sendInfo URL (OKdokument) gets its provider's
+  ``point_sendinfo`` action, with the fixed key ``MOVE_KEY``: through the outbox (retried,
+  visible in the attempt log) it PATCHes the new sendInfo URL to OKdokument, and nothing
+  else. Until OKdokument has acknowledged it, the old token keeps opening the sendInfo route,
+  or callbacks sent in between would be lost; the dispatcher retires it the moment the PATCH
+  succeeds (see dispatcher.py).
 - any other request (ended, or Firma's, which never had a sendInfo route) has its shared
   token retired at once. The old token keeps opening ``/return/<token>`` in every case:
   signers may still hold those links.
@@ -50,11 +51,10 @@ async def split_shared_tokens(ctx: AppContext) -> tuple[int, int]:
                 provider = ctx.providers.get(request.provider)
                 if (
                     provider is not None
-                    and provider.repoint is not None
-                    and ctx.callback_urls(request.provider, nonce).sendinfo_url is not None
+                    and provider.point_sendinfo is not None
                     and not states.is_terminal(request.state)
                 ):
-                    action = provider.repoint(request, MOVE_KEY)
+                    action = provider.point_sendinfo(request, MOVE_KEY)
                 digest = token_hash(ctx.sendinfo_token(nonce))
                 retire_at = None if action is not None else now
                 if not await requests.set_sendinfo_hash(

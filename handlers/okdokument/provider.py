@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from handlers.okdokument import adapter, routes
 from handlers.okdokument.client import OkdokumentClient
 from handlers.okdokument.operations import OPERATIONS
-from handlers.okdokument.rules import repoint
+from handlers.okdokument.rules import point_sendinfo, repoint
 from receiver.context import AppContext
 from receiver.logs import get_logger
 from receiver.providers import Provider
@@ -73,6 +73,7 @@ def build(settings: Settings) -> Provider:
         hooks=routes.hooks,
         operations=OPERATIONS,
         repoint=repoint,
+        point_sendinfo=point_sendinfo,
         check_registration=registration_checker(settings),
         start=start_client,
     )

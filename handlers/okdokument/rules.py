@@ -31,6 +31,13 @@ def repoint(request: SignatureRequest, key: str) -> Action | None:
     return point_at_signback(key)
 
 
+def point_sendinfo(request: SignatureRequest, key: str) -> Action:
+    """Give OKdokument the request's own sendInfo URL (a request registered while one token
+    served both URLs). Only ``sendInfoURL``: the result URL has not changed, and it may
+    point at the retry page by now (rule c)."""
+    return Action(PATCH, {"sendInfoURL": "{signback.sendinfo_url}"}, key=key)
+
+
 @rule(
     EventKind.REQUEST_COMPLETED,
     EventKind.REQUEST_CANCELLED,
