@@ -145,3 +145,20 @@ def test_token_hash_is_sha256_hex_of_the_token(nonce: str) -> None:
 def test_same_hash(a: str, b: str, expected: bool) -> None:
     assert same_hash(a, b) is expected
     assert same_hash(b, a) is expected
+
+
+@pytest.mark.parametrize("provider", ["okdokument", "firma"])
+def test_callback_urls_carry_one_token_each(provider: str) -> None:
+    """What the API answers as ``callback_urls`` and the placeholders resolve to: the browser's
+    URL carries the return token, OKdokument's sendInfo URL the sendInfo token."""
+    from receiver.app import build_context
+    from tests.conftest import SECRET_KEY, test_settings
+
+    ctx = build_context(test_settings("sqlite:///unused.db", public_url="https://sb.example/"))
+    urls = ctx.callback_urls(provider, NONCE)
+    assert urls.return_url == f"https://sb.example/return/{return_token_for(SECRET_KEY, NONCE)}"
+    if provider == "okdokument":
+        token = sendinfo_token_for(SECRET_KEY, NONCE)
+        assert urls.sendinfo_url == f"https://sb.example/hooks/okdokument/{token}"
+    else:
+        assert urls.sendinfo_url is None
