@@ -171,7 +171,7 @@ class Dispatcher:
         action_id, attempt = int(row["id"]), int(row["attempts"])
         started_at = ctx.clock()
         t0 = time.perf_counter()
-        outcome, retires_shared_token = await self._attempt(row, request_row)
+        outcome = await self._attempt(row, request_row)
         duration_ms = (time.perf_counter() - t0) * 1000
         now = ctx.clock()
         decision = ctx.retry_policy.decide(
@@ -234,9 +234,9 @@ class Dispatcher:
                 error=error,
                 worker=ctx.worker_id,
             )
-            if held and retires_shared_token and decision.status == "done":
-                # The provider now calls the request's own sendInfo URL: the token it used
-                # before (shared with the signer's return URL) stops opening the route.
+            if held and decision.status == "done" and SENDINFO_PLACEHOLDER in str(row["payload"]):
+                # The provider now calls the request's own sendInfo URL: a token it used before
+                # (shared with the signer's return URL, see credentials.py) stops opening it.
                 await requests.retire_shared_token(tx, int(row["request_id"]), now=now)
             if held:
                 for follow_up in outcome.follow_up:
@@ -303,68 +303,55 @@ class Dispatcher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _attempt(self, row: Row, request_row: Row | _Unknown | None) -> tuple[Outcome, bool]:
-        """Run the operation. Also says whether success retires the request's shared token:
-        the action hands the provider the request's own sendInfo URL, and the return token
-        still opens the sendInfo route (a request registered before the two were split)."""
+    async def _attempt(self, row: Row, request_row: Row | _Unknown | None) -> Outcome:
         ctx = self.ctx
         operation_name = str(row["operation"])
         provider_name = operation_name.split(".", 1)[0]
         provider = ctx.providers.get(provider_name)
         operation = provider.operations.get(operation_name) if provider else None
         if operation is None:
-            return Outcome(
-                ok=False, final=True, message=f"unknown operation {operation_name!r}"
-            ), False
+            return Outcome(ok=False, final=True, message=f"unknown operation {operation_name!r}")
         if isinstance(request_row, _Unknown):
             try:
                 request_row = await requests.get(ctx.db, int(row["request_id"]))
             except Exception as exc:  # nothing was sent: try again soon, without counting it
-                return _database_unavailable(exc), False
+                return Outcome(
+                    ok=False,
+                    deferred=True,
+                    retry_after=1.0,
+                    message=f"database unavailable: {type(exc).__name__}",
+                )
         if request_row is None:
-            return Outcome(ok=False, final=True, message="the signature request is gone"), False
+            return Outcome(ok=False, final=True, message="the signature request is gone")
         request = requests.from_row(request_row)
-        text = str(row["payload"])
-        retires = False
-        if SENDINFO_PLACEHOLDER in text:
-            retires = request_row.get("shared_token_retired_at") is None
-            if request_row.get("sendinfo_hash") is None:
-                # Written before the sendInfo token existed, and not yet filled in at start-up
-                # (or by an older process during a rolling deploy): store the hash before the
-                # URL goes out, or its callbacks would find no request.
-                try:
-                    await self._store_sendinfo_hash(request.id, str(request_row["token_nonce"]))
-                except Exception as exc:
-                    return _database_unavailable(exc), False
+        if request_row.get("sendinfo_hash") is None and SENDINFO_PLACEHOLDER in str(row["payload"]):
+            # Written before the sendInfo token existed and not yet completed at start-up (an
+            # older process registered it during a rolling deploy): store the hash before the
+            # URL goes out, or the provider's callbacks to it would find no request.
+            try:
+                digest = token_hash(ctx.sendinfo_token(str(request_row["token_nonce"])))
+                async with ctx.db.transaction() as tx:
+                    await requests.set_sendinfo_hash(tx, request.id, digest, retire_shared_at=None)
+            except Exception as exc:  # nothing was sent: try again soon, without counting it
+                return Outcome(
+                    ok=False,
+                    deferred=True,
+                    retry_after=1.0,
+                    message=f"database unavailable: {type(exc).__name__}",
+                )
         try:
+            text = str(row["payload"])
             payload = jsonutil.loads(text)
             if PLACEHOLDER_MARK in text:  # the callback tokens are derived only when needed
                 urls = ctx.callback_urls(request.provider, str(request_row["token_nonce"]))
                 payload = resolve_placeholders(payload, urls)
-            return await operation(ctx, request, payload), retires
+            return await operation(ctx, request, payload)
         except InvalidAction as exc:
-            return Outcome(ok=False, final=True, message=str(exc)), False
+            return Outcome(ok=False, final=True, message=str(exc))
         except httpx.TimeoutException:
-            return Outcome(ok=False, message="the provider did not answer in time"), False
+            return Outcome(ok=False, message="the provider did not answer in time")
         except httpx.TransportError as exc:
-            return Outcome(
-                ok=False, message=f"could not reach the provider ({type(exc).__name__})"
-            ), False
+            return Outcome(ok=False, message=f"could not reach the provider ({type(exc).__name__})")
         except Exception as exc:
             log.exception("operation crashed", operation=operation_name, action=int(row["id"]))
-            return Outcome(ok=False, message=f"internal error: {type(exc).__name__}: {exc}"), False
-
-    async def _store_sendinfo_hash(self, request_id: int, nonce: str) -> None:
-        digest = token_hash(self.ctx.sendinfo_token(nonce))
-        async with self.ctx.db.transaction() as tx:
-            await requests.set_sendinfo_hash(tx, request_id, digest, retire_shared_at=None)
-
-
-def _database_unavailable(exc: Exception) -> Outcome:
-    """Nothing was sent: try again soon, without counting an attempt."""
-    return Outcome(
-        ok=False,
-        deferred=True,
-        retry_after=1.0,
-        message=f"database unavailable: {type(exc).__name__}",
-    )
+            return Outcome(ok=False, message=f"internal error: {type(exc).__name__}: {exc}")
