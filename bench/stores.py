@@ -22,20 +22,20 @@ from typing import Any
 
 import psycopg
 
-from receiver.intake.tokens import token_for, token_hash
+from receiver.intake.tokens import return_token_for, sendinfo_token_for, token_hash
 from receiver.store.db.postgres import to_psycopg
 from receiver.store.migrate import upgrade
 
 REQUEST_SQL = (
     "INSERT INTO signature_requests (provider, external_id, document_id, reference, state,"
-    " metadata, defaults, token_hash, token_nonce, created_at, updated_at) VALUES (:provider,"
-    " :external_id, :document_id, NULL, :state, '{}', '{}', :token_hash, :token_nonce, :now,"
-    " :now)"
+    " metadata, defaults, token_hash, sendinfo_hash, shared_token_retired_at, token_nonce,"
+    " created_at, updated_at) VALUES (:provider, :external_id, :document_id, NULL, :state,"
+    " '{}', '{}', :token_hash, :sendinfo_hash, :now, :token_nonce, :now, :now)"
 )
 REQUEST_TUPLE_SQL = (
     "INSERT INTO signature_requests (provider, external_id, document_id, reference, state,"
-    " metadata, defaults, token_hash, token_nonce, created_at, updated_at) VALUES"
-    " (?, ?, ?, NULL, ?, '{}', '{}', ?, ?, ?, ?)"
+    " metadata, defaults, token_hash, sendinfo_hash, shared_token_retired_at, token_nonce,"
+    " created_at, updated_at) VALUES (?, ?, ?, NULL, ?, '{}', '{}', ?, ?, ?, ?, ?, ?)"
 )
 EVENT_TUPLE_SQL = (
     "INSERT INTO inbox (provider, channel, dedupe_key, received_at, body, headers, query,"
@@ -62,7 +62,7 @@ STORED_HEADERS = json.dumps(
 
 @dataclass(frozen=True)
 class Target:
-    """A registered request the load hits: its callback token and its ids."""
+    """A registered request the load hits: its sendInfo token and its ids."""
 
     provider: str
     request_id: int
@@ -101,7 +101,8 @@ def request_params(
         "external_id": external_id_of(seed, provider, i),
         "document_id": document_id_of(seed, i),
         "state": state,
-        "token_hash": token_hash(token_for(secret_key, nonce)),
+        "token_hash": token_hash(return_token_for(secret_key, nonce)),
+        "sendinfo_hash": token_hash(sendinfo_token_for(secret_key, nonce)),
         "token_nonce": nonce,
         "now": now,
     }
@@ -141,7 +142,7 @@ def register(url: str, provider: str, count: int, *, secret_key: str, seed: str)
                     request_id=int(request_id),
                     external_id=str(external_id),
                     document_id=document_id_of(seed, i),
-                    token=token_for(secret_key, nonce_of(seed, i)),
+                    token=sendinfo_token_for(secret_key, nonce_of(seed, i)),
                 )
             )
     targets.sort(key=lambda t: t.request_id)
@@ -258,7 +259,9 @@ def _request_rows(
             external_id_of(seed, "okdokument", i),
             document_id_of(seed, i),
             "sent",
-            token_hash(token_for(secret_key, nonce)),
+            token_hash(return_token_for(secret_key, nonce)),
+            token_hash(sendinfo_token_for(secret_key, nonce)),
+            now,
             nonce,
             now,
             now,
@@ -337,7 +340,7 @@ def fill_sqlite(
             request_id=i + 1,
             external_id=external_id_of(seed, "okdokument", i),
             document_id=document_id_of(seed, i),
-            token=token_for(secret_key, nonce_of(seed, i)),
+            token=sendinfo_token_for(secret_key, nonce_of(seed, i)),
         )
         for i in chosen
     ]

@@ -22,6 +22,7 @@ from receiver.intake.router import HookRouter
 from receiver.logs import configure_logging, get_logger
 from receiver.pipeline.repoint import repoint_if_public_url_changed
 from receiver.pipeline.rules import RuleBook
+from receiver.pipeline.sendinfo_split import split_quietly
 from receiver.providers import Provider
 from receiver.settings import Settings, load_settings
 from receiver.store.db import open_database
@@ -102,6 +103,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await prepare_database(ctx)
         await ctx.start_providers()
+        await split_quietly(ctx)
         await repoint_quietly(ctx)
         worker = Worker(ctx) if with_worker else None
         if worker is not None:

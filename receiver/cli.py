@@ -166,8 +166,10 @@ def worker() -> None:
 
     async def run(ctx: Any) -> None:
         from receiver.app import repoint_quietly
+        from receiver.pipeline.sendinfo_split import split_quietly
 
         await ctx.start_providers()
+        await split_quietly(ctx)
         await repoint_quietly(ctx)
         runner = Worker(ctx)
         loop = asyncio.get_running_loop()
@@ -278,11 +280,20 @@ def requests_add(
         return answer
 
     from receiver.errors import InvalidAction
+    from receiver.pipeline.registration import RegistrationRefused
 
     try:
         _print_json(_run(_with_context(_settings(), run)))
     except InvalidAction as exc:
         _fail(f"invalid --defaults: {exc}")
+    except RegistrationRefused as exc:
+        options = {"documentId": "--document-id"}  # the API's field names, as options
+        _fail(
+            "cannot register: "
+            + "; ".join(
+                f"{options.get(f['field'], f['field'])}: {f['message']}" for f in exc.fields
+            )
+        )
 
 
 @requests.command("list")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from receiver.clock import Clock, system_clock
-from receiver.intake.tokens import token_for
+from receiver.intake.tokens import return_token_for, sendinfo_token_for
 from receiver.loadshare import Governor, IntakeLoad, Occupancy
 from receiver.metrics import Metrics
 from receiver.outbox.retry import RetryPolicy
@@ -43,8 +43,9 @@ class LruCache:
 
 @dataclass(frozen=True, slots=True)
 class CallbackUrls:
-    return_url: str  # the signer's browser comes back here (/return/<token>)
-    sendinfo_url: str | None  # OKdokument's server-to-server callback (/hooks/okdokument/<token>)
+    return_url: str  # the signer's browser comes back here (/return/<return token>)
+    # OKdokument's server-to-server callback (/hooks/okdokument/<sendInfo token>)
+    sendinfo_url: str | None
     webhook_url: str | None  # Firma's webhook endpoint (shared by every request)
 
     def as_dict(self) -> dict[str, str]:
@@ -68,7 +69,8 @@ class AppContext:
     clock: Clock = system_clock
     clients: dict[str, Any] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
-    # Token hash → the request's fixed fields, so a callback costs one write, not a read too.
+    # (route, token hash) → the request's fixed fields, so a callback costs one write, not a
+    # read too. Only credentials that never expire are kept (see receiver/intake/credentials.py).
     token_cache: LruCache = field(default_factory=lambda: LruCache(20_000))
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     intake_load: IntakeLoad = field(default_factory=IntakeLoad)
@@ -93,17 +95,22 @@ class AppContext:
             max_delay=s.retry_max_delay,
         )
 
-    def token(self, token_nonce: str) -> str:
-        return token_for(self.settings.secret_key.get_secret_value(), token_nonce)
+    def return_token(self, token_nonce: str) -> str:
+        return return_token_for(self.settings.secret_key.get_secret_value(), token_nonce)
+
+    def sendinfo_token(self, token_nonce: str) -> str:
+        return sendinfo_token_for(self.settings.secret_key.get_secret_value(), token_nonce)
 
     def callback_urls(
         self, provider: str, token_nonce: str, public_url: str | None = None
     ) -> CallbackUrls:
         base = (public_url or self.settings.public_url).rstrip("/")
-        token = self.token(token_nonce)
+        sendinfo_url = None
+        if provider == "okdokument":
+            sendinfo_url = f"{base}/hooks/okdokument/{self.sendinfo_token(token_nonce)}"
         return CallbackUrls(
-            return_url=f"{base}/return/{token}",
-            sendinfo_url=f"{base}/hooks/okdokument/{token}" if provider == "okdokument" else None,
+            return_url=f"{base}/return/{self.return_token(token_nonce)}",
+            sendinfo_url=sendinfo_url,
             webhook_url=f"{base}/hooks/firma" if provider == "firma" else None,
         )
 

@@ -18,6 +18,7 @@ from receiver.model import Action, SignatureRequest
 if TYPE_CHECKING:
     from receiver.context import AppContext
     from receiver.intake.router import Hook
+    from receiver.pipeline.registration import Registration
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +82,14 @@ class Provider:
     operations: Mapping[str, Operation] = field(default_factory=dict)
     # Checks a registration's provider defaults; raises InvalidAction with a clear message.
     validate_defaults: Callable[[Mapping[str, Any]], None] | None = None
+    # What this provider needs of a registration: (field, message) for each problem.
+    check_registration: Callable[[Registration], Sequence[tuple[str, str]]] | None = None
     # The action that points a still-open request's callback URLs at signback's current
     # public URL (None: nothing to re-point for it). ``key`` is the action key to use.
     repoint: Callable[[SignatureRequest, str], Action | None] | None = None
+    # The action that gives the provider this request's own sendInfo URL and changes nothing
+    # else, for requests registered before that URL had a token of its own (see
+    # receiver/pipeline/sendinfo_split.py). None: the provider has no sendInfo callback.
+    point_sendinfo: Callable[[SignatureRequest, str], Action] | None = None
     # Called once at start-up with the app context; returns a closer (for HTTP clients).
     start: Callable[[AppContext], Awaitable[Callable[[], Awaitable[None]]]] | None = None

@@ -32,13 +32,13 @@ def _redacted(url: str, token: str) -> str:
     return url.replace(token, "[token]")
 
 
-async def _load(ctx: AppContext, request_id: int, provider: str) -> tuple[Any, str]:
+async def _load(ctx: AppContext, request_id: int, provider: str) -> Any:
     row = await requests.get(ctx.db, request_id)
     if row is None:
         raise SignbackError(f"no request with id {request_id}")
     if row["provider"] != provider:
         raise SignbackError(f"request {request_id} is a {row['provider']} request")
-    return row, ctx.token(str(row["token_nonce"]))
+    return row
 
 
 async def okdokument(
@@ -50,12 +50,14 @@ async def okdokument(
     base_url: str | None = None,
 ) -> list[Sent]:
     """The sendInfo POST OKdokument makes, and/or the signer's browser coming back."""
-    row, token = await _load(ctx, request_id, "okdokument")
+    row = await _load(ctx, request_id, "okdokument")
+    nonce = str(row["token_nonce"])
     base = (base_url or ctx.settings.public_url).rstrip("/")
     document_id = row["document_id"] or "simulated-document"
     sent: list[Sent] = []
     async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as client:
         if state:
+            token = ctx.sendinfo_token(nonce)
             url = f"{base}/hooks/okdokument/{token}"
             body = {"state": state, "id": document_id, "signatureRequestId": row["external_id"]}
             response = await client.post(url, json=body)
@@ -78,6 +80,7 @@ async def okdokument(
                     "ts": int(time.time() * 1000),
                 }
             )
+            token = ctx.return_token(nonce)
             url = f"{base}/return/{token}?{query}"
             response = await client.get(url)
             answer = response.headers.get("location", response.text[:120])
@@ -149,7 +152,7 @@ async def firma(
     """A Firma webhook delivery, signed with the configured secret exactly as Firma signs."""
     from handlers.firma.signature import sign
 
-    row, _ = await _load(ctx, request_id, "firma")
+    row = await _load(ctx, request_id, "firma")
     settings = ctx.settings
     secrets = (
         settings.firma_workspace_secrets.get(workspace, [])

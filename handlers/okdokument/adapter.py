@@ -3,8 +3,10 @@
 sendInfo carries no signature (the docs require the endpoint to work without any
 authorization), so its body is a *claim*: unless confirmation is switched off, a state it
 reports is marked unconfirmed, and the confirm-before-acting rule checks it with the
-Document-info API. The confirmation comes back through the inbox on channel
-``confirmation`` and is what moves the request's state.
+Document-info API, about the document registered for the request (never one the body
+names). The confirmation comes back through the inbox on channel ``confirmation`` and is
+what moves the request's state. When Document info says ``errorsendinfo`` instead, the same
+channel brings a ``delivery.failed`` fact, with an event id of its own: it confirms nothing.
 """
 
 from __future__ import annotations
@@ -51,12 +53,13 @@ def normalize(callback: StoredCallback, *, confirm_claims: bool = True) -> Norma
     if callback.channel == "confirmation":
         # Made by signback from Document info: the provider's own answer, so confirmed.
         confirms = _text(payload, "confirms")
+        prefix = "delivery-failed" if kind is EventKind.DELIVERY_FAILED else "confirmation"
         return NormalizedEvent(
             provider=PROVIDER,
             kind=kind,
             provider_type=f"documentinfo:{state}",
             external_id=_text(payload, "signatureRequestId"),
-            event_id=f"confirmation-{confirms}" if confirms else None,
+            event_id=f"{prefix}-{confirms}" if confirms else None,
             confirmed=True,
             details={**details, "confirms": confirms},
             raw=payload,

@@ -57,57 +57,105 @@ async def patch_signature_request(
 async def confirm_document_state(
     ctx: AppContext, request: SignatureRequest, payload: Mapping[str, Any]
 ) -> Outcome:
-    """Rule (b): ask Document info whether the callback's claim is true before acting."""
+    """Rule (b): ask Document info whether the callback's claim is true before acting.
+
+    Only the document registered for the request is asked about: a ``document_id`` in the
+    payload (earlier versions copied the callback body's ``id`` there) is ignored, and the
+    answer counts only if it is about that very document. Only the claimed state confirms
+    the claim. ``errorsendinfo`` (OKdokument could not deliver a sendInfo callback) is
+    recorded as a ``delivery.failed`` fact and the question is asked again later, under the
+    outbox's retry policy: Document info can lag behind the callback. Any other state means
+    the claim is not confirmed: the action is skipped, saying why.
+    """
     claimed = str(payload.get("claimed_state", ""))
-    document_id = payload.get("document_id") or request.document_id
     confirms = str(payload.get("confirms", ""))
-    if not isinstance(document_id, str) or not document_id:
-        raise InvalidAction("no document id to confirm with (register it with document_id)")
+    document_id = request.document_id
+    if not document_id:
+        raise InvalidAction(
+            "this request was registered without a documentId, so there is no document to "
+            "confirm the claim with; nothing was acted on (register requests with their "
+            "documentId, or set SIGNBACK_OKDOKUMENT_CONFIRM_CALLBACKS=false)"
+        )
     response = await _client(ctx).document_metadata(document_id)
     if response.status_code != 200:
         return from_response(response, now=ctx.clock(), message=provider_message)
     try:
         info = response.json()
-        actual = str(info.get("state", ""))
-    except (ValueError, AttributeError):
+    except ValueError:
+        info = None
+    if not isinstance(info, dict):
         return Outcome(
             ok=False,
             status_code=200,
-            message="Document info answer is not JSON",
+            message="Document info answer is not a JSON object",
             response_excerpt=excerpt(response),
         )
-    if actual != claimed and actual != "errorsendinfo":
+    about = info.get("id")
+    if not isinstance(about, str) or about != document_id:
         return Outcome(
-            ok=True,
-            skipped=True,
+            ok=False,
+            final=True,
             status_code=200,
             message=(
-                f"not confirmed: OKdokument says the document is {actual!r}, the callback "
-                f"claimed {claimed!r}; nothing was acted on"
+                f"not confirmed: Document info answered about document {_short(about)}, not "
+                f"this request's {document_id!r}; nothing was acted on"
             ),
             response_excerpt=excerpt(response),
         )
-    # errorsendinfo: OKdokument failed to reach us; that is recorded, but it confirms nothing.
-    body = {
+    actual = info.get("state")
+    fact = {
         "state": actual,
         "id": document_id,
         "signatureRequestId": request.external_id,
         "confirms": confirms,
         "claimed_state": claimed,
     }
+    if actual == "errorsendinfo":
+        return Outcome(
+            ok=False,
+            status_code=200,
+            message=(
+                f"not confirmed yet: OKdokument says the document is 'errorsendinfo' (it could "
+                f"not deliver a sendInfo callback), the callback claimed {claimed!r}; asking "
+                "again later"
+            ),
+            response_excerpt=excerpt(response),
+            # Its own key: recorded once per claim, and it cannot use up the confirmation's.
+            follow_up=[_fact(request, fact, f"delivery-failed:{confirms}")],
+        )
+    if actual != claimed:
+        return Outcome(
+            ok=True,
+            skipped=True,
+            status_code=200,
+            message=(
+                f"not confirmed: OKdokument says the document is {_short(actual)}, the "
+                f"callback claimed {claimed!r}; nothing was acted on"
+            ),
+            response_excerpt=excerpt(response),
+        )
     return Outcome(
         ok=True,
         status_code=200,
         response_excerpt=excerpt(response),
-        follow_up=[
-            FollowUpEvent(
-                provider="okdokument",
-                channel="confirmation",
-                body=json.dumps(body).encode(),
-                dedupe_key=f"confirmation:{confirms}",
-                request_id=request.id,
-            )
-        ],
+        follow_up=[_fact(request, fact, f"confirmation:{confirms}")],
+    )
+
+
+def _short(value: Any) -> str:
+    """A provider's value for a message: quoted, and cut short."""
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _fact(request: SignatureRequest, body: Mapping[str, Any], dedupe_key: str) -> FollowUpEvent:
+    """What Document info said, fed back to the inbox on channel ``confirmation``."""
+    return FollowUpEvent(
+        provider="okdokument",
+        channel="confirmation",
+        body=json.dumps(body).encode(),
+        dedupe_key=dedupe_key,
+        request_id=request.id,
     )
 
 

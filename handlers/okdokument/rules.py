@@ -31,6 +31,13 @@ def repoint(request: SignatureRequest, key: str) -> Action | None:
     return point_at_signback(key)
 
 
+def point_sendinfo(request: SignatureRequest, key: str) -> Action:
+    """Give OKdokument the request's own sendInfo URL (a request registered while one token
+    served both URLs). Only ``sendInfoURL``: the result URL has not changed, and it may
+    point at the retry page by now (rule c)."""
+    return Action(PATCH, {"sendInfoURL": "{signback.sendinfo_url}"}, key=key)
+
+
 @rule(
     EventKind.REQUEST_COMPLETED,
     EventKind.REQUEST_CANCELLED,
@@ -39,14 +46,13 @@ def repoint(request: SignatureRequest, key: str) -> Action | None:
     enabled_setting="okdokument_confirm_callbacks",
 )
 def confirm_before_acting(event: NormalizedEvent, request: SignatureRequest) -> Iterator[Action]:
-    """(b) sendInfo is unsigned: check its claim with Document info before anything acts."""
+    """(b) sendInfo is unsigned: check its claim with Document info before anything acts.
+
+    The document asked about is the one registered for the request, read when the action
+    runs; the callback's body has no say in it (so the payload carries no document id)."""
     yield Action(
         CONFIRM,
-        {
-            "claimed_state": event.details.get("document_state"),
-            "document_id": event.details.get("document_id") or request.document_id,
-            "confirms": event.event_id,
-        },
+        {"claimed_state": event.details.get("document_state"), "confirms": event.event_id},
         key=f"confirm:{event.event_id}",
     )
 

@@ -21,7 +21,7 @@ from receiver.context import AppContext
 from receiver.errors import InvalidAction
 from receiver.metrics import CONTENT_TYPE
 from receiver.model import RequestState, SignatureRequest
-from receiver.pipeline.registration import Registration, register
+from receiver.pipeline.registration import Registration, RegistrationRefused, register
 from receiver.store import inbox, outbox, requests
 from receiver.store.db.base import Row
 
@@ -213,19 +213,22 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
                 return error(
                     422, "invalid request", fields=[{"field": "defaults", "message": exc.message}]
                 )
-        registered = await register(
-            ctx,
-            Registration(
-                provider=body.provider,
-                external_id=body.signature_request_id,
-                document_id=body.document_id,
-                reference=body.reference,
-                return_url=str(body.return_url) if body.return_url else None,
-                retry_url=str(body.retry_url) if body.retry_url else None,
-                metadata=body.metadata,
-                defaults=body.defaults,
-            ),
-        )
+        try:
+            registered = await register(
+                ctx,
+                Registration(
+                    provider=body.provider,
+                    external_id=body.signature_request_id,
+                    document_id=body.document_id,
+                    reference=body.reference,
+                    return_url=str(body.return_url) if body.return_url else None,
+                    retry_url=str(body.retry_url) if body.retry_url else None,
+                    metadata=body.metadata,
+                    defaults=body.defaults,
+                ),
+            )
+        except RegistrationRefused as exc:
+            return error(422, "invalid request", fields=exc.fields)
         answer = request_json(registered.request, registered.urls.as_dict())
         if not registered.created:
             return JSONResponse({"error": "already registered", "request": answer}, status_code=409)

@@ -12,41 +12,13 @@ from receiver.context import AppContext
 from receiver.errors import CallbackRejected
 from receiver.intake import pages
 from receiver.intake.ack import body_key, store
-from receiver.intake.tokens import looks_like_token, same_hash, token_hash
+from receiver.intake.credentials import find_by_return_token
 from receiver.logs import get_logger
-from receiver.store import requests
-from receiver.store.db.base import Row
 from receiver.store.migrate import current_revision, head_revision
 
 log = get_logger("signback.web")
 
 MAX_QUERY = 4096
-# What the callback routes read from a token's request: all fixed at registration.
-TOKEN_ROW_FIELDS = ("id", "provider", "external_id", "return_url", "retry_url", "token_hash")
-
-
-async def find_by_token(ctx: AppContext, token: str) -> Row | None:
-    """The request a callback token belongs to, or None. The token itself is never logged.
-
-    Raises CallbackRejected(503) when the database cannot answer, so callers never 500."""
-    if not looks_like_token(token):
-        return None
-    digest = token_hash(token)
-    cached = ctx.token_cache.get(digest)
-    if cached is not None:
-        return cached
-    try:
-        row = await requests.by_token_hash(ctx.db, digest)
-    except Exception as exc:
-        log.error("cannot look up a callback token", error=f"{type(exc).__name__}: {exc}")
-        raise CallbackRejected("temporarily unable to look up this URL; please retry", 503) from exc
-    if row is None or not same_hash(str(row["token_hash"]), digest):
-        return None
-    # Only fields that never change after registration are kept (no state), and callers get
-    # the same shape whether the answer came from the cache or the database.
-    fixed = {k: row[k] for k in TOKEN_ROW_FIELDS}
-    ctx.token_cache.put(digest, fixed)
-    return fixed
 
 
 def routes(ctx: AppContext) -> list[BaseRoute]:
@@ -73,7 +45,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
     async def signer_return(request: Request) -> Response:
         """OKdokument's resulturl (and Firma's completion redirect): a person's browser."""
         try:
-            row = await find_by_token(ctx, request.path_params["token"])
+            row = await find_by_return_token(ctx, request.path_params["token"])
         except CallbackRejected:
             return pages.page(
                 "Please try again in a moment",

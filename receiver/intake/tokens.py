@@ -1,9 +1,18 @@
 """Per-request callback tokens: the URL is the credential (OKdokument sends no signature).
 
-A token is ``HMAC-SHA256(secret_key, nonce)`` (256 bits, URL-safe base64). The database keeps
-only the random nonce and ``SHA-256(token)``: a copy of the database does not reveal any
+Each request has two tokens, one per URL, both ``HMAC-SHA256(secret_key, label + nonce)``
+(256 bits, URL-safe base64) with a label of their own:
+
+- the **return token** opens ``/return/<token>``, the page OKdokument (and Firma) send the
+  signer's *browser* to. Every signer sees it, so it must open nothing else.
+- the **sendInfo token** opens ``/hooks/okdokument/<token>``, OKdokument's server-to-server
+  callback. It only ever goes to OKdokument (in a PATCH), never to a browser.
+
+The return token keeps the label of the single token signback used to hand out for both
+URLs, so return links given to signers before the split keep working. The database keeps
+only the random nonce and ``SHA-256`` of each token: a copy of the database reveals no
 callback URL, yet signback can rebuild a request's URLs when its public address changes.
-Lookups go through the hash, and the hash is compared with ``hmac.compare_digest``.
+Lookups go through a hash, and the hash is compared with ``hmac.compare_digest``.
 """
 
 from __future__ import annotations
@@ -16,15 +25,29 @@ import secrets
 
 TOKEN_BYTES = 32
 _TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")
+# Never change these: stored nonces must keep giving the same URLs. "callback-token:" is the
+# label of the token that once opened both routes; it now derives the return token only.
+RETURN_LABEL = b"callback-token:"
+SENDINFO_LABEL = b"sendinfo-token:"
 
 
 def new_nonce() -> str:
     return secrets.token_hex(16)
 
 
-def token_for(secret_key: str, nonce: str) -> str:
-    digest = hmac.new(secret_key.encode(), b"callback-token:" + nonce.encode(), hashlib.sha256)
+def _derive(secret_key: str, label: bytes, nonce: str) -> str:
+    digest = hmac.new(secret_key.encode(), label + nonce.encode(), hashlib.sha256)
     return base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode("ascii")
+
+
+def return_token_for(secret_key: str, nonce: str) -> str:
+    """The token of ``/return/<token>`` (the signer's browser)."""
+    return _derive(secret_key, RETURN_LABEL, nonce)
+
+
+def sendinfo_token_for(secret_key: str, nonce: str) -> str:
+    """The token of ``/hooks/okdokument/<token>`` (OKdokument's sendInfo callback)."""
+    return _derive(secret_key, SENDINFO_LABEL, nonce)
 
 
 def token_hash(token: str) -> str:

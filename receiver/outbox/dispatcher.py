@@ -22,6 +22,7 @@ from receiver import jsonutil
 from receiver.aio import sleep_or_stop
 from receiver.context import AppContext, CallbackUrls
 from receiver.errors import InvalidAction
+from receiver.intake.tokens import token_hash
 from receiver.logs import get_logger
 from receiver.providers import Outcome
 from receiver.store import inbox, outbox, requests
@@ -37,6 +38,7 @@ PLACEHOLDERS = {
     "{signback.webhook_url}": "webhook_url",
 }
 PLACEHOLDER_MARK = "{signback."
+SENDINFO_PLACEHOLDER = "{signback.sendinfo_url}"
 
 
 class _Unknown:
@@ -232,6 +234,10 @@ class Dispatcher:
                 error=error,
                 worker=ctx.worker_id,
             )
+            if held and decision.status == "done" and SENDINFO_PLACEHOLDER in str(row["payload"]):
+                # The provider now calls the request's own sendInfo URL: a token it used before
+                # (shared with the signer's return URL, see credentials.py) stops opening it.
+                await requests.retire_shared_token(tx, int(row["request_id"]), now=now)
             if held:
                 for follow_up in outcome.follow_up:
                     await inbox.insert(
@@ -318,10 +324,25 @@ class Dispatcher:
         if request_row is None:
             return Outcome(ok=False, final=True, message="the signature request is gone")
         request = requests.from_row(request_row)
+        if request_row.get("sendinfo_hash") is None and SENDINFO_PLACEHOLDER in str(row["payload"]):
+            # Written before the sendInfo token existed and not yet completed at start-up (an
+            # older process registered it during a rolling deploy): store the hash before the
+            # URL goes out, or the provider's callbacks to it would find no request.
+            try:
+                digest = token_hash(ctx.sendinfo_token(str(request_row["token_nonce"])))
+                async with ctx.db.transaction() as tx:
+                    await requests.set_sendinfo_hash(tx, request.id, digest, retire_shared_at=None)
+            except Exception as exc:  # nothing was sent: try again soon, without counting it
+                return Outcome(
+                    ok=False,
+                    deferred=True,
+                    retry_after=1.0,
+                    message=f"database unavailable: {type(exc).__name__}",
+                )
         try:
             text = str(row["payload"])
             payload = jsonutil.loads(text)
-            if PLACEHOLDER_MARK in text:  # the callback token is derived only when needed
+            if PLACEHOLDER_MARK in text:  # the callback tokens are derived only when needed
                 urls = ctx.callback_urls(request.provider, str(request_row["token_nonce"]))
                 payload = resolve_placeholders(payload, urls)
             return await operation(ctx, request, payload)

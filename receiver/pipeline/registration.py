@@ -4,11 +4,12 @@ arrived for it before it was registered."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from receiver.context import AppContext, CallbackUrls
+from receiver.errors import SignbackError
 from receiver.events import EventKind, NormalizedEvent
 from receiver.intake.tokens import new_nonce, token_hash
 from receiver.jsonutil import dumps
@@ -31,6 +32,22 @@ class Registration:
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
+class RegistrationRefused(SignbackError):
+    """The registration is incomplete for its provider; ``fields`` says what is missing."""
+
+    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
+        self.fields = [{"field": name, "message": message} for name, message in problems]
+        super().__init__("; ".join(f"{name}: {message}" for name, message in problems))
+
+
+def registration_problems(ctx: AppContext, data: Registration) -> list[tuple[str, str]]:
+    """(field, message) for each thing the request's provider needs and did not get."""
+    provider = ctx.providers.get(data.provider)
+    if provider is None or provider.check_registration is None:
+        return []
+    return list(provider.check_registration(data))
+
+
 @dataclass(frozen=True)
 class Registered:
     request: SignatureRequest
@@ -41,6 +58,16 @@ class Registered:
 
 
 async def register(ctx: AppContext, data: Registration) -> Registered:
+    """Store the request (or find it registered already). Raises RegistrationRefused, before
+    anything is stored, when its provider needs more (every caller gets the same rules)."""
+    if problems := registration_problems(ctx, data):
+        log.info(
+            "registration refused",
+            provider=data.provider,
+            fields=[name for name, _ in problems],
+            reason="; ".join(message for _, message in problems),
+        )
+        raise RegistrationRefused(problems)
     now = ctx.clock()
     nonce = new_nonce()
     async with ctx.db.transaction() as tx:
@@ -57,7 +84,8 @@ async def register(ctx: AppContext, data: Registration) -> Registered:
             retry_url=data.retry_url,
             metadata=data.metadata,
             defaults=data.defaults,
-            token_hash=token_hash(ctx.token(nonce)),
+            token_hash=token_hash(ctx.return_token(nonce)),
+            sendinfo_hash=token_hash(ctx.sendinfo_token(nonce)),
             token_nonce=nonce,
             now=now,
         )

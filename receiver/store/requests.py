@@ -11,7 +11,8 @@ from receiver.store.db.base import Database, Row, Transaction, in_list
 
 COLUMNS = (
     "id, provider, external_id, document_id, reference, state, provider_status, return_url, "
-    "retry_url, metadata, defaults, token_nonce, created_at, updated_at"
+    "retry_url, metadata, defaults, token_nonce, created_at, updated_at, sendinfo_hash, "
+    "shared_token_retired_at"
 )
 
 
@@ -50,15 +51,20 @@ async def insert(
     metadata: Mapping[str, Any],
     defaults: Mapping[str, Any],
     token_hash: str,
+    sendinfo_hash: str,
     token_nonce: str,
     now: float,
 ) -> Row | None:
-    """Insert; None when (provider, external_id) is already registered."""
+    """Insert; None when (provider, external_id) is already registered.
+
+    ``token_hash`` is the return token's hash, ``sendinfo_hash`` the sendInfo token's. A new
+    request never had a shared token: it is retired from the start."""
     return await tx.fetch_one(
         "INSERT INTO signature_requests (provider, external_id, document_id, reference, state,"
-        " return_url, retry_url, metadata, defaults, token_hash, token_nonce, created_at,"
-        " updated_at) VALUES (:provider, :external_id, :document_id, :reference, :state,"
-        " :return_url, :retry_url, :metadata, :defaults, :token_hash, :token_nonce, :now, :now)"
+        " return_url, retry_url, metadata, defaults, token_hash, sendinfo_hash,"
+        " shared_token_retired_at, token_nonce, created_at, updated_at) VALUES (:provider,"
+        " :external_id, :document_id, :reference, :state, :return_url, :retry_url, :metadata,"
+        " :defaults, :token_hash, :sendinfo_hash, :now, :token_nonce, :now, :now)"
         f" ON CONFLICT DO NOTHING RETURNING {COLUMNS}",
         {
             "provider": provider,
@@ -71,6 +77,7 @@ async def insert(
             "metadata": dumps(dict(metadata)),
             "defaults": dumps(dict(defaults)),
             "token_hash": token_hash,
+            "sendinfo_hash": sendinfo_hash,
             "token_nonce": token_nonce,
             "now": now,
         },
@@ -102,11 +109,57 @@ async def by_external_id(
     )
 
 
-async def by_token_hash(db: Database | Transaction, token_hash: str) -> Row | None:
+async def by_return_hash(db: Database | Transaction, digest: str) -> Row | None:
+    """The request whose return token (``/return/<token>``) hashes to ``digest``."""
     return await db.fetch_one(
         f"SELECT {COLUMNS}, token_hash FROM signature_requests WHERE token_hash = :h",
-        {"h": token_hash},
+        {"h": digest},
     )
+
+
+async def by_sendinfo_hash(db: Database | Transaction, digest: str) -> Row | None:
+    """The request whose sendInfo token hashes to ``digest``, or, while its shared token is
+    not retired yet, whose return token does (a request registered before the two were
+    split, whose OKdokument round may still call the old URL). The caller tells the two
+    apart by comparing ``sendinfo_hash``. One query, one probe of each unique index."""
+    return await db.fetch_one(
+        f"SELECT {COLUMNS}, token_hash FROM signature_requests WHERE sendinfo_hash = :h"
+        " OR (token_hash = :h AND shared_token_retired_at IS NULL)",
+        {"h": digest},
+    )
+
+
+async def without_sendinfo_hash(tx: Transaction, *, limit: int, lock: str = "") -> list[Row]:
+    """Rows written before the sendInfo token existed, oldest first. ``lock``: the database's
+    ``{skip_locked}``, so that processes starting at once share the rows out."""
+    return await tx.fetch_all(
+        f"SELECT {COLUMNS} FROM signature_requests WHERE sendinfo_hash IS NULL"
+        f" ORDER BY id LIMIT :limit {lock}",
+        {"limit": limit},
+    )
+
+
+async def set_sendinfo_hash(
+    tx: Transaction, request_id: int, digest: str, *, retire_shared_at: float | None
+) -> bool:
+    """Store a row's sendInfo token hash (once); ``retire_shared_at`` also retires its shared
+    token. False if another process was first."""
+    changed = await tx.execute(
+        "UPDATE signature_requests SET sendinfo_hash = :h, shared_token_retired_at ="
+        " COALESCE(shared_token_retired_at, :retired) WHERE id = :id AND sendinfo_hash IS NULL",
+        {"h": digest, "retired": retire_shared_at, "id": request_id},
+    )
+    return changed > 0
+
+
+async def retire_shared_token(tx: Transaction, request_id: int, *, now: float) -> bool:
+    """From now on only the sendInfo token opens this request's sendInfo route."""
+    changed = await tx.execute(
+        "UPDATE signature_requests SET shared_token_retired_at = :now"
+        " WHERE id = :id AND shared_token_retired_at IS NULL",
+        {"now": now, "id": request_id},
+    )
+    return changed > 0
 
 
 async def set_state(

@@ -62,7 +62,12 @@ def test_sigterm_finishes_or_hands_back_in_flight_calls(tmp_path: Path, grace: s
         serve.wait_http(f"{url}/healthz")
         with httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as api:
             created = api.post(
-                "/api/requests", json={"provider": "okdokument", "signatureRequestId": "sr-t"}
+                "/api/requests",
+                json={
+                    "provider": "okdokument",
+                    "signatureRequestId": "sr-t",
+                    "documentId": "doc-t",
+                },
             )
             assert created.status_code == 201
         wait_until(

@@ -221,7 +221,9 @@ def test_a_shutdown_that_runs_out_of_time_answers_a_waiting_callback(
     stopper = threading.Thread(target=serving.__exit__, args=(None, None, None))
     try:
         r = Receiver(url, settings)
-        registered = r.register(provider="okdokument", signatureRequestId="sr-1")
+        registered = r.register(
+            provider="okdokument", signatureRequestId="sr-1", documentId="doc-1"
+        )
         path = str(registered["callback_urls"]["sendinfo_url"]).removeprefix(url)
         with socket.create_connection(("127.0.0.1", sock.getsockname()[1]), timeout=10) as c:
             c.sendall(post(path, GOOD)[:-5])
@@ -270,7 +272,9 @@ def test_callbacks_really_take_the_short_path(
 
     monkeypatch.setattr(hook_protocol.CallbackCycle, "run_asgi", counted)
     with running_receiver(make_sqlite_settings, okdokument_base_url="http://127.0.0.1:9") as r:
-        registered = r.register(provider="okdokument", signatureRequestId="sr-1")
+        registered = r.register(
+            provider="okdokument", signatureRequestId="sr-1", documentId="doc-1"
+        )
         path = str(registered["callback_urls"]["sendinfo_url"]).removeprefix(r.url)
         answers, _ = exchange(r, post(path, GOOD) + GET_HEALTH + post("/hooks/x", GOOD), answers=3)
     assert [a.status for a in answers] == [200, 200, 404]

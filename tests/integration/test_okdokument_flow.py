@@ -244,7 +244,9 @@ def test_a_final_error_leaves_the_action_dead_with_the_providers_message(
     receiver: Receiver, okd: tuple[str, FakeOkdokument]
 ) -> None:
     _url, fake = okd  # "sr-unknown" is not known to the emulator: 400 View ID does not exist
-    registered = receiver.register(provider="okdokument", signatureRequestId="sr-unknown")
+    registered = receiver.register(
+        provider="okdokument", signatureRequestId="sr-unknown", documentId="doc-unknown"
+    )
     attach = receiver.wait_for_actions(registered["id"], settled=1)[0]
     assert attach["status"] == "dead"
     assert attach["attempts"] == 1  # 400 is final: no retries

@@ -176,7 +176,9 @@ def test_browser_return_redirects_to_the_registered_pages(
 
 
 def test_browser_return_without_a_return_url_shows_a_page(receiver: Receiver) -> None:
-    registered = receiver.register(provider="okdokument", signatureRequestId="sr-page")
+    registered = receiver.register(
+        provider="okdokument", signatureRequestId="sr-page", documentId="doc-page"
+    )
     with receiver.client() as client:
         page = client.get(return_path(registered, receiver), params={"result": "success"})
     assert page.status_code == 200
@@ -191,7 +193,9 @@ def test_a_store_outage_is_a_503_not_a_500(make_sqlite_settings: Callable[..., S
     with running_receiver(
         make_sqlite_settings, okdokument_base_url="http://127.0.0.1:9", sqlite_busy_timeout_ms=200
     ) as r:
-        registered = r.register(provider="okdokument", signatureRequestId="sr-1")
+        registered = r.register(
+            provider="okdokument", signatureRequestId="sr-1", documentId="doc-1"
+        )
         path = r.settings.database_url.removeprefix("sqlite:///")
         blocker = sqlite3.connect(path, timeout=0.1, isolation_level=None)
         blocker.execute("BEGIN EXCLUSIVE")  # readers and writers now wait, then give up

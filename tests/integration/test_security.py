@@ -136,6 +136,7 @@ ATTACKS: tuple[str, ...] = (
     "wrong_content_type",
     "missing_content_type",
     "wrong_method",
+    "foreign_body",  # a genuine credential, but the body speaks of another request/document
 )
 
 OKDOKUMENT_HAS_NO_SIGNATURE = (
@@ -248,6 +249,10 @@ FIRMA_MALFORMED: Mapping[str, tuple[Malformed, str]] = {
 
 class FirmaCase(Case):
     name = "firma"
+    skipped: ClassVar[Mapping[str, str]] = {
+        "foreign_body": "a Firma signature covers the whole body and belongs to the account,"
+        " not to one request: there is no per-request credential for a body to disagree with",
+    }
     variants: ClassVar[Mapping[str, tuple[str, ...]]] = {
         "malformed_signature": tuple(FIRMA_MALFORMED),
         "bad_signature": ("unknown_secret", "other_body", "other_timestamp", "flipped_digit"),
@@ -360,7 +365,14 @@ class OkdokumentCase(Case):
         "old_secret_header": OKDOKUMENT_HAS_NO_SIGNATURE,
     }
     variants: ClassVar[Mapping[str, tuple[str, ...]]] = {
-        "bad_signature": ("forged_token", "other_requests_token", "token_case_changed"),
+        "bad_signature": (
+            "forged_token",
+            "other_requests_token",
+            "token_case_changed",
+            # What the signer's browser holds (/return/<token>) opens no intake route.
+            "return_token",
+            "other_requests_return_token",
+        ),
         "missing_signature": ("no_token", "short_token", "one_character"),
         "malformed_signature": (
             "42_characters",
@@ -373,25 +385,30 @@ class OkdokumentCase(Case):
         "oversized_body": ("content_length", "chunked"),
         "wrong_content_type": ("text/plain", "application/x-www-form-urlencoded", "text/html"),
         "wrong_method": ("GET", "PUT", "DELETE"),
+        "foreign_body": ("other_document", "document_not_text"),
     }
 
     def __init__(self, target: Intake) -> None:
         super().__init__(target)
         self.sr_id = f"sr-{uuid.uuid4().hex[:8]}"
-        self.path = self.register(self.sr_id).removeprefix(target.url)
+        urls = self.register(self.sr_id)
+        self.path = urls["sendinfo_url"].removeprefix(target.url)
         self.token = self.path.rsplit("/", 1)[1]
+        self.return_token = urls["return_url"].rsplit("/", 1)[1]
 
-    def register(self, sr_id: str) -> str:
-        """Register a request; its sendInfo URL."""
+    def register(self, sr_id: str) -> dict[str, str]:
+        """Register a request; its callback URLs."""
         response = self.target.admin.post(
-            "/api/requests", json={"provider": "okdokument", "signatureRequestId": sr_id}
+            "/api/requests",
+            json={"provider": "okdokument", "signatureRequestId": sr_id, "documentId": "doc-1"},
         )
         assert response.status_code == 201, response.text
-        return str(response.json()["callback_urls"]["sendinfo_url"])
+        urls: dict[str, str] = response.json()["callback_urls"]
+        return urls
 
-    def other_token(self) -> str:
+    def other_token(self, url: str = "sendinfo_url") -> str:
         """The genuine token of another registered request."""
-        return self.register(self.sr_id + "-other").rsplit("/", 1)[1]
+        return self.register(self.sr_id + "-other")[url].rsplit("/", 1)[1]
 
     def body(self, state: str = "signed") -> bytes:
         return json.dumps(
@@ -408,6 +425,18 @@ class OkdokumentCase(Case):
         body = self.body()
         genuine = Attempt(self.path, body, {"content-type": JSON})
         json_headers = {"content-type": JSON}
+        if attack == "foreign_body":
+            # The request's own sendInfo URL, but a body naming another document: refused, so
+            # the body cannot choose what Document info is asked about.
+            other, status, reason = {
+                "other_document": ("doc-of-someone-else", 409, "not the document registered"),
+                "document_not_text": (1, 400, "must be a string"),
+            }[variant]
+            forged = json.loads(body)
+            forged["id"] = other
+            return Attempt(
+                self.path, json.dumps(forged).encode(), json_headers, status=status, reason=reason
+            ), genuine
         if attack in ("bad_signature", "missing_signature", "malformed_signature"):
             if variant == "other_requests_token":
                 return Attempt(
@@ -421,6 +450,8 @@ class OkdokumentCase(Case):
                 # The right shape, but no request has it.
                 "forged_token": self.token[:-4] + ("AAAA" if self.token[-4:] != "AAAA" else "BBBB"),
                 "token_case_changed": self.token.swapcase(),
+                "return_token": self.return_token,
+                "other_requests_return_token": self.other_token("return_url"),
                 "no_token": "",
                 "short_token": "short",
                 "one_character": "x",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from receiver.intake.middleware import loggable_path
-from receiver.intake.tokens import token_for
+from receiver.intake.tokens import return_token_for
 
-TOKEN = token_for("k" * 32, "0123456789abcdef0123456789abcdef")
+TOKEN = return_token_for("k" * 32, "0123456789abcdef0123456789abcdef")
 
 
 @pytest.mark.parametrize(

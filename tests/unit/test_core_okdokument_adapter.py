@@ -77,7 +77,9 @@ def test_confirmation_is_always_confirmed(state: str, confirm_claims: bool) -> N
     assert event.kind == EXPECTED_KINDS[state]
     assert event.confirmed is True
     assert event.provider_type == f"documentinfo:{state}"
-    assert event.event_id == "confirmation-42"
+    # errorsendinfo confirms nothing: it is a delivery-failed fact with an event id of its own.
+    prefix = "delivery-failed" if state == "errorsendinfo" else "confirmation"
+    assert event.event_id == f"{prefix}-42"
     assert event.external_id == "SR-1"
     assert event.details == {"document_state": state, "document_id": "DOC-1", "confirms": "42"}
     assert event.raw == body

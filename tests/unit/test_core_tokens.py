@@ -6,10 +6,18 @@ import hashlib
 import itertools
 import re
 import string
+from collections.abc import Callable
 
 import pytest
 
-from receiver.intake.tokens import looks_like_token, new_nonce, same_hash, token_for, token_hash
+from receiver.intake.tokens import (
+    looks_like_token,
+    new_nonce,
+    return_token_for,
+    same_hash,
+    sendinfo_token_for,
+    token_hash,
+)
 
 SECRET = "k" * 32
 NONCE = "0123456789abcdef0123456789abcdef"
@@ -24,24 +32,34 @@ NONCES = [NONCE, "0123456789abcdef0123456789abcdee", new_nonce(), "", "x"]
 
 
 def test_token_derivation_is_pinned() -> None:
-    # HMAC-SHA256(secret, "callback-token:" + nonce), URL-safe base64 without padding.
-    # Stored nonces must keep giving the same URLs: this value must never change.
-    assert token_for(SECRET, NONCE) == "c6qqmRGAqqwY8R8uRoF7_pGKl1krHzBRWoCrDjcBxw8"
+    # HMAC-SHA256(secret, label + nonce), URL-safe base64 without padding. Stored nonces must
+    # keep giving the same URLs: these values must never change. The return token is the
+    # token that, before the split, opened both routes: return links handed out stay valid.
+    assert return_token_for(SECRET, NONCE) == "c6qqmRGAqqwY8R8uRoF7_pGKl1krHzBRWoCrDjcBxw8"
+    assert sendinfo_token_for(SECRET, NONCE) == "Hl4sId4mKh8uWwt10Pvsz8njyLbw_8xAFPtIBJ_16BE"
 
 
+DERIVATIONS = [return_token_for, sendinfo_token_for]
+
+
+@pytest.mark.parametrize("derive", DERIVATIONS)
 @pytest.mark.parametrize(("secret", "nonce"), list(itertools.product(SECRETS, NONCES)))
-def test_token_shape_and_determinism(secret: str, nonce: str) -> None:
-    token = token_for(secret, nonce)
+def test_token_shape_and_determinism(
+    derive: Callable[[str, str], str], secret: str, nonce: str
+) -> None:
+    token = derive(secret, nonce)
 
     assert len(token) == 43
     assert set(token) <= URL_SAFE
     assert looks_like_token(token)
-    assert token_for(secret, nonce) == token
+    assert derive(secret, nonce) == token
 
 
-def test_tokens_differ_per_secret_and_per_nonce() -> None:
-    tokens = {token_for(s, n) for s, n in itertools.product(SECRETS, NONCES)}
-    assert len(tokens) == len(SECRETS) * len(NONCES)
+def test_tokens_differ_per_secret_per_nonce_and_per_route() -> None:
+    # Every (secret, nonce, route) gives its own token: in particular no request's return
+    # token (which every signer's browser sees) is any request's sendInfo token.
+    tokens = {d(s, n) for d in DERIVATIONS for s, n in itertools.product(SECRETS, NONCES)}
+    assert len(tokens) == len(DERIVATIONS) * len(SECRETS) * len(NONCES)
 
 
 @pytest.mark.parametrize(
@@ -54,7 +72,8 @@ def test_tokens_differ_per_secret_and_per_nonce() -> None:
     ],
 )
 def test_near_misses_give_other_tokens(first: tuple[str, str], second: tuple[str, str]) -> None:
-    assert token_for(*first) != token_for(*second)
+    for derive in DERIVATIONS:
+        assert derive(*first) != derive(*second)
 
 
 def test_new_nonce_is_random_hex() -> None:
@@ -103,7 +122,7 @@ def test_token_hash_known_values(token: str, expected: str) -> None:
 
 @pytest.mark.parametrize("nonce", NONCES)
 def test_token_hash_is_sha256_hex_of_the_token(nonce: str) -> None:
-    token = token_for(SECRET, nonce)
+    token = return_token_for(SECRET, nonce)
     digest = token_hash(token)
 
     assert digest == hashlib.sha256(token.encode()).hexdigest()
@@ -126,3 +145,20 @@ def test_token_hash_is_sha256_hex_of_the_token(nonce: str) -> None:
 def test_same_hash(a: str, b: str, expected: bool) -> None:
     assert same_hash(a, b) is expected
     assert same_hash(b, a) is expected
+
+
+@pytest.mark.parametrize("provider", ["okdokument", "firma"])
+def test_callback_urls_carry_one_token_each(provider: str) -> None:
+    """What the API answers as ``callback_urls`` and the placeholders resolve to: the browser's
+    URL carries the return token, OKdokument's sendInfo URL the sendInfo token."""
+    from receiver.app import build_context
+    from tests.conftest import SECRET_KEY, test_settings
+
+    ctx = build_context(test_settings("sqlite:///unused.db", public_url="https://sb.example/"))
+    urls = ctx.callback_urls(provider, NONCE)
+    assert urls.return_url == f"https://sb.example/return/{return_token_for(SECRET_KEY, NONCE)}"
+    if provider == "okdokument":
+        token = sendinfo_token_for(SECRET_KEY, NONCE)
+        assert urls.sendinfo_url == f"https://sb.example/hooks/okdokument/{token}"
+    else:
+        assert urls.sendinfo_url is None

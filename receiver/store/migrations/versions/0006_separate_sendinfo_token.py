@@ -1,0 +1,53 @@
+"""A credential of its own for the sendInfo URL, apart from the browser's return URL.
+
+Until now one token opened both ``/return/<token>`` (the signer's browser) and
+``/hooks/okdokument/<token>`` (OKdokument's sendInfo), so every signer held the credential
+that posts callbacks for their own request. Each request now has a sendInfo token of its
+own; ``token_hash`` keeps the return token's hash (the same token as before, so return links
+already handed out keep working).
+
+- ``sendinfo_hash``: SHA-256 of the sendInfo token, unique. NULL for rows written before
+  this revision: the token is derived from ``SIGNBACK_SECRET_KEY``, which a migration does
+  not know, so the app fills it in at start-up (``receiver/pipeline/sendinfo_split.py``) and queues
+  the PATCH that gives OKdokument the new sendInfo URL.
+- ``shared_token_retired_at``: when the return token stopped opening the sendInfo route.
+  NULL means it still does: a request registered before the split, whose OKdokument round
+  may still hold the old sendInfo URL. It is set once OKdokument has acknowledged the new
+  URL (or at start-up, for a request that has ended or is not OKdokument's), and at
+  registration for every new request.
+
+Both columns are nullable without a default, so a process still running the previous
+release (a rolling deploy) can go on registering requests: they look like any other row
+written before this revision, and are moved the same way.
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-12-08
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+Timestamp = sa.Float(precision=53)
+
+
+def upgrade() -> None:
+    op.add_column("signature_requests", sa.Column("sendinfo_hash", sa.String(64)))
+    op.add_column("signature_requests", sa.Column("shared_token_retired_at", Timestamp))
+    op.create_index(
+        "uq_requests_sendinfo_hash", "signature_requests", ["sendinfo_hash"], unique=True
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("uq_requests_sendinfo_hash", table_name="signature_requests")
+    with op.batch_alter_table("signature_requests") as batch:
+        batch.drop_column("shared_token_retired_at")
+        batch.drop_column("sendinfo_hash")

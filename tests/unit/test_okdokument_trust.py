@@ -1,0 +1,282 @@
+"""What an OKdokument callback body may and may not decide (handlers/okdokument): the rule
+and the confirmation ask only about the registered document, an answer about another
+document confirms nothing, errorsendinfo is a fact of its own that leaves the claim open,
+the intake refuses a body naming another document, and a registration needs its
+documentId while confirmation is on."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
+from typing import Any, cast
+
+import httpx
+import pytest
+
+from handlers.okdokument.client import OkdokumentClient
+from handlers.okdokument.operations import CONFIRM, confirm_document_state
+from handlers.okdokument.provider import registration_checker
+from handlers.okdokument.routes import check_document
+from handlers.okdokument.rules import confirm_before_acting
+from receiver.context import AppContext
+from receiver.errors import CallbackRejected, InvalidAction
+from receiver.events import EventKind, NormalizedEvent
+from receiver.model import RequestState, SignatureRequest
+from receiver.outbox.retry import RetryPolicy
+from receiver.pipeline.registration import Registration
+from receiver.providers import Outcome
+from tests.conftest import test_settings
+
+pytestmark = pytest.mark.anyio
+
+REGISTERED = "doc-victim"
+REQUEST = SignatureRequest(
+    id=7,
+    provider="okdokument",
+    external_id="sr-victim",
+    state=RequestState.REGISTERED,
+    document_id=REGISTERED,
+)
+
+
+def metadata(state: str, document_id: Any = REGISTERED) -> dict[str, Any]:
+    """Document info as OKdokument documents it."""
+    answer: dict[str, Any] = {
+        "filename": "contract.pdf",
+        "state": state,
+        "modification": "2022-06-21 14:30:44",
+        "date": 1655814644472,
+        "number": "1655814644463",
+    }
+    if document_id is not None:
+        answer["id"] = document_id
+    return answer
+
+
+class DocumentInfo:
+    """A MockTransport handler: Document info answers, and which documents were asked."""
+
+    def __init__(self, respond: Callable[[str], httpx.Response]) -> None:
+        self.respond = respond
+        self.asked: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        document_id = request.url.path.rsplit("/", 1)[1]
+        self.asked.append(document_id)
+        return self.respond(document_id)
+
+
+@pytest.fixture
+def answers() -> dict[str, Any]:
+    return {"body": metadata("signed")}
+
+
+@pytest.fixture
+def info(answers: dict[str, Any]) -> DocumentInfo:
+    def respond(document_id: str) -> httpx.Response:
+        body = answers["body"]
+        if isinstance(body, bytes):
+            return httpx.Response(200, content=body)
+        return httpx.Response(200, json=body)
+
+    return DocumentInfo(respond)
+
+
+@pytest.fixture
+async def ctx(info: DocumentInfo) -> AsyncIterator[AppContext]:
+    client = OkdokumentClient("http://okdokument.test", "key", transport=httpx.MockTransport(info))
+    # The operation reads only its client and the clock: the rest of a context is not the point.
+    yield cast(AppContext, SimpleNamespace(clients={"okdokument": client}, clock=lambda: 1000.0))
+    await client.aclose()
+
+
+def claim(document_id: str = "doc-of-someone-else") -> NormalizedEvent:
+    """A sendInfo 'signed' claim, as the adapter makes it from a body naming ``document_id``."""
+    return NormalizedEvent(
+        provider="okdokument",
+        kind=EventKind.REQUEST_COMPLETED,
+        provider_type="sendinfo:signed",
+        external_id="sr-victim",
+        event_id="inbox-5",
+        confirmed=False,
+        details={"document_state": "signed", "document_id": document_id},
+    )
+
+
+def test_the_confirm_rule_does_not_take_the_document_from_the_body() -> None:
+    (action,) = confirm_before_acting(claim("doc-of-someone-else"), REQUEST)
+    assert action.operation == CONFIRM
+    assert action.key == "confirm:inbox-5"
+    assert dict(action.payload) == {"claimed_state": "signed", "confirms": "inbox-5"}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param({"claimed_state": "signed", "confirms": "inbox-5"}, id="current"),
+        # Queued by an earlier version, which copied the callback body's id here.
+        pytest.param(
+            {"claimed_state": "signed", "confirms": "inbox-5", "document_id": "doc-other"},
+            id="queued-before",
+        ),
+    ],
+)
+async def test_confirmation_asks_about_the_registered_document_only(
+    ctx: AppContext, info: DocumentInfo, payload: dict[str, Any]
+) -> None:
+    outcome = await confirm_document_state(ctx, REQUEST, payload)
+    assert info.asked == [REGISTERED]
+    assert outcome.ok
+    assert not outcome.skipped
+    (fact,) = outcome.follow_up
+    assert fact.channel == "confirmation"
+    assert fact.dedupe_key == "confirmation:inbox-5"
+    assert fact.request_id == REQUEST.id
+    assert json.loads(fact.body) == {
+        "state": "signed",
+        "id": REGISTERED,
+        "signatureRequestId": "sr-victim",
+        "confirms": "inbox-5",
+        "claimed_state": "signed",
+    }
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(metadata("signed", "doc-of-someone-else"), id="another-document"),
+        pytest.param(metadata("signed", None), id="no-id"),
+        pytest.param(metadata("signed", 12), id="id-not-text"),
+        pytest.param(metadata("signed", REGISTERED.upper()), id="id-case-changed"),
+    ],
+)
+async def test_an_answer_about_another_document_confirms_nothing(
+    ctx: AppContext, answers: dict[str, Any], body: dict[str, Any]
+) -> None:
+    answers["body"] = body
+    outcome = await confirm_document_state(
+        ctx, REQUEST, {"claimed_state": "signed", "confirms": "c"}
+    )
+    assert not outcome.ok
+    assert outcome.final  # an anomaly for the operator (dead), not something to retry
+    assert not outcome.follow_up
+    assert "not confirmed: Document info answered about document" in outcome.message
+    assert repr(REGISTERED) in outcome.message
+    decision = RetryPolicy().decide(outcome, attempts=1, created_at=0, now=1, rand=0.5)
+    assert decision.status == "dead"
+
+
+async def test_errorsendinfo_records_a_fact_and_leaves_the_claim_open(
+    ctx: AppContext, answers: dict[str, Any]
+) -> None:
+    answers["body"] = metadata("errorsendinfo")
+    outcome = await confirm_document_state(
+        ctx, REQUEST, {"claimed_state": "signed", "confirms": "inbox-5"}
+    )
+    assert not outcome.ok
+    assert not outcome.final
+    assert not outcome.skipped
+    assert "errorsendinfo" in outcome.message
+    assert "asking again later" in outcome.message
+    (fact,) = outcome.follow_up
+    # Its own key: it cannot use up the key of the confirmation that may follow.
+    assert fact.dedupe_key == "delivery-failed:inbox-5"
+    assert json.loads(fact.body)["state"] == "errorsendinfo"
+    # The outbox's own retry policy asks again, within its bounds.
+    policy = RetryPolicy(max_attempts=3)
+    assert policy.decide(outcome, attempts=1, created_at=0, now=1, rand=0.5).status == "retry"
+    last = policy.decide(outcome, attempts=3, created_at=0, now=1, rand=0.5)
+    assert last.status == "dead"
+    assert "errorsendinfo" in last.reason
+
+
+@pytest.mark.parametrize("actual", ["tosign", "canceled", "tags", "", 5])
+async def test_only_the_claimed_state_confirms(
+    ctx: AppContext, answers: dict[str, Any], actual: Any
+) -> None:
+    answers["body"] = metadata(actual)
+    outcome = await confirm_document_state(
+        ctx, REQUEST, {"claimed_state": "signed", "confirms": "c"}
+    )
+    assert outcome.ok
+    assert outcome.skipped
+    assert not outcome.follow_up
+    assert outcome.message.startswith("not confirmed: OKdokument says the document is")
+
+
+@pytest.mark.parametrize(
+    "body", [pytest.param(b"<html>", id="not-json"), pytest.param(b"[]", id="not-an-object")]
+)
+async def test_an_unreadable_answer_is_retried(
+    ctx: AppContext, answers: dict[str, Any], body: bytes
+) -> None:
+    answers["body"] = body
+    outcome = await confirm_document_state(
+        ctx, REQUEST, {"claimed_state": "signed", "confirms": "c"}
+    )
+    assert outcome == Outcome(
+        ok=False,
+        status_code=200,
+        message="Document info answer is not a JSON object",
+        response_excerpt=body.decode(),
+    )
+
+
+async def test_a_request_without_a_document_cannot_be_confirmed(
+    ctx: AppContext, info: DocumentInfo
+) -> None:
+    request = SignatureRequest(
+        id=8, provider="okdokument", external_id="sr-old", state=RequestState.REGISTERED
+    )
+    with pytest.raises(InvalidAction, match="registered without a documentId"):
+        await confirm_document_state(ctx, request, {"claimed_state": "signed", "confirms": "c"})
+    assert info.asked == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "registered", "status"),
+    [
+        pytest.param({"id": "doc-victim"}, "doc-victim", None, id="same"),
+        pytest.param({}, "doc-victim", None, id="absent"),
+        pytest.param({"id": None}, "doc-victim", None, id="null"),
+        pytest.param({"id": "doc-other"}, None, None, id="nothing-registered"),
+        pytest.param({"id": "doc-other"}, "doc-victim", 409, id="other"),
+        pytest.param({"id": ""}, "doc-victim", 409, id="empty"),
+        pytest.param({"id": "DOC-VICTIM"}, "doc-victim", 409, id="case"),
+        pytest.param({"id": "doc-victim "}, "doc-victim", 409, id="trailing-space"),
+        pytest.param({"id": "\ud800"}, "doc-victim", 409, id="lone-surrogate"),
+        pytest.param({"id": 5}, "doc-victim", 400, id="number"),
+        pytest.param({"id": ["doc-victim"]}, None, 400, id="list"),
+    ],
+)
+def test_the_intake_refuses_a_body_naming_another_document(
+    payload: dict[str, Any], registered: str | None, status: int | None
+) -> None:
+    if status is None:
+        check_document(payload, registered)
+        return
+    with pytest.raises(CallbackRejected) as refused:
+        check_document(payload, registered)
+    assert refused.value.status_code == status
+    assert "id" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("confirm", "document_id", "problems"),
+    [
+        (True, None, ["documentId"]),
+        (True, "", ["documentId"]),
+        (True, "doc-1", []),
+        (False, None, []),
+    ],
+)
+def test_registration_needs_a_document_while_confirmation_is_on(
+    confirm: bool, document_id: str | None, problems: list[str]
+) -> None:
+    settings = test_settings("sqlite:///unused.db", okdokument_confirm_callbacks=confirm)
+    check = registration_checker(settings)
+    found = check(Registration(provider="okdokument", external_id="sr", document_id=document_id))
+    assert [name for name, _ in found] == problems
+    for _, message in found:
+        assert "SIGNBACK_OKDOKUMENT_CONFIRM_CALLBACKS=false" in message
