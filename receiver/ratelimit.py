@@ -102,10 +102,36 @@ async def take_slot(
     When the next free slot is more than ``max_wait`` (default: ``budget.max_wait``) away,
     nothing is reserved and the answer is a :class:`Deferral` until about then.
     """
-    limit = budget.max_wait if max_wait is None else max_wait
-    slot = await reserve(db, budget.key, interval=budget.interval, now=clock(), max_wait=limit)
-    if slot.starts_at is None:
-        return Deferral(budget.key, slot.wait)
-    if slot.wait:
-        await asyncio.sleep(slot.wait)
+    return await take_slots(db, budget, clock=clock, max_wait=max_wait)
+
+
+async def take_slots(
+    db: Database, *budgets: Budget, clock: Clock, max_wait: float | None = None
+) -> Deferral | None:
+    """One slot of each budget, in the order given, for calls made one right after the
+    other (Firma: a write slot, then a read slot for the GET before the PATCH). Then sleep
+    until the latest one starts: None means "make the calls now".
+
+    The first budget without a slot soon enough ends it with a :class:`Deferral`: later
+    budgets are not touched, and the slots already taken are left unused. Reserving them all
+    before the one sleep keeps database round trips out of the moment between a slot's
+    start and the calls, which keeps the calls close to their slots.
+
+    Slots found long past on waking (the process stalled: more than a twelfth of the window
+    late) are not used either: the answer is a :class:`Deferral` of zero seconds, and the
+    caller comes back for fresh slots. The calls of a stalled process, all made at once when
+    it wakes, would otherwise crowd into one window.
+    """
+    latest = 0.0
+    for budget in budgets:
+        limit = budget.max_wait if max_wait is None else max_wait
+        slot = await reserve(db, budget.key, interval=budget.interval, now=clock(), max_wait=limit)
+        if slot.starts_at is None:
+            return Deferral(budget.key, slot.wait)
+        latest = max(latest, slot.starts_at)
+    wait = latest - clock()
+    if wait > 0:
+        await asyncio.sleep(wait)
+    if clock() - latest > min(budget.max_wait for budget in budgets):
+        return Deferral(budgets[0].key, 0.0)
     return None

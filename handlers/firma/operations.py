@@ -18,7 +18,7 @@ from receiver.errors import InvalidAction
 from receiver.model import RequestState, SignatureRequest
 from receiver.outcomes import deferred, excerpt, from_response
 from receiver.providers import Operation, Outcome
-from receiver.ratelimit import take_slot
+from receiver.ratelimit import take_slots
 
 PATCH = "firma.patch_signing_request"
 
@@ -61,15 +61,15 @@ async def patch_signing_request(
     if request.provider_status and request.provider_status not in EDITABLE_STATUSES:
         return _not_editable(f"Firma reports it as {request.provider_status}")
     validate_properties(payload)  # an invalid update costs no slot: it is final at once
-    waiting = await take_slot(ctx.db, budgets.writes(ctx), clock=ctx.clock)
+    # The write slot first: if it is far, the action is put back before any read slot is
+    # taken. (The read slot is far only when something else uses up the reads: rare.)
+    waiting = await take_slots(ctx.db, budgets.writes(ctx), budgets.reads(ctx), clock=ctx.clock)
     if waiting is not None:
-        return deferred(waiting, "waiting for a slot under Firma's write rate limit")
-    # The write slot has started. Our state may lag behind Firma's even when it says
-    # "draft": webhooks arrive late and out of order, and a "sent" may be stored but not
-    # processed yet. So ask before writing (a skipped write beats a refused one).
-    waiting = await take_slot(ctx.db, budgets.reads(ctx), clock=ctx.clock)
-    if waiting is not None:  # only when something else uses up the reads: rare
-        return deferred(waiting, "waiting for a slot under Firma's read rate limit")
+        what = "read" if waiting.budget == budgets.reads(ctx).key else "write"
+        return deferred(waiting, f"waiting for a slot under Firma's {what} rate limit")
+    # Both slots have started. Our state may lag behind Firma's even when it says "draft":
+    # webhooks arrive late and out of order, and a "sent" may be stored but not processed
+    # yet. So ask before writing (a skipped write beats a refused one).
     current = await client.get_signing_request(request.external_id)
     if current.status_code != 200:
         return from_response(

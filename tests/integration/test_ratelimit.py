@@ -8,7 +8,7 @@ import pytest
 
 from receiver.clock import FrozenClock
 from receiver.db import open_database
-from receiver.ratelimit import Budget, Deferral, reserve, take_slot
+from receiver.ratelimit import Budget, Deferral, reserve, take_slot, take_slots
 
 
 @pytest.mark.anyio
@@ -63,6 +63,23 @@ async def test_take_slot_sleeps_for_a_near_slot_and_defers_a_far_one(database_ur
         # Another budget (another API key, or writes rather than reads) is its own.
         other = Budget("firma-writes:abc", 100, window=10.0)
         assert await take_slot(db, other, clock=clock, max_wait=0.0) is None
+    finally:
+        await db.close()
+
+
+@pytest.mark.anyio
+async def test_slots_found_long_past_after_a_stall_are_not_used(database_url: str) -> None:
+    # The process stalls between taking its slots and waking: the calls would all go at
+    # once and crowd one window, so the caller is told to come back for fresh slots.
+    db = open_database(database_url)
+    await db.connect()
+    try:
+        readings = iter([5_000.0, 5_000.0, 5_000.0, 5_010.0])  # reserve, reserve, wait, woke
+        writes, reads = Budget("w", 100, window=60.0), Budget("r", 150, window=60.0)
+        deferral = await take_slots(db, writes, reads, clock=lambda: next(readings))
+        assert deferral == Deferral("w", 0.0)
+        clock = FrozenClock(5_000.0)  # no stall: the next slots are simply the next ones
+        assert await take_slots(db, writes, reads, clock=clock, max_wait=1.0) is None
     finally:
         await db.close()
 
