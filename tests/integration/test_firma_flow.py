@@ -392,7 +392,10 @@ def test_writes_are_paced_by_our_own_limit(make_settings: Callable[..., Settings
 
         times = wait_until(patch_times, what="four PATCHes")
         gaps = [b - a for a, b in itertools.pairwise(times)]
-        assert min(gaps) >= 0.45, gaps
+        # The slots are 0.5 s apart; each PATCH follows its slot after one GET, whose
+        # latency varies on a busy machine, so single gaps vary by that much.
+        assert times[-1] - times[0] >= 1.4, gaps
+        assert min(gaps) >= 0.35, gaps
 
 
 def test_an_action_waiting_for_a_write_slot_reads_nothing(
