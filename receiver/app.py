@@ -35,7 +35,9 @@ log = get_logger("signback.app")
 INSTALLED_PROVIDERS = ("handlers.okdokument", "handlers.firma")
 
 
-def build_context(settings: Settings, *, clock: Clock = system_clock) -> AppContext:
+def build_context(
+    settings: Settings, *, clock: Clock = system_clock, rate_window_seconds: float = 60.0
+) -> AppContext:
     providers: dict[str, Provider] = {}
     rule_modules: list[str] = []
     for package_name in INSTALLED_PROVIDERS:
@@ -57,6 +59,7 @@ def build_context(settings: Settings, *, clock: Clock = system_clock) -> AppCont
         providers=providers,
         rules=RuleBook.load(rule_modules, settings),
         clock=clock,
+        rate_window_seconds=rate_window_seconds,
     )
 
 
@@ -93,10 +96,13 @@ def create_app(
     *,
     clock: Clock = system_clock,
     run_worker: bool | None = None,
+    rate_window_seconds: float = 60.0,
 ) -> HookRouter:
+    """``clock`` and ``rate_window_seconds`` (the length of a provider's rate-limit minute)
+    are for tests; the service uses the defaults."""
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    ctx = build_context(settings, clock=clock)
+    ctx = build_context(settings, clock=clock, rate_window_seconds=rate_window_seconds)
     with_worker = settings.run_worker if run_worker is None else run_worker
 
     @asynccontextmanager

@@ -548,7 +548,16 @@ def fake_okdokument(port: int, host: str, api_key: str) -> None:
     show_default=True,
     help="Scales Firma's webhook retry delays (0.001 = 1000 times faster).",
 )
-def fake_firma(port: int, host: str, api_key: str, secret: str | None, time_factor: float) -> None:
+@click.option(
+    "--rate-window",
+    type=click.FloatRange(min=0.001),
+    default=60.0,
+    show_default=True,
+    help="Seconds Firma's per-minute rate limits apply to (shorter only for time-scaled tests).",
+)
+def fake_firma(
+    port: int, host: str, api_key: str, secret: str | None, time_factor: float, rate_window: float
+) -> None:
     """A Firma.dev emulator: signing requests, PATCH rules, rate limits, signed webhooks."""
     from handlers.firma.fake import serve as serve_fake
 
@@ -557,6 +566,7 @@ def fake_firma(port: int, host: str, api_key: str, secret: str | None, time_fact
         "host": host,
         "api_key": api_key,
         "time_factor": time_factor,
+        "rate_window_seconds": rate_window,
     }
     if secret:
         kwargs["secret"] = secret

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import socket
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from receiver.clock import Clock, system_clock
+from receiver.errors import ConfigurationError
 from receiver.intake.tokens import return_token_for, sendinfo_token_for
 from receiver.loadshare import Governor, IntakeLoad, Occupancy
 from receiver.metrics import Metrics
@@ -67,6 +69,10 @@ class AppContext:
     providers: Mapping[str, Provider]
     rules: RuleBook
     clock: Clock = system_clock
+    # How many seconds a provider's "per minute" rate budget spans (receiver/outbox/budgets.py).
+    # Always 60 in service. Tests against a time-scaled emulator shorten it by the same
+    # factor as the emulator's rate window.
+    rate_window_seconds: float = 60.0
     clients: dict[str, Any] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
     # (route, token hash) → the request's fixed fields, so a callback costs one write, not a
@@ -83,6 +89,8 @@ class AppContext:
     )
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.rate_window_seconds) and self.rate_window_seconds > 0):
+            raise ConfigurationError(f"a rate window must be positive: {self.rate_window_seconds}")
         self.governor = Governor(self.intake_load, self.occupancy)
 
     @property
@@ -93,6 +101,9 @@ class AppContext:
             max_age_seconds=s.outbox_max_age_seconds,
             base_delay=s.retry_base_delay,
             max_delay=s.retry_max_delay,
+            # A 429 that does not say how long: wait one rate window (the longest a
+            # per-minute limit holds a key back), unless retries are configured shorter.
+            throttle_delay=min(self.rate_window_seconds, s.retry_max_delay),
         )
 
     def return_token(self, token_nonce: str) -> str:

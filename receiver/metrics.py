@@ -73,7 +73,9 @@ class Metrics:
         )
         self.attempts = Tally(
             "signback_outbox_attempts_total",
-            "Outbound calls, by operation and outcome (ok, retry, dead, skipped)",
+            "Outbound calls, by operation and outcome (ok, retry, throttled: the provider"
+            " asked us to wait, not counted as an attempt; dead, skipped; deferred: held back"
+            " by signback's own rate budget, nothing sent)",
             ["operation", "outcome"],
             self.registry,
         )

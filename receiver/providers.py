@@ -62,6 +62,18 @@ class Outcome:
     response_excerpt: str = ""  # the first bytes of the answer, for the attempt log
     follow_up: Sequence[FollowUpEvent] = ()
 
+    @property
+    def throttled(self) -> bool:
+        """The provider asked us to slow down: a 429, or a 503 that says when to come back.
+
+        That is no failure of the action: it waits as asked and the attempt does not count
+        toward the ones that make an action dead (receiver/outbox/retry.py). A 503 without
+        ``Retry-After`` may be an outage, and is retried (and counted) like other 5xx.
+        """
+        return not self.ok and (
+            self.status_code == 429 or (self.status_code == 503 and self.retry_after is not None)
+        )
+
 
 class Operation(Protocol):
     """One kind of outbound call, e.g. "okdokument.patch_signature_request"."""

@@ -83,8 +83,11 @@ class Settings(BaseSettings):
     firma_signature_tolerance_seconds: float = Field(default=300.0, gt=0)
     # Development only: accept unsigned Firma deliveries. Logged loudly at every start.
     firma_insecure_skip_verification: bool = False
-    # Shared by every process on the database; Firma allows 120 per minute per API key.
+    # signback's own budgets per API key, shared by every process on the database. Firma
+    # allows 120 writes and 200 reads a minute per key; the defaults keep a margin for the
+    # jitter between a slot's start and the call's arrival at Firma.
     firma_writes_per_minute: float = Field(default=100.0, gt=0, le=120)
+    firma_reads_per_minute: float = Field(default=150.0, gt=0, le=200)
 
     @field_validator("firma_webhook_secrets", mode="before")
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -105,16 +105,18 @@ def running_receiver(
     make_settings: Callable[..., Settings],
     *,
     http: type[asyncio.Protocol] | Literal["httptools"] = HookHttpProtocol,
+    app_options: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> Iterator[Receiver]:
     """signback on a free loopback port, its public URL set to that very address (so the
     emulators' callbacks reach it), unless ``public_url`` is given. Served with the HTTP
     protocol `signback serve` uses (callbacks take its short path) unless ``http`` says
-    otherwise."""
+    otherwise. ``app_options`` go to ``create_app`` (e.g. ``rate_window_seconds``)."""
     sock = bound_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     settings = make_settings(**{"public_url": url, **overrides})
-    with running_server(create_app(settings), sock=sock, http=http) as served:
+    app = create_app(settings, **(app_options or {}))
+    with running_server(app, sock=sock, http=http) as served:
         yield Receiver(served, settings)
 
 

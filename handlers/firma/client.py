@@ -10,30 +10,25 @@ come back as a :class:`~receiver.outbox.provider_http.HttpAnswer`; transport err
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
-import math
 import re
-import time
-from collections.abc import Awaitable, Callable, Mapping
-from email.utils import parsedate_to_datetime
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 
 from receiver.errors import ConfigurationError, InvalidAction
+from receiver.outbox.outcomes import requested_wait
 from receiver.outbox.provider_http import HttpAnswer, ProviderHttpClient
 
 __all__ = [
     "DEFAULT_BASE_URL",
-    "DEFAULT_WRITES_PER_MINUTE",
     "KNOWN_SETTINGS",
     "PROPERTIES",
     "FirmaClient",
-    "RateLimiter",
     "is_immutable_answer",
     "provider_message",
     "retry_after_seconds",
@@ -43,74 +38,11 @@ __all__ = [
 DEFAULT_BASE_URL = "https://api.firma.dev/functions/v1/signing-request-api"
 
 
-# Firma allows 120 writes (POST/PUT/PATCH/DELETE) per minute per API key. We pace writes at
-# 100/min with a burst of 20: a token bucket lets through at most burst + rate * 60 s = 120
-# requests in any 60-second window, so even a burst of rules cannot trip Firma's limit.
-DEFAULT_WRITES_PER_MINUTE = 100.0
-DEFAULT_WRITE_BURST = 20.0
-
 _MAX_ID_LENGTH = 200
 _MAX_NAME_LENGTH = 255  # documented maximum for `name`
 _MAX_EXCERPT_CHARS = 300
 _MAX_DETAILS_CHARS = 200
 _MAX_SETTING_KEY_LENGTH = 64
-
-
-# --------------------------------------------------------------------------------------------
-# Rate limiting
-# --------------------------------------------------------------------------------------------
-
-
-class RateLimiter:
-    """An asyncio token bucket: ``per_minute`` tokens a minute, at most ``burst`` saved up.
-
-    ``acquire()`` returns at once while a token is free and otherwise sleeps until one is.
-    Waiters are served one at a time, in arrival order. ``clock`` and ``sleep`` are injected
-    so tests run without real waiting.
-    """
-
-    def __init__(
-        self,
-        per_minute: float,
-        clock: Callable[[], float] = time.monotonic,
-        *,
-        burst: float = 1.0,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        if not (math.isfinite(per_minute) and per_minute > 0):
-            raise ConfigurationError(f"a rate limit must be a positive number, not {per_minute}")
-        if not (math.isfinite(burst) and burst >= 1):
-            raise ConfigurationError(f"a rate limit's burst must be at least 1, not {burst}")
-        self.per_minute = per_minute
-        self.burst = burst
-        self._rate = per_minute / 60.0  # tokens per second
-        self._clock = clock
-        self._sleep = sleep
-        self._tokens = burst  # start full: the first `burst` calls go at once
-        self._updated = clock()
-        self._lock = asyncio.Lock()
-
-    def __repr__(self) -> str:
-        return f"RateLimiter(per_minute={self.per_minute}, burst={self.burst})"
-
-    def _refill(self) -> None:
-        now = self._clock()
-        elapsed = max(0.0, now - self._updated)  # a clock going backwards adds nothing
-        self._tokens = min(self.burst, self._tokens + elapsed * self._rate)
-        self._updated = now
-
-    async def acquire(self) -> None:
-        """Take one token, waiting as long as needed for it."""
-        async with self._lock:
-            self._refill()
-            if self._tokens < 1.0:
-                await self._sleep((1.0 - self._tokens) / self._rate)
-                self._refill()
-                # We held the lock for exactly as long as the token needed, so it is ours.
-                # (Re-checking in a loop could spin forever: float rounding can leave the
-                # bucket a hair short, and a wait that small does not move a large clock.)
-                self._tokens = max(self._tokens, 1.0)
-            self._tokens -= 1.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,8 +252,9 @@ class FirmaClient(ProviderHttpClient):
 
     ``base_url`` includes Firma's path (``…/functions/v1/signing-request-api``); every call
     stays under it. Redirects are not followed (Firma does not redirect, and following one
-    would hand the key to someone else). Writes are paced by ``write_limiter`` (default: 100
-    a minute, see :data:`DEFAULT_WRITES_PER_MINUTE`); reads are not.
+    would hand the key to someone else). It does not pace anything: Firma's limits hold for
+    all processes together, so every caller takes a slot of the shared budget first
+    (:mod:`handlers.firma.budgets`).
     """
 
     def __init__(
@@ -331,14 +264,10 @@ class FirmaClient(ProviderHttpClient):
         *,
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
-        write_limiter: RateLimiter | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigurationError(f"the Firma base URL must be an http(s) URL: {base_url!r}")
-        self._write_limiter = write_limiter or RateLimiter(
-            DEFAULT_WRITES_PER_MINUTE, burst=DEFAULT_WRITE_BURST
-        )
         super().__init__(
             base_url, {"Authorization": _api_key(api_key)}, timeout=timeout, transport=transport
         )
@@ -353,7 +282,6 @@ class FirmaClient(ProviderHttpClient):
         """
         body = validate_properties(properties)
         path = f"signing-requests/{_segment(signing_request_id)}"
-        await self._write_limiter.acquire()
         return await self._request("PATCH", path, json=body)
 
     async def get_signing_request(self, signing_request_id: str) -> HttpAnswer:
@@ -441,45 +369,13 @@ def is_immutable_answer(response: HttpAnswer) -> bool:
     return any(phrase in words for phrase in _IMMUTABLE_PHRASES)
 
 
-# A number this small in X-RateLimit-Reset is a delay, not a unix time (it would be 1970).
-_RESET_IS_DELAY_BELOW = 1e9
-
-
-def _number(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value.strip())
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
-
-
 def retry_after_seconds(response: HttpAnswer, *, now: float) -> float | None:
     """How long Firma asked us to wait, in seconds (never negative); None when it did not say.
 
     ``Retry-After`` (seconds or an HTTP date) wins. Otherwise ``X-RateLimit-Reset`` (a unix
     time) minus ``now`` — but only when the limit is actually hit (429, or
     ``X-RateLimit-Remaining: 0``): Firma sends that header on *every* response, and a 500
-    should not wait for the end of the rate-limit window.
+    should not wait for the end of the rate-limit window. (The reading is the core's, shared
+    by every provider: :func:`receiver.outbox.outcomes.requested_wait`.)
     """
-    retry_after = response.headers.get("retry-after")
-    if retry_after is not None:
-        seconds = _number(retry_after)
-        if seconds is not None:
-            return max(0.0, seconds)
-        try:
-            moment = parsedate_to_datetime(retry_after)
-        except (TypeError, ValueError, IndexError):
-            moment = None
-        if moment is not None and moment.tzinfo is not None:
-            return max(0.0, moment.timestamp() - now)
-    limited = response.status_code == 429 or (
-        _number(response.headers.get("x-ratelimit-remaining")) == 0
-    )
-    reset = _number(response.headers.get("x-ratelimit-reset"))
-    if not limited or reset is None:
-        return None
-    if 0 <= reset < _RESET_IS_DELAY_BELOW:
-        return reset
-    return max(0.0, reset - now)
+    return requested_wait(response, now=now)

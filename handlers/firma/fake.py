@@ -10,7 +10,11 @@ What it emulates (see ``/work/shared/providers/firma.md`` and the PATCH referenc
   cancelled | expired``, with Firma's two spellings of an unsent request (create answers
   ``draft``; GET, list and PATCH answer ``not_sent``);
 * the PATCH validation rules and the immutability error in both documented styles;
-* per-key rate limits (sliding or fixed window) with Firma's headers and 429 body;
+* per-key rate limits, on by default at Firma's published figures (200 reads and 120 writes
+  a minute, sliding window), answered with Firma's 429, its headers (``Retry-After``,
+  ``X-RateLimit-Limit``, ``-Remaining``, ``-Reset``) and body; every call the limiter saw is
+  logged per key and bucket (``GET /_fake/rate-limits``). ``RateLimits(window_seconds=…)``
+  shortens the window for tests whose client scales its own budgets by the same factor;
 * webhooks: subscriptions, signed deliveries in the current or the older envelope, retries
   (immediately, +5 min, +1 h, scaled by ``time_factor``), no redirects, 5 s deadline, and the
   signing-secret rotation grace period (``X-Firma-Signature-Old``).
@@ -468,6 +472,10 @@ class RateLimits:
     window_seconds: float = 60.0
     window: Literal["sliding", "fixed"] = "sliding"
 
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.window_seconds) and self.window_seconds > 0):
+            raise ConfigurationError(f"a rate window must be positive: {self.window_seconds}")
+
     def limit(self, bucket: str) -> int:
         return int(getattr(self, bucket))
 
@@ -488,19 +496,75 @@ class RateDecision:
         }
 
 
+def max_in_window(times: Sequence[float], window: float) -> int:
+    """The most of ``times`` that fall in any window ``(t - window, t]`` (the limiter's own
+    sliding window: a call exactly ``window`` seconds older no longer counts)."""
+    ordered = sorted(times)
+    most = 0
+    first = 0
+    for last, moment in enumerate(ordered):
+        while ordered[first] <= moment - window:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
 class RateLimiter:
-    """Counts calls per (key, bucket) in a sliding or a fixed window. Refused calls don't count."""
+    """Counts calls per (key, bucket) in a sliding or a fixed window. Refused calls don't count.
+
+    ``log`` keeps every call the limiter saw, per (key id, bucket): (time, allowed). The
+    control API shows it (``GET /_fake/rate-limits``), so a test can check a client's pace
+    against the limits in any window, refused calls included.
+    """
 
     def __init__(self, limits: RateLimits) -> None:
         self.limits = limits
         self._sliding: dict[tuple[str, str], deque[float]] = {}
         self._fixed: dict[tuple[str, str], tuple[float, int]] = {}
+        self.log: dict[tuple[str, str], list[tuple[float, bool]]] = {}
 
     def reset(self) -> None:
         self._sliding.clear()
         self._fixed.clear()
+        self.log.clear()
 
     def hit(self, key: str, bucket: str, now: float) -> RateDecision:
+        decision = self._decide(key, bucket, now)
+        self.log.setdefault((key, bucket), []).append((now, decision.allowed))
+        return decision
+
+    def report(self) -> JSONObject:
+        """Per key id and bucket: calls accepted and refused, their times, and the most
+        calls in any one window (all of them, and the accepted ones)."""
+        window = self.limits.window_seconds
+        keys: dict[str, dict[str, JSONObject]] = {}
+        for (key, bucket), entries in sorted(self.log.items()):
+            accepted = [t for t, allowed in entries if allowed]
+            refused = [t for t, allowed in entries if not allowed]
+            keys.setdefault(key, {})[bucket] = {
+                "limit": self.limits.limit(bucket),
+                "accepted": len(accepted),
+                "refused": len(refused),
+                "max_sent_in_window": max_in_window([t for t, _ in entries], window),
+                "max_accepted_in_window": max_in_window(accepted, window),
+                "accepted_times": accepted,
+                "refused_times": refused,
+            }
+        limits = self.limits
+        return {
+            "limits": {
+                "read": limits.read,
+                "write": limits.write,
+                "send": limits.send,
+                "webhooks": limits.webhooks,
+                "webhook_test": limits.webhook_test,
+                "window_seconds": limits.window_seconds,
+                "window": limits.window,
+            },
+            "keys": keys,
+        }
+
+    def _decide(self, key: str, bucket: str, now: float) -> RateDecision:
         limit = self.limits.limit(bucket)
         window = self.limits.window_seconds
         if self.limits.window == "fixed":
@@ -521,6 +585,11 @@ class RateLimiter:
             return RateDecision(False, limit, 0, math.ceil(reset), _seconds_until(reset, now))
         hits.append(now)
         return RateDecision(True, limit, limit - len(hits), math.ceil(hits[0] + window), 0)
+
+
+def key_id_of(api_key: str) -> str:
+    """How the rate log names an API key: the start of its SHA-256, never the key."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
 
 def _seconds_until(moment: float, now: float) -> int:
@@ -707,8 +776,10 @@ class FakeFirma:
                 return self._injected_failure(rule)
             delay_after = rule.delay
         relative = request.url.path.removeprefix(API_BASE_PATH)
-        key_id = hashlib.sha256(key.encode()).hexdigest()  # never keep the key itself around
-        decision = self.rate_limiter.hit(key_id, _bucket(method, relative), self.clock())
+        key_id = key_id_of(key)  # never keep the key itself around
+        bucket = _bucket(method, relative)
+        record["key_id"], record["bucket"] = key_id, bucket
+        decision = self.rate_limiter.hit(key_id, bucket, self.clock())
         if not decision.allowed:
             return _rate_limited(decision)
         body: Any = None
@@ -1536,6 +1607,25 @@ class FakeFirma:
     async def control_calls(self, request: Request) -> Response:
         return JSONResponse({"calls": self.calls})
 
+    async def control_rate_limits(self, request: Request) -> Response:
+        return JSONResponse(self.rate_limiter.report())
+
+    async def control_create(self, request: Request) -> Response:
+        """A draft made as ``POST /signing-requests`` makes it, but outside the API: no key,
+        no rate limit, not in the call log. For tests whose API budget is the point."""
+        body = await _json_object(request)
+        if isinstance(body, Response):
+            return body
+        body = {"name": "Seeded request", "document": base64.b64encode(_FAKE_PDF).decode(), **body}
+        built = self._build_signing_request(body)
+        if isinstance(built, Response):
+            return built
+        self.signing_requests[built.id] = built
+        self.emit("signing_request.created", built)
+        return JSONResponse(
+            self.signing_request_json(built, _origin(request), draft=True), status_code=201
+        )
+
     async def control_deliveries(self, request: Request) -> Response:
         wanted_event = request.query_params.get("event_id")
         wanted_type = request.query_params.get("type")
@@ -1701,6 +1791,8 @@ def create_app(fake: FakeFirma) -> Starlette:
     ]
     control_routes = [
         Route("/calls", fake.control_calls, methods=["GET"]),
+        Route("/rate-limits", fake.control_rate_limits, methods=["GET"]),
+        Route("/signing-requests", fake.control_create, methods=["POST"]),
         Route("/deliveries", fake.control_deliveries, methods=["GET"]),
         Route("/deliveries/{delivery_id}/redeliver", fake.control_redeliver, methods=["POST"]),
         Route("/events", fake.control_events, methods=["GET"]),
@@ -1745,11 +1837,20 @@ def serve(
     api_key: str = DEFAULT_API_KEY,
     secret: str = DEFAULT_SECRET,
     time_factor: float = 1.0,
+    rate_window_seconds: float = 60.0,
 ) -> None:
-    """Run the emulator under uvicorn until interrupted (``signback fake firma --port N``)."""
+    """Run the emulator under uvicorn until interrupted (``signback fake firma --port N``).
+
+    ``rate_window_seconds``: the window Firma's per-minute limits apply to (60 s; shorter
+    only to test a client that scales its own budgets by the same factor)."""
     import uvicorn
 
-    fake = FakeFirma(api_key=api_key, secret=secret, time_factor=time_factor)
+    fake = FakeFirma(
+        api_key=api_key,
+        secret=secret,
+        time_factor=time_factor,
+        rate_limits=RateLimits(window_seconds=rate_window_seconds),
+    )
     print(
         f"Fake Firma: API at http://{host}:{port}{API_BASE_PATH} (Authorization: {api_key}), "
         f"control at http://{host}:{port}{CONTROL_BASE_PATH}/, webhook secret {secret}",

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from handlers.firma import events, routes
-from handlers.firma.client import FirmaClient, RateLimiter, validate_properties
+from handlers.firma.client import FirmaClient, validate_properties
 from handlers.firma.operations import OPERATIONS
 from handlers.firma.repoint import repoint
 from receiver.context import AppContext
@@ -52,7 +52,6 @@ async def start_client(ctx: AppContext) -> Callable[[], Awaitable[None]]:
         settings.firma_base_url,
         settings.firma_api_key.get_secret_value(),
         timeout=settings.firma_timeout,
-        write_limiter=RateLimiter(settings.firma_writes_per_minute),
     )
     ctx.clients["firma"] = client
     return client.aclose

@@ -182,7 +182,11 @@ class Dispatcher:
             rand=self._rand.random(),
         )
         deferred = decision.status == "deferred"
-        status = "pending" if decision.status in ("retry", "deferred") else decision.status
+        # The provider asked us to wait (429): logged as an attempt, but not counted as one.
+        throttled = decision.status == "throttled"
+        status = (
+            "pending" if decision.status in ("retry", "throttled", "deferred") else decision.status
+        )
         error = (
             None
             if decision.status in ("done", "deferred")
@@ -201,6 +205,7 @@ class Dispatcher:
                     error=None,
                     worker=ctx.worker_id,
                     uncount=True,
+                    keep_last=True,
                 )
         if deferred:
             ctx.metrics.attempts.inc(str(row["operation"]), "deferred")
@@ -233,6 +238,7 @@ class Dispatcher:
                 status_code=outcome.status_code,
                 error=error,
                 worker=ctx.worker_id,
+                uncount=throttled,
             )
             if held and decision.status == "done" and SENDINFO_PLACEHOLDER in str(row["payload"]):
                 # The provider now calls the request's own sendInfo URL: a token it used before
@@ -278,6 +284,13 @@ class Dispatcher:
             log.info("action done", **facts)
         elif decision.status == "skipped":
             log.info("action skipped", reason=decision.reason, **facts)
+        elif throttled:
+            log.info(
+                "action throttled by the provider, not counted as an attempt",
+                reason=decision.reason,
+                retry_in=round((decision.retry_at or now) - now, 2),
+                **facts,
+            )
         elif decision.status == "retry":
             log.warning(
                 "action failed, will retry",

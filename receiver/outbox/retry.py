@@ -3,6 +3,11 @@
 Capped exponential backoff with full jitter (as stamina and procrastinate do), a provider's
 ``Retry-After`` always wins, client errors that cannot succeed later are final, and an
 action gives up after a number of attempts or an age — whichever comes first.
+
+A provider that asks us to wait (a 429, or a 503 with ``Retry-After``: see
+``Outcome.throttled``) is obeyed, not counted: the action is ``throttled``, comes back when
+asked (``Retry-After``, else ``X-RateLimit-Reset``, else ``throttle_delay``), and that attempt
+does not count toward ``max_attempts``. Only the age limit still applies to it.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ FINAL_STATUSES: frozenset[int] = frozenset({400, 401, 403, 404, 409, 422})
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    status: str  # "done" | "retry" | "dead" | "skipped" | "deferred"
-    retry_at: float | None = None  # unix seconds, for "retry"
+    status: str  # "done" | "retry" | "throttled" | "dead" | "skipped" | "deferred"
+    retry_at: float | None = None  # unix seconds, for "retry", "throttled" and "deferred"
     reason: str = ""
 
 
@@ -29,6 +34,8 @@ class RetryPolicy:
     base_delay: float = 2.0
     max_delay: float = 600.0
     final_statuses: frozenset[int] = FINAL_STATUSES
+    # How long to wait after a 429 that does not say how long.
+    throttle_delay: float = 60.0
 
     def backoff(self, attempts: int, rand: float) -> float:
         """Delay before attempt ``attempts + 1``: full jitter over a capped exponential."""
@@ -57,6 +64,10 @@ class RetryPolicy:
             return Decision("dead", reason=what)
         if outcome.status_code is not None and outcome.status_code in self.final_statuses:
             return Decision("dead", reason=what)
+        if outcome.throttled:
+            return self._throttled(
+                outcome, what, attempts=attempts, created_at=created_at, now=now, rand=rand
+            )
         if attempts >= self.max_attempts:
             return Decision("dead", reason=f"gave up after {attempts} attempts; last: {what}")
         if outcome.retry_after is not None:
@@ -68,6 +79,29 @@ class RetryPolicy:
             age = int(now - created_at)
             return Decision("dead", reason=f"gave up after {age} s and {attempts} attempts; {what}")
         return Decision("retry", retry_at=retry_at, reason=what)
+
+    def _throttled(
+        self,
+        outcome: Outcome,
+        what: str,
+        *,
+        attempts: int,
+        created_at: float,
+        now: float,
+        rand: float,
+    ) -> Decision:
+        asked = outcome.retry_after if outcome.retry_after is not None else self.throttle_delay
+        # At least the base delay, so "Retry-After: 0" cannot make us spin against the
+        # provider; and up to a quarter more, so that the many actions one 429 wave sent
+        # back do not all return in the same instant.
+        wait = max(asked, self.base_delay) * (1.0 + 0.25 * rand)
+        retry_at = now + wait
+        if retry_at - created_at > self.max_age_seconds:
+            age = int(now - created_at)
+            return Decision(
+                "dead", reason=f"gave up after {age} s and {attempts} attempts; throttled: {what}"
+            )
+        return Decision("throttled", retry_at=retry_at, reason=f"throttled: {what}")
 
 
 def _describe(outcome: Outcome) -> str:

@@ -139,16 +139,19 @@ async def settle(
     error: str | None,
     worker: str,
     uncount: bool = False,
+    keep_last: bool = False,
 ) -> bool:
     """Close a claimed action. False if this worker no longer holds it (lease was lost).
 
-    ``uncount``: the claim did not lead to an attempt (deferred): give the attempt back."""
+    ``uncount``: the claim does not count as an attempt (deferred by our own budget, or
+    throttled by the provider): give the attempt back. ``keep_last``: nothing was sent, so
+    the last status code and error stay those of the last answer."""
     changed = await tx.execute(
         "UPDATE outbox SET status = :status, due_at = COALESCE(:due, due_at),"
         " attempts = attempts - :uncount,"
         " lease_expires_at = NULL, claimed_by = NULL,"
-        " last_status_code = CASE WHEN :uncount = 1 THEN last_status_code ELSE :code END,"
-        " last_error = CASE WHEN :uncount = 1 THEN last_error ELSE :error END,"
+        " last_status_code = CASE WHEN :keep = 1 THEN last_status_code ELSE :code END,"
+        " last_error = CASE WHEN :keep = 1 THEN last_error ELSE :error END,"
         " updated_at = :now"
         " WHERE id = :id AND status = 'in_flight' AND claimed_by = :worker",
         {
@@ -160,6 +163,7 @@ async def settle(
             "id": action_id,
             "worker": worker,
             "uncount": 1 if uncount else 0,
+            "keep": 1 if keep_last else 0,
         },
     )
     # A settled action may unblock the next one of the same request.

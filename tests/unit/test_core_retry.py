@@ -70,8 +70,7 @@ def test_final_client_errors_are_dead_at_once(status_code: int, attempts: int) -
     [
         pytest.param(Outcome(ok=False, status_code=500), "HTTP 500", id="500"),
         pytest.param(Outcome(ok=False, status_code=502, message="bad gw"), "HTTP 502: bad gw"),
-        pytest.param(Outcome(ok=False, status_code=503), "HTTP 503", id="503"),
-        pytest.param(Outcome(ok=False, status_code=429), "HTTP 429", id="429-no-retry-after"),
+        pytest.param(Outcome(ok=False, status_code=503), "HTTP 503", id="503-no-retry-after"),
         pytest.param(Outcome(ok=False, status_code=408), "HTTP 408", id="408"),
         pytest.param(Outcome(ok=False), "no answer", id="no-answer"),
         pytest.param(
@@ -108,7 +107,7 @@ def test_retryable_failures_retry_within_half_to_full_ceiling(
         pytest.param(-5.0, 0.0, id="negative-is-now"),
     ],
 )
-@pytest.mark.parametrize("status_code", [429, 503, None])
+@pytest.mark.parametrize("status_code", [500, 502, None])
 @pytest.mark.parametrize("rand", [0.0, ALMOST_ONE])
 def test_retry_after_wins(
     retry_after: float, expected_delay: float, status_code: int | None, rand: float
@@ -125,12 +124,12 @@ def test_retry_after_wins(
 )
 def test_max_attempts(attempts: int, expected: str) -> None:
     status, retry_at, reason = decide(
-        Outcome(ok=False, status_code=503, message="busy", retry_after=1.0), attempts=attempts
+        Outcome(ok=False, status_code=500, message="busy", retry_after=1.0), attempts=attempts
     )
     assert status == expected
     if expected == "dead":
         assert retry_at is None
-        assert reason == f"gave up after {attempts} attempts; last: HTTP 503: busy"
+        assert reason == f"gave up after {attempts} attempts; last: HTTP 500: busy"
 
 
 @pytest.mark.parametrize(
@@ -225,3 +224,72 @@ def test_backoff_stays_capped_for_very_many_attempts() -> None:
         Outcome(ok=False, status_code=503), attempts=1_100, rand=0.0, policy=policy
     )
     assert (status, retry_at) == ("retry", NOW + 300.0)
+
+
+# --- Throttled: the provider asked us to wait ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("outcome", "throttled"),
+    [
+        pytest.param(Outcome(ok=False, status_code=429), True, id="429"),
+        pytest.param(Outcome(ok=False, status_code=429, retry_after=3.0), True, id="429-after"),
+        pytest.param(Outcome(ok=False, status_code=503, retry_after=3.0), True, id="503-after"),
+        pytest.param(Outcome(ok=False, status_code=503), False, id="503-is-an-outage"),
+        pytest.param(Outcome(ok=False, status_code=500, retry_after=3.0), False, id="500-after"),
+        pytest.param(Outcome(ok=False, retry_after=3.0), False, id="no-answer"),
+        pytest.param(Outcome(ok=True, status_code=200), False, id="ok"),
+    ],
+)
+def test_what_counts_as_throttled(outcome: Outcome, throttled: bool) -> None:
+    assert outcome.throttled is throttled
+
+
+@pytest.mark.parametrize(
+    ("outcome", "asked"),
+    [
+        pytest.param(Outcome(ok=False, status_code=429, retry_after=30.0), 30.0, id="429-30s"),
+        pytest.param(Outcome(ok=False, status_code=429, retry_after=3_600.0), 3_600.0, id="1h"),
+        pytest.param(Outcome(ok=False, status_code=503, retry_after=7.0), 7.0, id="503-7s"),
+        # No hint at all: one rate window.
+        pytest.param(Outcome(ok=False, status_code=429), 60.0, id="429-no-hint"),
+        # "Come back at once" still waits the base delay: no spinning against the provider.
+        pytest.param(Outcome(ok=False, status_code=429, retry_after=0.0), 2.0, id="429-zero"),
+    ],
+)
+@pytest.mark.parametrize("attempts", [1, 11, 12, 13, 100])
+@pytest.mark.parametrize("rand", [0.0, 0.5, ALMOST_ONE])
+def test_a_throttle_waits_as_asked_and_never_gives_up_for_attempts(
+    outcome: Outcome, asked: float, attempts: int, rand: float
+) -> None:
+    status, retry_at, reason = decide(outcome, attempts=attempts, rand=rand)
+    assert status == "throttled"
+    assert reason.startswith(f"throttled: HTTP {outcome.status_code}")
+    assert retry_at is not None
+    # As asked, plus up to a quarter more so a wave of 429s does not come back at once.
+    assert retry_at - NOW == pytest.approx(asked * (1 + 0.25 * rand))
+    assert asked <= retry_at - NOW <= asked * 1.25
+
+
+@pytest.mark.parametrize(
+    ("age", "retry_after", "expected"),
+    [
+        pytest.param(0.0, 30.0, "throttled", id="young"),
+        pytest.param(86_000.0, 300.0, "throttled", id="within-max-age"),
+        pytest.param(86_000.0, 500.0, "dead", id="past-max-age"),
+    ],
+)
+def test_max_age_is_the_backstop_for_throttles(
+    age: float, retry_after: float, expected: str
+) -> None:
+    status, _, reason = decide(
+        Outcome(ok=False, status_code=429, retry_after=retry_after), age=age, rand=0.0
+    )
+    assert status == expected
+    if expected == "dead":
+        assert reason == f"gave up after {int(age)} s and 1 attempts; throttled: HTTP 429"
+
+
+def test_a_final_429_is_still_final() -> None:
+    status, _, _ = decide(Outcome(ok=False, status_code=429, final=True, message="bad"))
+    assert status == "dead"

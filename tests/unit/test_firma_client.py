@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -17,7 +16,6 @@ import pytest
 from handlers.firma.client import (
     DEFAULT_BASE_URL,
     FirmaClient,
-    RateLimiter,
     is_immutable_answer,
     provider_message,
     retry_after_seconds,
@@ -122,28 +120,8 @@ class Recorder:
         return self._respond(request)
 
 
-class FakeTime:
-    """A clock and a sleep that advances it, so rate limiting runs without real waiting."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)  # let other tasks run, as a real sleep would
-
-
-def make_client(
-    recorder: Recorder, *, limiter: RateLimiter | None = None, base_url: str = DEFAULT_BASE_URL
-) -> FirmaClient:
-    return FirmaClient(
-        base_url, API_KEY, transport=httpx.MockTransport(recorder), write_limiter=limiter
-    )
+def make_client(recorder: Recorder, *, base_url: str = DEFAULT_BASE_URL) -> FirmaClient:
+    return FirmaClient(base_url, API_KEY, transport=httpx.MockTransport(recorder))
 
 
 @pytest.mark.anyio
@@ -218,14 +196,11 @@ async def test_ids_that_would_change_the_endpoint_are_refused(signing_request_id
 @pytest.mark.anyio
 async def test_invalid_properties_never_reach_the_transport() -> None:
     recorder = Recorder()
-    time = FakeTime()
-    limiter = RateLimiter(60, time.clock, burst=1, sleep=time.sleep)
-    async with make_client(recorder, limiter=limiter) as client:
+    async with make_client(recorder) as client:
         for props, _ in BAD:
             with pytest.raises(InvalidAction):
                 await client.patch_signing_request("sr_789", props)
     assert recorder.requests == []
-    assert time.sleeps == []  # no write token was spent on them either
 
 
 @pytest.mark.anyio
@@ -246,21 +221,6 @@ async def test_base_url_with_trailing_slash_and_a_local_fake() -> None:
     async with make_client(recorder, base_url="http://127.0.0.1:8123/firma/") as client:
         await client.get_signing_request("sr_789")
     assert str(recorder.requests[0].url) == "http://127.0.0.1:8123/firma/signing-requests/sr_789"
-
-
-@pytest.mark.anyio
-async def test_writes_are_paced_by_the_limiter_and_reads_are_not() -> None:
-    recorder = Recorder()
-    time = FakeTime()
-    limiter = RateLimiter(60, time.clock, burst=1, sleep=time.sleep)
-    async with make_client(recorder, limiter=limiter) as client:
-        await client.patch_signing_request("sr_789", {"name": "a"})
-        await client.get_signing_request("sr_789")
-        await client.get_signing_request("sr_789")
-        assert time.sleeps == []
-        await client.patch_signing_request("sr_789", {"name": "b"})
-    assert time.sleeps == [pytest.approx(1.0)]  # 60/min: the second write waits one second
-    assert [request.method for request in recorder.requests] == ["PATCH", "GET", "GET", "PATCH"]
 
 
 @pytest.mark.parametrize(
@@ -443,92 +403,3 @@ def test_retry_after_seconds(response: httpx.Response, expected: float | None) -
     assert retry_after_seconds(response, now=NOW) == (
         None if expected is None else pytest.approx(expected)
     )
-
-
-# --- RateLimiter ----------------------------------------------------------------------------
-
-
-@pytest.mark.anyio
-async def test_rate_limiter_lets_a_burst_through_then_paces() -> None:
-    time = FakeTime()
-    limiter = RateLimiter(60, time.clock, burst=3, sleep=time.sleep)
-    for _ in range(3):
-        await limiter.acquire()
-    assert time.sleeps == []
-    await limiter.acquire()
-    await limiter.acquire()
-    assert time.sleeps == [pytest.approx(1.0), pytest.approx(1.0)]
-    assert time.now == pytest.approx(1002.0)
-
-
-@pytest.mark.anyio
-async def test_rate_limiter_refills_while_idle_but_not_beyond_the_burst() -> None:
-    time = FakeTime()
-    limiter = RateLimiter(120, time.clock, burst=2, sleep=time.sleep)
-    await limiter.acquire()
-    await limiter.acquire()
-    time.now += 3600  # an idle hour saves up only `burst` tokens
-    for _ in range(2):
-        await limiter.acquire()
-    assert time.sleeps == []
-    await limiter.acquire()
-    assert time.sleeps == [pytest.approx(0.5)]
-
-
-@pytest.mark.anyio
-async def test_rate_limiter_waits_only_for_the_missing_part_of_a_token() -> None:
-    time = FakeTime()
-    limiter = RateLimiter(60, time.clock, sleep=time.sleep)
-    await limiter.acquire()
-    time.now += 0.75
-    await limiter.acquire()
-    assert time.sleeps == [pytest.approx(0.25)]
-
-
-@pytest.mark.anyio
-async def test_rate_limiter_serves_concurrent_callers_one_token_each() -> None:
-    time = FakeTime()
-    limiter = RateLimiter(60, time.clock, burst=1, sleep=time.sleep)
-    finished: list[tuple[int, float]] = []
-
-    async def call(number: int) -> None:
-        await limiter.acquire()
-        finished.append((number, time.now))
-
-    await asyncio.gather(*(call(number) for number in range(4)))
-    assert [number for number, _ in finished] == [0, 1, 2, 3]
-    assert [at for _, at in finished] == pytest.approx([1000.0, 1001.0, 1002.0, 1003.0])
-
-
-@pytest.mark.anyio
-async def test_default_write_limit_stays_under_firmas_120_per_minute() -> None:
-    # The client's default: 100/min with a burst of 20. In any 60 s window it lets through at
-    # most 20 + 100 = 120 requests: count what the first minute of a long burst admits.
-    time = FakeTime(0.0)
-    limiter = RateLimiter(100, time.clock, burst=20, sleep=time.sleep)
-    admitted = 0
-    while True:
-        await limiter.acquire()
-        if time.now >= 60.0:
-            break
-        admitted += 1
-    assert admitted <= 120
-    assert admitted >= 110  # and it does not pace needlessly slowly
-
-
-@pytest.mark.anyio
-async def test_a_clock_going_backwards_adds_no_tokens() -> None:
-    time = FakeTime()
-    limiter = RateLimiter(60, time.clock, sleep=time.sleep)
-    await limiter.acquire()
-    time.now -= 100
-    await limiter.acquire()
-    assert time.sleeps == [pytest.approx(1.0)]
-
-
-@pytest.mark.parametrize(
-    ("per_minute", "burst"), [(0, 1), (-5, 1), (float("nan"), 1), (float("inf"), 1), (60, 0.5)]
-)
-def test_rate_limiter_refuses_nonsense(per_minute: float, burst: float) -> None:
-    with pytest.raises(ConfigurationError):
-        RateLimiter(per_minute, burst=burst)

@@ -20,8 +20,15 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from handlers.firma import signature
-from handlers.firma.fake import API_BASE_PATH, FakeFirma, RateLimits, create_app
-from receiver.errors import SignatureInvalid
+from handlers.firma.fake import (
+    API_BASE_PATH,
+    FakeFirma,
+    RateLimits,
+    create_app,
+    key_id_of,
+    max_in_window,
+)
+from receiver.errors import ConfigurationError, SignatureInvalid
 from tests.servers import running_server
 
 pytestmark = pytest.mark.anyio
@@ -466,6 +473,96 @@ async def test_rate_limit_fixed_window(clock: ManualClock) -> None:
         reset = await http.api.get("/signing-requests")
         assert reset.status_code == 200
         assert reset.headers["X-RateLimit-Remaining"] == "1"
+
+
+async def test_firmas_documented_limits_are_the_default(clock: ManualClock) -> None:
+    fake = FakeFirma(api_key=KEY, secret=SECRET, clock=clock)  # no rate_limits given
+    async with _clients(fake) as http:
+        draft = await _create(http.api)  # write 1 of 120
+        for _ in range(200):
+            assert (await http.api.get(f"/signing-requests/{draft['id']}")).status_code == 200
+        read = await http.api.get(f"/signing-requests/{draft['id']}")
+        for _ in range(119):
+            patched = await http.api.patch(f"/signing-requests/{draft['id']}", json={"name": "x"})
+            assert patched.status_code == 200
+        write = await http.api.patch(f"/signing-requests/{draft['id']}", json={"name": "x"})
+        for refused, limit in ((read, "200"), (write, "120")):
+            assert refused.status_code == 429
+            assert refused.json() == {
+                "error": "Too Many Requests",
+                "code": "RATE_LIMIT_EXCEEDED",
+                "message": f"Rate limit of {limit} requests per minute exceeded. "
+                "Retry after 60 seconds.",
+            }
+            assert refused.headers["Retry-After"] == "60"
+            assert refused.headers["X-RateLimit-Limit"] == limit
+            assert refused.headers["X-RateLimit-Remaining"] == "0"
+            assert refused.headers["X-RateLimit-Reset"] == str(int(clock.now + 60))
+        clock.now += 60  # a minute later the window is empty again
+        assert (await http.api.get(f"/signing-requests/{draft['id']}")).status_code == 200
+
+
+async def test_the_rate_log_shows_every_call_per_key_and_bucket(clock: ManualClock) -> None:
+    fake = FakeFirma(
+        api_key=[KEY, OTHER_KEY], secret=SECRET, clock=clock, rate_limits=RateLimits(read=2)
+    )
+    async with _clients(fake) as http:
+        draft = await _create(http.api)
+        for _ in range(3):
+            await http.api.get(f"/signing-requests/{draft['id']}")
+            clock.now += 10
+        await http.api.get("/signing-requests", headers={"Authorization": OTHER_KEY})
+        report = (await http.control.get("/_fake/rate-limits")).json()
+
+    assert report["limits"]["read"] == 2
+    assert report["limits"]["window_seconds"] == 60.0
+    assert KEY not in json.dumps(report)  # keys appear only as a hash
+    mine = report["keys"][key_id_of(KEY)]
+    start = 1_760_000_000.0
+    assert mine["read"]["accepted"] == 2
+    assert mine["read"]["refused"] == 1
+    assert mine["read"]["accepted_times"] == [start, start + 10]
+    assert mine["read"]["refused_times"] == [start + 20]
+    assert mine["read"]["max_sent_in_window"] == 3
+    assert mine["read"]["max_accepted_in_window"] == 2
+    assert mine["write"]["accepted"] == 1
+    assert report["keys"][key_id_of(OTHER_KEY)]["read"]["accepted"] == 1
+    buckets = [(c["method"], c["key_id"], c["bucket"]) for c in fake.calls]
+    assert buckets[:2] == [("POST", key_id_of(KEY), "write"), ("GET", key_id_of(KEY), "read")]
+
+
+async def test_a_draft_seeded_through_the_control_api_costs_no_budget(
+    fake: FakeFirma, http: Clients
+) -> None:
+    seeded = await http.control.post("/_fake/signing-requests", json={"name": "Seeded"})
+    assert seeded.status_code == 201
+    assert seeded.json()["status"] == "draft"
+    shown = await http.api.get(f"/signing-requests/{seeded.json()['id']}")
+    assert shown.json()["status"] == "not_sent"
+    assert [c["method"] for c in fake.calls] == ["GET"]  # the seeding is no API call
+    report = (await http.control.get("/_fake/rate-limits")).json()
+    assert report["keys"][key_id_of(KEY)]["read"]["accepted"] == 1
+    assert "write" not in report["keys"][key_id_of(KEY)]
+
+
+@pytest.mark.parametrize(
+    ("times", "most"),
+    [
+        ([], 0),
+        ([5.0], 1),
+        ([0.0, 59.9, 60.0], 2),  # a call exactly a window older no longer counts
+        ([0.0, 1.0, 2.0, 61.5, 62.0], 3),
+        ([3.0, 1.0, 2.0], 3),  # order does not matter
+    ],
+)
+def test_max_in_window(times: list[float], most: int) -> None:
+    assert max_in_window(times, 60.0) == most
+
+
+@pytest.mark.parametrize("window", [0.0, -1.0, float("nan")])
+def test_a_rate_window_must_be_positive(window: float) -> None:
+    with pytest.raises(ConfigurationError):
+        RateLimits(window_seconds=window)
 
 
 # ---------------------------------------------------------------------------------------------
