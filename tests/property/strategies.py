@@ -46,7 +46,19 @@ NASTY_TEXT = st.sampled_from(
     ]
 )
 
-text = st.one_of(st.text(ANY_CHAR, max_size=40), NASTY_TEXT, st.text(ANY_CHAR, max_size=300))
+# Lone surrogates are 2,048 of 1.1 million code points: drawn on purpose, with NUL and
+# other controls, among ASCII.
+EDGE_CHAR = st.one_of(
+    st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+    st.characters(max_codepoint=0x1F),
+    st.characters(max_codepoint=0x7F),
+)
+text = st.one_of(
+    st.text(ANY_CHAR, max_size=40),
+    NASTY_TEXT,
+    st.text(EDGE_CHAR, min_size=1, max_size=20),
+    st.text(ANY_CHAR, max_size=300),
+)
 
 # Numbers a JSON body can carry: huge integers, a double's extremes, non-finite ones (the
 # standard library's parser reads NaN and Infinity).
@@ -151,7 +163,7 @@ def sendinfo_objects(signature_request_id: str) -> st.SearchStrategy[dict[str, A
     those), with known or any states; else wrong ids, missing or mistyped fields."""
     plausible = st.fixed_dictionaries(
         {
-            "signatureRequestId": st.just(signature_request_id),
+            "signatureRequestId": mostly(st.just(signature_request_id), text, one_in=4),
             "state": st.one_of(OKDOKUMENT_STATES, text),
         },
         optional={"id": st.one_of(text, json_values), "extra": json_values},
