@@ -289,6 +289,8 @@ def test_the_admin_api_never_answers_5xx_and_what_it_stores_renders(
         def by_id(route: tuple[str, str], raw_id: str) -> None:
             method, template = route
             response = admin.request(method, template.format(encoded(raw_id)))
+            if response.status_code == 307:  # Starlette's router: "/" decoded from %2F
+                return
             assert response.status_code in {200, 404, 405, 409}, response.text
             strict_json(response)
 
