@@ -18,11 +18,16 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from handlers.firma import signature
 from receiver.db import open_database
 from receiver.settings import Settings
 from tests.harness import Receiver, running_receiver, wait_until
+from tests.servers import running_server
 
 FIRMA_SECRET = "firma-test-secret"
 
@@ -261,3 +266,25 @@ def test_a_busy_database_is_a_503_for_the_admin_api(
             blocker.execute("ROLLBACK")
             blocker.close()
         r.register(provider="okdokument", signatureRequestId="b")  # the retry
+
+
+def test_a_provider_answer_with_a_nul_is_recorded(make_settings: Callable[..., Settings]) -> None:
+    """What a provider answers is outside text too: PostgreSQL cannot store a NUL, and the
+    attempt (and the action's end) could not be recorded."""
+
+    async def answer(request: Request) -> Response:
+        return Response(b'{"error":"bad\x00answer"}', status_code=500)
+
+    provider = Starlette(routes=[Route("/{path:path}", answer, methods=["GET", "PATCH"])])
+    with (
+        running_server(provider) as provider_url,
+        running_receiver(
+            make_settings, okdokument_base_url=provider_url, outbox_max_attempts=1
+        ) as receiver,
+    ):
+        registered = receiver.register(provider="okdokument", signatureRequestId="sr-nul")
+        (attach,) = receiver.wait_for_actions(registered["id"], settled=1)
+    assert attach["status"] == "dead"
+    (attempt,) = attach["attempt_log"]
+    assert attempt["status_code"] == 500
+    assert "bad\\x00answer" in attempt["response_excerpt"]
