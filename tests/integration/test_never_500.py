@@ -62,7 +62,7 @@ def settled_timeline(receiver: Receiver, request_id: int, count: int) -> list[di
         done = [e for e in timeline if e["status"] not in ("pending", "processing")]
         return timeline if len(done) >= count else None
 
-    return wait_until(probe, timeout=20, what=f"{count} settled timeline entries")
+    return wait_until(probe, timeout=30, what=f"{count} settled timeline entries")
 
 
 def test_absurd_times_are_kept_out_of_the_views(receiver: Receiver) -> None:
@@ -283,7 +283,7 @@ def test_a_provider_answer_with_a_nul_is_recorded(make_settings: Callable[..., S
         ) as receiver,
     ):
         registered = receiver.register(provider="okdokument", signatureRequestId="sr-nul")
-        (attach,) = receiver.wait_for_actions(registered["id"], settled=1)
+        (attach,) = receiver.wait_for_actions(registered["id"], settled=1, timeout=30)
     assert attach["status"] == "dead"
     (attempt,) = attach["attempt_log"]
     assert attempt["status_code"] == 500
