@@ -121,9 +121,10 @@ class SqliteDatabase(Database):
 
     def is_unavailable(self, exc: BaseException) -> bool:
         # Another process holds the write lock past the busy timeout (a CLI command), or the
-        # file cannot be reached: not a bug. Other OperationalErrors (SQL errors) are bugs.
+        # file cannot be reached or grow: not a bug. Other OperationalErrors (SQL errors)
+        # are bugs.
         return isinstance(exc, sqlite3.OperationalError) and any(
-            word in str(exc) for word in ("locked", "busy", "unable to open", "disk I/O")
+            word in str(exc) for word in ("locked", "busy", "unable to open", "disk I/O", "full")
         )
 
     async def connect(self) -> None:
