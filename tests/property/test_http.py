@@ -91,6 +91,29 @@ def assert_everything_renders(receiver: Receiver) -> None:
         assert failed == [], failed
 
 
+# Log events that mean an exception nothing handled: the answer's 500 (the hook router or
+# the app's error handler), and a row the pipeline could not process.
+UNHANDLED = frozenset({"unhandled error", "processing failed", "cannot normalize callback"})
+
+
+def assert_nothing_unhandled(capsys: pytest.CaptureFixture[str]) -> None:
+    """No log line of the test (signback's JSON lines on stderr) reports an exception
+    that nothing handled."""
+    unhandled = []
+    seen = 0
+    for line in capsys.readouterr().err.splitlines():
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue  # uvicorn's and the pool's own lines
+        if isinstance(entry, dict) and "event" in entry:
+            seen += 1
+            if entry["event"] in UNHANDLED:
+                unhandled.append(entry)
+    assert seen > 0, "no log line was captured: this check would see nothing"
+    assert unhandled == [], unhandled[:3]
+
+
 def path_of(url: str, receiver: Receiver) -> str:
     return url.removeprefix(receiver.url)
 
@@ -115,7 +138,9 @@ content_types = s.mostly(
 )
 
 
-def test_sendinfo_never_answers_5xx_and_what_it_accepts_renders(receiver: Receiver) -> None:
+def test_sendinfo_never_answers_5xx_and_what_it_accepts_renders(
+    receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
     registered = receiver.register(provider="okdokument", signatureRequestId=SR_ID)
     hook = path_of(registered["callback_urls"]["sendinfo_url"], receiver)
     answers: Counter[int] = Counter()
@@ -157,10 +182,11 @@ def test_sendinfo_never_answers_5xx_and_what_it_accepts_renders(receiver: Receiv
         post()
     assert answers[200] > 0, answers  # the generated bodies reached the store
     assert_everything_renders(receiver)
+    assert_nothing_unhandled(capsys)
 
 
 def test_firma_webhooks_never_answer_5xx_and_what_they_store_renders(
-    receiver: Receiver,
+    receiver: Receiver, capsys: pytest.CaptureFixture[str]
 ) -> None:
     receiver.register(provider="firma", signatureRequestId=FIRMA_ID)
     answers: Counter[int] = Counter()
@@ -218,10 +244,11 @@ def test_firma_webhooks_never_answer_5xx_and_what_they_store_renders(
         post()
     assert answers[200] > 0, answers
     assert_everything_renders(receiver)
+    assert_nothing_unhandled(capsys)
 
 
 def test_browser_returns_never_answer_5xx_and_what_they_store_renders(
-    receiver: Receiver,
+    receiver: Receiver, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with_urls = receiver.register(
         provider="okdokument",
@@ -245,10 +272,11 @@ def test_browser_returns_never_answer_5xx_and_what_they_store_renders(
 
         visit()
     assert_everything_renders(receiver)
+    assert_nothing_unhandled(capsys)
 
 
 def test_the_admin_api_never_answers_5xx_and_what_it_stores_renders(
-    receiver: Receiver,
+    receiver: Receiver, capsys: pytest.CaptureFixture[str]
 ) -> None:
     answers: Counter[int] = Counter()
     with receiver.admin() as admin:
@@ -322,3 +350,4 @@ def test_the_admin_api_never_answers_5xx_and_what_it_stores_renders(
         listing()
     assert answers[201] > 0, answers  # the generated bodies reached the store
     assert_everything_renders(receiver)
+    assert_nothing_unhandled(capsys)
