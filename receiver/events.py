@@ -12,6 +12,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# When a provider's own timestamp of an event is believable. Anything outside (milliseconds
+# taken for seconds, 1e308, a 70-digit number, a browser's made-up ``ts``) is no time at
+# all: the adapter leaves ``occurred_at`` None and keeps the raw value in ``details``
+# (``occurred_at_raw``), so that no stored time is one a view cannot show.
+EARLIEST_OCCURRED_AT = 946_684_800.0  # 2000-01-01T00:00:00Z
+LATEST_OCCURRED_AT = 4_102_444_800.0  # 2100-01-01T00:00:00Z
+RAW_TIME_CHARS = 64  # how much of an unusable raw time is kept in details
+
+
+def plausible_time(seconds: float | None) -> float | None:
+    """``seconds`` if it is a unix time between 2000 and 2100, else None."""
+    if seconds is None or not EARLIEST_OCCURRED_AT <= seconds < LATEST_OCCURRED_AT:
+        return None  # NaN fails the comparison too
+    return seconds
+
 
 class EventKind(enum.StrEnum):
     """What happened, in provider-neutral words. Stored as its string value."""
@@ -43,7 +58,8 @@ class NormalizedEvent:
     provider_type: str  # the provider's own name for it ("signed", "signing_request.completed")
     external_id: str | None  # the provider's id of the signature request, used for matching
     event_id: str | None = None  # the provider's id of this event, if it has one
-    occurred_at: float | None = None  # when the provider says it happened (unix seconds)
+    # When the provider says it happened (unix seconds), if plausible (see plausible_time).
+    occurred_at: float | None = None
     # Whether the claim can be acted on. Signed (HMAC) events are; OKdokument's unsigned
     # sendInfo is a claim until the Document-info API confirms it (see handlers/okdokument).
     confirmed: bool = True

@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from receiver.store.storable import renderable
+
 JSONDecodeError = orjson.JSONDecodeError  # a ValueError (json.JSONDecodeError)
 
 
@@ -50,7 +52,30 @@ def dumps_bytes(value: Any, *, default: Any = None) -> bytes:
 
 
 def loads_object(text: str | bytes | None) -> dict[str, Any]:
+    """A stored JSON object (metadata, defaults, headers); ``{}`` for what is not one.
+
+    Stored text is read back whatever it holds, so that no row can break a view or the
+    pipeline: what orjson refuses (a lone-surrogate escape, deep nesting) goes to the
+    standard library, and what that refuses too reads as ``{}``."""
     if not text:
         return {}
-    value = orjson.loads(text)
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError):
+            return {}
     return value if isinstance(value, dict) else {}
+
+
+def dumps_view(value: Any) -> bytes:
+    """JSON for an answer that shows stored data: never fails on what a row may hold.
+
+    orjson writes NaN and infinities as null. What it refuses (an integer beyond 64 bits,
+    text with a lone surrogate, nesting past its limit) is made renderable first
+    (:func:`receiver.store.storable.renderable`) and written by the standard library."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(renderable(value), separators=(",", ":"), allow_nan=False).encode()

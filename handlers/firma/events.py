@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 from receiver import jsonutil
 from receiver.errors import CallbackRejected
-from receiver.events import EventKind, NormalizedEvent
+from receiver.events import RAW_TIME_CHARS, EventKind, NormalizedEvent, plausible_time
 from receiver.providers import StoredCallback
 
 __all__ = [
@@ -169,7 +169,9 @@ def _object(value: Any, what: str) -> Mapping[str, Any]:
 def parse_timestamp(value: Any) -> float | None:
     """ISO-8601 (``Z`` or an offset; naive means UTC) or unix seconds → unix seconds.
 
-    Anything unreadable is None: a bad timestamp never makes a callback invalid.
+    Anything unreadable, or outside the plausible range of
+    :func:`receiver.events.plausible_time`, is None: a bad timestamp never makes a callback
+    invalid, and never becomes a stored time that no view can show.
     """
     if isinstance(value, bool):  # bool is an int in Python; true is not 1970-01-01T00:00:01
         return None
@@ -189,12 +191,12 @@ def parse_timestamp(value: Any) -> float | None:
                 return None
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=UTC)
-            return moment.timestamp()
+            return plausible_time(moment.timestamp())
     if number is None or not math.isfinite(number):
         return None
     if abs(number) >= _MILLISECONDS_FROM:
         number /= 1000.0
-    return number
+    return plausible_time(number)
 
 
 def parse_envelope(body: bytes) -> Envelope:
@@ -350,6 +352,10 @@ def normalize(callback: StoredCallback) -> NormalizedEvent:
                 provider_status = reported
     if provider_status is not None:
         details["provider_status"] = provider_status
+    if envelope.created_at is None:
+        raw_time = _first(envelope.payload.get("created_at"), envelope.payload.get("timestamp"))
+        if isinstance(raw_time, str | int | float):  # other JSON values: not worth keeping
+            details["occurred_at_raw"] = str(raw_time)[:RAW_TIME_CHARS]
 
     return NormalizedEvent(
         provider=PROVIDER,

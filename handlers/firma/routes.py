@@ -13,6 +13,7 @@ secret configured, 404 unknown workspace, 405 wrong method, 413 too large, 415 n
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from receiver.errors import CallbackRejected, SignatureInvalid
 from receiver.intake.ack import rejected, store_and_ack
 from receiver.intake.router import Answer, Callback, Hook
 from receiver.logs import get_logger
+from receiver.store.inbox import DEDUPE_KEY_CHARS
 
 log = get_logger("signback.firma")
 
@@ -33,6 +35,15 @@ def check_content_type(call: Callback) -> None:
         raise CallbackRejected(
             f"content type must be application/json, not {media or 'missing'!r}", 415
         )
+
+
+def dedupe_key(event_id: str) -> str:
+    """``event:<id>``; for an id too long for the key's column (ids of up to 200 characters
+    are accepted), its SHA-256 instead, so that the callback can be stored."""
+    key = "event:" + event_id
+    if len(key) <= DEDUPE_KEY_CHARS:
+        return key
+    return "event-sha256:" + hashlib.sha256(event_id.encode()).hexdigest()
 
 
 def hooks(ctx: AppContext) -> list[Hook]:
@@ -78,7 +89,7 @@ def hooks(ctx: AppContext) -> list[Hook]:
             provider="firma",
             channel="webhook",
             # The event id, not X-Firma-Delivery (which changes with every retry).
-            dedupe_key="event:" + envelope.event_id,
+            dedupe_key=dedupe_key(envelope.event_id),
             body=body,
             headers=call.headers,
             query="",

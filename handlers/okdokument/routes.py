@@ -83,7 +83,11 @@ def hooks(ctx: AppContext) -> list[Hook]:
             state = payload.get("state")
             if not isinstance(state, str) or not state:
                 raise CallbackRejected("body has no state", 400)
-            if not hmac.compare_digest(claimed.encode(), str(row["external_id"]).encode()):
+            # surrogatepass: a lone surrogate ("\ud800" in the JSON) is no registered id,
+            # and must be refused like any other, not fail the encoding.
+            if not hmac.compare_digest(
+                claimed.encode("utf-8", "surrogatepass"), str(row["external_id"]).encode()
+            ):
                 raise CallbackRejected(
                     "signatureRequestId in the body does not belong to this callback URL", 409
                 )

@@ -2,6 +2,14 @@
 
 Every route needs ``Authorization: Bearer <SIGNBACK_ADMIN_TOKEN>`` (compared in constant time).
 Errors are JSON ``{"error": "...", ...}``; bad input is a 422 listing each field's problem.
+
+No input reaches a 5xx: parameters are checked one by one (a 422 names the parameter; an id
+no row can have is a 404), bodies that are not JSON (or nested past the parser's limit) are
+a 400, and text the database cannot hold (NUL, lone surrogates) is a 422. A database that
+cannot answer is a 503 with ``Retry-After``. Any other exception is a bug, logged with its
+traceback and answered 500 by the app's error handler. Stored data always renders: times
+that are no time show as null, and text any client can decode (see :func:`iso`,
+:class:`ApiJSON`).
 """
 
 from __future__ import annotations
@@ -12,21 +20,56 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, HttpUrl, ValidationError
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    field_validator,
+)
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from receiver import jsonutil
 from receiver.context import AppContext
 from receiver.errors import InvalidAction
+from receiver.logs import get_logger
 from receiver.metrics import CONTENT_TYPE
 from receiver.model import RequestState, SignatureRequest
 from receiver.pipeline.registration import Registration, RegistrationRefused, register
 from receiver.store import inbox, outbox, requests
 from receiver.store.db.base import Row
+from receiver.store.storable import json_problem, text_problem
+
+log = get_logger("signback.api")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 MAX_API_BODY = 256 * 1024
+MAX_ROW_ID = 2**63 - 1  # ids are 64-bit on both databases
+OUTBOX_STATUSES = ("pending", "in_flight", "done", "dead", "skipped")
+INBOX_STATUSES = (
+    inbox.PENDING,
+    inbox.PROCESSING,
+    inbox.PROCESSED,
+    inbox.UNMATCHED,
+    inbox.FAILED,
+)
+RETRY_AFTER_SECONDS = "5"
+
+
+class ApiJSON(JSONResponse):
+    """JSON that renders whatever a row holds (receiver.jsonutil.dumps_view): Starlette's
+    own refuses NaN and fails on a lone surrogate, which turned a stored value into a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return jsonutil.dumps_view(content)
+
+
+class ParameterError(Exception):
+    """A query parameter that is not what the route takes: answered 422 with the reason."""
 
 
 class RegisterBody(BaseModel):
@@ -52,11 +95,34 @@ class RegisterBody(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     defaults: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("provider", "signature_request_id", "document_id", "reference")
+    @classmethod
+    def _storable_text(cls, value: str | None) -> str | None:
+        problem = None if value is None else text_problem(value)
+        if problem is not None:
+            raise ValueError(problem)  # pydantic reports it as this field's error
+        return value
 
-def iso(value: float | None) -> str | None:
-    if value is None:
+    @field_validator("metadata", "defaults")
+    @classmethod
+    def _storable_json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problem = json_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+
+def iso(value: object) -> str | None:
+    """A stored unix time as ISO 8601 UTC. Whatever the column holds (an absurd float from
+    an old row, text on SQLite), the answer is a time or None, never an error."""
+    if value is None or isinstance(value, bool):
         return None
-    return dt.datetime.fromtimestamp(float(value), tz=dt.UTC).isoformat().replace("+00:00", "Z")
+    try:
+        seconds = float(value)  # type: ignore[arg-type]  # anything: failures are None
+        moment = dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
+    except (TypeError, ValueError, OverflowError, OSError):  # text, NaN, ±inf, out of range
+        return None
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def request_json(request: SignatureRequest, urls: dict[str, str] | None = None) -> dict[str, Any]:
@@ -106,7 +172,7 @@ def action_json(row: Row, attempts: list[Row] | None = None) -> dict[str, Any]:
         "request_id": int(row["request_id"]),
         "key": row["action_key"],
         "operation": row["operation"],
-        "payload": json.loads(row["payload"]),
+        "payload": jsonutil.loads_object(row["payload"]),
         "status": row["status"],
         "attempts": int(row["attempts"]),
         "due_at": iso(row["due_at"]),
@@ -148,16 +214,55 @@ async def request_detail(ctx: AppContext, request_id: int) -> dict[str, Any] | N
 
 
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+    return ApiJSON({"error": message, **extra}, status_code=status)
+
+
+def row_id(raw: str) -> int | None:
+    """A row id from a path: ASCII digits of a positive 64-bit number; None for anything
+    else, which no row has (so the route answers as for an unknown id)."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw.lstrip("0")) > len(str(MAX_ROW_ID)):
+        return None
+    value = int(raw)
+    return value if 0 < value <= MAX_ROW_ID else None
+
+
+def _whole_number(request: Request, name: str) -> int | None:
+    """A query parameter of ASCII digits, or None when absent. Digits beyond 64 bits come
+    back as MAX_ROW_ID + 1 (every bound the routes apply caps them)."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()):
+        raise ParameterError(f"{name} must be a whole number")
+    if len(raw.lstrip("0")) > len(str(MAX_ROW_ID)):
+        return MAX_ROW_ID + 1
+    return min(int(raw), MAX_ROW_ID + 1)
 
 
 def _int_param(request: Request, name: str, default: int, *, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit():
-        raise ValueError(f"{name} must be a whole number")
-    return max(low, min(high, int(raw)))
+    value = _whole_number(request, name)
+    return default if value is None else max(low, min(high, value))
+
+
+def _choice(request: Request, name: str, allowed: tuple[str, ...]) -> str | None:
+    """A filter that must be one of ``allowed``; absent or empty means no filter."""
+    value = request.query_params.get(name)
+    if not value:
+        return None
+    if value not in allowed:
+        raise ParameterError(f"{name} must be one of {', '.join(allowed)}")
+    return value
+
+
+def _text_filter(request: Request, name: str, max_chars: int) -> str | None:
+    value = request.query_params.get(name)
+    if value is None:
+        return None
+    if len(value) > max_chars:
+        raise ParameterError(f"{name} must be at most {max_chars} characters")
+    if problem := text_problem(value):
+        raise ParameterError(f"{name} {problem}")
+    return value
 
 
 def routes(ctx: AppContext) -> list[BaseRoute]:
@@ -169,15 +274,28 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             if scheme.lower() != "bearer" or not hmac.compare_digest(
                 presented.strip().encode(), admin_token
             ):
-                return JSONResponse(
+                return ApiJSON(
                     {"error": "missing or wrong admin token (Authorization: Bearer …)"},
                     status_code=401,
                     headers={"www-authenticate": 'Bearer realm="signback"'},
                 )
             try:
                 return await endpoint(request)
-            except ValueError as exc:
+            except ParameterError as exc:
                 return error(422, str(exc))
+            except Exception as exc:
+                if not ctx.db.is_unavailable(exc):
+                    raise  # a bug: the app's handler logs it and answers 500
+                log.error(
+                    "admin API: database unavailable",
+                    path=request.url.path,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                return ApiJSON(
+                    {"error": "the database is unavailable; please retry"},
+                    status_code=503,
+                    headers={"retry-after": RETRY_AFTER_SECONDS},
+                )
 
         return guarded
 
@@ -187,8 +305,8 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             return error(413, f"body larger than {MAX_API_BODY} bytes")
         try:
             data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return error(400, f"body is not valid JSON: {exc}")
+        except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, huge ints, nesting
+            return error(400, f"body is not valid JSON: {str(exc)[:200]}")
         try:
             body = RegisterBody.model_validate(data)
         except ValidationError as exc:
@@ -231,52 +349,53 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             return error(422, "invalid request", fields=exc.fields)
         answer = request_json(registered.request, registered.urls.as_dict())
         if not registered.created:
-            return JSONResponse({"error": "already registered", "request": answer}, status_code=409)
+            return ApiJSON({"error": "already registered", "request": answer}, status_code=409)
         answer["requeued_events"] = registered.requeued_events
-        return JSONResponse(answer, status_code=201)
+        return ApiJSON(answer, status_code=201)
+
+    providers = tuple(sorted(ctx.providers))
 
     async def list_requests(request: Request) -> Response:
-        q = request.query_params
-        state = q.get("state")
+        state = request.query_params.get("state")
         if state is not None and state not in {s.value for s in RequestState}:
             return error(422, f"unknown state {state!r}", allowed=[s.value for s in RequestState])
-        before = q.get("before_id")
-        if before is not None and not before.isdigit():
-            return error(422, "before_id must be a whole number")
+        before = _whole_number(request, "before_id")
         rows = await requests.search(
             ctx.db,
             state=state,
-            provider=q.get("provider"),
-            reference=q.get("reference"),
-            before_id=int(before) if before else None,
+            provider=_choice(request, "provider", providers),
+            reference=_text_filter(request, "reference", 200),
+            # Past the largest id, every row is before it: no bound at all.
+            before_id=before if before is not None and before <= MAX_ROW_ID else None,
             limit=_int_param(request, "limit", 50, low=1, high=500),
         )
         items = [request_json(requests.from_row(r)) for r in rows]
-        return JSONResponse({"items": items, "next_before_id": items[-1]["id"] if items else None})
+        return ApiJSON({"items": items, "next_before_id": items[-1]["id"] if items else None})
 
     async def show_request(request: Request) -> Response:
-        detail = await request_detail(ctx, request.path_params["id"])
+        request_id = row_id(request.path_params["id"])
+        detail = None if request_id is None else await request_detail(ctx, request_id)
         if detail is None:
             return error(404, "no such request")
-        return JSONResponse(detail)
+        return ApiJSON(detail)
 
     async def list_actions(request: Request) -> Response:
         rows = await outbox.search(
             ctx.db,
-            status=request.query_params.get("status"),
+            status=_choice(request, "status", OUTBOX_STATUSES),
             limit=_int_param(request, "limit", 100, low=1, high=1000),
         )
         attempts = await outbox.attempts_for(ctx.db, [int(a["id"]) for a in rows])
-        return JSONResponse(
-            {"items": [action_json(a, attempts.get(int(a["id"]), [])) for a in rows]}
-        )
+        return ApiJSON({"items": [action_json(a, attempts.get(int(a["id"]), [])) for a in rows]})
 
     async def retry_action(request: Request) -> Response:
-        action_id = request.path_params["id"]
+        action_id = row_id(request.path_params["id"])
+        if action_id is None:
+            return error(404, "no such action")
         if await outbox.retry(ctx.db, action_id, now=ctx.clock()):
             row = await outbox.get(ctx.db, action_id)
             assert row is not None
-            return JSONResponse(action_json(row))
+            return ApiJSON(action_json(row))
         row = await outbox.get(ctx.db, action_id)
         if row is None:
             return error(404, "no such action")
@@ -285,15 +404,16 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
     async def list_inbox(request: Request) -> Response:
         rows = await inbox.search(
             ctx.db,
-            status=request.query_params.get("status"),
-            provider=request.query_params.get("provider"),
+            status=_choice(request, "status", INBOX_STATUSES),
+            provider=_choice(request, "provider", providers),
             limit=_int_param(request, "limit", 100, low=1, high=1000),
         )
-        return JSONResponse({"items": [event_json(r) for r in rows]})
+        return ApiJSON({"items": [event_json(r) for r in rows]})
 
     async def retry_inbox(request: Request) -> Response:
-        if await inbox.retry(ctx.db, request.path_params["id"]):
-            return JSONResponse({"status": "pending"})
+        inbox_id = row_id(request.path_params["id"])
+        if inbox_id is not None and await inbox.retry(ctx.db, inbox_id):
+            return ApiJSON({"status": "pending"})
         return error(409, "only failed or unmatched events can be re-processed (or no such event)")
 
     async def metrics(_: Request) -> Response:
@@ -301,7 +421,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
         return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
 
     async def stats(_: Request) -> Response:
-        return JSONResponse(
+        return ApiJSON(
             {
                 "inbox": await inbox.counts(ctx.db),
                 "outbox": await outbox.counts(ctx.db),
@@ -311,11 +431,12 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
     return [
         Route("/api/requests", admin(create_request), methods=["POST"]),
         Route("/api/requests", admin(list_requests), methods=["GET"]),
-        Route("/api/requests/{id:int}", admin(show_request), methods=["GET"]),
+        # Ids are checked by row_id(): Starlette's {id:int} turns 5,000 digits into a 500.
+        Route("/api/requests/{id}", admin(show_request), methods=["GET"]),
         Route("/api/outbox", admin(list_actions), methods=["GET"]),
-        Route("/api/outbox/{id:int}/retry", admin(retry_action), methods=["POST"]),
+        Route("/api/outbox/{id}/retry", admin(retry_action), methods=["POST"]),
         Route("/api/inbox", admin(list_inbox), methods=["GET"]),
-        Route("/api/inbox/{id:int}/retry", admin(retry_inbox), methods=["POST"]),
+        Route("/api/inbox/{id}/retry", admin(retry_inbox), methods=["POST"]),
         Route("/api/stats", admin(stats), methods=["GET"]),
         Route("/metrics", admin(metrics), methods=["GET"]),
     ]

@@ -76,7 +76,10 @@ async def store(
     request_id: int | None,
     external_id: str | None,
 ) -> bool:
-    """Commit one callback to the inbox. True if new, False for a duplicate."""
+    """Commit one callback to the inbox. True if new, False for a duplicate. Raises
+    :class:`CallbackRejected` (400) for values the inbox cannot hold, before writing."""
+    if problem := inbox.intake_problem(dedupe_key=dedupe_key, query=query, external_id=external_id):
+        raise CallbackRejected(problem, 400)
     params = inbox.insert_params(
         provider=provider,
         channel=channel,
@@ -97,6 +100,9 @@ async def store_and_ack(ctx: AppContext, *, log_facts: Mapping[str, Any], **fiel
     labels = (str(fields.get("provider")), str(fields.get("channel")))
     try:
         new = await store(ctx, **fields)
+    except CallbackRejected as exc:
+        facts = {"provider": labels[0], "channel": labels[1], **log_facts}
+        return rejected(exc, **facts)
     except Exception as exc:
         ctx.metrics.callbacks.inc(*labels, "503")
         log.error("could not store callback", error=f"{type(exc).__name__}: {exc}", **log_facts)

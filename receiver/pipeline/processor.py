@@ -26,13 +26,14 @@ from typing import Any
 from receiver import jsonutil
 from receiver.aio import sleep_or_stop
 from receiver.context import AppContext
-from receiver.events import EventKind, NormalizedEvent
+from receiver.events import RAW_TIME_CHARS, EventKind, NormalizedEvent, plausible_time
 from receiver.logs import get_logger
 from receiver.model import SignatureRequest
 from receiver.pipeline import states
 from receiver.providers import StoredCallback
 from receiver.store import inbox, outbox, requests
 from receiver.store.db.base import Row, Transaction
+from receiver.store.storable import text_problem
 
 log = get_logger("signback.pipeline")
 
@@ -69,8 +70,11 @@ def normalize_return(callback: StoredCallback) -> NormalizedEvent:
         key: params[key][:200] for key in ("result", "lang", "docid", "name") if key in params
     }
     occurred_at = None
-    if _MILLIS.fullmatch(params.get("ts", "")):
-        occurred_at = int(params["ts"]) / 1000.0
+    if "ts" in params:
+        if _MILLIS.fullmatch(params["ts"]):
+            occurred_at = plausible_time(int(params["ts"]) / 1000.0)
+        if occurred_at is None:  # a browser can send anything: keep it, never as a time
+            details["occurred_at_raw"] = params["ts"][:RAW_TIME_CHARS]
     return NormalizedEvent(
         provider=callback.provider,
         kind=EventKind.SIGNER_RETURNED,
@@ -257,7 +261,7 @@ class Pipeline:
             request = known.get(callback.request_id)
             if request is None:
                 request = _request_or_none(await requests.get(tx, callback.request_id, lock=lock))
-        elif event.external_id is not None:
+        elif event.external_id is not None and matchable(event.external_id):
             # Serialize with a registration of the same request (see registration.py):
             # otherwise an event looked up just before the registration commits could be
             # marked unmatched just after the registration re-queued unmatched events.
@@ -267,7 +271,9 @@ class Pipeline:
             )
 
         if request is None:
-            if event.external_id is not None:
+            if event.external_id is not None and not matchable(event.external_id):
+                status, note = inbox.PROCESSED, "names a request id no registration can have"
+            elif event.external_id is not None:
                 status, note = inbox.UNMATCHED, "no registered request yet; kept until one is"
             elif event.kind is EventKind.TEST:
                 status, note = inbox.PROCESSED, "test event: stored, changes nothing"
@@ -362,6 +368,13 @@ class Pipeline:
         if event.kind in states.TARGET:
             return transition.changed
         return event.kind is not EventKind.TEST
+
+
+def matchable(external_id: str) -> bool:
+    """Whether a registered request could have this id: registration refuses ids the schema
+    cannot hold (receiver/admin/api.py), so looking such an id up (and locking on it) is moot,
+    and on PostgreSQL it would fail the row on every try."""
+    return len(external_id) <= inbox.EXTERNAL_ID_CHARS and text_problem(external_id) is None
 
 
 def _request_or_none(row: Row | None) -> SignatureRequest | None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from receiver.jsonutil import dumps
 from receiver.store.db.base import Database, NewRowInsert, Row, Transaction, in_list
+from receiver.store.storable import storable, storable_or_none, text_problem
 
 INBOX_CHANNEL = "inbox"
 
@@ -18,6 +20,25 @@ PENDING, PROCESSING, PROCESSED, UNMATCHED, FAILED = (
     "unmatched",
     "failed",
 )
+
+# Sizes of what the intake stores (migration 0001): a hook must keep within them.
+DEDUPE_KEY_CHARS = 200
+EXTERNAL_ID_CHARS = 200
+
+
+def intake_problem(*, dedupe_key: str, query: str, external_id: str | None) -> str | None:
+    """Why a callback's values cannot be stored as they are, or None. Checked before the
+    acknowledgement: a callback is refused (4xx) rather than acknowledged and then lost."""
+    if len(dedupe_key) > DEDUPE_KEY_CHARS or text_problem(dedupe_key):
+        return "callback cannot be stored: its deduplication key is too long or not text"
+    if external_id is not None and (
+        len(external_id) > EXTERNAL_ID_CHARS or text_problem(external_id)
+    ):
+        return f"request id must be text of at most {EXTERNAL_ID_CHARS} characters"
+    if problem := text_problem(query):
+        return f"query string {problem}"
+    return None
+
 
 # A callback is new unless the same provider already sent its dedupe key.
 NEW_CALLBACK = NewRowInsert(
@@ -139,6 +160,43 @@ async def take_pending(tx: Transaction, *, limit: int, after_id: int = 0) -> lis
     return sorted(rows, key=lambda r: int(r["id"]))
 
 
+# The sizes of the inbox's String(n) columns (migration 0001) that finish() writes.
+FACT_COLUMN_CHARS = {
+    "external_id": EXTERNAL_ID_CHARS,
+    "kind": 40,
+    "provider_type": 120,
+    "event_id": 200,
+    "state_before": 32,
+    "state_after": 32,
+}
+TEXT_FACTS = ("note", "error")  # Text columns: no size, but the same encoding rules
+
+
+def storable_facts(facts: Mapping[str, Any]) -> dict[str, Any]:
+    """The normalized facts of a callback as the schema can hold them: every text escaped
+    and cut to its column (receiver/store/storable.py), a time that is no number as None.
+
+    The one place where what a provider sent meets the inbox's columns after the ack: a
+    provider's type of 500 characters, or a state with a lone surrogate, is recorded cut or
+    escaped (the raw body keeps the original), so that the callback is processed instead of
+    failing every try."""
+    kept = dict(facts)
+    for name, value in facts.items():
+        if name in FACT_COLUMN_CHARS or name in TEXT_FACTS:
+            kept[name] = storable_or_none(value, FACT_COLUMN_CHARS.get(name))
+    if "occurred_at" in facts:
+        kept["occurred_at"] = _finite_or_none(facts["occurred_at"])
+    return kept
+
+
+def _finite_or_none(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 async def finish(
     tx: Transaction,
     inbox_id: int,
@@ -156,17 +214,8 @@ async def finish(
     note: str | None = None,
     error: str | None = None,
 ) -> None:
-    await tx.execute(
-        "UPDATE inbox SET status = :status, processed_at = :now, lease_expires_at = NULL,"
-        " request_id = COALESCE(:request_id, request_id),"
-        " external_id = COALESCE(:external_id, external_id), kind = :kind,"
-        " provider_type = :provider_type, event_id = :event_id, occurred_at = :occurred_at,"
-        " state_before = :state_before, state_after = :state_after, note = :note, error = :error"
-        " WHERE id = :id",
+    facts = storable_facts(
         {
-            "status": status,
-            "now": now,
-            "request_id": request_id,
             "external_id": external_id,
             "kind": kind,
             "provider_type": provider_type,
@@ -176,8 +225,16 @@ async def finish(
             "state_after": state_after,
             "note": note,
             "error": error,
-            "id": inbox_id,
-        },
+        }
+    )
+    await tx.execute(
+        "UPDATE inbox SET status = :status, processed_at = :now, lease_expires_at = NULL,"
+        " request_id = COALESCE(:request_id, request_id),"
+        " external_id = COALESCE(:external_id, external_id), kind = :kind,"
+        " provider_type = :provider_type, event_id = :event_id, occurred_at = :occurred_at,"
+        " state_before = :state_before, state_after = :state_after, note = :note, error = :error"
+        " WHERE id = :id",
+        {"status": status, "now": now, "request_id": request_id, "id": inbox_id, **facts},
     )
 
 
@@ -192,7 +249,7 @@ async def mark_for_retry(tx: Transaction, inbox_id: int, *, error: str, max_atte
         "UPDATE inbox SET error = :error, lease_expires_at = NULL,"
         " status = CASE WHEN attempts >= :max THEN 'failed' ELSE 'pending' END"
         " WHERE id = :id AND status = 'processing'",
-        {"error": error, "max": max_attempts, "id": inbox_id},
+        {"error": storable(error), "max": max_attempts, "id": inbox_id},
     )
 
 

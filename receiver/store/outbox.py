@@ -8,6 +8,7 @@ from typing import Any
 from receiver.jsonutil import dumps
 from receiver.model import Action
 from receiver.store.db.base import Database, Row, Transaction, in_list
+from receiver.store.storable import storable_or_none
 
 OUTBOX_CHANNEL = "outbox"
 
@@ -122,8 +123,9 @@ async def record_attempt(
             "duration_ms": duration_ms,
             "status_code": status_code,
             "outcome": outcome,
-            "error": error,
-            "excerpt": response_excerpt,
+            # A provider's answer is outside text: it may hold a NUL (PostgreSQL refuses).
+            "error": storable_or_none(error),
+            "excerpt": storable_or_none(response_excerpt),
         },
     )
 
@@ -158,7 +160,7 @@ async def settle(
             "status": status,
             "due": due_at,
             "code": status_code,
-            "error": error,
+            "error": storable_or_none(error),
             "now": now,
             "id": action_id,
             "worker": worker,

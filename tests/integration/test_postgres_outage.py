@@ -256,6 +256,36 @@ def test_an_outage_is_reported_and_survived(
             assert outcomes[-1] == "ok"
 
 
+def test_the_admin_api_answers_503_at_once_during_an_outage(
+    make_pg_settings: Callable[..., Settings],
+) -> None:
+    """It used to wait out the pool's 4 s checkout timeout and answer 500."""
+    with running_receiver(make_pg_settings, okdokument_base_url="http://127.0.0.1:9") as r:
+        registered = r.register(provider="okdokument", signatureRequestId="sr-admin")
+        with outage(database_name(r.settings.database_url)):
+            wait_until(lambda: readyz(r) == 503, timeout=15, interval=0.2, what="/readyz 503")
+            with r.admin() as admin:
+                for method, path in (
+                    ("GET", f"/api/requests/{registered['id']}"),
+                    ("GET", "/api/inbox"),
+                    ("POST", "/api/outbox/1/retry"),
+                ):
+                    asked = time.monotonic()
+                    response = admin.request(method, path)
+                    took = time.monotonic() - asked
+                    assert response.status_code == 503, (path, response.text)
+                    assert response.headers["retry-after"] == "5"
+                    assert response.json() == {"error": "the database is unavailable; please retry"}
+                    # While the server refuses connections a checkout waits 0.5 s, not 4 s.
+                    assert took < 3.5, (path, took)
+        with r.admin() as admin:
+            wait_until(
+                lambda: admin.get(f"/api/requests/{registered['id']}").status_code == 200,
+                timeout=15,
+                what="the admin API back after the outage",
+            )
+
+
 # --- two dispatchers ----------------------------------------------------------------------
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.parse
+
 import pytest
 
 from receiver.events import EventKind
@@ -78,8 +80,12 @@ def test_raw_keeps_every_parameter() -> None:
     [
         pytest.param("ts=1700000000123", 1_700_000_000.123, id="ms"),
         pytest.param("ts=1700000000000", 1_700_000_000.0, id="whole-second"),
-        pytest.param("ts=0", 0.0, id="zero"),
-        pytest.param("ts=0001000", 1.0, id="leading-zeros"),
+        pytest.param("ts=01700000000000", 1_700_000_000.0, id="leading-zero"),
+        # Readable, but no time a signer returned at (before 2000, after 2100): no time.
+        pytest.param("ts=0", None, id="zero"),
+        pytest.param("ts=0001000", None, id="1970"),
+        pytest.param("ts=999999999999999", None, id="year-33658"),
+        pytest.param("ts=4102444800000", None, id="year-2100"),
         pytest.param("", None, id="missing"),
         pytest.param("ts=", None, id="empty"),
         pytest.param("ts=abc", None, id="letters"),
@@ -93,11 +99,16 @@ def test_raw_keeps_every_parameter() -> None:
 )
 def test_ts_in_milliseconds(query: str, occurred_at: float | None) -> None:
     event = normalize_return(callback(query))
+    assert "ts" not in event.details
     if occurred_at is None:
         assert event.occurred_at is None
-    else:
-        assert event.occurred_at == pytest.approx(occurred_at)
-    assert "ts" not in event.details
+        # What the browser sent is kept, never as a time (a view could not show it).
+        if query.startswith("ts="):
+            raw = urllib.parse.parse_qs(query, keep_blank_values=True)["ts"][0]
+            assert event.details["occurred_at_raw"] == raw[:64]
+        return
+    assert event.occurred_at == pytest.approx(occurred_at)
+    assert "occurred_at_raw" not in event.details
 
 
 @pytest.mark.parametrize(
@@ -111,7 +122,8 @@ def test_ts_in_milliseconds(query: str, occurred_at: float | None) -> None:
 def test_garbage_ts_is_ignored_not_raised(query: str) -> None:
     event = normalize_return(callback(query + "&result=success"))
     assert event.occurred_at is None
-    assert event.details == {"result": "success"}
+    assert event.details["result"] == "success"
+    assert len(event.details["occurred_at_raw"]) <= 64
 
 
 def test_details_never_exceed_200_chars_per_value() -> None:

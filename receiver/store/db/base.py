@@ -160,6 +160,11 @@ class Database(abc.ABC):
                 tx.notify_on_commit(channel)
             return changed > 0
 
+    def is_unavailable(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the database cannot answer just now (unreachable, busy),
+        which a caller answers with a 503 and Retry-After, rather than a bug."""
+        return False
+
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise if the database cannot be reached."""

@@ -13,7 +13,7 @@ import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import lru_cache
 
 import psycopg
@@ -31,6 +31,11 @@ _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 CHANNEL_PREFIX = "signback_"
 RECENTLY_USED_SECONDS = 2.0
 CHECKOUT_TIMEOUT = 4.0  # seconds a transaction waits for a pooled connection
+# The same wait while the server is known to refuse connections (the pool's last attempt to
+# open one failed, none has opened since): an outage answers 503 at once instead of after
+# CHECKOUT_TIMEOUT, yet a checkout still gives a server that is back time to be reached
+# (each waiting checkout makes the pool try to connect).
+OUTAGE_CHECKOUT_TIMEOUT = 0.5
 # How soon a channel first waited on after the listener started is LISTENed too.
 LISTEN_CHECK_SECONDS = 1.0
 # Group commit of new rows (the intake): at most this many rows per statement, and this
@@ -85,6 +90,7 @@ class PostgresDatabase(Database):
         self._listener: asyncio.Task[None] | None = None
         self._listen_changed = asyncio.Event()
         self._group = _GroupInserter(self)
+        self._unreachable = False  # see OUTAGE_CHECKOUT_TIMEOUT
 
     async def connect(self) -> None:
         if self._pool is not None:
@@ -97,6 +103,8 @@ class PostgresDatabase(Database):
             # statement work goes through transaction(), which sends BEGIN/COMMIT itself.
             kwargs={"row_factory": dict_row, "autocommit": True},
             reset=self._returned,
+            configure=self._connected,
+            reconnect_failed=self._connect_failed,
             open=False,
             # A dead connection is noticed and replaced instead of failing a request.
             check=self._check_connection,
@@ -133,6 +141,23 @@ class PostgresDatabase(Database):
             await self._sweep()
             raise
 
+    async def _connected(self, conn: psycopg.AsyncConnection[Row]) -> None:
+        self._unreachable = False
+
+    def _connect_failed(self, pool: object) -> None:
+        self._unreachable = True
+
+    def _checkout(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Row]]:
+        """A pooled connection; waits CHECKOUT_TIMEOUT, or OUTAGE_CHECKOUT_TIMEOUT while
+        the server refuses connections (then raises PoolTimeout, an OperationalError)."""
+        return self.pool.connection(
+            timeout=OUTAGE_CHECKOUT_TIMEOUT if self._unreachable else CHECKOUT_TIMEOUT
+        )
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        # Lost or refused connections, pool timeouts, a cancelled statement: all pass.
+        return isinstance(exc, psycopg.OperationalError)
+
     async def _returned(self, conn: psycopg.AsyncConnection[Row]) -> None:
         if conn.broken:
             self._last_returned.pop(id(conn), None)
@@ -167,7 +192,7 @@ class PostgresDatabase(Database):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        async with self.pool.connection() as conn:
+        async with self._checkout() as conn:
             async with conn.transaction():
                 tx = _PgTransaction(conn)
                 yield tx
@@ -205,7 +230,7 @@ class PostgresDatabase(Database):
             records.append(record)
         document = jsonutil.dumps_bytes(records).decode()
         try:
-            async with self.pool.connection() as conn:
+            async with self._checkout() as conn:
                 cur = await conn.execute(_json_insert_sql(insert, channel), [document])
                 stored = await cur.fetchall()
         except psycopg.OperationalError:
@@ -219,7 +244,7 @@ class PostgresDatabase(Database):
         """A lone read on an autocommit connection: one round trip, not BEGIN/SELECT/COMMIT
         (a token lookup at intake was three)."""
         try:
-            async with self.pool.connection() as conn:
+            async with self._checkout() as conn:
                 cur = await conn.execute(to_psycopg(sql), params or {})
                 return await cur.fetchall()
         except psycopg.OperationalError:
@@ -227,12 +252,14 @@ class PostgresDatabase(Database):
             raise
 
     async def ping(self) -> None:
-        async with self.pool.connection(timeout=3.0) as conn:
+        async with self.pool.connection(
+            timeout=OUTAGE_CHECKOUT_TIMEOUT if self._unreachable else 3.0
+        ) as conn:
             await conn.execute("SELECT 1")
 
     async def notify(self, channel: str) -> None:
         self._wakeups.set(channel)
-        async with self.pool.connection() as conn:
+        async with self._checkout() as conn:
             await conn.execute(f"NOTIFY {CHANNEL_PREFIX}{_identifier(channel)}")
             await conn.commit()
 

@@ -119,6 +119,14 @@ class SqliteDatabase(Database):
         self._closing = False
         self._sync_fd: int | None = None
 
+    def is_unavailable(self, exc: BaseException) -> bool:
+        # Another process holds the write lock past the busy timeout (a CLI command), or the
+        # file cannot be reached or grow: not a bug. Other OperationalErrors (SQL errors)
+        # are bugs.
+        return isinstance(exc, sqlite3.OperationalError) and any(
+            word in str(exc) for word in ("locked", "busy", "unable to open", "disk I/O", "full")
+        )
+
     async def connect(self) -> None:
         if self._conn is not None:
             return
