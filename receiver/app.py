@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from receiver import api, web
 from receiver.clock import Clock, system_clock
+from receiver.connguard import BodyBudget, connection_limits
 from receiver.context import AppContext
 from receiver.db import open_database
 from receiver.db.migrate import current_revision, head_revision, upgrade
@@ -96,6 +97,7 @@ def create_app(
     configure_logging(settings.log_level, settings.log_format)
     ctx = build_context(settings, clock=clock)
     with_worker = settings.run_worker if run_worker is None else run_worker
+    limits = connection_limits(settings)  # raises the descriptor limit as far as allowed
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -112,6 +114,7 @@ def create_app(
             worker=with_worker,
             providers=sorted(ctx.providers),
             rules=[r.name for r in ctx.rules.rules],
+            max_connections=limits.max_connections,
         )
         # Everything built so far lives as long as the process: keep it out of the cyclic
         # collector's full passes, which otherwise walk it all (tens of ms, a latency spike).
@@ -149,7 +152,15 @@ def create_app(
     app.state.ctx = ctx
     app.add_middleware(RequestContextMiddleware, metrics=ctx.metrics)
     # Callbacks take the fast path in front of Starlette; everything else goes through it.
-    return HookRouter(app, hooks, ctx.metrics, ctx.intake_load)
+    return HookRouter(
+        app,
+        hooks,
+        ctx.metrics,
+        ctx.intake_load,
+        limits=limits,
+        budget=BodyBudget(settings.max_body_bytes_in_flight),
+        max_body_bytes=settings.max_body_bytes,
+    )
 
 
 def create_app_from_env() -> HookRouter:

@@ -38,22 +38,25 @@ import contextvars
 import time
 import urllib.parse
 from collections.abc import Iterable
-from typing import Any
 
 import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
+from receiver.guarded_protocol import GuardedHttpProtocol, find_router
 from receiver.intake import (
+    BUSY_REASON,
+    BUSY_SHORT,
     HOOKS_PREFIX,
     SERVER_ERROR,
+    Answer,
     HookHandler,
     HookRouter,
     decode_headers,
     length_exceeds,
 )
-from receiver.logs import get_logger
-from receiver.middleware import loggable_path
+from receiver.logs import get_logger, set_request_id
+from receiver.middleware import loggable_path, request_id_for
 
 log = get_logger("signback.http")
 
@@ -79,16 +82,7 @@ def encode_answer(
 _SERVER_ERROR_CLOSE = encode_answer(500, SERVER_ERROR.wire_headers, SERVER_ERROR.body, close=True)
 
 
-def find_router(app: Any) -> HookRouter | None:
-    """The :class:`HookRouter` inside uvicorn's middleware wrappers (proxy headers, and
-    message logging at trace level), each of which keeps the app it wraps as ``.app``."""
-    for _ in range(8):
-        if isinstance(app, HookRouter):
-            return app
-        app = getattr(app, "app", None)
-        if app is None:
-            return None
-    return None
+__all__ = ["CallbackCycle", "HookHttpProtocol", "encode_answer", "find_router"]
 
 
 class CallbackCycle:
@@ -108,9 +102,11 @@ class CallbackCycle:
         "path",
         "protocol",
         "query",
+        "reserved",
         "response_complete",
         "route",
         "router",
+        "size",
         "transport",
     )
 
@@ -124,6 +120,7 @@ class CallbackCycle:
         path: str,
         query: str,
         keep_alive: bool,
+        size: int,
     ) -> None:
         self.protocol = protocol
         self.router = router
@@ -143,6 +140,8 @@ class CallbackCycle:
         self.disconnected = False
         self.keep_alive = keep_alive
         self.response_complete = False
+        self.size = size  # the declared Content-Length
+        self.reserved = 0  # bytes held in the router's body budget
 
     async def run_asgi(self, app: object) -> None:
         """uvicorn's name for "answer this request"; ``app`` is not used."""
@@ -165,25 +164,40 @@ class CallbackCycle:
                 raise
         finally:
             self.on_response = _nothing  # as uvicorn does: a late call must not re-arm timers
+            if self.reserved:
+                self.router.budget.give_back(self.reserved)
+                self.reserved = 0
 
     async def _answer(self) -> None:
-        while self.more_body and not self.disconnected:
-            await self.message_event.wait()
-            self.message_event.clear()
-        if self.disconnected:
-            log.info("client disconnected before sending its body", path=loggable_path(self.path))
-            return
-        started = time.perf_counter()
-        answer, request_id = await self.router.respond(
-            self.handler,
-            self.param,
-            self.route,
-            method="POST",
-            path=self.path,
-            headers=self.headers,
-            query=self.query,
-            body=self.body,
-        )
+        # The body's bytes are reserved in the router's budget here, in the task, so that
+        # they are given back however it ends (run_asgi).
+        if self.router.budget.take(self.size):
+            self.reserved = self.size
+            while self.more_body and not self.disconnected:
+                await self.message_event.wait()
+                self.message_event.clear()
+            if self.disconnected:
+                log.info(
+                    "client disconnected before sending its body", path=loggable_path(self.path)
+                )
+                return
+            started = time.perf_counter()
+            answer, request_id = await self.router.respond(
+                self.handler,
+                self.param,
+                self.route,
+                method="POST",
+                path=self.path,
+                headers=self.headers,
+                query=self.query,
+                body=self.body,
+            )
+        else:
+            # They do not fit: a 503 before the body is read, and the connection ends with
+            # it, so that the rest of the body is not read either.
+            started = time.perf_counter()
+            self.keep_alive = False
+            answer, request_id = self._refuse(BUSY_SHORT)
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
         if not self.disconnected:
@@ -203,23 +217,29 @@ class CallbackCycle:
         # A callback stored for a client that left is still stored: metrics count it.
         self.router.finished("POST", self.path, answer.status, started, self.route)
 
+    def _refuse(self, answer: Answer) -> tuple[Answer, str]:
+        """An answer given before the body is read, with the request id and log line that
+        :meth:`HookRouter.respond` gives its answers."""
+        request_id = request_id_for(self.headers.get("x-request-id", ""))
+        set_request_id(request_id)
+        log.warning(BUSY_REASON, path=loggable_path(self.path), status=answer.status)
+        return answer, request_id
+
 
 def _nothing() -> None:
     return None
 
 
-class HookHttpProtocol(HttpToolsProtocol):
-    """uvicorn's ``HttpToolsProtocol``; callbacks are answered by :class:`CallbackCycle`."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.router = find_router(self.app)
+class HookHttpProtocol(GuardedHttpProtocol):
+    """uvicorn's ``HttpToolsProtocol`` with signback's connection limits
+    (:class:`GuardedHttpProtocol`); callbacks are answered by :class:`CallbackCycle`."""
 
     def on_headers_complete(self) -> None:
         cycle = self._callback_cycle()
         if cycle is None:
             super().on_headers_complete()
             return
+        self._head_done()
         # As uvicorn does for its own cycles: answer now, or queue behind a pipelined one.
         existing = self.cycle
         self.cycle = cycle  # type: ignore[assignment]
@@ -270,7 +290,8 @@ class HookHttpProtocol(HttpToolsProtocol):
             return None
         http_version = self.parser.get_http_version()
         keep_alive = http_version != "1.0" and self.parser.should_keep_alive()
-        return CallbackCycle(self, router, handler, param, route, path, query, keep_alive)
+        size = int(length.lstrip(b"0") or b"0")
+        return CallbackCycle(self, router, handler, param, route, path, query, keep_alive, size)
 
 
 def _parse_url(url: bytes) -> tuple[str, str] | None:

@@ -23,6 +23,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver import jsonutil
+from receiver.connguard import BodyBudget, ConnectionLimits
 from receiver.errors import CallbackRejected
 from receiver.loadshare import IntakeLoad
 from receiver.logs import get_logger, set_request_id
@@ -87,7 +88,17 @@ class Callback:
     handler can refuse (404 unknown URL, 415 wrong type) before reading it. On the short
     path (receiver/hook_protocol.py) the body has already arrived and comes as ``body``."""
 
-    __slots__ = ("_body", "_receive", "headers", "method", "param", "path", "query")
+    __slots__ = (
+        "_body",
+        "_budget",
+        "_receive",
+        "headers",
+        "method",
+        "param",
+        "path",
+        "query",
+        "reserved",
+    )
 
     def __init__(
         self,
@@ -99,6 +110,8 @@ class Callback:
         query: str,
         receive: Receive | None = None,
         body: bytes | None = None,
+        budget: BodyBudget | None = None,
+        reserved: int = 0,
     ) -> None:
         if (receive is None) == (body is None):
             raise ValueError("a Callback reads its body from receive or is given it, not both")
@@ -109,6 +122,10 @@ class Callback:
         self.query = query
         self._receive = receive
         self._body = body
+        # Bytes of ``budget`` this callback holds (its declared length, reserved before it
+        # was read); a body that turns out longer (chunked) reserves the rest as it comes.
+        self._budget = budget
+        self.reserved = reserved
 
     async def read_body(self, limit: int) -> bytes:
         """The raw body, refusing (413) anything over ``limit`` without reading it all."""
@@ -141,6 +158,10 @@ class Callback:
             size += len(chunk)
             if size > limit:  # chunked uploads declare no length: stop at the limit
                 raise CallbackRejected(f"body larger than {limit} bytes", 413)
+            if size > self.reserved and self._budget is not None:
+                if not self._budget.take(size - self.reserved):
+                    raise CallbackRejected(BUSY_REASON, 503)
+                self.reserved = size
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
@@ -175,6 +196,13 @@ class Hook:
 
 
 SERVER_ERROR = Answer.error(500, "internal error; see the server log")
+BUSY_REASON = "too many callback bytes being received at once; retry shortly"
+# The body budget is spent: refused before the body is read, and the connection closed so
+# that the rest of the body is not read either.
+BUSY = Answer.json(503, {"error": BUSY_REASON}, ((b"retry-after", b"5"), (b"connection", b"close")))
+# The same answer for the short path (receiver/hook_protocol.py), which adds
+# ``connection: close`` itself.
+BUSY_SHORT = Answer.json(503, {"error": BUSY_REASON}, ((b"retry-after", b"5"),))
 _NOT_ALLOWED = Answer.json(405, {"error": "Method Not Allowed"}, ((b"allow", b"POST"),))
 
 
@@ -187,10 +215,18 @@ class HookRouter:
         hooks: Sequence[Hook],
         metrics: Metrics,
         load: IntakeLoad | None = None,
+        *,
+        limits: ConnectionLimits | None = None,
+        budget: BodyBudget | None = None,
+        max_body_bytes: int = 1024 * 1024,
     ) -> None:
         self.fallback = fallback
         self.metrics = metrics
         self.load = load or IntakeLoad()
+        # For the HTTP protocol (receiver/guarded_protocol.py) and the body budget.
+        self.limits = limits or ConnectionLimits()
+        self.budget = budget or BodyBudget(64 * 1024 * 1024)
+        self.max_body_bytes = max_body_bytes
         # A route's metrics label (its route group) is worked out once, not per request.
         self._exact: dict[str, tuple[HookHandler, str]] = {}
         self._by_prefix: dict[str, tuple[HookHandler, str]] = {}
@@ -239,9 +275,16 @@ class HookRouter:
         request_id = request_id_for(headers.get("x-request-id", ""))
         set_request_id(request_id)
         self.load.arrived()
+        reserved = 0
         try:
             if method != "POST":
                 return _NOT_ALLOWED, request_id
+            if receive is not None:  # the body is still to come: reserve it first
+                reserved = self._reserve(headers.get("content-length"))
+                if reserved < 0:
+                    log.warning(BUSY_REASON, path=loggable_path(path), status=503)
+                    reserved = 0
+                    return BUSY, request_id
             call = Callback(
                 method=method,
                 path=path,
@@ -250,8 +293,13 @@ class HookRouter:
                 query=query,
                 receive=receive,
                 body=body,
+                budget=self.budget if receive is not None else None,
+                reserved=reserved,
             )
-            return await handler(call), request_id
+            try:
+                return await handler(call), request_id
+            finally:
+                reserved = call.reserved
         except ClientGone:
             log.info("client disconnected before sending its body", path=loggable_path(path))
             set_request_id(None)
@@ -260,7 +308,20 @@ class HookRouter:
             log.exception("unhandled error", path=loggable_path(path))
             return SERVER_ERROR, request_id
         finally:
+            if reserved:
+                self.budget.give_back(reserved)
             self.load.answered()
+
+    def _reserve(self, declared: str | None) -> int:
+        """Reserve a declared body length from the budget: the bytes reserved (0 for no
+        or an oversized length, which the handler refuses unread), or -1 when they do not
+        fit."""
+        if declared is None or not declared.isdigit():
+            return 0
+        if length_exceeds(declared, self.max_body_bytes):
+            return 0
+        size = int(declared.lstrip("0") or "0")
+        return size if self.budget.take(size) else -1
 
     def finished(self, method: str, path: str, status: int, started: float, route: str) -> None:
         # Accepted callbacks get no access line: the pipeline logs each one as processed.

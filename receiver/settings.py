@@ -11,7 +11,14 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from receiver.errors import ConfigurationError
@@ -46,6 +53,15 @@ class Settings(BaseSettings):
     # the balancer's idle timeout, or the balancer may send a request on a connection being
     # closed and answer the provider 502.
     keepalive_seconds: int = Field(default=5, ge=1, le=86400)
+    # Connections that would starve the service (receiver/connguard.py): a request head
+    # must arrive within this long of its first byte (or of the connection's opening) ...
+    header_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
+    # ... and its body within this long of the head.
+    body_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    # Connections per process; by default derived from the descriptor limit.
+    max_connections: int | None = Field(default=None, ge=1)
+    # Callback bodies being received at once per process; beyond it, 503 + Retry-After.
+    max_body_bytes_in_flight: int = Field(default=64 * 1024 * 1024, ge=1)
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -127,6 +143,15 @@ class Settings(BaseSettings):
     @classmethod
     def _paas_postgres_scheme(cls, value: str) -> str:
         return normalize_database_url(value)
+
+    @model_validator(mode="after")
+    def _budget_holds_a_body(self) -> Settings:
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                "SIGNBACK_MAX_BODY_BYTES_IN_FLIGHT must be at least SIGNBACK_MAX_BODY_BYTES "
+                f"({self.max_body_bytes}), or no callback of the largest size could ever be read"
+            )
+        return self
 
     @property
     def is_sqlite(self) -> bool:
