@@ -113,7 +113,8 @@ def serve(
     """Receive callbacks (and, unless --no-worker, process them and send the outbox)."""
     import uvicorn
 
-    from receiver.hook_protocol import HookHttpProtocol
+    from receiver import uvicorn_compat
+    from receiver.logs import configure_logging, get_logger
 
     port = port if port is not None else int(os.environ.get("PORT", "8000"))
     if public_url:
@@ -136,6 +137,11 @@ def serve(
     workers = workers if workers is not None else int(os.environ.get("WEB_CONCURRENCY", "1"))
     if settings.is_sqlite and workers > 1:
         click.secho("SQLite serves one process well; use PostgreSQL for --workers > 1.", err=True)
+    # signback's HTTP protocol, unless the installed uvicorn lacks what it relies on.
+    compatibility = uvicorn_compat.check()
+    if compatibility.warning:
+        configure_logging(settings.log_level, settings.log_format)
+        get_logger("signback.serve").warning(compatibility.warning)
     uvicorn.run(
         "receiver.app:create_app_from_env",
         factory=True,
@@ -150,8 +156,9 @@ def serve(
         timeout_graceful_shutdown=3,  # then the lifespan drains the outbox (25 s by default)
         timeout_keep_alive=settings.keepalive_seconds,
         server_header=False,
-        # uvicorn's httptools protocol, answering callbacks without the ASGI round trip.
-        http=HookHttpProtocol,
+        # uvicorn's httptools protocol with connection limits, answering callbacks without
+        # the ASGI round trip (receiver/hook_protocol.py), where the installed uvicorn allows.
+        http=compatibility.protocol,
     )
 
 

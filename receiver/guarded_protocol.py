@@ -25,15 +25,18 @@ the installed uvicorn.
 from __future__ import annotations
 
 import asyncio
+import http
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
-from uvicorn.server import ServerState
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from receiver import jsonutil
 from receiver.connguard import ConnectionLimits, ConnectionRegistry, ThrottledLog
 from receiver.intake import HookRouter
+
+if TYPE_CHECKING:
+    from uvicorn.server import ServerState
 
 _DEFAULT_LIMITS = ConnectionLimits()
 
@@ -42,7 +45,7 @@ def _refusal(status: int, reason: str, retry_after: int | None = None) -> bytes:
     """A complete answer that ends the connection."""
     body = jsonutil.dumps_bytes({"error": reason})
     head = [
-        STATUS_LINE[status],
+        b"HTTP/1.1 %d %s\r\n" % (status, http.HTTPStatus(status).phrase.encode()),
         b"content-type: application/json\r\n",
         b"content-length: %d\r\n" % len(body),
     ]
