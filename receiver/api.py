@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, HttpUrl, ValidationError
@@ -22,6 +22,7 @@ from receiver.db.base import Row
 from receiver.errors import InvalidAction
 from receiver.metrics import CONTENT_TYPE
 from receiver.model import RequestState, SignatureRequest
+from receiver.providers import Provider
 from receiver.registration import Registration, register
 from receiver.store import inbox, outbox, requests
 
@@ -51,6 +52,43 @@ class RegisterBody(BaseModel):
     retry_url: HttpUrl | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     defaults: dict[str, Any] = Field(default_factory=dict)
+
+
+def registration_problems(
+    data: Any, providers: Mapping[str, Provider]
+) -> tuple[RegisterBody | None, list[dict[str, str]]]:
+    """A registration body, or every problem with it at once (the API's 422 and the CLI):
+    the fields' own, an unknown provider, and each of ``defaults`` the provider refuses."""
+    problems: list[dict[str, str]] = []
+    body: RegisterBody | None = None
+    try:
+        body = RegisterBody.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+    raw = data if isinstance(data, dict) else {}
+    name = raw.get("provider")
+    provider = providers.get(name) if isinstance(name, str) else None
+    if isinstance(name, str) and name and provider is None:
+        problems.append({"field": "provider", "message": f"must be one of {sorted(providers)}"})
+    defaults = raw.get("defaults")
+    validate = provider.validate_defaults if provider is not None else None
+    if validate is not None and defaults and isinstance(defaults, dict):
+        refused = []
+        for key, value in defaults.items():  # one at a time, to report each
+            try:
+                validate({key: value})
+            except InvalidAction as exc:
+                refused.append({"field": f"defaults.{key}", "message": exc.message})
+        if not refused:  # and together, for what only the whole can show
+            try:
+                validate(defaults)
+            except InvalidAction as exc:
+                refused.append({"field": "defaults", "message": exc.message})
+        problems += refused
+    return (None, problems) if problems else (body, [])
 
 
 def iso(value: float | None) -> str | None:
@@ -189,30 +227,9 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             data = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return error(400, f"body is not valid JSON: {exc}")
-        try:
-            body = RegisterBody.model_validate(data)
-        except ValidationError as exc:
-            fields = [
-                {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
-                for e in exc.errors(include_url=False, include_input=False)
-            ]
-            return error(422, "invalid request", fields=fields)
-        provider = ctx.providers.get(body.provider)
-        if provider is None:
-            return error(
-                422,
-                "invalid request",
-                fields=[
-                    {"field": "provider", "message": f"must be one of {sorted(ctx.providers)}"}
-                ],
-            )
-        if body.defaults and provider.validate_defaults is not None:
-            try:
-                provider.validate_defaults(body.defaults)
-            except InvalidAction as exc:
-                return error(
-                    422, "invalid request", fields=[{"field": "defaults", "message": exc.message}]
-                )
+        body, problems = registration_problems(data, ctx.providers)
+        if body is None:
+            return error(422, "invalid request", fields=problems)
         registered = await register(
             ctx,
             Registration(

@@ -13,19 +13,20 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from receiver import api, web
+from receiver import api, pages, web
 from receiver.clock import Clock, system_clock
 from receiver.connguard import BodyBudget, connection_limits
 from receiver.context import AppContext
 from receiver.db import open_database
 from receiver.db.migrate import current_revision, head_revision, upgrade
+from receiver.errors import one_line
 from receiver.intake import HookRouter
 from receiver.logs import configure_logging, get_logger
-from receiver.middleware import RequestContextMiddleware
+from receiver.middleware import RequestContextMiddleware, loggable_path
 from receiver.providers import Provider
 from receiver.repoint import repoint_if_public_url_changed
 from receiver.rules import RuleBook
-from receiver.settings import Settings, load_settings
+from receiver.settings import Settings, load_settings, redact_url
 from receiver.worker import Worker
 
 log = get_logger("signback.app")
@@ -59,16 +60,26 @@ def build_context(settings: Settings, *, clock: Clock = system_clock) -> AppCont
     )
 
 
-async def prepare_database(ctx: AppContext) -> None:
-    """SQLite is migrated at start (zero set-up); PostgreSQL by `signback migrate` (release)."""
+async def prepare_database(ctx: AppContext, *, serving: bool = True) -> None:
+    """SQLite is migrated at start (zero set-up); PostgreSQL by `signback migrate` (release).
+
+    A PostgreSQL server that cannot be reached is logged when ``serving`` (the service
+    starts anyway, and /readyz reports it until it answers); otherwise (a CLI command) the
+    error is raised."""
     if ctx.settings.is_sqlite:
         await asyncio.to_thread(upgrade, ctx.settings.database_url)
     await ctx.db.connect()
     if not ctx.settings.is_sqlite:
         try:
             current = await current_revision(ctx.db)
-        except Exception as exc:  # unreachable: /readyz reports it until it comes back
-            log.error("database unreachable at start", error=str(exc))
+        except Exception as exc:
+            if not serving:
+                raise
+            log.error(
+                "database unreachable at start; /readyz reports it until it answers",
+                database=redact_url(ctx.settings.database_url),
+                error=one_line(exc),
+            )
             return
         if current != head_revision():
             log.error(
@@ -136,12 +147,16 @@ def create_app(
     async def http_error(request: Request, exc: Exception) -> Response:
         # The router's own 404/405 (unknown path, wrong method): JSON like every other refusal.
         assert isinstance(exc, HTTPException)
+        if pages.is_browser_path(request.url.path):  # a signer's browser: a page, not JSON
+            return pages.error(exc.status_code, exc.headers)
         return JSONResponse(
             {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
         )
 
     async def server_error(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", path=request.url.path.split("/")[1:2])
+        log.exception("unhandled error", path=loggable_path(request.url.path))
+        if pages.is_browser_path(request.url.path):
+            return pages.error(500)
         return JSONResponse({"error": "internal error; see the server log"}, status_code=500)
 
     app = Starlette(

@@ -197,24 +197,37 @@ def env_name(field: str) -> str:
     return f"SIGNBACK_{field.upper()}"
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Build the settings, turning pydantic's errors into one message naming each variable."""
+def load_settings(*, purpose: str = "signback cannot start", **overrides: Any) -> Settings:
+    """Build the settings, turning pydantic's errors into one message naming each variable.
+    ``purpose`` begins the message: what cannot happen without them (a CLI command that
+    starts nothing says so in its own words)."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"]) or "?"
-            name = env_name(field.split(".")[0])
-            if error["type"] == "missing":
-                lines.append(f"{name} is required but not set")
-            else:
-                lines.append(f"{name}: {error['msg']}")
+        lines = [_problem(error) for error in exc.errors(include_url=False)]
         raise ConfigurationError(
-            "signback cannot start: " + "; ".join(lines) + ". See the README's configuration "
+            f"{purpose}: " + "; ".join(lines) + ". See the README's configuration "
             "table (python3 scripts/run.py writes a .env with fresh secrets for local use)."
         ) from None
     except json.JSONDecodeError as exc:
         raise ConfigurationError(
-            f"signback cannot start: SIGNBACK_FIRMA_WORKSPACE_SECRETS is not valid JSON: {exc}"
+            f"{purpose}: SIGNBACK_FIRMA_WORKSPACE_SECRETS is not valid JSON: {exc}"
         ) from None
+
+
+def _problem(error: Any) -> str:
+    """One validation error as a person reads it. Never the value: it may be a secret."""
+    loc = error["loc"]
+    kind = error["type"]
+    context = error.get("ctx") or {}
+    if not loc:  # a check across fields, whose message names the variables itself
+        return str(error["msg"]).removeprefix("Value error, ")
+    name = env_name(str(loc[0]))
+    if kind == "missing":
+        return f"{name} is required but not set"
+    # pydantic counts "items" for a SecretStr; these are strings of characters.
+    if kind in ("too_short", "string_too_short") and "min_length" in context:
+        return f"{name} must be at least {context['min_length']} characters long"
+    if kind in ("too_long", "string_too_long") and "max_length" in context:
+        return f"{name} must be at most {context['max_length']} characters long"
+    return f"{name}: {str(error['msg']).removeprefix('Value error, ')}"
