@@ -6,8 +6,8 @@ that slow, silent or half-sent requests cannot use them all up:
 
 - **Time.** A connection must finish its request head within ``header_timeout`` seconds of
   its first byte (or of its opening, when it sends nothing), and its body within
-  ``body_timeout`` seconds of the head; otherwise it is closed. A head may take at most
-  ``max_head_bytes``.
+  ``body_timeout`` seconds of the head; otherwise it is closed (at most half the shorter
+  of the two later). A head may take at most ``max_head_bytes``.
 - **Count.** At most ``max_connections`` connections are open per process, below the
   descriptor limit (raised at start as far as the hard limit allows), which leaves room for
   the database pool, files and the outbound clients. A connection beyond the cap makes room
@@ -16,8 +16,11 @@ that slow, silent or half-sent requests cannot use them all up:
   request is the new one refused with a quick 503. So a platform's health check, which opens
   a new connection and sends its request at once, still gets through a flood of idle or slow
   connections.
-- **Memory.** Callback bodies being received are counted against ``BodyBudget``; a callback
-  whose body does not fit gets a 503 with ``Retry-After`` before any more of it is read.
+- **Memory.** Callback bodies still arriving hold their declared length of a per-process
+  ``BodyBudget`` until they are answered; a callback whose body does not fit gets a 503
+  with ``Retry-After`` (and the connection closed) before any more of it is read. A small
+  body that arrives whole with its head, the usual callback, is not waited for and holds
+  nothing.
 
 The protocol side of this is receiver/guarded_protocol.py; the ASGI side of the budget is
 :meth:`receiver.intake.HookRouter.respond`.
@@ -62,9 +65,9 @@ class ConnectionLimits:
 class BodyBudget:
     """The bytes of callback bodies being received at once in this process.
 
-    A callback reserves its declared length before its body is read (a chunked one as its
-    chunks come) and gives it back when it has been answered. Everything runs on the event
-    loop's thread, so plain integers do."""
+    A callback whose body is still to come reserves its declared length before reading it
+    (a chunked one as its chunks come) and gives it back when it has been answered.
+    Everything runs on the event loop's thread, so plain integers do."""
 
     __slots__ = ("in_flight", "limit", "peak", "refused")
 
@@ -87,6 +90,30 @@ class BodyBudget:
 
     def give_back(self, size: int) -> None:
         self.in_flight -= size
+
+
+class BodyHold:
+    """The bytes of a :class:`BodyBudget` one request holds: what it declared, reserved
+    before its body is read, and more as a chunked body grows; all given back at the end."""
+
+    __slots__ = ("budget", "held")
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.held = 0
+
+    def hold(self, size: int) -> bool:
+        """Hold ``size`` bytes in all; False (holding what it held) when they do not fit."""
+        if size <= self.held:
+            return True
+        if not self.budget.take(size - self.held):
+            return False
+        self.held = size
+        return True
+
+    def release(self) -> None:
+        self.budget.give_back(self.held)
+        self.held = 0
 
 
 def raise_descriptor_limit(wanted: int = WANTED_DESCRIPTORS) -> int:

@@ -71,21 +71,35 @@ def find_router(app: Any) -> HookRouter | None:
 
 
 class ServerGuard:
-    """What the connections of one uvicorn server share: limits, registry, log throttle."""
+    """What the connections of one uvicorn server share: limits, registry, the sweep."""
 
     def __init__(self, limits: ConnectionLimits, router: HookRouter | None) -> None:
         self.limits = limits
         self.registry = ConnectionRegistry(limits.max_connections)
         self.router = router
-        self.log = ThrottledLog(asyncio.get_running_loop().time)
+        self.loop = asyncio.get_running_loop()
+        self.log = ThrottledLog(self.loop.time)
         self.head_408 = _refusal(
             408, f"request head not received within {limits.header_timeout:g} s"
         )
         self.body_408 = _refusal(408, f"request body not received within {limits.body_timeout:g} s")
         self.head_431 = _refusal(431, f"request head larger than {limits.max_head_bytes} bytes")
-        # The watchdog never sleeps longer than the shortest wait: a deadline set later is
-        # at least that far from when it is set, so it is never missed.
-        self.period = min(limits.header_timeout, limits.body_timeout)
+        self.interval = min(limits.header_timeout, limits.body_timeout) / 4
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def watch(self) -> None:
+        """Make sure the sweep runs (it stops while there are no connections)."""
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self.interval, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = self.loop.time()
+        for conn in list(self.registry.open):
+            if isinstance(conn, GuardedHttpProtocol):
+                conn.check(now)
+        if self.registry.open:
+            self.watch()
 
     def closed(self, reason: str, client: object) -> None:
         """Count and log (throttled) a connection this guard closed."""
@@ -106,17 +120,28 @@ def guard_for(server_state: ServerState, router: HookRouter | None) -> ServerGua
     return guard
 
 
+# What a connection is doing, as the sweep sees it.
+SILENT = 1  # nothing received yet
+HEAD = 2  # a request head begun, not finished
+BODY = 3  # a head finished, its body not (or still arriving after the answer)
+STRAY = 4  # answered, idle, and bytes came that began no request
+BUSY = 5  # the app is answering, or uvicorn's keep-alive timer watches the idle connection
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's ``HttpToolsProtocol`` with deadlines, a head size bound and the cap."""
+    """uvicorn's ``HttpToolsProtocol`` with time limits, a head size bound and the cap."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.router = find_router(self.app)
         self.guard = guard_for(self.server_state, self.router)
-        self._in_head = False  # between a request's first byte and the end of its head
-        self._head_bytes = 0  # bytes received while a head was incomplete
-        self._deadline = 0.0  # loop time by which the current wait on the client must end
-        self._watchdog: asyncio.TimerHandle | None = None
+        # What the sweep saw last, and since when (see check()).
+        self._seen_state = 0
+        self._seen_what: object = None
+        self._seen_since = 0.0
+        # The unfinished head (its uvicorn scope) the bytes below were counted for.
+        self._head_scope: object = None
+        self._head_bytes = 0
 
     # --- connection ---------------------------------------------------------------------
 
@@ -127,106 +152,95 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             transport.write(_AT_CAPACITY)
             transport.close()
             return
-        self._wait_until(self.loop.time() + self.guard.limits.header_timeout)
+        self.guard.watch()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.registry.leave(self)
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._in_head:  # an earlier packet left a head unfinished
-            self._head_bytes += len(data)
-            if self._head_bytes > self.guard.limits.max_head_bytes:
-                self._close("head_too_large", self.guard.head_431)
-                return
+        head = self._head_scope
+        if head is not None:  # the last packet ended inside this head: is it still open?
+            cycle = self.cycle
+            if self.scope is head and (cycle is None or cycle.scope is not head):
+                self._head_bytes += len(data)
+                if self._head_bytes > self.guard.limits.max_head_bytes:
+                    self._close("head_too_large", self.guard.head_431)
+                    return
         super().data_received(data)
+        # Did this packet end inside a head? (uvicorn makes a new scope when a request
+        # begins, and a cycle with it when its head is complete.) Only the packets after
+        # this one are counted: this one's share of the head is not known, and it is at
+        # most one read.
+        cycle = self.cycle
+        scope = self.scope
+        if scope is not None and (cycle is None or cycle.scope is not scope):
+            if scope is not head:
+                self._head_scope = scope
+                self._head_bytes = 0
+        elif head is not None:
+            self._head_scope = None
 
-    # --- httptools callbacks --------------------------------------------------------------
+    # --- what the sweep and the registry ask ---------------------------------------------
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._in_head = True
-        self._head_bytes = 0
-        self._wait_until(self.loop.time() + self.guard.limits.header_timeout)
-
-    def on_headers_complete(self) -> None:
-        self._head_done()
-        super().on_headers_complete()
-
-    def _head_done(self) -> None:
-        """The head is complete: from now on the body is what the client owes."""
-        self._in_head = False
-        self._deadline = self.loop.time() + self.guard.limits.body_timeout
-
-    # --- what the registry asks ----------------------------------------------------------
+    def _state(self) -> tuple[int, object]:
+        """What the connection is doing, and the object that stands for this instance of it
+        (the head's scope, the request's cycle): a new request is a new instance."""
+        cycle = self.cycle
+        scope = self.scope
+        if cycle is None or cycle.scope is not scope:  # uvicorn's scope of the head under way
+            return (SILENT, None) if scope is None else (HEAD, scope)
+        if cycle.more_body and not cycle.disconnected:
+            return BODY, cycle
+        if cycle.response_complete and not self.pipeline and self.timeout_keep_alive_task is None:
+            return STRAY, cycle
+        return BUSY, cycle
 
     def waiting_for_request(self) -> bool:
         """Idle: nothing sent yet, or the last answer is out and no new request begun."""
-        if self._in_head:
-            return False
+        if self._state()[0] in (SILENT, STRAY):
+            return True
         cycle = self.cycle
-        return cycle is None or (cycle.response_complete and not self.pipeline)
+        return cycle is not None and cycle.response_complete and not cycle.more_body
 
     def receiving_head(self) -> bool:
-        return self._in_head
+        return self._state()[0] == HEAD
 
     def evict(self) -> None:
         """Make room for a new connection (the registry has already counted this out)."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
         self.guard.closed("idle_closed_at_capacity", self.client)
         self.transport.close()
 
-    # --- the deadline ---------------------------------------------------------------------
-
-    def _wait_until(self, deadline: float) -> None:
-        self._deadline = deadline
-        if self._watchdog is None:
-            self._watch(self.loop.time())
-
-    def _watch(self, now: float) -> None:
-        """Wake the watchdog at the deadline, or sooner (see ``ServerGuard.period``)."""
-        self._watchdog = self.loop.call_at(
-            min(self._deadline, now + self.guard.period), self._check
-        )
-
-    def _check(self) -> None:
-        """The watchdog: close the connection if what it waits on the client for is late;
-        otherwise look again at the next deadline."""
-        self._watchdog = None
+    def check(self, now: float) -> None:
+        """The sweep: close the connection if what it waits on the client for has lasted
+        longer than its limit."""
         transport = self.transport
         if transport.is_closing() or transport.get_protocol() is not self:
             return
-        now = self.loop.time()
-        if now < self._deadline:  # the connection moved on since the watchdog was set
-            self._watch(now)
+        state, what = self._state()
+        if state == BUSY or (state == BODY and self.flow.read_paused):
+            # The wait is on this side: the app, a pipelined request, or uvicorn's own
+            # keep-alive timer. The clock starts again when it is the client's turn.
+            self._seen_state = 0
             return
-        cycle = self.cycle
-        if self._in_head:
-            self._close("header_timeout", self.guard.head_408)
-        elif cycle is None:
-            self._close("silent_connection_timeout", b"")
-        elif cycle.more_body and not cycle.disconnected:
-            if self.flow.read_paused:
-                # Reading is paused while the app catches up or a pipelined request waits:
-                # the wait is on this side, not the client's.
-                self._deadline = now + self.guard.limits.body_timeout
-                self._watch(now)
+        if state != self._seen_state or what is not self._seen_what:
+            self._seen_state, self._seen_what, self._seen_since = state, what, now
+            return
+        limits = self.guard.limits
+        waited = now - self._seen_since
+        if state == BODY:
+            if waited >= limits.body_timeout:
+                answered = self.cycle.response_complete or getattr(
+                    self.cycle, "response_started", False
+                )
+                self._close("body_timeout", b"" if answered else self.guard.body_408)
+        elif waited >= limits.header_timeout:
+            if state == HEAD:
+                self._close("header_timeout", self.guard.head_408)
+            elif state == SILENT:
+                self._close("silent_connection_timeout", b"")
             else:
-                started = cycle.response_complete or getattr(cycle, "response_started", False)
-                self._close("body_timeout", b"" if started else self.guard.body_408)
-        elif cycle.response_complete and not self.pipeline and self.timeout_keep_alive_task is None:
-            # Idle without uvicorn's keep-alive timer: bytes came that began no request.
-            self._close("header_timeout", b"")
-        else:
-            # The app is answering, or uvicorn's keep-alive timer watches the idle
-            # connection: look again later, in case bytes that begin no request stop it.
-            self._deadline = now + self.guard.period
-            self._watch(now)
+                self._close("header_timeout", b"")
 
     def _close(self, reason: str, answer: bytes) -> None:
         self.guard.closed(reason, self.client)

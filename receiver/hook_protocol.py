@@ -45,7 +45,6 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from receiver.guarded_protocol import GuardedHttpProtocol, find_router
 from receiver.intake import (
-    BUSY_REASON,
     BUSY_SHORT,
     HOOKS_PREFIX,
     SERVER_ERROR,
@@ -55,8 +54,8 @@ from receiver.intake import (
     decode_headers,
     length_exceeds,
 )
-from receiver.logs import get_logger, set_request_id
-from receiver.middleware import loggable_path, request_id_for
+from receiver.logs import get_logger
+from receiver.middleware import loggable_path
 
 log = get_logger("signback.http")
 
@@ -95,6 +94,7 @@ class CallbackCycle:
         "handler",
         "headers",
         "keep_alive",
+        "length",
         "message_event",
         "more_body",
         "on_response",
@@ -106,7 +106,7 @@ class CallbackCycle:
         "response_complete",
         "route",
         "router",
-        "size",
+        "scope",
         "transport",
     )
 
@@ -120,7 +120,7 @@ class CallbackCycle:
         path: str,
         query: str,
         keep_alive: bool,
-        size: int,
+        length: bytes,
     ) -> None:
         self.protocol = protocol
         self.router = router
@@ -130,6 +130,8 @@ class CallbackCycle:
         self.path = path
         self.query = query
         self.headers = decode_headers(protocol.headers)
+        # The request's uvicorn scope, which the connection guard tells requests apart by.
+        self.scope = protocol.scope
         self.transport = protocol.transport
         self.flow: FlowControl = protocol.flow
         self.on_response = protocol.on_response_complete
@@ -140,7 +142,7 @@ class CallbackCycle:
         self.disconnected = False
         self.keep_alive = keep_alive
         self.response_complete = False
-        self.size = size  # the declared Content-Length
+        self.length = length  # the declared Content-Length, as sent
         self.reserved = 0  # bytes held in the router's body budget
 
     async def run_asgi(self, app: object) -> None:
@@ -169,19 +171,30 @@ class CallbackCycle:
                 self.reserved = 0
 
     async def _answer(self) -> None:
-        # The body's bytes are reserved in the router's budget here, in the task, so that
-        # they are given back however it ends (run_asgi).
-        if self.router.budget.take(self.size):
-            self.reserved = self.size
-            while self.more_body and not self.disconnected:
-                await self.message_event.wait()
-                self.message_event.clear()
-            if self.disconnected:
-                log.info(
-                    "client disconnected before sending its body", path=loggable_path(self.path)
-                )
-                return
-            started = time.perf_counter()
+        refusal: tuple[Answer, str] | None = None
+        if self.more_body and not self.disconnected:
+            # The body is still arriving: while it does, it holds its declared length of the
+            # router's body budget (given back in run_asgi, however the task ends). When
+            # that does not fit, the answer is a 503 before the body is read, and the
+            # connection ends with it, so that the rest is not read either. A body that came
+            # whole with its head (the usual case) is not waited for and holds nothing.
+            size = int(self.length.lstrip(b"0") or b"0")
+            if self.router.budget.take(size):
+                self.reserved = size
+                while self.more_body and not self.disconnected:
+                    await self.message_event.wait()
+                    self.message_event.clear()
+                if self.disconnected:
+                    log.info(
+                        "client disconnected before sending its body",
+                        path=loggable_path(self.path),
+                    )
+                    return
+            else:
+                self.keep_alive = False
+                refusal = self.router.refuse(BUSY_SHORT, self.path, self.headers)
+        started = time.perf_counter()
+        if refusal is None:
             answer, request_id = await self.router.respond(
                 self.handler,
                 self.param,
@@ -193,11 +206,7 @@ class CallbackCycle:
                 body=self.body,
             )
         else:
-            # They do not fit: a 503 before the body is read, and the connection ends with
-            # it, so that the rest of the body is not read either.
-            started = time.perf_counter()
-            self.keep_alive = False
-            answer, request_id = self._refuse(BUSY_SHORT)
+            answer, request_id = refusal
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
         if not self.disconnected:
@@ -217,14 +226,6 @@ class CallbackCycle:
         # A callback stored for a client that left is still stored: metrics count it.
         self.router.finished("POST", self.path, answer.status, started, self.route)
 
-    def _refuse(self, answer: Answer) -> tuple[Answer, str]:
-        """An answer given before the body is read, with the request id and log line that
-        :meth:`HookRouter.respond` gives its answers."""
-        request_id = request_id_for(self.headers.get("x-request-id", ""))
-        set_request_id(request_id)
-        log.warning(BUSY_REASON, path=loggable_path(self.path), status=answer.status)
-        return answer, request_id
-
 
 def _nothing() -> None:
     return None
@@ -239,7 +240,6 @@ class HookHttpProtocol(GuardedHttpProtocol):
         if cycle is None:
             super().on_headers_complete()
             return
-        self._head_done()
         # As uvicorn does for its own cycles: answer now, or queue behind a pipelined one.
         existing = self.cycle
         self.cycle = cycle  # type: ignore[assignment]
@@ -290,8 +290,7 @@ class HookHttpProtocol(GuardedHttpProtocol):
             return None
         http_version = self.parser.get_http_version()
         keep_alive = http_version != "1.0" and self.parser.should_keep_alive()
-        size = int(length.lstrip(b"0") or b"0")
-        return CallbackCycle(self, router, handler, param, route, path, query, keep_alive, size)
+        return CallbackCycle(self, router, handler, param, route, path, query, keep_alive, length)
 
 
 def _parse_url(url: bytes) -> tuple[str, str] | None:

@@ -23,7 +23,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver import jsonutil
-from receiver.connguard import BodyBudget, ConnectionLimits
+from receiver.connguard import BodyBudget, BodyHold, ConnectionLimits
 from receiver.errors import CallbackRejected
 from receiver.loadshare import IntakeLoad
 from receiver.logs import get_logger, set_request_id
@@ -88,17 +88,7 @@ class Callback:
     handler can refuse (404 unknown URL, 415 wrong type) before reading it. On the short
     path (receiver/hook_protocol.py) the body has already arrived and comes as ``body``."""
 
-    __slots__ = (
-        "_body",
-        "_budget",
-        "_receive",
-        "headers",
-        "method",
-        "param",
-        "path",
-        "query",
-        "reserved",
-    )
+    __slots__ = ("_body", "_hold", "_receive", "headers", "method", "param", "path", "query")
 
     def __init__(
         self,
@@ -110,8 +100,7 @@ class Callback:
         query: str,
         receive: Receive | None = None,
         body: bytes | None = None,
-        budget: BodyBudget | None = None,
-        reserved: int = 0,
+        hold: BodyHold | None = None,
     ) -> None:
         if (receive is None) == (body is None):
             raise ValueError("a Callback reads its body from receive or is given it, not both")
@@ -122,10 +111,9 @@ class Callback:
         self.query = query
         self._receive = receive
         self._body = body
-        # Bytes of ``budget`` this callback holds (its declared length, reserved before it
-        # was read); a body that turns out longer (chunked) reserves the rest as it comes.
-        self._budget = budget
-        self.reserved = reserved
+        # The bytes of the body budget this callback holds (its declared length, reserved
+        # before it was read); a chunked body reserves itself as it comes.
+        self._hold = hold
 
     async def read_body(self, limit: int) -> bytes:
         """The raw body, refusing (413) anything over ``limit`` without reading it all."""
@@ -158,10 +146,8 @@ class Callback:
             size += len(chunk)
             if size > limit:  # chunked uploads declare no length: stop at the limit
                 raise CallbackRejected(f"body larger than {limit} bytes", 413)
-            if size > self.reserved and self._budget is not None:
-                if not self._budget.take(size - self.reserved):
-                    raise CallbackRejected(BUSY_REASON, 503)
-                self.reserved = size
+            if self._hold is not None and not self._hold.hold(size):
+                raise CallbackRejected(BUSY_REASON, 503)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
@@ -268,23 +254,18 @@ class HookRouter:
         query: str,
         receive: Receive | None = None,
         body: bytes | None = None,
+        hold: BodyHold | None = None,
     ) -> tuple[Answer, str]:
         """The answer to one callback and its request id, which is bound to the log lines
         until :meth:`finished`. Raises :class:`ClientGone` when the client left before its
-        body arrived. Shared by the ASGI path below and receiver/hook_protocol.py."""
+        body arrived. Shared by the ASGI path below and receiver/hook_protocol.py. ``hold``
+        is what the body holds of the budget (the caller gives it back)."""
         request_id = request_id_for(headers.get("x-request-id", ""))
         set_request_id(request_id)
         self.load.arrived()
-        reserved = 0
         try:
             if method != "POST":
                 return _NOT_ALLOWED, request_id
-            if receive is not None:  # the body is still to come: reserve it first
-                reserved = self._reserve(headers.get("content-length"))
-                if reserved < 0:
-                    log.warning(BUSY_REASON, path=loggable_path(path), status=503)
-                    reserved = 0
-                    return BUSY, request_id
             call = Callback(
                 method=method,
                 path=path,
@@ -293,13 +274,9 @@ class HookRouter:
                 query=query,
                 receive=receive,
                 body=body,
-                budget=self.budget if receive is not None else None,
-                reserved=reserved,
+                hold=hold,
             )
-            try:
-                return await handler(call), request_id
-            finally:
-                reserved = call.reserved
+            return await handler(call), request_id
         except ClientGone:
             log.info("client disconnected before sending its body", path=loggable_path(path))
             set_request_id(None)
@@ -308,20 +285,25 @@ class HookRouter:
             log.exception("unhandled error", path=loggable_path(path))
             return SERVER_ERROR, request_id
         finally:
-            if reserved:
-                self.budget.give_back(reserved)
             self.load.answered()
 
-    def _reserve(self, declared: str | None) -> int:
-        """Reserve a declared body length from the budget: the bytes reserved (0 for no
-        or an oversized length, which the handler refuses unread), or -1 when they do not
-        fit."""
+    def refuse(self, answer: Answer, path: str, headers: dict[str, str]) -> tuple[Answer, str]:
+        """A body-budget refusal given before the body is read, with the request id and the
+        log line :meth:`respond` gives its answers (both paths)."""
+        request_id = request_id_for(headers.get("x-request-id", ""))
+        set_request_id(request_id)
+        log.warning(BUSY_REASON, path=loggable_path(path), status=answer.status)
+        return answer, request_id
+
+    def reserve(self, hold: BodyHold, declared: str | None) -> bool:
+        """Hold a declared body length in the budget before the body is read; False when
+        it does not fit. No length, or one over the limit (which the handler refuses
+        unread, 413), holds nothing."""
         if declared is None or not declared.isdigit():
-            return 0
+            return True
         if length_exceeds(declared, self.max_body_bytes):
-            return 0
-        size = int(declared.lstrip("0") or "0")
-        return size if self.budget.take(size) else -1
+            return True
+        return hold.hold(int(declared.lstrip("0") or "0"))
 
     def finished(self, method: str, path: str, status: int, started: float, route: str) -> None:
         # Accepted callbacks get no access line: the pipeline logs each one as processed.
@@ -342,19 +324,27 @@ class HookRouter:
         headers = decode_headers(scope["headers"])
         path: str = scope["path"]
         method: str = scope["method"]
+        hold = BodyHold(self.budget)
         try:
-            answer, request_id = await self.respond(
-                handler,
-                param,
-                route,
-                method=method,
-                path=path,
-                headers=headers,
-                query=scope["query_string"].decode("latin-1"),
-                receive=receive,
-            )
-        except ClientGone:
-            return
+            if method == "POST" and not self.reserve(hold, headers.get("content-length")):
+                answer, request_id = self.refuse(BUSY, path, headers)
+            else:
+                try:
+                    answer, request_id = await self.respond(
+                        handler,
+                        param,
+                        route,
+                        method=method,
+                        path=path,
+                        headers=headers,
+                        query=scope["query_string"].decode("latin-1"),
+                        receive=receive,
+                        hold=hold,
+                    )
+                except ClientGone:
+                    return
+        finally:
+            hold.release()
         await send(
             {
                 "type": "http.response.start",

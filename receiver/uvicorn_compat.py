@@ -29,37 +29,32 @@ from typing import Any, Literal
 GUARD_PROTOCOL_ATTRIBUTES = (
     "app",
     "client",
-    "config",
     "cycle",
     "flow",
-    "loop",
     "pipeline",
+    "scope",
     "server_state",
     "timeout_keep_alive_task",
     "transport",
 )
-GUARD_PROTOCOL_METHODS = (
-    "connection_made",
-    "connection_lost",
-    "data_received",
-    "on_message_begin",
-    "on_headers_complete",
-)
+GUARD_PROTOCOL_METHODS = ("connection_made", "connection_lost", "data_received")
 GUARD_FLOW_ATTRIBUTES = ("read_paused",)
 # What it reads of uvicorn's own RequestResponseCycle.
-GUARD_CYCLE_ATTRIBUTES = ("disconnected", "more_body", "response_complete")
+GUARD_CYCLE_ATTRIBUTES = ("disconnected", "more_body", "response_complete", "scope")
 
 # What the short path (receiver/hook_protocol.py) uses besides.
 SHORT_PROTOCOL_ATTRIBUTES = (
+    "config",
     "expect_100_continue",
     "headers",
     "limit_concurrency",
+    "loop",
     "parser",
     "root_path",
     "tasks",
     "url",
 )
-SHORT_PROTOCOL_METHODS = ("on_response_complete",)
+SHORT_PROTOCOL_METHODS = ("on_headers_complete", "on_response_complete")
 SHORT_FLOW_ATTRIBUTES = ("drain", "pause_reading", "write_paused")
 SHORT_MODULE_NAMES = ("STATUS_LINE",)
 SHORT_SERVER_STATE_ATTRIBUTES = ("default_headers",)
@@ -130,7 +125,7 @@ def check() -> Compatibility:
         attributes: tuple[str, ...], methods: tuple[str, ...], flow: tuple[str, ...]
     ) -> list[str]:
         found = [f"HttpToolsProtocol.{a}" for a in attributes if a not in protocol_attributes]
-        found += [f"HttpToolsProtocol.{m}()" for m in methods if not hasattr(protocol_class, m)]
+        found += [f"HttpToolsProtocol.{m}()" for m in methods if not _defines(protocol_class, m)]
         found += [f"FlowControl.{a}" for a in flow if a not in flow_attributes]
         return found
 
@@ -165,6 +160,12 @@ def check() -> Compatibility:
         except ImportError as exc:
             guard.append(f"what receiver/guarded_protocol.py imports ({exc})")
     return Compatibility(tuple(guard), tuple(short))
+
+
+def _defines(cls: type[Any], name: str) -> bool:
+    """Whether uvicorn's class (not asyncio's base classes) defines the method ``name``."""
+    bases = (asyncio.Protocol, asyncio.BaseProtocol, object)
+    return any(name in vars(klass) for klass in cls.__mro__ if klass not in bases)
 
 
 def _source(cls: type[Any]) -> str:

@@ -72,9 +72,9 @@ def test_a_cycle_attribute_uvicorn_starts_to_use_is_noticed(
 
 
 def test_without_what_the_guard_needs_uvicorn_serves_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delattr(HttpToolsProtocol, "on_message_begin")
+    monkeypatch.delattr(HttpToolsProtocol, "data_received")
     compatibility = uvicorn_compat.check()
-    assert compatibility.guard_missing == ("HttpToolsProtocol.on_message_begin()",)
+    assert compatibility.guard_missing == ("HttpToolsProtocol.data_received()",)
     assert compatibility.protocol == "httptools"
     assert compatibility.warning is not None
     assert "serving with uvicorn's own protocol" in compatibility.warning
