@@ -6,8 +6,8 @@ that slow, silent or half-sent requests cannot use them all up:
 
 - **Time.** A connection must finish its request head within ``header_timeout`` seconds of
   its first byte (or of its opening, when it sends nothing), and its body within
-  ``body_timeout`` seconds of the head; otherwise it is closed (at most half the shorter
-  of the two later). A head may take at most ``max_head_bytes``.
+  ``body_timeout`` seconds of the head; otherwise it is closed (at most two fifths of the
+  shorter of the two later). A head may take at most ``max_head_bytes``.
 - **Count.** At most ``max_connections`` connections are open per process, below the
   descriptor limit (raised at start as far as the hard limit allows), which leaves room for
   the database pool, files and the outbound clients. A connection beyond the cap makes room

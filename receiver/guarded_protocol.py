@@ -6,13 +6,18 @@ the middle of a body: each of those held a descriptor for as long as the client 
 it accepts connections until the process runs out of descriptors, after which nothing is
 answered, health checks included. This protocol adds, per connection:
 
-- a **deadline** for whatever the connection is waiting on the client for: the first
-  request head (``header_timeout`` from the opening), a head once begun (``header_timeout``
-  from its first byte), a body (``body_timeout`` from the end of the head). Past it the
-  connection is closed, with a ``408`` when a request had begun. One ``TimerHandle`` per
-  connection is re-armed only when it fires, so a request costs a clock read and two
-  attribute writes, not a timer of its own;
-- a **size bound** on the request head (``max_head_bytes``, then ``431``);
+- a **time limit** on whatever the connection is waiting on the client for: a first request
+  (``header_timeout`` from the opening), a head once begun (``header_timeout``), a body
+  (``body_timeout`` from the end of the head), or a request after bytes that began none
+  (``header_timeout``; uvicorn's keep-alive timer stops at any byte). Past it the
+  connection is closed, with a ``408`` when a request had begun. The limits are kept by one
+  sweep per server, every fifth of the shorter limit, that looks at what each connection is
+  doing and since when; so a connection is closed between its limit and two fifths of the
+  shorter limit after it (one fifth for one that sends nothing), and a request costs
+  nothing for it: no clock read, no timer;
+- a **size bound** on the request head (``max_head_bytes``, then ``431``), counted over the
+  packets that arrive while a head is unfinished (a head that arrives whole costs a few
+  comparisons);
 - a place in the server's :class:`~receiver.connguard.ConnectionRegistry`, which keeps the
   number of connections under the cap by closing the longest-waiting idle connection, or
   refusing the newcomer with a ``503`` when every connection is busy with a request.
@@ -84,7 +89,7 @@ class ServerGuard:
         )
         self.body_408 = _refusal(408, f"request body not received within {limits.body_timeout:g} s")
         self.head_431 = _refusal(431, f"request head larger than {limits.max_head_bytes} bytes")
-        self.interval = min(limits.header_timeout, limits.body_timeout) / 4
+        self.interval = min(limits.header_timeout, limits.body_timeout) / 5
         self._sweeper: asyncio.TimerHandle | None = None
 
     def watch(self) -> None:
@@ -152,6 +157,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             transport.write(_AT_CAPACITY)
             transport.close()
             return
+        # The clock for a first request starts now (later states are first seen by the
+        # sweep, up to one interval after they begin).
+        self._seen_state, self._seen_since = SILENT, self.guard.loop.time()
         self.guard.watch()
 
     def connection_lost(self, exc: Exception | None) -> None:

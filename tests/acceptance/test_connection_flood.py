@@ -1,5 +1,7 @@
 """Floods of connections against a real `signback serve` process.
 
+- With the default settings, 300 connections that send nothing and 40 that send their
+  request head a byte a second are all closed within 7 s (they used to stay open for good).
 - A process allowed only 256 open files (hard limit too, so it cannot raise it) derives its
   connection cap from that limit; 400 idle connections then still leave /healthz and
   /readyz answerable. Before the cap, the process ran out of descriptors and answered
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import re
 import resource
+import selectors
 import socket
 import subprocess
 import sys
@@ -59,6 +62,57 @@ def rss_kib(pid: int) -> int:
     found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
     assert found, status
     return int(found.group(1))
+
+
+def test_silent_and_slow_connections_are_closed_with_the_default_settings(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = signback_env(f"sqlite:///{tmp_path / 'signback.db'}", port)
+    head = b"GET /healthz HTTP/1.1\r\nhost: signback\r\nx-slow: " + b"a" * 60 + b"\r\n\r\n"
+    with processes(tmp_path) as started:
+        serve = start_serve(tmp_path, port, env)
+        started.append(serve)
+        serve.wait_http(f"http://127.0.0.1:{port}/readyz")
+        silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(300)]
+        slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+        opened = time.monotonic()
+        selector = selectors.DefaultSelector()
+        for sock in silent + slow:
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+        closed_after: dict[socket.socket, float] = {}
+        answers: dict[socket.socket, bytes] = {}
+        try:
+            sent = 0
+            while len(closed_after) < len(silent) + len(slow) and time.monotonic() - opened < 12:
+                if time.monotonic() - opened >= sent:  # one more byte of the head, each second
+                    for sock in slow:
+                        if sock not in closed_after:
+                            with contextlib.suppress(OSError):
+                                sock.send(head[sent : sent + 1])
+                    sent += 1
+                for key, _ in selector.select(timeout=0.05):
+                    ready = key.fileobj
+                    assert isinstance(ready, socket.socket)
+                    try:
+                        data = ready.recv(65536)
+                    except ConnectionResetError:
+                        data = b""
+                    if data:
+                        answers[ready] = answers.get(ready, b"") + data
+                    else:
+                        closed_after[ready] = time.monotonic() - opened
+                        selector.unregister(ready)
+        finally:
+            selector.close()
+            for sock in silent + slow:
+                sock.close()
+        assert len(closed_after) == 340, f"{340 - len(closed_after)} still open after 12 s"
+        assert max(closed_after.values()) < 7.0, max(closed_after.values())
+        assert min(closed_after.values()) >= 5.0  # the default SIGNBACK_HEADER_TIMEOUT_SECONDS
+        assert all(sock not in answers for sock in silent)  # closed without a word
+        assert all(answers[sock].startswith(b"HTTP/1.1 408 ") for sock in slow)
 
 
 def test_idle_connections_beyond_the_descriptor_limit_leave_health_checks_answerable(
