@@ -27,7 +27,13 @@ attributes the protocol reads and writes there (``body``, ``more_body``,
 ``message_event``, ``disconnected``, ``keep_alive``, ``response_complete``) and a
 ``run_asgi`` coroutine that uvicorn runs as the request's task. So keep-alive timers,
 pipelined requests, disconnects and graceful shutdown work as they do for ASGI requests.
-tests/integration/test_hook_protocol.py runs the same wire-level cases through both paths.
+It also keeps the request's ``scope``, by which the connection guard it inherits
+(:class:`receiver.guarded_protocol.GuardedHttpProtocol`) tells a head under way from a
+request being answered, and a body that has not arrived whole with its head holds its
+declared length of the router's body budget while it arrives (receiver/connguard.py).
+tests/integration/test_hook_protocol.py runs the same wire-level cases through both paths,
+and through the guarded protocol without this short path; receiver/uvicorn_compat.py
+checks at start that the installed uvicorn still has what this module uses.
 """
 
 from __future__ import annotations
