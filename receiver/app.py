@@ -16,15 +16,18 @@ from starlette.responses import JSONResponse, Response
 from receiver.admin import api
 from receiver.clock import Clock, system_clock
 from receiver.context import AppContext
+from receiver.errors import one_line
+from receiver.intake import pages
 from receiver.intake import returns as web
-from receiver.intake.middleware import RequestContextMiddleware
+from receiver.intake.connguard import BodyBudget, connection_limits
+from receiver.intake.middleware import RequestContextMiddleware, loggable_path
 from receiver.intake.router import HookRouter
 from receiver.logs import configure_logging, get_logger
 from receiver.pipeline.repoint import repoint_if_public_url_changed
 from receiver.pipeline.rules import RuleBook
 from receiver.pipeline.sendinfo_split import split_quietly
 from receiver.providers import Provider
-from receiver.settings import Settings, load_settings
+from receiver.settings import Settings, load_settings, redact_url
 from receiver.store.db import open_database
 from receiver.store.migrate import current_revision, head_revision, upgrade
 from receiver.worker import Worker
@@ -63,16 +66,26 @@ def build_context(
     )
 
 
-async def prepare_database(ctx: AppContext) -> None:
-    """SQLite is migrated at start (zero set-up); PostgreSQL by `signback migrate` (release)."""
+async def prepare_database(ctx: AppContext, *, serving: bool = True) -> None:
+    """SQLite is migrated at start (zero set-up); PostgreSQL by `signback migrate` (release).
+
+    A PostgreSQL server that cannot be reached is logged when ``serving`` (the service
+    starts anyway, and /readyz reports it until it answers); otherwise (a CLI command) the
+    error is raised."""
     if ctx.settings.is_sqlite:
         await asyncio.to_thread(upgrade, ctx.settings.database_url)
     await ctx.db.connect()
     if not ctx.settings.is_sqlite:
         try:
             current = await current_revision(ctx.db)
-        except Exception as exc:  # unreachable: /readyz reports it until it comes back
-            log.error("database unreachable at start", error=str(exc))
+        except Exception as exc:
+            if not serving:
+                raise
+            log.error(
+                "database unreachable at start; /readyz reports it until it answers",
+                database=redact_url(ctx.settings.database_url),
+                error=one_line(exc),
+            )
             return
         if current != head_revision():
             log.error(
@@ -104,6 +117,7 @@ def create_app(
     configure_logging(settings.log_level, settings.log_format)
     ctx = build_context(settings, clock=clock, rate_window_seconds=rate_window_seconds)
     with_worker = settings.run_worker if run_worker is None else run_worker
+    limits = connection_limits(settings)  # raises the descriptor limit as far as allowed
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -121,6 +135,7 @@ def create_app(
             worker=with_worker,
             providers=sorted(ctx.providers),
             rules=[r.name for r in ctx.rules.rules],
+            max_connections=limits.max_connections,
         )
         # Everything built so far lives as long as the process: keep it out of the cyclic
         # collector's full passes, which otherwise walk it all (tens of ms, a latency spike).
@@ -142,12 +157,16 @@ def create_app(
     async def http_error(request: Request, exc: Exception) -> Response:
         # The router's own 404/405 (unknown path, wrong method): JSON like every other refusal.
         assert isinstance(exc, HTTPException)
+        if pages.is_browser_path(request.url.path):  # a signer's browser: a page, not JSON
+            return pages.error(exc.status_code, exc.headers)
         return JSONResponse(
             {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
         )
 
     async def server_error(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", path=request.url.path.split("/")[1:2])
+        log.exception("unhandled error", path=loggable_path(request.url.path))
+        if pages.is_browser_path(request.url.path):
+            return pages.error(500)
         return JSONResponse({"error": "internal error; see the server log"}, status_code=500)
 
     app = Starlette(
@@ -158,7 +177,15 @@ def create_app(
     app.state.ctx = ctx
     app.add_middleware(RequestContextMiddleware, metrics=ctx.metrics)
     # Callbacks take the fast path in front of Starlette; everything else goes through it.
-    return HookRouter(app, hooks, ctx.metrics, ctx.intake_load)
+    return HookRouter(
+        app,
+        hooks,
+        ctx.metrics,
+        ctx.intake_load,
+        limits=limits,
+        budget=BodyBudget(settings.max_body_bytes_in_flight),
+        max_body_bytes=settings.max_body_bytes,
+    )
 
 
 def create_app_from_env() -> HookRouter:

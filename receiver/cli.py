@@ -20,14 +20,25 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
+    """One line on stderr and an exit code: 2 for what the user must fix (configuration,
+    arguments), 1 for what failed (the database)."""
     click.secho(message, fg="red", err=True)
-    sys.exit(2)
+    sys.exit(code)
+
+
+def _command() -> str:
+    """``signback requests list`` and the like, for messages."""
+    context = click.get_current_context(silent=True)
+    return context.command_path if context is not None else "signback"
 
 
 def _settings(**overrides: Any) -> Settings:
+    command = _command()
+    starts = command.split()[-1] in ("serve", "worker")
+    purpose = "signback cannot start" if starts else f"{command} cannot run"
     try:
-        return load_settings(**overrides)
+        return load_settings(purpose=purpose, **overrides)
     except ConfigurationError as exc:
         _fail(str(exc))
         raise  # unreachable; keeps mypy happy
@@ -59,18 +70,25 @@ def _print_json(value: Any) -> None:
 
 
 async def _with_context(
-    settings: Settings, action: Callable[[Any], Awaitable[T]], *, migrate_sqlite: bool = True
+    settings: Settings,
+    action: Callable[[Any], Awaitable[T]],
+    *,
+    migrate_sqlite: bool = True,
+    serving: bool = False,
 ) -> T:
+    """Run ``action`` with a context on the configured database. A command that does one
+    thing fails (one line) when the database cannot be reached; a ``serving`` one (the
+    worker) starts anyway and waits for it."""
     from receiver.app import build_context, prepare_database
     from receiver.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     ctx = build_context(settings)
-    if migrate_sqlite:
-        await prepare_database(ctx)
-    else:
-        await ctx.db.connect()
     try:
+        if migrate_sqlite:
+            await prepare_database(ctx, serving=serving)
+        else:
+            await ctx.db.connect()
         return await action(ctx)
     finally:
         await ctx.close()
@@ -78,7 +96,15 @@ async def _with_context(
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+    """Run a command's work; a database that cannot answer ends it with one line."""
+    from receiver.errors import one_line
+    from receiver.store.db.errors import DATABASE_ERRORS
+
+    try:
+        return asyncio.run(coro)
+    except DATABASE_ERRORS as exc:
+        _fail(f"{_command()}: the database could not answer: {one_line(exc)}", code=1)
+        raise  # unreachable; keeps mypy happy
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -113,7 +139,8 @@ def serve(
     """Receive callbacks (and, unless --no-worker, process them and send the outbox)."""
     import uvicorn
 
-    from receiver.intake.protocol import HookHttpProtocol
+    from receiver.intake import uvicorn_compat
+    from receiver.logs import configure_logging, get_logger
 
     port = port if port is not None else int(os.environ.get("PORT", "8000"))
     if public_url:
@@ -136,6 +163,11 @@ def serve(
     workers = workers if workers is not None else int(os.environ.get("WEB_CONCURRENCY", "1"))
     if settings.is_sqlite and workers > 1:
         click.secho("SQLite serves one process well; use PostgreSQL for --workers > 1.", err=True)
+    # signback's HTTP protocol, unless the installed uvicorn lacks what it relies on.
+    compatibility = uvicorn_compat.check()
+    if compatibility.warning:
+        configure_logging(settings.log_level, settings.log_format)
+        get_logger("signback.serve").warning(compatibility.warning)
     uvicorn.run(
         "receiver.app:create_app_from_env",
         factory=True,
@@ -151,8 +183,9 @@ def serve(
         timeout_graceful_shutdown=3,  # then the lifespan drains the outbox (25 s by default)
         timeout_keep_alive=settings.keepalive_seconds,
         server_header=False,
-        # uvicorn's httptools protocol, answering callbacks without the ASGI round trip.
-        http=HookHttpProtocol,
+        # uvicorn's httptools protocol with connection limits, answering callbacks without
+        # the ASGI round trip (receiver/intake/protocol.py), where the installed uvicorn allows.
+        http=compatibility.protocol,
     )
 
 
@@ -177,18 +210,23 @@ def worker() -> None:
             loop.add_signal_handler(sig, runner.stopping.set)
         await runner.run()
 
-    _run(_with_context(settings, run))
+    _run(_with_context(settings, run, serving=True))
 
 
 @main.command()
 @handles_config_errors
 def migrate() -> None:
     """Bring the database schema up to date (the Procfile's release step)."""
+    from receiver.errors import one_line
+    from receiver.store.db.errors import DATABASE_ERRORS
     from receiver.store.migrate import head_revision, upgrade
 
     # Only the database URL is needed here (a release step may not have the other secrets).
     url = database_url_from_env()
-    upgrade(url)
+    try:
+        upgrade(url)
+    except DATABASE_ERRORS as exc:
+        _fail(f"signback migrate: cannot migrate {redact_url(url)}: {one_line(exc)}", code=1)
     click.echo(f"database {redact_url(url)} is at migration {head_revision()}")
 
 
@@ -210,6 +248,10 @@ def _json_option(value: str | None, name: str) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise click.BadParameter("must be a JSON object", param_hint=name)
     return parsed
+
+
+# The API's field names, as this command's options, for its error messages.
+OPTION_NAMES = {"documentId": "--document-id", "document_id": "--document-id"}
 
 
 @requests.command("add")
@@ -239,29 +281,36 @@ def requests_add(
     defaults: str | None,
 ) -> None:
     """Register a signature request and print its callback URLs."""
-    from receiver.admin.api import RegisterBody, request_json
+    from receiver.admin.api import registration_problems, request_json
     from receiver.pipeline.registration import Registration, register
 
-    try:
-        body = RegisterBody.model_validate(
-            {
-                "provider": provider,
-                "signature_request_id": external_id,
-                "document_id": document_id,
-                "reference": reference,
-                "return_url": return_url,
-                "retry_url": retry_url,
-                "metadata": _json_option(metadata, "--metadata"),
-                "defaults": _json_option(defaults, "--defaults"),
-            }
-        )
-    except Exception as exc:
-        raise click.UsageError(str(exc)) from None
+    problems: list[str] = []
+    options: dict[str, dict[str, Any]] = {}
+    for name, value in (("--metadata", metadata), ("--defaults", defaults)):
+        try:
+            options[name] = _json_option(value, name)
+        except click.BadParameter as exc:
+            problems.append(f"{name}: {exc.message}")
+    data = {
+        "provider": provider,
+        "signature_request_id": external_id,
+        "document_id": document_id,
+        "reference": reference,
+        "return_url": return_url,
+        "retry_url": retry_url,
+        "metadata": options.get("--metadata", {}),
+        "defaults": options.get("--defaults", {}),
+    }
 
     async def run(ctx: Any) -> dict[str, Any]:
-        validate = ctx.providers[provider].validate_defaults
-        if body.defaults and validate is not None:
-            validate(body.defaults)
+        # Every problem at once: the options' JSON, the fields, and each of the defaults.
+        body, fields = registration_problems(data, ctx.providers)
+        problems.extend(
+            f"{OPTION_NAMES.get(f['field'], f['field']) or 'request'}: {f['message']}"
+            for f in fields
+        )
+        if body is None or problems:
+            raise click.UsageError("invalid request:\n  " + "\n  ".join(problems))
         registered = await register(
             ctx,
             Registration(
@@ -287,11 +336,10 @@ def requests_add(
     except InvalidAction as exc:
         _fail(f"invalid --defaults: {exc}")
     except RegistrationRefused as exc:
-        options = {"documentId": "--document-id"}  # the API's field names, as options
         _fail(
             "cannot register: "
             + "; ".join(
-                f"{options.get(f['field'], f['field'])}: {f['message']}" for f in exc.fields
+                f"{OPTION_NAMES.get(f['field'], f['field'])}: {f['message']}" for f in exc.fields
             )
         )
 

@@ -41,3 +41,11 @@ class NotRegistered(SignbackError):
 
 class InvalidAction(SignbackError):
     """A business rule produced an action the provider would refuse; it was not sent."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message``, for a log line or a command's error message
+    (database drivers' messages run to several lines, SQLAlchemy's add a link)."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
 import time
 from collections.abc import MutableMapping
@@ -20,6 +21,45 @@ from typing import Any
 import structlog
 
 from receiver import jsonutil
+
+# A run of URL-safe characters long enough to be a credential: callback tokens are 43 of
+# them (base64url of 32 random bytes), hex digests and UUIDs are similar.
+_LONG_RUN = re.compile(r"[A-Za-z0-9_-]{16,}")
+
+
+def _looks_random(run: str) -> bool:
+    """Letters mixed with digits, or upper with lower case: what random strings look like
+    and what words, numbers and ``snake_case`` names do not."""
+    digit = upper = lower = False
+    for char in run:
+        if char.isdigit():
+            digit = True
+        elif char.isupper():
+            upper = True
+        elif char.islower():
+            lower = True
+    return (digit and (upper or lower)) or (upper and lower)
+
+
+def redact_tokens(text: str) -> str:
+    """``text`` (a path, a URL, a log message) with every token-shaped run replaced, wherever
+    it stands: callback tokens must not reach a log, whatever path they came in on."""
+    return _LONG_RUN.sub(lambda m: "[token]" if _looks_random(m.group()) else m.group(), text)
+
+
+class RedactTokens(logging.Filter):
+    """For loggers signback does not write itself (uvicorn's access and error logs): the
+    message and its arguments with token-shaped runs replaced."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_tokens(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_tokens(arg) if isinstance(arg, str) else arg for arg in record.args
+            )
+        return True
+
 
 _SECRET_WORDS = ("token", "secret", "api_key", "apikey", "signature", "password", "authorization")
 _ALLOWED = frozenset({"request_id", "token_hint"})
@@ -145,8 +185,15 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     # it is switched off where uvicorn is started; keep its error log at our level.
     logging.basicConfig(level=numeric_level, stream=sys.stderr, format="%(message)s")
     logging.getLogger("uvicorn.access").disabled = True
+    for name in ("uvicorn.access", "uvicorn.error"):  # should anyone turn them on again
+        uvicorn_log = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in uvicorn_log.filters):
+            uvicorn_log.addFilter(RedactTokens())
     logging.getLogger("httpx").setLevel(logging.WARNING)  # httpx logs full URLs at INFO
     logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl …" on every start
+    # psycopg's pool logs every failed connection attempt in two lines; signback says once
+    # that the database is unreachable (at start, in /readyz, from the worker's loops).
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 def get_logger(name: str) -> Any:

@@ -92,6 +92,13 @@ class Metrics:
             ["route", "status"],
             self.registry,
         )
+        self.connections_closed = Tally(
+            "signback_connections_closed_total",
+            "Connections closed by signback's connection guard, by reason (header_timeout, "
+            "body_timeout, head_too_large, idle_closed_at_capacity, refused_at_capacity, …)",
+            ["reason"],
+            self.registry,
+        )
         self._queue_counts: dict[str, dict[str, int]] = {}
         self._durations: dict[str, Histogram] = {}
         self.registry.register(self.queue_collector())

@@ -11,7 +11,14 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from receiver.errors import ConfigurationError
@@ -46,6 +53,15 @@ class Settings(BaseSettings):
     # the balancer's idle timeout, or the balancer may send a request on a connection being
     # closed and answer the provider 502.
     keepalive_seconds: int = Field(default=5, ge=1, le=86400)
+    # Connections that would starve the service (receiver/intake/connguard.py): a request head
+    # must arrive within this long of its first byte (or of the connection's opening) ...
+    header_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
+    # ... and its body within this long of the head.
+    body_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    # Connections per process; by default derived from the descriptor limit.
+    max_connections: int | None = Field(default=None, ge=1)
+    # Callback bodies being received at once per process; beyond it, 503 + Retry-After.
+    max_body_bytes_in_flight: int = Field(default=64 * 1024 * 1024, ge=1)
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -131,6 +147,15 @@ class Settings(BaseSettings):
     def _paas_postgres_scheme(cls, value: str) -> str:
         return normalize_database_url(value)
 
+    @model_validator(mode="after")
+    def _budget_holds_a_body(self) -> Settings:
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                "SIGNBACK_MAX_BODY_BYTES_IN_FLIGHT must be at least SIGNBACK_MAX_BODY_BYTES "
+                f"({self.max_body_bytes}), or no callback of the largest size could ever be read"
+            )
+        return self
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
@@ -175,24 +200,37 @@ def env_name(field: str) -> str:
     return f"SIGNBACK_{field.upper()}"
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Build the settings, turning pydantic's errors into one message naming each variable."""
+def load_settings(*, purpose: str = "signback cannot start", **overrides: Any) -> Settings:
+    """Build the settings, turning pydantic's errors into one message naming each variable.
+    ``purpose`` begins the message: what cannot happen without them (a CLI command that
+    starts nothing says so in its own words)."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"]) or "?"
-            name = env_name(field.split(".")[0])
-            if error["type"] == "missing":
-                lines.append(f"{name} is required but not set")
-            else:
-                lines.append(f"{name}: {error['msg']}")
+        lines = [_problem(error) for error in exc.errors(include_url=False)]
         raise ConfigurationError(
-            "signback cannot start: " + "; ".join(lines) + ". See the README's configuration "
+            f"{purpose}: " + "; ".join(lines) + ". See the README's configuration "
             "table (python3 scripts/run.py writes a .env with fresh secrets for local use)."
         ) from None
     except json.JSONDecodeError as exc:
         raise ConfigurationError(
-            f"signback cannot start: SIGNBACK_FIRMA_WORKSPACE_SECRETS is not valid JSON: {exc}"
+            f"{purpose}: SIGNBACK_FIRMA_WORKSPACE_SECRETS is not valid JSON: {exc}"
         ) from None
+
+
+def _problem(error: Any) -> str:
+    """One validation error as a person reads it. Never the value: it may be a secret."""
+    loc = error["loc"]
+    kind = error["type"]
+    context = error.get("ctx") or {}
+    if not loc:  # a check across fields, whose message names the variables itself
+        return str(error["msg"]).removeprefix("Value error, ")
+    name = env_name(str(loc[0]))
+    if kind == "missing":
+        return f"{name} is required but not set"
+    # pydantic counts "items" for a SecretStr; these are strings of characters.
+    if kind in ("too_short", "string_too_short") and "min_length" in context:
+        return f"{name} must be at least {context['min_length']} characters long"
+    if kind in ("too_long", "string_too_long") and "max_length" in context:
+        return f"{name} must be at most {context['max_length']} characters long"
+    return f"{name}: {str(error['msg']).removeprefix('Value error, ')}"

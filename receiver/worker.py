@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from receiver.aio import sleep_or_stop
 from receiver.context import AppContext
+from receiver.errors import one_line
 from receiver.loadshare import background_context
 from receiver.logs import get_logger
 from receiver.outbox.dispatcher import Dispatcher
@@ -64,9 +65,13 @@ class Worker:
 
     async def stop(self) -> None:
         self.stopping.set()
-        # Wake the loops so they notice at once instead of after their poll interval.
-        await self.ctx.db.notify(inbox.INBOX_CHANNEL)
-        await self.ctx.db.notify(outbox.OUTBOX_CHANNEL)
+        # Wake the loops so they notice at once instead of after their poll interval. With
+        # the database gone they notice at their next poll: a line says so, no traceback.
+        try:
+            await self.ctx.db.notify(inbox.INBOX_CHANNEL)
+            await self.ctx.db.notify(outbox.OUTBOX_CHANNEL)
+        except Exception as exc:
+            log.warning("stopping without waking the worker loops", error=one_line(exc))
         if self._task is not None:
             await self._task
 

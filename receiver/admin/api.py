@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from pydantic import (
@@ -40,6 +40,7 @@ from receiver.logs import get_logger
 from receiver.metrics import CONTENT_TYPE
 from receiver.model import RequestState, SignatureRequest
 from receiver.pipeline.registration import Registration, RegistrationRefused, register
+from receiver.providers import Provider
 from receiver.store import inbox, outbox, requests
 from receiver.store.db.base import Row
 from receiver.store.storable import json_problem, text_problem
@@ -110,6 +111,55 @@ class RegisterBody(BaseModel):
         if problem is not None:
             raise ValueError(problem)
         return value
+
+
+def registration_problems(
+    data: Any, providers: Mapping[str, Provider]
+) -> tuple[RegisterBody | None, list[dict[str, str]]]:
+    """A registration body, or every problem with it at once (the API's 422 and the CLI):
+    the fields' own, an unknown provider, and each of ``defaults`` the provider refuses."""
+    problems: list[dict[str, str]] = []
+    body: RegisterBody | None = None
+    try:
+        body = RegisterBody.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+    raw = data if isinstance(data, dict) else {}
+    name = raw.get("provider")
+    provider = providers.get(name) if isinstance(name, str) else None
+    if isinstance(name, str) and name and provider is None:
+        problems.append({"field": "provider", "message": f"must be one of {sorted(providers)}"})
+    defaults = raw.get("defaults")
+    validate = provider.validate_defaults if provider is not None else None
+    if validate is not None and defaults and isinstance(defaults, dict):
+        refused = []
+        for key, value in defaults.items():  # one at a time, to report each
+            try:
+                validate({key: value})
+            except InvalidAction as exc:
+                refused.append({"field": f"defaults.{key}", "message": exc.message})
+        if not refused:  # and together, for what only the whole can show
+            try:
+                validate(defaults)
+            except InvalidAction as exc:
+                refused.append({"field": "defaults", "message": exc.message})
+        problems += refused
+    if provider is not None and provider.check_registration is not None:
+        # What the provider itself needs (OKdokument: a documentId while claims are confirmed).
+        document_id = raw.get("document_id", raw.get("documentId"))
+        probe = Registration(
+            provider=provider.name,
+            external_id=str(raw.get("signature_request_id") or raw.get("signatureRequestId") or ""),
+            document_id=document_id if isinstance(document_id, str) and document_id else None,
+        )
+        problems += [
+            {"field": field, "message": message}
+            for field, message in provider.check_registration(probe)
+        ]
+    return (None, problems) if problems else (body, [])
 
 
 def iso(value: object) -> str | None:
@@ -307,30 +357,9 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             data = json.loads(raw)
         except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, huge ints, nesting
             return error(400, f"body is not valid JSON: {str(exc)[:200]}")
-        try:
-            body = RegisterBody.model_validate(data)
-        except ValidationError as exc:
-            fields = [
-                {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
-                for e in exc.errors(include_url=False, include_input=False)
-            ]
-            return error(422, "invalid request", fields=fields)
-        provider = ctx.providers.get(body.provider)
-        if provider is None:
-            return error(
-                422,
-                "invalid request",
-                fields=[
-                    {"field": "provider", "message": f"must be one of {sorted(ctx.providers)}"}
-                ],
-            )
-        if body.defaults and provider.validate_defaults is not None:
-            try:
-                provider.validate_defaults(body.defaults)
-            except InvalidAction as exc:
-                return error(
-                    422, "invalid request", fields=[{"field": "defaults", "message": exc.message}]
-                )
+        body, problems = registration_problems(data, ctx.providers)
+        if body is None:
+            return error(422, "invalid request", fields=problems)
         try:
             registered = await register(
                 ctx,

@@ -13,7 +13,7 @@ from receiver import jsonutil
 from receiver.context import AppContext
 from receiver.errors import CallbackRejected
 from receiver.intake.router import Answer
-from receiver.logs import debug_enabled, get_logger
+from receiver.logs import debug_enabled, get_logger, redact_tokens
 from receiver.store import inbox
 
 log = get_logger("signback.intake")
@@ -117,7 +117,7 @@ def rejected(exc: CallbackRejected, *, provider: str, channel: str, **facts: Any
         provider=provider,
         channel=channel,
         status=exc.status_code,
-        reason=exc.message,
+        reason=redact_tokens(exc.message),  # a reason may quote the path (a workspace id)
         **facts,
     )
     return Answer.error(exc.status_code, exc.message)

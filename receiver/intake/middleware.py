@@ -9,7 +9,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from receiver.logs import get_logger, set_request_id
+from receiver.logs import get_logger, redact_tokens, set_request_id
 from receiver.metrics import Metrics
 
 log = get_logger("signback.http")
@@ -37,7 +37,10 @@ def route_group(path: str) -> str:
 
 
 def loggable_path(path: str) -> str:
-    return _TOKEN_PATH.sub(r"/\1/[token]", path)
+    """``path`` fit for a log line: the callback routes' token segment cut out whatever it
+    looks like, and anything token-shaped anywhere else (``//hooks/okdokument/<t>``,
+    ``/Return/<t>``, a token in any segment)."""
+    return redact_tokens(_TOKEN_PATH.sub(r"/\1/[token]", path))
 
 
 # New request ids: 16 hex characters, a random per-process prefix and a counter. Unique

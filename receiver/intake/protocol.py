@@ -27,7 +27,13 @@ attributes the protocol reads and writes there (``body``, ``more_body``,
 ``message_event``, ``disconnected``, ``keep_alive``, ``response_complete``) and a
 ``run_asgi`` coroutine that uvicorn runs as the request's task. So keep-alive timers,
 pipelined requests, disconnects and graceful shutdown work as they do for ASGI requests.
-tests/integration/test_hook_protocol.py runs the same wire-level cases through both paths.
+It also keeps the request's ``scope``, by which the connection guard it inherits
+(:class:`receiver.intake.guarded_protocol.GuardedHttpProtocol`) tells a head under way from a
+request being answered, and a body that has not arrived whole with its head holds its
+declared length of the router's body budget while it arrives (receiver/intake/connguard.py).
+tests/integration/test_hook_protocol.py runs the same wire-level cases through both paths,
+and through the guarded protocol without this short path; receiver/intake/uvicorn_compat.py
+checks at start that the installed uvicorn still has what this module uses.
 """
 
 from __future__ import annotations
@@ -38,16 +44,18 @@ import contextvars
 import time
 import urllib.parse
 from collections.abc import Iterable
-from typing import Any
 
 import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
+from receiver.intake.guarded_protocol import GuardedHttpProtocol, find_router
 from receiver.intake.middleware import loggable_path
 from receiver.intake.router import (
+    BUSY_SHORT,
     HOOKS_PREFIX,
     SERVER_ERROR,
+    Answer,
     HookHandler,
     HookRouter,
     decode_headers,
@@ -79,16 +87,7 @@ def encode_answer(
 _SERVER_ERROR_CLOSE = encode_answer(500, SERVER_ERROR.wire_headers, SERVER_ERROR.body, close=True)
 
 
-def find_router(app: Any) -> HookRouter | None:
-    """The :class:`HookRouter` inside uvicorn's middleware wrappers (proxy headers, and
-    message logging at trace level), each of which keeps the app it wraps as ``.app``."""
-    for _ in range(8):
-        if isinstance(app, HookRouter):
-            return app
-        app = getattr(app, "app", None)
-        if app is None:
-            return None
-    return None
+__all__ = ["CallbackCycle", "HookHttpProtocol", "encode_answer", "find_router"]
 
 
 class CallbackCycle:
@@ -101,6 +100,7 @@ class CallbackCycle:
         "handler",
         "headers",
         "keep_alive",
+        "length",
         "message_event",
         "more_body",
         "on_response",
@@ -108,9 +108,11 @@ class CallbackCycle:
         "path",
         "protocol",
         "query",
+        "reserved",
         "response_complete",
         "route",
         "router",
+        "scope",
         "transport",
     )
 
@@ -124,6 +126,7 @@ class CallbackCycle:
         path: str,
         query: str,
         keep_alive: bool,
+        length: bytes,
     ) -> None:
         self.protocol = protocol
         self.router = router
@@ -133,6 +136,8 @@ class CallbackCycle:
         self.path = path
         self.query = query
         self.headers = decode_headers(protocol.headers)
+        # The request's uvicorn scope, which the connection guard tells requests apart by.
+        self.scope = protocol.scope
         self.transport = protocol.transport
         self.flow: FlowControl = protocol.flow
         self.on_response = protocol.on_response_complete
@@ -143,6 +148,8 @@ class CallbackCycle:
         self.disconnected = False
         self.keep_alive = keep_alive
         self.response_complete = False
+        self.length = length  # the declared Content-Length, as sent
+        self.reserved = 0  # bytes held in the router's body budget
 
     async def run_asgi(self, app: object) -> None:
         """uvicorn's name for "answer this request"; ``app`` is not used."""
@@ -165,25 +172,47 @@ class CallbackCycle:
                 raise
         finally:
             self.on_response = _nothing  # as uvicorn does: a late call must not re-arm timers
+            if self.reserved:
+                self.router.budget.give_back(self.reserved)
+                self.reserved = 0
 
     async def _answer(self) -> None:
-        while self.more_body and not self.disconnected:
-            await self.message_event.wait()
-            self.message_event.clear()
-        if self.disconnected:
-            log.info("client disconnected before sending its body", path=loggable_path(self.path))
-            return
+        refusal: tuple[Answer, str] | None = None
+        if self.more_body and not self.disconnected:
+            # The body is still arriving: while it does, it holds its declared length of the
+            # router's body budget (given back in run_asgi, however the task ends). When
+            # that does not fit, the answer is a 503 before the body is read, and the
+            # connection ends with it, so that the rest is not read either. A body that came
+            # whole with its head (the usual case) is not waited for and holds nothing.
+            size = int(self.length.lstrip(b"0") or b"0")
+            if self.router.budget.take(size):
+                self.reserved = size
+                while self.more_body and not self.disconnected:
+                    await self.message_event.wait()
+                    self.message_event.clear()
+                if self.disconnected:
+                    log.info(
+                        "client disconnected before sending its body",
+                        path=loggable_path(self.path),
+                    )
+                    return
+            else:
+                self.keep_alive = False
+                refusal = self.router.refuse(BUSY_SHORT, self.path, self.headers)
         started = time.perf_counter()
-        answer, request_id = await self.router.respond(
-            self.handler,
-            self.param,
-            self.route,
-            method="POST",
-            path=self.path,
-            headers=self.headers,
-            query=self.query,
-            body=self.body,
-        )
+        if refusal is None:
+            answer, request_id = await self.router.respond(
+                self.handler,
+                self.param,
+                self.route,
+                method="POST",
+                path=self.path,
+                headers=self.headers,
+                query=self.query,
+                body=self.body,
+            )
+        else:
+            answer, request_id = refusal
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
         if not self.disconnected:
@@ -208,12 +237,9 @@ def _nothing() -> None:
     return None
 
 
-class HookHttpProtocol(HttpToolsProtocol):
-    """uvicorn's ``HttpToolsProtocol``; callbacks are answered by :class:`CallbackCycle`."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.router = find_router(self.app)
+class HookHttpProtocol(GuardedHttpProtocol):
+    """uvicorn's ``HttpToolsProtocol`` with signback's connection limits
+    (:class:`GuardedHttpProtocol`); callbacks are answered by :class:`CallbackCycle`."""
 
     def on_headers_complete(self) -> None:
         cycle = self._callback_cycle()
@@ -270,7 +296,7 @@ class HookHttpProtocol(HttpToolsProtocol):
             return None
         http_version = self.parser.get_http_version()
         keep_alive = http_version != "1.0" and self.parser.should_keep_alive()
-        return CallbackCycle(self, router, handler, param, route, path, query, keep_alive)
+        return CallbackCycle(self, router, handler, param, route, path, query, keep_alive, length)
 
 
 def _parse_url(url: bytes) -> tuple[str, str] | None:

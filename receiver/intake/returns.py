@@ -32,7 +32,10 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
         except Exception as exc:
             problems.append(f"database unreachable: {type(exc).__name__}")
         else:
-            current = await current_revision(ctx.db)
+            try:
+                current = await current_revision(ctx.db)
+            except Exception as exc:  # gone between the ping and this query
+                current = f"unknown: {type(exc).__name__}"
             if current != head_revision():
                 problems.append(
                     f"migrations not current (database at {current}, code at {head_revision()});"

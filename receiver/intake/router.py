@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver import jsonutil
 from receiver.errors import CallbackRejected
+from receiver.intake.connguard import BodyBudget, BodyHold, ConnectionLimits
 from receiver.intake.middleware import finish_request, loggable_path, request_id_for, route_group
 from receiver.loadshare import IntakeLoad
 from receiver.logs import get_logger, set_request_id
@@ -87,7 +88,7 @@ class Callback:
     handler can refuse (404 unknown URL, 415 wrong type) before reading it. On the short
     path (receiver/intake/protocol.py) the body has already arrived and comes as ``body``."""
 
-    __slots__ = ("_body", "_receive", "headers", "method", "param", "path", "query")
+    __slots__ = ("_body", "_hold", "_receive", "headers", "method", "param", "path", "query")
 
     def __init__(
         self,
@@ -99,6 +100,7 @@ class Callback:
         query: str,
         receive: Receive | None = None,
         body: bytes | None = None,
+        hold: BodyHold | None = None,
     ) -> None:
         if (receive is None) == (body is None):
             raise ValueError("a Callback reads its body from receive or is given it, not both")
@@ -109,6 +111,9 @@ class Callback:
         self.query = query
         self._receive = receive
         self._body = body
+        # The bytes of the body budget this callback holds (its declared length, reserved
+        # before it was read); a chunked body reserves itself as it comes.
+        self._hold = hold
 
     async def read_body(self, limit: int) -> bytes:
         """The raw body, refusing (413) anything over ``limit`` without reading it all."""
@@ -141,6 +146,8 @@ class Callback:
             size += len(chunk)
             if size > limit:  # chunked uploads declare no length: stop at the limit
                 raise CallbackRejected(f"body larger than {limit} bytes", 413)
+            if self._hold is not None and not self._hold.hold(size):
+                raise CallbackRejected(BUSY_REASON, 503)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
@@ -175,6 +182,13 @@ class Hook:
 
 
 SERVER_ERROR = Answer.error(500, "internal error; see the server log")
+BUSY_REASON = "too many callback bytes being received at once; retry shortly"
+# The body budget is spent: refused before the body is read, and the connection closed so
+# that the rest of the body is not read either.
+BUSY = Answer.json(503, {"error": BUSY_REASON}, ((b"retry-after", b"5"), (b"connection", b"close")))
+# The same answer for the short path (receiver/intake/protocol.py), which adds
+# ``connection: close`` itself.
+BUSY_SHORT = Answer.json(503, {"error": BUSY_REASON}, ((b"retry-after", b"5"),))
 _NOT_ALLOWED = Answer.json(405, {"error": "Method Not Allowed"}, ((b"allow", b"POST"),))
 
 
@@ -187,10 +201,18 @@ class HookRouter:
         hooks: Sequence[Hook],
         metrics: Metrics,
         load: IntakeLoad | None = None,
+        *,
+        limits: ConnectionLimits | None = None,
+        budget: BodyBudget | None = None,
+        max_body_bytes: int = 1024 * 1024,
     ) -> None:
         self.fallback = fallback
         self.metrics = metrics
         self.load = load or IntakeLoad()
+        # For the HTTP protocol (receiver/intake/guarded_protocol.py) and the body budget.
+        self.limits = limits or ConnectionLimits()
+        self.budget = budget or BodyBudget(64 * 1024 * 1024)
+        self.max_body_bytes = max_body_bytes
         # A route's metrics label (its route group) is worked out once, not per request.
         self._exact: dict[str, tuple[HookHandler, str]] = {}
         self._by_prefix: dict[str, tuple[HookHandler, str]] = {}
@@ -232,10 +254,12 @@ class HookRouter:
         query: str,
         receive: Receive | None = None,
         body: bytes | None = None,
+        hold: BodyHold | None = None,
     ) -> tuple[Answer, str]:
         """The answer to one callback and its request id, which is bound to the log lines
         until :meth:`finished`. Raises :class:`ClientGone` when the client left before its
-        body arrived. Shared by the ASGI path below and receiver/intake/protocol.py."""
+        body arrived. Shared by the ASGI path below and receiver/intake/protocol.py. ``hold``
+        is what the body holds of the budget (the caller gives it back)."""
         request_id = request_id_for(headers.get("x-request-id", ""))
         set_request_id(request_id)
         self.load.arrived()
@@ -250,6 +274,7 @@ class HookRouter:
                 query=query,
                 receive=receive,
                 body=body,
+                hold=hold,
             )
             return await handler(call), request_id
         except ClientGone:
@@ -261,6 +286,24 @@ class HookRouter:
             return SERVER_ERROR, request_id
         finally:
             self.load.answered()
+
+    def refuse(self, answer: Answer, path: str, headers: dict[str, str]) -> tuple[Answer, str]:
+        """A body-budget refusal given before the body is read, with the request id and the
+        log line :meth:`respond` gives its answers (both paths)."""
+        request_id = request_id_for(headers.get("x-request-id", ""))
+        set_request_id(request_id)
+        log.warning(BUSY_REASON, path=loggable_path(path), status=answer.status)
+        return answer, request_id
+
+    def reserve(self, hold: BodyHold, declared: str | None) -> bool:
+        """Hold a declared body length in the budget before the body is read; False when
+        it does not fit. No length, or one over the limit (which the handler refuses
+        unread, 413), holds nothing."""
+        if declared is None or not declared.isdigit():
+            return True
+        if length_exceeds(declared, self.max_body_bytes):
+            return True
+        return hold.hold(int(declared.lstrip("0") or "0"))
 
     def finished(self, method: str, path: str, status: int, started: float, route: str) -> None:
         # Accepted callbacks get no access line: the pipeline logs each one as processed.
@@ -281,19 +324,27 @@ class HookRouter:
         headers = decode_headers(scope["headers"])
         path: str = scope["path"]
         method: str = scope["method"]
+        hold = BodyHold(self.budget)
         try:
-            answer, request_id = await self.respond(
-                handler,
-                param,
-                route,
-                method=method,
-                path=path,
-                headers=headers,
-                query=scope["query_string"].decode("latin-1"),
-                receive=receive,
-            )
-        except ClientGone:
-            return
+            if method == "POST" and not self.reserve(hold, headers.get("content-length")):
+                answer, request_id = self.refuse(BUSY, path, headers)
+            else:
+                try:
+                    answer, request_id = await self.respond(
+                        handler,
+                        param,
+                        route,
+                        method=method,
+                        path=path,
+                        headers=headers,
+                        query=scope["query_string"].decode("latin-1"),
+                        receive=receive,
+                        hold=hold,
+                    )
+                except ClientGone:
+                    return
+        finally:
+            hold.release()
         await send(
             {
                 "type": "http.response.start",

@@ -11,6 +11,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from receiver.store.db.base import Database
+from receiver.store.db.errors import is_missing_table
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -44,8 +45,12 @@ def head_revision() -> str:
 
 
 async def current_revision(db: Database) -> str | None:
+    """The schema's migration; None for a database without one yet. Any other failure
+    (an unreachable database) is raised: it must not read as "not migrated"."""
     try:
         row = await db.fetch_one("SELECT version_num FROM alembic_version")
-    except Exception:
-        return None
+    except Exception as exc:
+        if is_missing_table(exc):
+            return None
+        raise
     return None if row is None else str(row["version_num"])

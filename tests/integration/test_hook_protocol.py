@@ -1,5 +1,6 @@
 """The callback short path (receiver/intake/protocol.py) answers exactly as uvicorn's ASGI
-path does, on the wire: each case runs against both, over raw sockets where HTTP details
+path does, on the wire: each case runs against both (and against the guarded protocol
+without the short path, a fallback of `signback serve`), over raw sockets where HTTP details
 (pipelining, HTTP/1.0, ``Expect: 100-continue``, a client leaving mid-body) matter."""
 
 from __future__ import annotations
@@ -17,14 +18,18 @@ import pytest
 
 from receiver.app import create_app
 from receiver.intake import protocol as hook_protocol
+from receiver.intake.guarded_protocol import GuardedHttpProtocol
 from receiver.intake.protocol import HookHttpProtocol
 from receiver.settings import Settings
 from tests.harness import Receiver, running_receiver
 from tests.servers import bound_socket, running_server
 
 GOOD = b'{"state":"signed","id":"doc-1","signatureRequestId":"sr-1"}'
+# `signback serve` falls back to the second or third when the installed uvicorn lacks what
+# the first relies on (receiver/intake/uvicorn_compat.py): the answers must be the same.
 PROTOCOLS: dict[str, type[asyncio.Protocol] | Literal["httptools"]] = {
     "short path": HookHttpProtocol,
+    "guarded, without the short path": GuardedHttpProtocol,
     "uvicorn's ASGI path": "httptools",
 }
 

@@ -263,7 +263,12 @@ def test_a_busy_database_is_a_503_for_the_admin_api(
         try:
             with r.admin() as admin:  # a write waits for the lock, then gives up
                 response = admin.post(
-                    "/api/requests", json={"provider": "okdokument", "signatureRequestId": "b", "documentId": "doc-b"}
+                    "/api/requests",
+                    json={
+                        "provider": "okdokument",
+                        "signatureRequestId": "b",
+                        "documentId": "doc-b",
+                    },
                 )
                 assert response.status_code == 503, response.text
                 assert response.headers["retry-after"]

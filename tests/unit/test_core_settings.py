@@ -85,15 +85,27 @@ def test_defaults(env: Env) -> None:
         ),
         pytest.param(
             {"SIGNBACK_ADMIN_TOKEN": "short-token"},
-            ["SIGNBACK_ADMIN_TOKEN: "],
-            ["short-token", "SIGNBACK_SECRET_KEY"],
+            ["SIGNBACK_ADMIN_TOKEN must be at least 16 characters long"],
+            ["short-token", "SIGNBACK_SECRET_KEY", "items"],
             id="admin-token-too-short",
         ),
         pytest.param(
             {"SIGNBACK_SECRET_KEY": "too-short-secret"},
-            ["SIGNBACK_SECRET_KEY: "],
-            ["too-short-secret"],
+            ["SIGNBACK_SECRET_KEY must be at least 32 characters long"],
+            ["too-short-secret", "items"],
             id="secret-key-too-short",
+        ),
+        pytest.param(
+            {"SIGNBACK_MAX_BODY_BYTES_IN_FLIGHT": "1000"},
+            ["SIGNBACK_MAX_BODY_BYTES_IN_FLIGHT must be at least SIGNBACK_MAX_BODY_BYTES"],
+            ["Value error", "SIGNBACK_?"],
+            id="budget-below-a-body",
+        ),
+        pytest.param(
+            {"SIGNBACK_HEADER_TIMEOUT_SECONDS": "0"},
+            ["SIGNBACK_HEADER_TIMEOUT_SECONDS: "],
+            [],
+            id="header-timeout",
         ),
         pytest.param(
             {"SIGNBACK_OUTBOX_CONCURRENCY": "0"},
@@ -349,3 +361,26 @@ def test_redact_url(url: str, expected: str) -> None:
 
 def test_redact_url_without_a_user_name() -> None:
     assert "hunter2" not in redact_url("postgresql://:hunter2@db/app")
+
+
+@pytest.mark.parametrize(
+    ("args", "opening"),
+    [
+        pytest.param(["serve"], "signback cannot start: ", id="serve"),
+        pytest.param(["worker"], "signback cannot start: ", id="worker"),
+        pytest.param(["requests", "list"], "signback requests list cannot run: ", id="list"),
+        pytest.param(["outbox", "retry", "1"], "signback outbox retry cannot run: ", id="retry"),
+    ],
+)
+def test_commands_say_what_cannot_happen_in_their_own_words(
+    env: Env, monkeypatch: pytest.MonkeyPatch, args: list[str], opening: str
+) -> None:
+    from click.testing import CliRunner
+
+    from receiver import cli
+
+    monkeypatch.delenv("SIGNBACK_ADMIN_TOKEN")
+    result = CliRunner().invoke(cli.main, args, prog_name="signback")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(opening + "SIGNBACK_ADMIN_TOKEN is required but not set")
+    assert len(result.stderr.strip().splitlines()) == 1
