@@ -1,4 +1,5 @@
-"""The ``signback`` command: serve, worker, migrate, requests, outbox, inbox, fake, simulate."""
+"""The ``signback`` command: serve, worker, migrate, requests, outbox, inbox, endpoints, fake,
+simulate."""
 
 from __future__ import annotations
 
@@ -619,6 +620,13 @@ def fake_firma(
     if secret:
         kwargs["secret"] = secret
     serve_fake(**kwargs)
+
+
+# --- downstream endpoints (receiver/admin/endpoints_cli.py) ------------------------------
+
+from receiver.admin.endpoints_cli import endpoints as _endpoints  # noqa: E402
+
+main.add_command(_endpoints)
 
 
 if __name__ == "__main__":  # pragma: no cover

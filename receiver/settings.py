@@ -105,6 +105,34 @@ class Settings(BaseSettings):
     firma_writes_per_minute: float = Field(default=100.0, gt=0, le=120)
     firma_reads_per_minute: float = Field(default=150.0, gt=0, le=200)
 
+    # --- downstream endpoints (receiver/outbox/downstream/) --------------------------------
+    # Deliveries to loopback, private, link-local … addresses (checked on the resolved
+    # address at every connection): off by default; on for local development and tests.
+    endpoint_allow_private: bool = False
+    # Comma-separated host names (or *.example.com) endpoints may use; empty: any host.
+    endpoint_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Deliveries in flight per process: in all, and to any one endpoint (its share, so that
+    # a slow endpoint leaves room for the others). Provider calls have their own
+    # (outbox_concurrency).
+    endpoint_concurrency: int = Field(default=128, ge=1, le=1024)
+    endpoint_concurrency_per_endpoint: int = Field(default=64, ge=1, le=1024)
+    endpoint_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    endpoint_max_attempts: int = Field(default=20, ge=1)
+    endpoint_max_age_seconds: float = Field(default=3 * 24 * 3600, gt=0)
+    endpoint_retry_max_delay: float = Field(default=3600.0, gt=0)
+    # An endpoint with no successful delivery for this long while deliveries fail is
+    # disabled (a signback.endpoint.disabled event and a metric say so).
+    endpoint_disable_after_seconds: float = Field(default=5 * 24 * 3600, gt=0)
+    # After rotate-secret, the previous secret signs too for this long.
+    endpoint_secret_overlap_seconds: float = Field(default=24 * 3600, ge=0)
+
+    @field_validator("endpoint_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
+
     @field_validator("firma_webhook_secrets", mode="before")
     @classmethod
     def _split_secrets(cls, value: Any) -> Any:

@@ -219,7 +219,8 @@ def event_json(row: Row) -> dict[str, Any]:
 def action_json(row: Row, attempts: list[Row] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": int(row["id"]),
-        "request_id": int(row["request_id"]),
+        "request_id": None if row["request_id"] is None else int(row["request_id"]),
+        "lane": row.get("lane", "provider"),
         "key": row["action_key"],
         "operation": row["operation"],
         "payload": jsonutil.loads_object(row["payload"]),
@@ -316,6 +317,8 @@ def _text_filter(request: Request, name: str, max_chars: int) -> str | None:
 
 
 def routes(ctx: AppContext) -> list[BaseRoute]:
+    from receiver.admin.endpoints import routes as endpoint_routes
+
     admin_token = ctx.settings.admin_token.get_secret_value().encode()
 
     def admin(endpoint: Endpoint) -> Endpoint:
@@ -468,4 +471,5 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
         Route("/api/inbox/{id}/retry", admin(retry_inbox), methods=["POST"]),
         Route("/api/stats", admin(stats), methods=["GET"]),
         Route("/metrics", admin(metrics), methods=["GET"]),
+        *endpoint_routes(ctx, admin),  # downstream endpoints (receiver/admin/endpoints.py)
     ]

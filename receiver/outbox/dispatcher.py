@@ -1,7 +1,9 @@
 """The outbox dispatcher: claim due actions, call the provider, record, decide what's next.
 
-Due actions go out ordered per request (the claim's head-of-line rule) and in parallel across
-requests, up to ``SIGNBACK_OUTBOX_CONCURRENCY`` at once. Every attempt is logged with its
+Due actions go out ordered per request and lane (the claim's head-of-line rule) and in
+parallel across requests, each class of lanes up to its own number at once
+(``receiver/outbox/lanes.py``: the provider calls ``SIGNBACK_OUTBOX_CONCURRENCY``, the
+downstream deliveries theirs). Every attempt is logged with its
 status code, duration and the first bytes of the answer. On shutdown it stops claiming,
 lets in-flight calls finish within the grace period, and gives back what is left.
 """
@@ -13,7 +15,8 @@ import contextlib
 import functools
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -24,6 +27,12 @@ from receiver.context import AppContext, CallbackUrls
 from receiver.errors import InvalidAction
 from receiver.intake.tokens import token_hash
 from receiver.logs import get_logger
+from receiver.outbox.downstream import DELIVER_OPERATION
+from receiver.outbox.downstream import emit as downstream_emit
+from receiver.outbox.downstream.deliver import deliver
+from receiver.outbox.downstream.lanes import EndpointLanes
+from receiver.outbox.lanes import LaneClass, ProviderLanes
+from receiver.outbox.retry import RetryPolicy
 from receiver.providers import Outcome
 from receiver.store import inbox, outbox, requests
 from receiver.store.db.base import Row, Transaction
@@ -65,28 +74,44 @@ def resolve_placeholders(value: Any, urls: CallbackUrls) -> Any:
 
 
 class Dispatcher:
-    def __init__(self, ctx: AppContext, *, rand: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        ctx: AppContext,
+        *,
+        rand: random.Random | None = None,
+        lanes: Sequence[LaneClass] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.in_flight: dict[int, asyncio.Task[None]] = {}
         self._rand = rand or random.Random()  # jitter, not security
+        # Each class of lanes is claimed from a capacity of its own (receiver/outbox/lanes.py).
+        self.lanes: list[LaneClass] = (
+            list(lanes) if lanes is not None else [ProviderLanes(ctx), EndpointLanes(ctx)]
+        )
+        self.busy: Counter[str] = Counter()  # actions in flight in this process, by lane
 
     async def run(self, stopping: asyncio.Event) -> None:
         settings = self.ctx.settings
         delay = settings.poll_interval
         while not stopping.is_set():
-            free = settings.outbox_concurrency - len(self.in_flight)
             claimed = 0
+            room_left = False  # some class claimed less than it had room for
             try:
-                if free > 0:
+                for lanes in self.lanes:
+                    free = lanes.free(self.busy)
+                    if free <= 0:
+                        continue
                     await self.ctx.governor.turn()  # the acknowledgements come first
-                    claimed = await self._claim_and_start(free)
+                    started = await self._claim_and_start(lanes, free)
+                    claimed += started
+                    room_left = room_left or started < free
                 delay = settings.poll_interval
             except Exception as exc:
                 log.warning("outbox cannot reach the database", error=str(exc), retry_in=delay)
                 await sleep_or_stop(stopping, delay)
                 delay = min(delay * 2, 30.0)
                 continue
-            if claimed and claimed == free:
+            if claimed and not room_left:
                 # Full: wait for a slot (a finished action also notifies the channel).
                 await self.ctx.db.wait(outbox.OUTBOX_CHANNEL, settings.poll_interval)
             elif not claimed:
@@ -96,44 +121,59 @@ class Dispatcher:
     async def _idle_timeout(self) -> float:
         """Sleep until the next claimable action is due, at most a poll interval."""
         poll = self.ctx.settings.poll_interval
+        now = self.ctx.clock()
+        due: float | None = None
         try:
-            due = await outbox.next_due_at(self.ctx.db)
+            for lanes in self.lanes:
+                next_due = await lanes.next_due(self.busy, now=now)
+                if next_due is not None:
+                    due = next_due if due is None else min(due, next_due)
         except Exception:  # the database is away: just poll; the claim reports the outage
             return poll
         if due is None:
             return poll
         return max(0.005, min(poll, due - self.ctx.clock()))
 
-    async def _claim_and_start(self, free: int) -> int:
-        rows = await outbox.claim(
-            self.ctx.db,
-            limit=free,
-            now=self.ctx.clock(),
-            lease_seconds=self.ctx.settings.lease_seconds,
-            worker=self.ctx.worker_id,
-        )
+    async def _claim_and_start(self, lanes: LaneClass, free: int) -> int:
+        rows = await lanes.claim(free, self.busy, now=self.ctx.clock())
         # The actions' requests in one query rather than one each. Should it fail, each
         # action reads its own, and one that cannot is deferred, not counted as an attempt.
+        # (Deliveries need none: their document holds what they send.)
         prefetched: dict[int, Row] | None = None
-        if rows:
+        wanted = {
+            int(row["request_id"])
+            for row in rows
+            if row["request_id"] is not None and row["operation"] != DELIVER_OPERATION
+        }
+        if wanted:
             try:
-                prefetched = await requests.get_many(
-                    self.ctx.db, {int(row["request_id"]) for row in rows}
-                )
+                prefetched = await requests.get_many(self.ctx.db, wanted)
             except Exception:
                 prefetched = None
         for row in rows:
             action_id = int(row["id"])
             request_row: Row | _Unknown | None = _UNKNOWN
-            if prefetched is not None:
+            if prefetched is not None and row["request_id"] is not None:
                 request_row = prefetched.get(int(row["request_id"]))
+            lane = str(row["lane"])
             task = asyncio.create_task(self.execute(row, request_row), name=f"outbox-{action_id}")
             self.in_flight[action_id] = task
-            task.add_done_callback(functools.partial(self._forget, action_id))
+            self.busy[lane] += 1
+            task.add_done_callback(functools.partial(self._forget, action_id, lane))
         return len(rows)
 
-    def _forget(self, action_id: int, _task: asyncio.Task[None]) -> None:
+    def _forget(self, action_id: int, lane: str, _task: asyncio.Task[None]) -> None:
         self.in_flight.pop(action_id, None)
+        self.busy[lane] -= 1
+        if self.busy[lane] <= 0:
+            del self.busy[lane]
+
+    def _lanes_of(self, row: Row) -> LaneClass:
+        lane = str(row.get("lane") or outbox.PROVIDER_LANE)
+        return next((c for c in self.lanes if c.owns(lane)), self.lanes[0])
+
+    def _policy(self, row: Row) -> RetryPolicy:
+        return self._lanes_of(row).policy()
 
     async def _drain(self) -> None:
         """Shutdown: finish in-flight calls within the grace period, give back the rest."""
@@ -174,7 +214,7 @@ class Dispatcher:
         outcome = await self._attempt(row, request_row)
         duration_ms = (time.perf_counter() - t0) * 1000
         now = ctx.clock()
-        decision = ctx.retry_policy.decide(
+        decision = self._policy(row).decide(
             outcome,
             attempts=attempt,
             created_at=float(row["created_at"]),
@@ -209,6 +249,7 @@ class Dispatcher:
                 )
         if deferred:
             ctx.metrics.attempts.inc(str(row["operation"]), "deferred")
+            await self._settled(row, decision, outcome)
             log.debug(
                 "action deferred",
                 action=action_id,
@@ -244,6 +285,10 @@ class Dispatcher:
                 # The provider now calls the request's own sendInfo URL: a token it used before
                 # (shared with the signer's return URL, see credentials.py) stops opening it.
                 await requests.retire_shared_token(tx, int(row["request_id"]), now=now)
+            # --- downstream (issue 16): a provider call given up is an operational event.
+            if held and decision.status == "dead" and row["operation"] != DELIVER_OPERATION:
+                await self._emit_action_dead(tx, row, error or "", outcome.status_code, now)
+            # ---
             if held:
                 for follow_up in outcome.follow_up:
                     await inbox.insert(
@@ -273,7 +318,7 @@ class Dispatcher:
         facts = {
             "action": action_id,
             "operation": row["operation"],
-            "request": int(row["request_id"]),
+            "request": None if row["request_id"] is None else int(row["request_id"]),
             "attempt": attempt,
             "status_code": outcome.status_code,
             "duration_ms": round(duration_ms, 1),
@@ -300,6 +345,25 @@ class Dispatcher:
             )
         else:
             log.error("action dead", reason=decision.reason, **facts)
+        if held:
+            await self._settled(row, decision, outcome)
+
+    async def _settled(self, row: Row, decision: Any, outcome: Outcome) -> None:
+        try:
+            await self._lanes_of(row).settled(row, decision, outcome)
+        except Exception:
+            log.exception("lane bookkeeping failed", action=int(row["id"]))
+
+    async def _emit_action_dead(
+        self, tx: Transaction, row: Row, error: str, status_code: int | None, now: float
+    ) -> None:
+        request = None
+        if row["request_id"] is not None:
+            found = await requests.get(tx, int(row["request_id"]))
+            request = None if found is None else requests.from_row(found)
+        await downstream_emit.action_dead(
+            tx, action=row, request=request, reason=error, status_code=status_code, now=now
+        )
 
     async def _with_db_retries(
         self, work: Callable[[], Awaitable[bool]], *, deadline: float
@@ -319,11 +383,15 @@ class Dispatcher:
     async def _attempt(self, row: Row, request_row: Row | _Unknown | None) -> Outcome:
         ctx = self.ctx
         operation_name = str(row["operation"])
+        if operation_name == DELIVER_OPERATION:  # downstream delivery (issue 16)
+            return await deliver(ctx, row)
         provider_name = operation_name.split(".", 1)[0]
         provider = ctx.providers.get(provider_name)
         operation = provider.operations.get(operation_name) if provider else None
         if operation is None:
             return Outcome(ok=False, final=True, message=f"unknown operation {operation_name!r}")
+        if row["request_id"] is None:
+            return Outcome(ok=False, final=True, message="a provider call needs a request")
         if isinstance(request_row, _Unknown):
             try:
                 request_row = await requests.get(ctx.db, int(row["request_id"]))

@@ -34,7 +34,7 @@ import json as jsonlib
 import ssl
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -46,6 +46,12 @@ from receiver import jsonutil
 # An idle connection older than this is closed, not reused: under common server keep-alive
 # timeouts (uvicorn 5 s, nginx 75 s), so a call rarely meets a connection being closed.
 KEEPALIVE_SECONDS = 4.0
+# With ``max_answer_bytes``: the most an answer's head may take (a server sending headers
+# for ever must not fill the memory).
+MAX_HEAD_BYTES = 64 * 1024
+
+# Resolves a host name to the addresses to connect to, in order (raising to refuse it).
+Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
 class LeanHeaders(dict[str, str]):
@@ -112,7 +118,9 @@ class LeanResponse:
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection; one request at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_answer_bytes: int | None = None) -> None:
+        self.max_answer_bytes = max_answer_bytes
+        self._answer_bytes = 0
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.answer: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] | None = None
@@ -150,9 +158,14 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._headers, self._body = [], []
         self._headers_done = self._delimited_by_close = False
+        self._answer_bytes = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+        if self.max_answer_bytes is not None:
+            self._answer_bytes += len(name) + len(value)
+            if self._answer_bytes > MAX_HEAD_BYTES:
+                self._fail(httpx.RemoteProtocolError("the answer's head is too large"))
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
@@ -166,6 +179,16 @@ class _Connection(asyncio.Protocol):
         )
 
     def on_body(self, body: bytes) -> None:
+        limit = self.max_answer_bytes
+        if limit is not None:
+            # Only the first bytes are kept (for the attempt log): past them the answer is
+            # taken as it is and the connection closed, never read to its end.
+            room = limit - sum(len(part) for part in self._body)
+            if len(body) > room:
+                self._body.append(body[: max(room, 0)])
+                self._finish()
+                self.close()
+                return
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -226,7 +249,12 @@ class LeanHttpClient:
         timeout: float,
         max_connections: int = 100,
         ssl_context: ssl.SSLContext | None = None,
+        resolver: Resolver | None = None,
+        max_answer_bytes: int | None = None,
     ) -> None:
+        """``resolver``: connect only to the addresses it returns for the host (the name
+        still goes in ``Host`` and TLS), e.g. after checking them. ``max_answer_bytes``:
+        keep at most this much of an answer's body (the rest is not read)."""
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"an http(s) base URL is needed: {base_url!r}")
@@ -241,6 +269,8 @@ class LeanHttpClient:
         self._ssl = (ssl_context or httpx.create_ssl_context()) if self._tls else None
         fixed = {"Host": self._authority, **headers}
         self._fixed_headers = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode("latin-1")
+        self._resolver = resolver
+        self._max_answer_bytes = max_answer_bytes
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: deque[_Connection] = deque()
         self._closed = False
@@ -253,7 +283,13 @@ class LeanHttpClient:
         return f"{self._prefix}/{path.lstrip('/')}"
 
     async def request(
-        self, method: str, path: str, *, json: Any = None, content: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> LeanResponse:
         if method == "HEAD":
             raise ValueError("HEAD is not supported here (its answer has no body to frame)")
@@ -270,6 +306,9 @@ class LeanHttpClient:
             (
                 f"{method} {self._target(path)} HTTP/1.1\r\n".encode("latin-1"),
                 self._fixed_headers,
+                "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
+                if headers
+                else b"",
                 content_type,
                 b"Content-Length: %d\r\n\r\n" % len(body) if body or method != "GET" else b"\r\n",
             )
@@ -283,7 +322,7 @@ class LeanHttpClient:
             conn = await self._checkout()
             ok = False
             try:
-                status, headers, answer = await conn.exchange(head + body, self._timeout)
+                status, raw_headers, answer = await conn.exchange(head + body, self._timeout)
                 ok = conn.keep_alive and not conn.closed
             finally:
                 if ok and not self._closed:
@@ -293,7 +332,7 @@ class LeanHttpClient:
                     conn.close()  # cancelled, failed or not keep-alive: never reused
         finally:
             self._slots.release()
-        return LeanResponse(status, LeanHeaders(headers), answer)
+        return LeanResponse(status, LeanHeaders(raw_headers), answer)
 
     async def _checkout(self) -> _Connection:
         now = time.monotonic()
@@ -303,21 +342,45 @@ class LeanHttpClient:
                 return conn
             conn.close()
         loop = asyncio.get_running_loop()
+        limit = self._max_answer_bytes
         try:
             async with asyncio.timeout(self._timeout):
-                _, conn = await loop.create_connection(
-                    _Connection,
-                    self._host,
-                    self._port,
-                    ssl=self._ssl,
-                    server_hostname=self._host if self._ssl else None,
-                )
+                if self._resolver is None:
+                    _, conn = await loop.create_connection(
+                        lambda: _Connection(limit),
+                        self._host,
+                        self._port,
+                        ssl=self._ssl,
+                        server_hostname=self._host if self._ssl else None,
+                    )
+                else:
+                    conn = await self._connect_resolved(loop)
         except TimeoutError:
             raise httpx.ConnectTimeout(f"could not connect within {self._timeout:g} s") from None
         except OSError as exc:  # refused, unreachable, DNS, TLS handshake (ssl.SSLError)
             raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
         self.connections_opened += 1
         return conn
+
+    async def _connect_resolved(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        """Connect to the first address the resolver gives that answers; the resolver's
+        own refusal propagates as it is (not as a connection error)."""
+        assert self._resolver is not None
+        addresses = await self._resolver(self._host, self._port)
+        failure: OSError | None = None
+        for address in addresses:
+            try:
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self._max_answer_bytes),
+                    address,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl else None,
+                )
+                return conn
+            except OSError as exc:
+                failure = exc
+        raise failure or OSError(f"no address to connect to for {self._host}")
 
     async def aclose(self) -> None:
         self._closed = True

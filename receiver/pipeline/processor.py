@@ -29,6 +29,7 @@ from receiver.context import AppContext
 from receiver.events import RAW_TIME_CHARS, EventKind, NormalizedEvent, plausible_time
 from receiver.logs import get_logger
 from receiver.model import SignatureRequest
+from receiver.outbox.downstream import emit as downstream_emit
 from receiver.pipeline import states
 from receiver.providers import StoredCallback
 from receiver.store import inbox, outbox, requests
@@ -328,6 +329,14 @@ class Pipeline:
             tx, request.id, actions, now=now, source_inbox_id=callback.inbox_id
         )
         note = transition.note + (f"; {stored} action(s) queued" if stored else "")
+        # --- downstream (issue 16): the event this change emits, and its deliveries, are
+        # queued in this same transaction (receiver/outbox/downstream/emit.py).
+        emitted = await downstream_emit.for_processed_event(
+            tx, callback=callback, event=event, request=request, transition=transition, now=now
+        )
+        if emitted is not None:
+            note += f"; {emitted.event_type} to {emitted.deliveries} endpoint(s)"
+        # ---
         await inbox.finish(
             tx,
             callback.inbox_id,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from receiver.jsonutil import dumps
@@ -25,28 +25,36 @@ OUTBOX_CHANNEL = "outbox"
 # backlog (a provider that was slow or down) sent about 20 PATCHes/s for minutes. A scalar
 # subquery is run per candidate with the request id as its index condition, whatever the
 # statistics say (tests/integration/test_outbox_claim.py).
-HEAD_OF_LINE = """o.id = (
+#
+# Lanes (migration 0007): the rule holds per (request, lane). ``provider`` is the lane of the
+# provider calls; ``endpoint:<id>`` that of the deliveries to one downstream endpoint
+# (receiver/outbox/downstream/). So one request's deliveries to one endpoint go out in order,
+# and never wait behind its PATCHes or another endpoint. An action of no request (a
+# ``signback.test`` event) has nothing to wait for: always its own head.
+PROVIDER_LANE = "provider"
+HEAD_OF_LINE = """(o.request_id IS NULL OR o.id = (
           SELECT p.id FROM outbox p
-          WHERE p.request_id = o.request_id AND p.status IN ('pending', 'in_flight')
-          ORDER BY p.id LIMIT 1)"""
+          WHERE p.request_id = o.request_id AND p.lane = o.lane
+            AND p.status IN ('pending', 'in_flight')
+          ORDER BY p.id LIMIT 1))"""
 
 CLAIM_SQL = f"""
 UPDATE outbox SET status = 'in_flight', attempts = attempts + 1, lease_expires_at = :lease,
        claimed_by = :worker, updated_at = :now
 WHERE id IN (
     SELECT o.id FROM outbox o
-    WHERE o.status = 'pending' AND o.due_at <= :now
+    WHERE o.lane = :lane AND o.status = 'pending' AND o.due_at <= :now
       AND {HEAD_OF_LINE}
     ORDER BY o.due_at, o.id
     LIMIT :limit
     {{skip_locked}})
 RETURNING id, request_id, action_key, operation, payload, attempts, created_at, due_at,
-          lease_expires_at
+          lease_expires_at, lane
 """
 
 NEXT_DUE_SQL = f"""
 SELECT MIN(o.due_at) AS due FROM outbox o
-WHERE o.status = 'pending'
+WHERE o.lane = 'provider' AND o.status = 'pending'
   AND {HEAD_OF_LINE}
 """
 
@@ -83,19 +91,44 @@ async def insert_actions(
 
 
 async def claim(
-    db: Database, *, limit: int, now: float, lease_seconds: float, worker: str
+    db: Database,
+    *,
+    limit: int,
+    now: float,
+    lease_seconds: float,
+    worker: str,
+    lane: str = PROVIDER_LANE,
 ) -> list[Row]:
+    return await claim_lanes(db, {lane: limit}, now=now, lease_seconds=lease_seconds, worker=worker)
+
+
+async def claim_lanes(
+    db: Database, limits: Mapping[str, int], *, now: float, lease_seconds: float, worker: str
+) -> list[Row]:
+    """Claim up to ``limits[lane]`` due head-of-line actions of each lane, in one transaction.
+    One statement per lane: each walks its own lane's part of the due index in claim order."""
+    rows: list[Row] = []
+    sql = db.render(CLAIM_SQL)
     async with db.transaction() as tx:
-        rows = await tx.fetch_all(
-            db.render(CLAIM_SQL),
-            {"lease": now + lease_seconds, "worker": worker, "now": now, "limit": limit},
-        )
+        for lane, limit in limits.items():
+            if limit > 0:
+                rows += await tx.fetch_all(
+                    sql,
+                    {
+                        "lease": now + lease_seconds,
+                        "worker": worker,
+                        "now": now,
+                        "limit": limit,
+                        "lane": lane,
+                    },
+                )
     return sorted(rows, key=lambda r: (float(r["due_at"]), int(r["id"])))
 
 
 async def next_due_at(db: Database) -> float | None:
-    """When the next *claimable* action is due: one waiting behind an earlier action of its
-    request does not count (else an idle dispatcher would spin until the head is retried)."""
+    """When the next *claimable* provider action is due: one waiting behind an earlier
+    action of its request does not count (else an idle dispatcher would spin until the head
+    is retried)."""
     row = await db.fetch_one(NEXT_DUE_SQL)
     return None if row is None or row["due"] is None else float(row["due"])
 
@@ -237,7 +270,7 @@ async def retry(db: Database, action_id: int, *, now: float) -> bool:
 
 ACTION_COLUMNS = (
     "id, request_id, action_key, operation, payload, status, due_at, attempts,"
-    " last_status_code, last_error, source_inbox_id, created_at, updated_at"
+    " last_status_code, last_error, source_inbox_id, created_at, updated_at, lane"
 )
 
 

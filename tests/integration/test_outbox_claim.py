@@ -130,7 +130,13 @@ def claim_work(
         sql = to_psycopg(PostgresDatabase(postgres_url).render(outbox.CLAIM_SQL))
         row = conn.execute(
             "EXPLAIN (ANALYZE, FORMAT JSON) " + sql,
-            {"lease": NOW + 60, "worker": "test:1:x", "now": NOW, "limit": limit},
+            {
+                "lease": NOW + 60,
+                "worker": "test:1:x",
+                "now": NOW,
+                "limit": limit,
+                "lane": outbox.PROVIDER_LANE,
+            },
         ).fetchone()
     assert row is not None
     document = row[0] if not isinstance(row[0], str) else json.loads(row[0])

@@ -1,0 +1,255 @@
+"""Emission and fan-out: store an event and queue its deliveries, in the caller's transaction.
+
+Everything here runs inside the transaction that records the fact (the pipeline's state
+change, the dispatcher's dead action, an endpoint being disabled): an event is queued if and
+only if that transaction commits, so none is lost and none is sent for a change that rolled
+back. The endpoints are read in that same transaction (a handful of rows; no cache that
+could miss an endpoint created a moment ago).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from receiver.events import NormalizedEvent
+from receiver.model import SignatureRequest
+from receiver.outbox.downstream import DELIVER_OPERATION, catalogue, lane_of
+from receiver.outbox.downstream import endpoints as endpoint_store
+from receiver.outbox.downstream import events as event_store
+from receiver.pipeline.states import Transition
+from receiver.providers import StoredCallback
+from receiver.store.db.base import Row, Transaction
+from receiver.store.outbox import OUTBOX_CHANNEL
+
+if TYPE_CHECKING:
+    from receiver.outbox.downstream.endpoints import Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Emitted:
+    event_id: int
+    public_id: str
+    event_type: str
+    deliveries: int
+
+
+def request_data(request: SignatureRequest, *, previous_state: str | None) -> dict[str, Any]:
+    return {
+        "id": request.id,
+        "provider": request.provider,
+        "external_id": request.external_id,
+        "reference": request.reference,
+        "state": request.state.value,
+        "previous_state": previous_state,
+        "metadata": dict(request.metadata),
+    }
+
+
+def _matches(filters: Row, event_type: str, provider: str | None) -> bool:
+    kinds = endpoint_store.strings(filters["kinds"])
+    providers = endpoint_store.strings(filters["providers"])
+    if not catalogue.wanted(event_type, kinds):
+        return False
+    return provider is None or not providers or provider in providers
+
+
+async def emit(
+    tx: Transaction,
+    *,
+    event_type: str,
+    request: SignatureRequest | None,
+    data: Mapping[str, Any],
+    dedupe_key: str,
+    now: float,
+    raw: Mapping[str, Any] | None = None,
+    source_inbox_id: int | None = None,
+    to_endpoints: Sequence[int] | None = None,
+) -> Emitted | None:
+    """Store the event and queue one delivery per enabled endpoint that wants it (or to
+    ``to_endpoints`` only, whatever their filters). None if this dedupe key was stored
+    before: the event and its deliveries exist already."""
+    public_id = event_store.new_public_id()
+    event_id = await event_store.insert(
+        tx,
+        public_id=public_id,
+        event_type=event_type,
+        request_id=None if request is None else request.id,
+        provider=None if request is None else request.provider,
+        timestamp=now,
+        payload=event_store.document(event_type, public_id, now, data),
+        raw=raw,
+        dedupe_key=dedupe_key,
+        source_inbox_id=source_inbox_id,
+        now=now,
+    )
+    if event_id is None:
+        return None
+    if to_endpoints is None:
+        provider = None if request is None else request.provider
+        targets = [
+            int(f["id"])
+            for f in await endpoint_store.enabled_filters(tx)
+            if _matches(f, event_type, provider)
+        ]
+    else:
+        targets = list(to_endpoints)
+    queued = await queue_deliveries(
+        tx,
+        event_id=event_id,
+        request_id=None if request is None else request.id,
+        endpoint_ids=targets,
+        key_suffix="",
+        source_inbox_id=source_inbox_id,
+        now=now,
+    )
+    return Emitted(event_id, public_id, event_type, queued)
+
+
+async def queue_deliveries(
+    tx: Transaction,
+    *,
+    event_id: int,
+    request_id: int | None,
+    endpoint_ids: Sequence[int],
+    key_suffix: str,
+    source_inbox_id: int | None,
+    now: float,
+) -> int:
+    """One ``signback.deliver`` action per endpoint, in that endpoint's lane. The key makes
+    the first delivery of an event to an endpoint unique; a replay adds a suffix of its own
+    (it is a new action, with the same ``webhook-id``)."""
+    queued = 0
+    for endpoint_id in endpoint_ids:
+        queued += await tx.execute(
+            "INSERT INTO outbox (request_id, lane, action_key, operation, payload, status,"
+            " due_at, attempts, source_inbox_id, created_at, updated_at) VALUES (:request_id,"
+            " :lane, :key, :operation, :payload, 'pending', :now, 0, :source, :now, :now)"
+            " ON CONFLICT DO NOTHING",
+            {
+                "request_id": request_id,
+                "lane": lane_of(endpoint_id),
+                "key": f"deliver:{event_id}:{endpoint_id}{key_suffix}",
+                "operation": DELIVER_OPERATION,
+                "payload": f'{{"endpoint":{endpoint_id},"event":{event_id}}}',
+                "source": source_inbox_id,
+                "now": now,
+            },
+        )
+    if queued:
+        tx.notify_on_commit(OUTBOX_CHANNEL)
+    return queued
+
+
+async def for_processed_event(
+    tx: Transaction,
+    *,
+    callback: StoredCallback,
+    event: NormalizedEvent,
+    request: SignatureRequest,
+    transition: Transition,
+    now: float,
+) -> Emitted | None:
+    """What the pipeline's processing of one inbox row emits (``request``: as it is now)."""
+    event_type = catalogue.type_for(
+        event.kind, before=transition.before, after=transition.after, confirmed=event.confirmed
+    )
+    if event_type is None:
+        return None
+    data = {
+        "request": request_data(request, previous_state=transition.before.value),
+        "event": {
+            "kind": event.kind.value,
+            "provider_type": event.provider_type,
+            "occurred_at": event_store.iso(event.occurred_at),
+            "confirmed": event.confirmed,
+            "details": dict(event.details),
+            "source": catalogue.source_of(callback.channel),
+        },
+    }
+    return await emit(
+        tx,
+        event_type=event_type,
+        request=request,
+        data=data,
+        raw=event.raw,
+        dedupe_key=f"inbox:{callback.inbox_id}",
+        source_inbox_id=callback.inbox_id,
+        now=now,
+    )
+
+
+async def action_dead(
+    tx: Transaction,
+    *,
+    action: Row,
+    request: SignatureRequest | None,
+    reason: str,
+    status_code: int | None,
+    now: float,
+) -> Emitted | None:
+    """``signback.action.dead``: a provider call was given up (in the transaction that
+    records it). Deliveries that die emit nothing: one endpoint's failures must not become
+    another's traffic, nor loop between two failing endpoints."""
+    attempts = int(action["attempts"])
+    data: dict[str, Any] = {
+        "action": {
+            "id": int(action["id"]),
+            "operation": str(action["operation"]),
+            "key": str(action["action_key"]),
+            "attempts": attempts,
+            "status_code": status_code,
+            "error": reason,
+        },
+        "request": None if request is None else request_data(request, previous_state=None),
+    }
+    return await emit(
+        tx,
+        event_type=catalogue.ACTION_DEAD,
+        request=request,
+        data=data,
+        dedupe_key=f"action-dead:{int(action['id'])}:{attempts}",
+        now=now,
+    )
+
+
+async def endpoint_disabled(
+    tx: Transaction, *, endpoint: Endpoint, reason: str, now: float
+) -> Emitted | None:
+    """``signback.endpoint.disabled``, to the other endpoints that asked for it."""
+    data = {
+        "endpoint": {
+            "id": endpoint.id,
+            "url": endpoint.url,
+            "description": endpoint.description,
+            "reason": reason,
+            "disabled_at": event_store.iso(now),
+        }
+    }
+    return await emit(
+        tx,
+        event_type=catalogue.ENDPOINT_DISABLED,
+        request=None,
+        data=data,
+        dedupe_key=f"endpoint-disabled:{endpoint.id}:{now!r}:{secrets.token_hex(4)}",
+        now=now,
+    )
+
+
+async def test_event(tx: Transaction, *, endpoint: Endpoint, now: float) -> Emitted | None:
+    """``signback.test``, to this endpoint only (whatever its filters)."""
+    data = {
+        "endpoint": {"id": endpoint.id, "url": endpoint.url, "description": endpoint.description},
+        "message": "a test event from signback; it changes nothing",
+    }
+    return await emit(
+        tx,
+        event_type=catalogue.TEST,
+        request=None,
+        data=data,
+        dedupe_key=f"test:{endpoint.id}:{secrets.token_hex(8)}",
+        now=now,
+        to_endpoints=[endpoint.id],
+    )

@@ -1,0 +1,131 @@
+"""The delivery lanes: one per enabled endpoint, filled up to per-endpoint and total limits.
+
+Each endpoint's lane is claimed by a statement of its own, which walks that lane's part of
+the due index in claim order and stops at its limit: one endpoint's backlog of 100,000
+deliveries costs another endpoint's claim nothing. An endpoint with
+``SIGNBACK_ENDPOINT_CONCURRENCY_PER_ENDPOINT`` deliveries in flight in this process is not
+claimed from until one finishes (its settle wakes the dispatcher), and lanes take turns at
+the front so that a busy endpoint cannot starve the others of the total
+(``SIGNBACK_ENDPOINT_CONCURRENCY``). A disabled endpoint's lane is not claimed at all: its
+deliveries wait, and go when it is enabled again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from receiver.context import AppContext
+from receiver.logs import get_logger
+from receiver.outbox.downstream import (
+    DELIVER_OPERATION,
+    LANE_PREFIX,
+    delivery_of,
+    endpoint_of_lane,
+    lane_of,
+)
+from receiver.outbox.downstream import events as event_store
+from receiver.outbox.downstream.runtime import downstream
+from receiver.outbox.retry import Decision, RetryPolicy
+from receiver.providers import Outcome
+from receiver.store import outbox
+from receiver.store.db.base import Row
+
+log = get_logger("signback.downstream")
+
+# The next due delivery of one lane, for the dispatcher's idle sleep. Only actions due after
+# now: one due already is claimable (the claim takes it), or waits behind an action in
+# flight, whose settle wakes the dispatcher. So no head-of-line check is needed here, and
+# the statement reads one index entry however long the lane's backlog.
+NEXT_DUE_IN_LANE_SQL = (
+    "SELECT MIN(due_at) AS due FROM outbox"
+    " WHERE lane = :lane AND status = 'pending' AND due_at > :now"
+)
+
+
+class EndpointLanes:
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self._turn = 0
+
+    def owns(self, lane: str) -> bool:
+        return lane.startswith(LANE_PREFIX)
+
+    def _busy_total(self, busy: Mapping[str, int]) -> int:
+        return sum(n for lane, n in busy.items() if lane.startswith(LANE_PREFIX))
+
+    def free(self, busy: Mapping[str, int]) -> int:
+        return self.ctx.settings.endpoint_concurrency - self._busy_total(busy)
+
+    async def _open_lanes(self, busy: Mapping[str, int]) -> list[tuple[str, int]]:
+        """(lane, room) for each enabled endpoint with room left, the front taking turns."""
+        per_endpoint = self.ctx.settings.endpoint_concurrency_per_endpoint
+        lanes = []
+        for endpoint_id in await downstream(self.ctx).enabled_ids():
+            lane = lane_of(endpoint_id)
+            room = per_endpoint - busy.get(lane, 0)
+            if room > 0:
+                lanes.append((lane, room))
+        if lanes:
+            self._turn = (self._turn + 1) % len(lanes)
+            lanes = lanes[self._turn :] + lanes[: self._turn]
+        return lanes
+
+    async def claim(self, free: int, busy: Mapping[str, int], *, now: float) -> list[Row]:
+        limits: dict[str, int] = {}
+        for lane, room in await self._open_lanes(busy):
+            if free <= 0:
+                break
+            limits[lane] = min(room, free)
+            free -= limits[lane]
+        if not limits:
+            return []
+        ctx = self.ctx
+        rows = await outbox.claim_lanes(
+            ctx.db, limits, now=now, lease_seconds=ctx.settings.lease_seconds, worker=ctx.worker_id
+        )
+        # The events in one query rather than one per delivery. Should it fail, each
+        # delivery reads its own (deliver.py).
+        ids = {
+            row["id"]: delivery_of(str(row["payload"]))
+            for row in rows
+            if row["operation"] == DELIVER_OPERATION
+        }
+        try:
+            found = await event_store.get_many(ctx.db, [d[0] for d in ids.values() if d])
+        except Exception:
+            found = {}
+        for row in rows:
+            delivery = ids.get(row["id"])
+            if delivery is not None and delivery[0] in found:
+                row["event_row"] = found[delivery[0]]
+        return rows
+
+    async def next_due(self, busy: Mapping[str, int], *, now: float) -> float | None:
+        if self.free(busy) <= 0:
+            return None
+        due: float | None = None
+        for lane, _ in await self._open_lanes(busy):
+            row = await self.ctx.db.fetch_one(NEXT_DUE_IN_LANE_SQL, {"lane": lane, "now": now})
+            if row is not None and row["due"] is not None:
+                due = float(row["due"]) if due is None else min(due, float(row["due"]))
+        return due
+
+    def policy(self) -> RetryPolicy:
+        """Every answer but 2xx is retried (an endpoint answering 404 or 401 is most likely
+        being deployed or misconfigured, and will be fixed): only ``410 Gone`` is final
+        (deliver.py). The limits are the endpoints' own."""
+        s = self.ctx.settings
+        return RetryPolicy(
+            max_attempts=s.endpoint_max_attempts,
+            max_age_seconds=s.endpoint_max_age_seconds,
+            base_delay=s.retry_base_delay,
+            max_delay=s.endpoint_retry_max_delay,
+            final_statuses=frozenset(),
+            throttle_delay=min(60.0, s.endpoint_retry_max_delay),
+        )
+
+    async def settled(self, row: Row, decision: Decision, outcome: Outcome) -> None:
+        endpoint_id = endpoint_of_lane(str(row["lane"]))
+        downstream(self.ctx).deliveries.inc(
+            str(endpoint_id), {"done": "ok"}.get(decision.status, decision.status)
+        )

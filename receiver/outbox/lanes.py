@@ -1,0 +1,77 @@
+"""Lane classes: groups of outbox lanes that the dispatcher fills from capacities of their own.
+
+Every outbox action waits in a lane (``outbox.lane``; the head-of-line rule holds per
+request and lane). The dispatcher claims each class of lanes separately, up to that class's
+own number of actions in flight, so that one class can never take another's room: provider
+calls (``ProviderLanes``, ``SIGNBACK_OUTBOX_CONCURRENCY``) never wait behind deliveries to a
+slow downstream endpoint, whose lanes (``receiver/outbox/downstream/lanes.py``) have their
+own total and per-endpoint limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
+
+from receiver.outbox.retry import Decision, RetryPolicy
+from receiver.providers import Outcome
+from receiver.store import outbox
+from receiver.store.db.base import Row
+
+if TYPE_CHECKING:
+    from receiver.context import AppContext
+
+
+class LaneClass(Protocol):
+    def owns(self, lane: str) -> bool: ...
+
+    def free(self, busy: Mapping[str, int]) -> int:
+        """How many more actions of this class may be in flight now (``busy``: this
+        process's actions in flight, by lane)."""
+        ...
+
+    async def claim(self, free: int, busy: Mapping[str, int], *, now: float) -> list[Row]: ...
+
+    async def next_due(self, busy: Mapping[str, int], *, now: float) -> float | None:
+        """When this class next has an action to claim (None: nothing is waiting)."""
+        ...
+
+    def policy(self) -> RetryPolicy: ...
+
+    async def settled(self, row: Row, decision: Decision, outcome: Outcome) -> None:
+        """Told after an action of this class was recorded (metrics); never raises."""
+        ...
+
+
+class ProviderLanes:
+    """The provider calls: one lane, ``SIGNBACK_OUTBOX_CONCURRENCY`` in flight."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+
+    def owns(self, lane: str) -> bool:
+        return lane == outbox.PROVIDER_LANE
+
+    def free(self, busy: Mapping[str, int]) -> int:
+        return self.ctx.settings.outbox_concurrency - busy.get(outbox.PROVIDER_LANE, 0)
+
+    async def claim(self, free: int, busy: Mapping[str, int], *, now: float) -> list[Row]:
+        ctx = self.ctx
+        return await outbox.claim(
+            ctx.db,
+            limit=free,
+            now=now,
+            lease_seconds=ctx.settings.lease_seconds,
+            worker=ctx.worker_id,
+        )
+
+    async def next_due(self, busy: Mapping[str, int], *, now: float) -> float | None:
+        if self.free(busy) <= 0:
+            return None  # a finished action wakes the dispatcher
+        return await outbox.next_due_at(self.ctx.db)
+
+    def policy(self) -> RetryPolicy:
+        return self.ctx.retry_policy
+
+    async def settled(self, row: Row, decision: Decision, outcome: Outcome) -> None:
+        return None
