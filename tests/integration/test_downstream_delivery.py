@@ -172,6 +172,7 @@ def test_a_failing_endpoint_ends_dead_with_its_answer_and_is_re_sent_in_bulk(
         firma_request(signback, "sr-down")
         post_firma(signback, "sr-down", "signing_request.sent")
         post_firma(signback, "sr-down", "signing_request.viewed")
+
         def both_dead() -> list[dict[str, Any]] | None:
             found = deliveries(signback, created["id"], status="dead")
             return found if len(found) == 2 else None
