@@ -1,0 +1,137 @@
+"""Lanes in the outbox claim: head-of-line per (request, lane), and each lane's claim cost
+independent of another lane's backlog (PostgreSQL plans, as rows examined)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+import pytest
+
+from receiver.outbox.downstream.lanes import NEXT_DUE_IN_LANE_SQL
+from receiver.store import outbox
+from receiver.store.db import open_database
+from receiver.store.db.base import Database
+from receiver.store.db.postgres import PostgresDatabase, to_psycopg
+from tests.integration.test_outbox_claim import NOW, add_request, rows_examined
+
+pytestmark = pytest.mark.anyio
+
+
+async def add(
+    db: Database, request_id: int | None, lane: str, key: str, status: str, due: float
+) -> int:
+    async with db.transaction() as tx:
+        row = await tx.fetch_one(
+            "INSERT INTO outbox (request_id, lane, action_key, operation, payload, status,"
+            " due_at, attempts, created_at, updated_at) VALUES (:request_id, :lane, :key,"
+            " 'signback.deliver', '{}', :status, :due, 0, 0, 0) RETURNING id",
+            {"request_id": request_id, "lane": lane, "key": key, "status": status, "due": due},
+        )
+    assert row is not None
+    return int(row["id"])
+
+
+async def claim(db: Database, lanes: dict[str, int]) -> list[int]:
+    rows = await outbox.claim_lanes(db, lanes, now=NOW, lease_seconds=60, worker="test:1:x")
+    return [int(r["id"]) for r in rows]
+
+
+async def test_head_of_line_holds_per_request_and_lane(database_url: str) -> None:
+    db = open_database(database_url)
+    await db.connect()
+    try:
+        a = await add_request(db, "a")
+        patch = await add(db, a, "provider", "patch", "pending", NOW + 60)  # not due yet
+        e1_first = await add(db, a, "endpoint:1", "d1", "pending", NOW - 10)
+        e1_second = await add(db, a, "endpoint:1", "d2", "pending", NOW - 20)
+        e2_first = await add(db, a, "endpoint:2", "d3", "pending", NOW - 5)
+        loose = [await add(db, None, "endpoint:1", f"t{i}", "pending", NOW - 1) for i in range(2)]
+
+        # The request's PATCH is not due, yet its deliveries go; each endpoint's first one
+        # only; actions of no request are always their own head.
+        assert await claim(db, {"provider": 5, "endpoint:1": 5, "endpoint:2": 5}) == [
+            e1_first,
+            e2_first,
+            *loose,
+        ]
+        assert await claim(db, {"endpoint:1": 5}) == []  # e1_second waits behind e1_first
+        assert await claim(db, {"provider": 5}) == []
+        async with db.transaction() as tx:
+            await outbox.settle(
+                tx,
+                e1_first,
+                status="done",
+                now=NOW,
+                due_at=None,
+                status_code=204,
+                error=None,
+                worker="test:1:x",
+            )
+        assert await claim(db, {"endpoint:2": 5}) == []  # another lane's turn changes nothing
+        assert await claim(db, {"endpoint:1": 5}) == [e1_second]
+        # The provider lane's idle sleep sees only its own lane; a delivery lane's only the
+        # actions due later.
+        assert await outbox.next_due_at(db) == NOW + 60
+        due = await db.fetch_one(NEXT_DUE_IN_LANE_SQL, {"lane": "endpoint:2", "now": NOW})
+        assert due is not None
+        assert due["due"] is None
+        assert patch > 0
+    finally:
+        await db.close()
+
+
+def lane_claim_work(
+    conn: psycopg.Connection[Any], postgres_url: str, lane: str, limit: int
+) -> tuple[int, int]:
+    with conn.transaction(force_rollback=True):
+        sql = to_psycopg(PostgresDatabase(postgres_url).render(outbox.CLAIM_SQL))
+        row = conn.execute(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + sql,
+            {"lease": NOW + 60, "worker": "t", "now": NOW, "limit": limit, "lane": lane},
+        ).fetchone()
+    assert row is not None
+    document = row[0] if not isinstance(row[0], str) else json.loads(row[0])
+    plan = document[0]["Plan"]
+    return rows_examined(plan), int(plan["Actual Rows"])
+
+
+@pytest.mark.postgres
+def test_a_lanes_backlog_costs_other_lanes_claims_nothing(postgres_url: str) -> None:
+    backlog = 30_000
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO signature_requests (provider, external_id, state, token_hash,"
+            " token_nonce, created_at, updated_at) SELECT 'firma', 'sr-' || i, 'sent',"
+            " md5(i::text), 'n', 0, 0 FROM generate_series(1, %s::int) i",
+            [backlog],
+        )
+        conn.execute("ANALYZE")
+        # A big due backlog to endpoint 1 (one delivery per request), a few for endpoint 2
+        # and the provider lane.
+        conn.execute(
+            "INSERT INTO outbox (request_id, lane, action_key, operation, payload, status,"
+            " due_at, attempts, created_at, updated_at) SELECT r.id, 'endpoint:1',"
+            " 'd' || r.id, 'signback.deliver', '{}', 'pending', %s - 100 + random(), 0, 0, 0"
+            " FROM signature_requests r",
+            [NOW],
+        )
+        for lane in ("endpoint:2", "provider"):
+            conn.execute(
+                "INSERT INTO outbox (request_id, lane, action_key, operation, payload, status,"
+                " due_at, attempts, created_at, updated_at) SELECT r.id, %s, %s || r.id,"
+                " 'signback.deliver', '{}', 'pending', %s - 50, 0, 0, 0"
+                " FROM signature_requests r WHERE r.id <= 20",
+                [lane, lane, NOW],
+            )
+        works = {}
+        for lane, limit in (("endpoint:2", 16), ("provider", 16), ("endpoint:1", 64)):
+            work, claimed = lane_claim_work(conn, postgres_url, lane, limit)
+            assert claimed == limit, lane
+            works[lane] = work
+    print(f"lane claim work with a {backlog} backlog in endpoint:1: {works}")
+    # Each claim walks its own lane in claim order and stops at its limit: a few rows per
+    # claimed action, never the other lane's backlog.
+    for lane, work in works.items():
+        assert work < 20 * 64, (lane, work)
