@@ -23,7 +23,7 @@ pytestmark = pytest.mark.anyio
 
 
 def test_each_state_reached_emits_its_type_and_nothing_else_emits_without_news() -> None:
-    S, K = RequestState, EventKind
+    S, K = RequestState, EventKind  # noqa: N806  (short names keep the table readable)
     assert catalogue.type_for(
         K.REQUEST_COMPLETED, before=S.SENT, after=S.COMPLETED, confirmed=True
     ) == ("signature_request.completed")
@@ -131,7 +131,7 @@ def test_address_rules(address: str, problem: str | None) -> None:
 
 async def test_resolution_checks_every_address() -> None:
     strict = OutboundPolicy()
-    with pytest.raises(UnsafeAddress, match="localhost resolves to .* loopback"):
+    with pytest.raises(UnsafeAddress, match=r"localhost resolves to .* loopback"):
         await strict.resolve("localhost", 80)
     with pytest.raises(UnsafeAddress, match="does not resolve"):
         await strict.resolve("no-such-host.invalid", 80)
