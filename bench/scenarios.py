@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from bench import load, profile, stores
+from bench import downstream, load, profile, stores
 from bench.load import WrkOptions, WrkResult
 from bench.procs import (
     CLOCK_TICKS,
@@ -45,7 +45,7 @@ CHANNEL = {OKD: "sendinfo", FIRMA: "webhook"}
 NAME = {OKD: "OKdokument", FIRMA: "Firma"}
 FAKE_API_KEY = "fake-okdokument-key"
 QUIET_CORES = 0.3  # other load (cores) under which a run counts as undisturbed
-SCENARIOS = ("intake", "postgres", "e2e", "slow", "memory", "growth", "profile")
+SCENARIOS = ("intake", "postgres", "e2e", "slow", "memory", "growth", "downstream", "profile")
 
 
 @dataclass(frozen=True)
@@ -203,6 +203,7 @@ class Bench:
         *,
         worker: bool = True,
         fake_url: str | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> Server:
         port = free_port()
         env = python_env(
@@ -222,6 +223,7 @@ class Bench:
         if fake_url is not None:
             env["SIGNBACK_OKDOKUMENT_BASE_URL"] = fake_url
             env["SIGNBACK_OKDOKUMENT_API_KEY"] = FAKE_API_KEY
+        env.update(extra_env or {})
         proc = self.procs.python(name, ["-m", "receiver.cli", "serve", "--port", str(port)], env)
         url = f"http://{LOOPBACK}:{port}"
         proc.wait_http(f"{url}/readyz")
@@ -1026,6 +1028,11 @@ class Bench:
             for db in dbs.values():
                 await db.close()
         return best
+
+    # --- downstream delivery (bench/downstream.py) --------------------------------------------
+
+    def scenario_downstream(self) -> None:
+        downstream.scenario(self)
 
     # --- profiles ----------------------------------------------------------------------------
 

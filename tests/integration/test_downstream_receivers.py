@@ -89,9 +89,12 @@ def test_the_documented_receiver(
             )
             post_firma(signback, "sr-doc", "signing_request.sent")
             post_firma(signback, "sr-doc", "signing_request.completed")
-            printed = wait_until(
-                lambda: len(found := lines(output())) >= 2 and found, what="two events"
-            )
+
+            def two_printed() -> list[dict[str, Any]] | None:
+                found = lines(output())
+                return found if len(found) >= 2 else None
+
+            printed = wait_until(two_printed, what="two events")
             assert [(p["type"], p["request"], p["reference"]) for p in printed] == [
                 ("signature_request.sent", request["id"], "order-9"),
                 ("signature_request.completed", request["id"], "order-9"),
