@@ -66,6 +66,10 @@ def test_isolation_rows_compare_with_the_runs_before_and_after() -> None:
     assert (rps.value, rps.baseline, rps.verdict) == ("5,900", "6,000 / 6,200", "ok")
     assert (p99.value, p99.verdict) == ("5.30 ms", "ok")
     assert (neighbour.value, neighbour.baseline, neighbour.verdict) == ("590", "600 / 620", "ok")
+    assert (rps.target, p99.target) == ("≥ 0.9x", "≤ 1.1x")
+    # Better beside a slow endpoint than beside a fast one is no miss.
+    freer = IsolationRun(wrk(7000, 4.0), neighbour_rate=800, other_rate=31)
+    assert all(r.verdict == "ok" for r in isolation_rows(freer, fast))
     starved = IsolationRun(wrk(3000, 40.0), neighbour_rate=100, other_rate=31)
     rps, p99, neighbour = isolation_rows(starved, fast)
     assert rps.verdict.startswith("MISS")
