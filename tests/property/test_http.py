@@ -310,6 +310,11 @@ def test_the_admin_api_never_answers_5xx_and_what_it_stores_renders(
                     ("GET", "/api/requests/{}"),
                     ("POST", "/api/outbox/{}/retry"),
                     ("POST", "/api/inbox/{}/retry"),
+                    ("GET", "/api/endpoints/{}"),
+                    ("PATCH", "/api/endpoints/{}"),
+                    ("DELETE", "/api/endpoints/{}"),
+                    ("POST", "/api/endpoints/{}/replay"),
+                    ("GET", "/api/endpoints/{}/deliveries"),
                 ]
             ),
             raw_id=s.path_ids,
@@ -322,13 +327,14 @@ def test_the_admin_api_never_answers_5xx_and_what_it_stores_renders(
             response = admin.request(method, template.format(encoded(raw_id)))
             if response.status_code == 307:  # Starlette's router: "/" decoded from %2F
                 return
-            assert response.status_code in {200, 404, 405, 409}, response.text
+            assert response.status_code in {200, 404, 405, 409, 422}, response.text
             strict_json(response)
 
         filters = {
             "/api/requests": ("state", "provider", "reference", "before_id", "limit"),
             "/api/outbox": ("status", "limit"),
             "/api/inbox": ("status", "provider", "limit"),
+            "/api/events": ("type", "request_id", "after_id", "limit"),
         }
 
         @settings(max_examples=examples(150))
