@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -39,19 +40,29 @@ FLOW = (
 
 
 def post_firma(url: str, sr_id: str, event_type: str) -> None:
+    """One webhook, sent again until signback acknowledges it (as Firma retries while
+    signback is down)."""
     envelope = firma_envelope(event_type, sr_id, now=time.time())
     envelope["id"] = f"evt_{uuid.uuid4().hex}"
     body = json.dumps(envelope).encode()
-    response = httpx.post(
-        f"{url}/hooks/firma",
-        content=body,
-        headers={
-            "content-type": "application/json",
-            "x-firma-signature": sign(FIRMA_SECRET, body, int(time.time())),
-        },
-        timeout=10,
-    )
-    assert response.status_code == 200, response.text
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            response = httpx.post(
+                f"{url}/hooks/firma",
+                content=body,
+                headers={
+                    "content-type": "application/json",
+                    "x-firma-signature": sign(FIRMA_SECRET, body, int(time.time())),
+                },
+                timeout=10,
+            )
+            if response.status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{event_type} for {sr_id} was never acknowledged"
+        time.sleep(0.1)
 
 
 def test_kill_9_during_delivery_loses_nothing(tmp_path: Path) -> None:
@@ -67,7 +78,7 @@ def test_kill_9_during_delivery_loses_nothing(tmp_path: Path) -> None:
         SIGNBACK_LEASE_SECONDS="2",
     )
     with running_downstream() as (receiver_url, receiver), processes(tmp_path) as started:
-        receiver.default["/company"] = Answer(delay=0.3)
+        receiver.default["/company"] = Answer(delay=0.5)
         serve = signback(tmp_path, "serve", ["serve", "--port", str(port)], env).start()
         started.append(serve)
         serve.wait_http(f"{url}/readyz")
@@ -84,10 +95,16 @@ def test_kill_9_during_delivery_loses_nothing(tmp_path: Path) -> None:
                 headers=admin,
             )
             assert registered.status_code == 201, registered.text
-        for step in FLOW:
-            for name in names:
-                post_firma(url, name, step)
-        # Deliveries are on their way (each takes 0.3 s, one per request at a time): kill.
+        # The provider's webhooks keep coming meanwhile (and are sent again while signback
+        # is down), from a thread of their own.
+        def send_all() -> None:
+            for step in FLOW:
+                for name in names:
+                    post_firma(url, name, step)
+
+        sender = threading.Thread(target=send_all)
+        sender.start()
+        # Deliveries are on their way (each takes 0.5 s, one per request at a time): kill.
         wait_until(lambda: len(receiver.to("/company")) >= 12, what="deliveries in flight")
         serve.kill9()
         before_restart = len(receiver.to("/company"))
@@ -95,6 +112,8 @@ def test_kill_9_during_delivery_loses_nothing(tmp_path: Path) -> None:
 
         serve.start()
         serve.wait_http(f"{url}/readyz")
+        sender.join(90)
+        assert not sender.is_alive()
         wait_until(
             lambda: (
                 len({d.webhook_id for d in receiver.accepted("/company")}) == len(names) * len(FLOW)

@@ -74,9 +74,9 @@ def test_the_endpoints_commands(database_url: str) -> None:
     assert bad.exit_code == 2
     assert "since" in bad.output
     retried = run(database_url, "retry-dead", endpoint_id)
-    assert retried.output.strip() == "0 dead deliveries re-queued"
+    assert retried.stdout.strip() == "0 dead deliveries re-queued"
     deleted = run(database_url, "delete", endpoint_id)
-    assert deleted.output.strip() == f"endpoint {endpoint_id} deleted"
+    assert deleted.stdout.strip() == f"endpoint {endpoint_id} deleted"
     for command in ("show", "delete", "test", "rotate-secret", "retry-dead", "deliveries"):
         missing = run(database_url, command, endpoint_id)
         assert missing.exit_code == 1, command
