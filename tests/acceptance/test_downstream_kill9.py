@@ -95,6 +95,7 @@ def test_kill_9_during_delivery_loses_nothing(tmp_path: Path) -> None:
                 headers=admin,
             )
             assert registered.status_code == 201, registered.text
+
         # The provider's webhooks keep coming meanwhile (and are sent again while signback
         # is down), from a thread of their own.
         def send_all() -> None:
