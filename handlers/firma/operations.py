@@ -17,8 +17,8 @@ from receiver.context import AppContext
 from receiver.errors import InvalidAction
 from receiver.model import RequestState, SignatureRequest
 from receiver.outbox.budgets import take_slots
-from receiver.outbox.outcomes import deferred, excerpt, from_response
-from receiver.providers import Operation, Outcome
+from receiver.outbox.outcomes import Outcome, deferred, excerpt, from_response
+from receiver.providers import Operation
 
 PATCH = "firma.patch_signing_request"
 

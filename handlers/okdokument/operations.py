@@ -11,8 +11,8 @@ from handlers.okdokument.client import OkdokumentClient, provider_message
 from receiver.context import AppContext
 from receiver.errors import InvalidAction
 from receiver.model import SignatureRequest
-from receiver.outbox.outcomes import excerpt, from_response
-from receiver.providers import FollowUpEvent, Operation, Outcome
+from receiver.outbox.outcomes import FollowUpEvent, Outcome, excerpt, from_response
+from receiver.providers import Operation
 
 PATCH = "okdokument.patch_signature_request"
 CONFIRM = "okdokument.confirm_document_state"

@@ -24,7 +24,7 @@ from receiver.context import AppContext, CallbackUrls
 from receiver.errors import InvalidAction
 from receiver.intake.tokens import token_hash
 from receiver.logs import get_logger
-from receiver.providers import Outcome
+from receiver.outbox.outcomes import Outcome
 from receiver.store import inbox, outbox, requests
 from receiver.store.db.base import Row, Transaction
 

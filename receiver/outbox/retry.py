@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from receiver.providers import Outcome
+from receiver.outbox.outcomes import Outcome
 
 # The provider understood us and said no: sending the same thing again cannot help.
 FINAL_STATUSES: frozenset[int] = frozenset({400, 401, 403, 404, 409, 422})

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
+from receiver.outbox.outcomes import Outcome
 from receiver.outbox.retry import FINAL_STATUSES, RetryPolicy
-from receiver.providers import Outcome
 
 NOW = 1_700_000_000.0
 ALMOST_ONE = 1.0 - 1e-12

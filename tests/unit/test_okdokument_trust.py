@@ -23,9 +23,9 @@ from receiver.context import AppContext
 from receiver.errors import CallbackRejected, InvalidAction
 from receiver.events import EventKind, NormalizedEvent
 from receiver.model import RequestState, SignatureRequest
+from receiver.outbox.outcomes import Outcome
 from receiver.outbox.retry import RetryPolicy
 from receiver.pipeline.registration import Registration
-from receiver.providers import Outcome
 from tests.conftest import test_settings
 
 pytestmark = pytest.mark.anyio
