@@ -15,6 +15,7 @@ import click
 
 from receiver.errors import ConfigurationError
 from receiver.settings import Settings, database_url_from_env, load_settings, redact_url
+from receiver.store.statuses import ActionStatus, InboxStatus
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -391,7 +392,7 @@ def outbox() -> None:
 
 
 @outbox.command("list")
-@click.option("--status", default=None, help="pending, in_flight, done, dead, skipped")
+@click.option("--status", default=None, help=", ".join(ActionStatus))
 @click.option("--limit", default=50, show_default=True)
 @handles_config_errors
 def outbox_list(status: str | None, limit: int) -> None:
@@ -432,7 +433,7 @@ def inbox() -> None:
 
 
 @inbox.command("list")
-@click.option("--status", default=None, help="pending, processed, unmatched, failed")
+@click.option("--status", default=None, help=", ".join(InboxStatus))
 @click.option("--provider", default=None)
 @click.option("--limit", default=50, show_default=True)
 @handles_config_errors

@@ -24,9 +24,11 @@ from receiver.context import AppContext, CallbackUrls
 from receiver.errors import InvalidAction
 from receiver.intake.tokens import token_hash
 from receiver.logs import get_logger
-from receiver.outbox.outcomes import Outcome
+from receiver.outbox.outcomes import Deferred, Failed, GiveUp, Outcome
+from receiver.outbox.retry import DecisionStatus
 from receiver.store import inbox, outbox, requests
 from receiver.store.db.base import Row, Transaction
+from receiver.store.statuses import ActionStatus, AttemptOutcome
 
 log = get_logger("signback.outbox")
 
@@ -39,6 +41,16 @@ PLACEHOLDERS = {
 }
 PLACEHOLDER_MARK = "{signback."
 SENDINFO_PLACEHOLDER = "{signback.sendinfo_url}"
+
+
+# After an attempt that was made: the action's status, and the attempt log's outcome.
+_SETTLED: dict[DecisionStatus, tuple[ActionStatus, AttemptOutcome]] = {
+    DecisionStatus.DONE: (ActionStatus.DONE, AttemptOutcome.OK),
+    DecisionStatus.RETRY: (ActionStatus.PENDING, AttemptOutcome.RETRY),
+    DecisionStatus.THROTTLED: (ActionStatus.PENDING, AttemptOutcome.THROTTLED),
+    DecisionStatus.DEAD: (ActionStatus.DEAD, AttemptOutcome.DEAD),
+    DecisionStatus.SKIPPED: (ActionStatus.SKIPPED, AttemptOutcome.SKIPPED),
+}
 
 
 class _Unknown:
@@ -181,24 +193,14 @@ class Dispatcher:
             now=now,
             rand=self._rand.random(),
         )
-        deferred = decision.status == "deferred"
-        # The provider asked us to wait (429): logged as an attempt, but not counted as one.
-        throttled = decision.status == "throttled"
-        status = (
-            "pending" if decision.status in ("retry", "throttled", "deferred") else decision.status
-        )
-        error = (
-            None
-            if decision.status in ("done", "deferred")
-            else (decision.reason or outcome.message)
-        )
-        if deferred:
+        decided = decision.status
+        if decided is DecisionStatus.DEFERRED:
             # Nothing was sent: no attempt to log, and the attempt count is given back.
             async with ctx.db.transaction() as tx:
                 await outbox.settle(
                     tx,
                     action_id,
-                    status="pending",
+                    status=ActionStatus.PENDING,
                     now=now,
                     due_at=decision.retry_at,
                     status_code=None,
@@ -207,8 +209,7 @@ class Dispatcher:
                     uncount=True,
                     keep_last=True,
                 )
-        if deferred:
-            ctx.metrics.attempts.inc(str(row["operation"]), "deferred")
+            ctx.metrics.attempts.inc(str(row["operation"]), decided)
             log.debug(
                 "action deferred",
                 action=action_id,
@@ -216,6 +217,10 @@ class Dispatcher:
                 retry_in=round((decision.retry_at or now) - now, 2),
             )
             return
+        status, logged = _SETTLED[decided]
+        error = None if decided is DecisionStatus.DONE else (decision.reason or outcome.message)
+        # The provider asked us to wait (429): logged as an attempt, but not counted as one.
+        throttled = decided is DecisionStatus.THROTTLED
 
         async def record_in(tx: Transaction) -> bool:
             await outbox.record_attempt(
@@ -225,7 +230,7 @@ class Dispatcher:
                 started_at=started_at,
                 duration_ms=round(duration_ms, 2),
                 status_code=outcome.status_code,
-                outcome={"done": "ok"}.get(decision.status, decision.status),
+                outcome=logged,
                 error=error,
                 response_excerpt=outcome.response_excerpt[:500] or None,
             )
@@ -240,7 +245,11 @@ class Dispatcher:
                 worker=ctx.worker_id,
                 uncount=throttled,
             )
-            if held and decision.status == "done" and SENDINFO_PLACEHOLDER in str(row["payload"]):
+            if (
+                held
+                and decided is DecisionStatus.DONE
+                and SENDINFO_PLACEHOLDER in str(row["payload"])
+            ):
                 # The provider now calls the request's own sendInfo URL: a token it used before
                 # (shared with the signer's return URL, see credentials.py) stops opening it.
                 await requests.retire_shared_token(tx, int(row["request_id"]), now=now)
@@ -268,7 +277,7 @@ class Dispatcher:
 
         held = await self._with_db_retries(record, deadline=float(row["lease_expires_at"] or 0))
         operation_name = str(row["operation"])
-        ctx.metrics.attempts.inc(operation_name, decision.status)
+        ctx.metrics.attempts.inc(operation_name, decided)
         ctx.metrics.observe_attempt(operation_name, duration_ms / 1000)
         facts = {
             "action": action_id,
@@ -280,9 +289,9 @@ class Dispatcher:
         }
         if not held:
             log.warning("action result discarded: lease was lost to another worker", **facts)
-        elif decision.status == "done":
+        elif decided is DecisionStatus.DONE:
             log.info("action done", **facts)
-        elif decision.status == "skipped":
+        elif decided is DecisionStatus.SKIPPED:
             log.info("action skipped", reason=decision.reason, **facts)
         elif throttled:
             log.info(
@@ -291,7 +300,7 @@ class Dispatcher:
                 retry_in=round((decision.retry_at or now) - now, 2),
                 **facts,
             )
-        elif decision.status == "retry":
+        elif decided is DecisionStatus.RETRY:
             log.warning(
                 "action failed, will retry",
                 reason=decision.reason,
@@ -323,19 +332,14 @@ class Dispatcher:
         provider = ctx.providers.get(provider_name)
         operation = provider.operations.get(operation_name) if provider else None
         if operation is None:
-            return Outcome(ok=False, final=True, message=f"unknown operation {operation_name!r}")
+            return GiveUp(f"unknown operation {operation_name!r}")
         if isinstance(request_row, _Unknown):
             try:
                 request_row = await requests.get(ctx.db, int(row["request_id"]))
             except Exception as exc:  # nothing was sent: try again soon, without counting it
-                return Outcome(
-                    ok=False,
-                    deferred=True,
-                    retry_after=1.0,
-                    message=f"database unavailable: {type(exc).__name__}",
-                )
+                return Deferred(1.0, f"database unavailable: {type(exc).__name__}")
         if request_row is None:
-            return Outcome(ok=False, final=True, message="the signature request is gone")
+            return GiveUp("the signature request is gone")
         request = requests.from_row(request_row)
         if request_row.get("sendinfo_hash") is None and SENDINFO_PLACEHOLDER in str(row["payload"]):
             # Written before the sendInfo token existed and not yet completed at start-up (an
@@ -346,12 +350,7 @@ class Dispatcher:
                 async with ctx.db.transaction() as tx:
                     await requests.set_sendinfo_hash(tx, request.id, digest, retire_shared_at=None)
             except Exception as exc:  # nothing was sent: try again soon, without counting it
-                return Outcome(
-                    ok=False,
-                    deferred=True,
-                    retry_after=1.0,
-                    message=f"database unavailable: {type(exc).__name__}",
-                )
+                return Deferred(1.0, f"database unavailable: {type(exc).__name__}")
         try:
             text = str(row["payload"])
             payload = jsonutil.loads(text)
@@ -360,11 +359,11 @@ class Dispatcher:
                 payload = resolve_placeholders(payload, urls)
             return await operation(ctx, request, payload)
         except InvalidAction as exc:
-            return Outcome(ok=False, final=True, message=str(exc))
+            return GiveUp(str(exc))
         except httpx.TimeoutException:
-            return Outcome(ok=False, message="the provider did not answer in time")
+            return Failed("the provider did not answer in time")
         except httpx.TransportError as exc:
-            return Outcome(ok=False, message=f"could not reach the provider ({type(exc).__name__})")
+            return Failed(f"could not reach the provider ({type(exc).__name__})")
         except Exception as exc:
             log.exception("operation crashed", operation=operation_name, action=int(row["id"]))
-            return Outcome(ok=False, message=f"internal error: {type(exc).__name__}: {exc}")
+            return Failed(f"internal error: {type(exc).__name__}: {exc}")

@@ -33,6 +33,7 @@ from receiver.pipeline import states
 from receiver.providers import StoredCallback
 from receiver.store import inbox, outbox, requests
 from receiver.store.db.base import Row, Transaction
+from receiver.store.statuses import InboxStatus
 from receiver.store.storable import text_problem
 
 log = get_logger("signback.pipeline")
@@ -228,14 +229,14 @@ class Pipeline:
             await inbox.finish(
                 tx,
                 callback.inbox_id,
-                status=inbox.FAILED,
+                status=InboxStatus.FAILED,
                 now=self.ctx.clock(),
                 error=f"normalize failed: {reason}",
             )
 
             def report_failed() -> None:
                 log.error("cannot normalize callback", inbox_id=callback.inbox_id, error=reason)
-                self.ctx.metrics.events.inc(callback.provider, "unknown", inbox.FAILED)
+                self.ctx.metrics.events.inc(callback.provider, "unknown", InboxStatus.FAILED)
 
             return report_failed
         return await self._apply(tx, callback, event, known)
@@ -272,13 +273,13 @@ class Pipeline:
 
         if request is None:
             if event.external_id is not None and not matchable(event.external_id):
-                status, note = inbox.PROCESSED, "names a request id no registration can have"
+                status, note = InboxStatus.PROCESSED, "names a request id no registration can have"
             elif event.external_id is not None:
-                status, note = inbox.UNMATCHED, "no registered request yet; kept until one is"
+                status, note = InboxStatus.UNMATCHED, "no registered request yet; kept until one is"
             elif event.kind is EventKind.TEST:
-                status, note = inbox.PROCESSED, "test event: stored, changes nothing"
+                status, note = InboxStatus.PROCESSED, "test event: stored, changes nothing"
             else:  # template.*, workspace.*, unknown types without a signing request
-                status, note = inbox.PROCESSED, "names no signature request: stored only"
+                status, note = InboxStatus.PROCESSED, "names no signature request: stored only"
             await inbox.finish(
                 tx,
                 callback.inbox_id,
@@ -291,7 +292,7 @@ class Pipeline:
 
             def report_unmatched() -> None:
                 log.info(
-                    "event unmatched" if status == inbox.UNMATCHED else "event stored",
+                    "event unmatched" if status == InboxStatus.UNMATCHED else "event stored",
                     inbox_id=callback.inbox_id,
                     provider=event.provider,
                     **facts,
@@ -331,7 +332,7 @@ class Pipeline:
         await inbox.finish(
             tx,
             callback.inbox_id,
-            status=inbox.PROCESSED,
+            status=InboxStatus.PROCESSED,
             now=now,
             request_id=request.id,
             external_id=event.external_id or request.external_id,

@@ -8,6 +8,7 @@ from typing import Any
 from receiver.jsonutil import dumps
 from receiver.model import Action
 from receiver.store.db.base import Database, Row, Transaction, in_list
+from receiver.store.statuses import ActionStatus, AttemptOutcome
 from receiver.store.storable import storable_or_none
 
 OUTBOX_CHANNEL = "outbox"
@@ -108,7 +109,7 @@ async def record_attempt(
     started_at: float,
     duration_ms: float | None,
     status_code: int | None,
-    outcome: str,
+    outcome: AttemptOutcome,
     error: str | None,
     response_excerpt: str | None,
 ) -> None:
@@ -134,7 +135,7 @@ async def settle(
     tx: Transaction,
     action_id: int,
     *,
-    status: str,
+    status: ActionStatus,
     now: float,
     due_at: float | None,
     status_code: int | None,
@@ -208,7 +209,7 @@ async def recover_expired(db: Database, *, now: float) -> int:
                 started_at=now,
                 duration_ms=None,
                 status_code=None,
-                outcome="interrupted",
+                outcome=AttemptOutcome.INTERRUPTED,
                 error="the worker holding this action stopped (lease expired)",
                 response_excerpt=None,
             )

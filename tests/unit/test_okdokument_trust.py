@@ -23,7 +23,7 @@ from receiver.context import AppContext
 from receiver.errors import CallbackRejected, InvalidAction
 from receiver.events import EventKind, NormalizedEvent
 from receiver.model import RequestState, SignatureRequest
-from receiver.outbox.outcomes import Outcome
+from receiver.outbox.outcomes import Done, Failed, GiveUp, Skipped
 from receiver.outbox.retry import RetryPolicy
 from receiver.pipeline.registration import Registration
 from tests.conftest import test_settings
@@ -127,8 +127,7 @@ async def test_confirmation_asks_about_the_registered_document_only(
 ) -> None:
     outcome = await confirm_document_state(ctx, REQUEST, payload)
     assert info.asked == [REGISTERED]
-    assert outcome.ok
-    assert not outcome.skipped
+    assert isinstance(outcome, Done)
     (fact,) = outcome.follow_up
     assert fact.channel == "confirmation"
     assert fact.dedupe_key == "confirmation:inbox-5"
@@ -158,8 +157,7 @@ async def test_an_answer_about_another_document_confirms_nothing(
     outcome = await confirm_document_state(
         ctx, REQUEST, {"claimed_state": "signed", "confirms": "c"}
     )
-    assert not outcome.ok
-    assert outcome.final  # an anomaly for the operator (dead), not something to retry
+    assert isinstance(outcome, GiveUp)  # an anomaly for the operator (dead), not a retry
     assert not outcome.follow_up
     assert "not confirmed: Document info answered about document" in outcome.message
     assert repr(REGISTERED) in outcome.message
@@ -174,9 +172,7 @@ async def test_errorsendinfo_records_a_fact_and_leaves_the_claim_open(
     outcome = await confirm_document_state(
         ctx, REQUEST, {"claimed_state": "signed", "confirms": "inbox-5"}
     )
-    assert not outcome.ok
-    assert not outcome.final
-    assert not outcome.skipped
+    assert isinstance(outcome, Failed)
     assert "errorsendinfo" in outcome.message
     assert "asking again later" in outcome.message
     (fact,) = outcome.follow_up
@@ -199,8 +195,7 @@ async def test_only_the_claimed_state_confirms(
     outcome = await confirm_document_state(
         ctx, REQUEST, {"claimed_state": "signed", "confirms": "c"}
     )
-    assert outcome.ok
-    assert outcome.skipped
+    assert isinstance(outcome, Skipped)
     assert not outcome.follow_up
     assert outcome.message.startswith("not confirmed: OKdokument says the document is")
 
@@ -215,10 +210,9 @@ async def test_an_unreadable_answer_is_retried(
     outcome = await confirm_document_state(
         ctx, REQUEST, {"claimed_state": "signed", "confirms": "c"}
     )
-    assert outcome == Outcome(
-        ok=False,
+    assert outcome == Failed(
+        "Document info answer is not a JSON object",
         status_code=200,
-        message="Document info answer is not a JSON object",
         response_excerpt=body.decode(),
     )
 
