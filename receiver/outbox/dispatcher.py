@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from receiver import jsonutil
-from receiver.aio import sleep_or_stop
+from receiver.backoff import MAX_LOOP_DELAY, Backoff
 from receiver.context import AppContext, CallbackUrls
 from receiver.errors import InvalidAction
 from receiver.intake.tokens import token_hash
@@ -84,7 +84,7 @@ class Dispatcher:
 
     async def run(self, stopping: asyncio.Event) -> None:
         settings = self.ctx.settings
-        delay = settings.poll_interval
+        backoff = Backoff(settings.poll_interval, MAX_LOOP_DELAY, rand=self._rand.random)
         while not stopping.is_set():
             free = settings.outbox_concurrency - len(self.in_flight)
             claimed = 0
@@ -92,11 +92,13 @@ class Dispatcher:
                 if free > 0:
                     await self.ctx.governor.turn()  # the acknowledgements come first
                     claimed = await self._claim_and_start(free)
-                delay = settings.poll_interval
+                backoff.reset()
             except Exception as exc:
-                log.warning("outbox cannot reach the database", error=str(exc), retry_in=delay)
-                await sleep_or_stop(stopping, delay)
-                delay = min(delay * 2, 30.0)
+                delay = backoff.next_delay()
+                log.warning(
+                    "outbox cannot reach the database", error=str(exc), retry_in=round(delay, 2)
+                )
+                await backoff.sleep(delay, stopping)
                 continue
             if claimed and claimed == free:
                 # Full: wait for a slot (a finished action also notifies the channel).
@@ -314,16 +316,22 @@ class Dispatcher:
         self, work: Callable[[], Awaitable[bool]], *, deadline: float
     ) -> bool:
         """Record a result, retrying a lost database until half-way to the lease's end."""
-        delay = 0.2
+        backoff: Backoff | None = None  # made on the first failure: none on the hot path
         while True:
             try:
                 return await work()
             except Exception as exc:
+                if backoff is None:
+                    backoff = Backoff(0.2, 5.0, rand=self._rand.random)
+                delay = backoff.next_delay()
                 if self.ctx.clock() + delay > deadline - self.ctx.settings.lease_seconds / 2:
                     raise
-                log.warning("retrying to record an action's result", error=str(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.warning(
+                    "retrying to record an action's result",
+                    error=str(exc),
+                    retry_in=round(delay, 2),
+                )
+                await backoff.sleep(delay)
 
     async def _attempt(self, row: Row, request_row: Row | _Unknown | None) -> Outcome:
         ctx = self.ctx

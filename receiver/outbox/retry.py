@@ -1,6 +1,6 @@
 """The outbox retry policy, a pure function of (outcome, attempts, age) → what happens next.
 
-Capped exponential backoff with full jitter (as stamina and procrastinate do), a provider's
+Capped exponential backoff with jitter (``receiver/backoff.py``), a provider's
 ``Retry-After`` always wins, client errors that cannot succeed later are final, and an
 action gives up after a number of attempts or an age — whichever comes first.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from receiver.backoff import delay
 from receiver.outbox.outcomes import Deferred, Done, Failed, GiveUp, Outcome, Skipped, Throttled
 
 # The provider understood us and said no: sending the same thing again cannot help.
@@ -50,12 +51,10 @@ class RetryPolicy:
     throttle_delay: float = 60.0
 
     def backoff(self, attempts: int, rand: float) -> float:
-        """Delay before attempt ``attempts + 1``: full jitter over a capped exponential."""
-        exponent = min(max(0, attempts - 1), 60)  # 2**60 s is past any cap; avoids overflow
-        ceiling = min(self.max_delay, self.base_delay * 2.0**exponent)
-        # Never zero: at least half of the ceiling, so retries of many actions spread out
-        # without any of them hammering a struggling provider immediately.
-        return ceiling * (0.5 + 0.5 * rand)
+        """Delay before attempt ``attempts + 1``: a capped exponential with equal jitter.
+        Never zero (at least half the ceiling), so retries of many actions spread out without
+        any of them hammering a struggling provider at once."""
+        return delay(attempts, base=self.base_delay, cap=self.max_delay, rand=rand)
 
     def decide(
         self, outcome: Outcome, *, attempts: int, created_at: float, now: float, rand: float

@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import Any
 
 from receiver import jsonutil
-from receiver.aio import sleep_or_stop
+from receiver.backoff import MAX_LOOP_DELAY, Backoff
 from receiver.context import AppContext
 from receiver.events import RAW_TIME_CHARS, EventKind, NormalizedEvent, plausible_time
 from receiver.logs import get_logger
@@ -104,16 +104,17 @@ class Pipeline:
         return event
 
     async def run(self, stopping: asyncio.Event) -> None:
-        delay = self.ctx.settings.poll_interval
+        backoff = Backoff(self.ctx.settings.poll_interval, MAX_LOOP_DELAY)
         while not stopping.is_set():
             try:
                 processed = await self.run_once()
-                delay = self.ctx.settings.poll_interval
+                backoff.reset()
             except Exception as exc:  # the database went away: back off, keep the loop alive
-                log.warning("pipeline cannot reach the database", error=str(exc), retry_in=delay)
-                processed = 0
-                await sleep_or_stop(stopping, delay)
-                delay = min(delay * 2, 30.0)
+                delay = backoff.next_delay()
+                log.warning(
+                    "pipeline cannot reach the database", error=str(exc), retry_in=round(delay, 2)
+                )
+                await backoff.sleep(delay, stopping)
                 continue
             if processed == 0:
                 await self.ctx.db.wait(inbox.INBOX_CHANNEL, self.ctx.settings.poll_interval)
