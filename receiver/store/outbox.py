@@ -19,13 +19,10 @@ OUTBOX_CHANNEL = "outbox"
 #
 # It is written as "this action is its request's first active one" (a scalar subquery, one
 # probe of the partial index ix_outbox_active per candidate), not as NOT EXISTS (an earlier
-# active one). PostgreSQL turns NOT EXISTS into an anti join whose plan depends on the
-# table's statistics: analysed while the backlog was near empty (the usual state), they made
-# it pick a nested loop that scanned the whole active index for every candidate. With 2,500
-# pending actions one claim then took 4 s instead of 5 ms, and a dispatcher working off a
-# backlog (a provider that was slow or down) sent about 20 PATCHes/s for minutes. A scalar
-# subquery is run per candidate with the request id as its index condition, whatever the
-# statistics say (tests/integration/test_outbox_claim.py).
+# active one): PostgreSQL turns NOT EXISTS into an anti join whose plan depends on the
+# table's statistics, and with statistics taken while the backlog was near empty it picked
+# a plan that scanned the whole active index for every candidate, so a backlog made each
+# claim slow (docs/performance.md; tests/integration/test_outbox_claim.py).
 HEAD_OF_LINE = """o.id = (
           SELECT p.id FROM outbox p
           WHERE p.request_id = o.request_id AND p.status IN ('pending', 'in_flight')

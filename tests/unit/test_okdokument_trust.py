@@ -7,12 +7,13 @@ documentId while confirmation is on."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 from typing import Any, cast
+from urllib.parse import unquote
 
-import httpx
 import pytest
+from starlette.responses import JSONResponse, Response
 
 from handlers.okdokument.client import OkdokumentClient
 from handlers.okdokument.operations import CONFIRM, confirm_document_state
@@ -27,6 +28,7 @@ from receiver.outbox.outcomes import Done, Failed, GiveUp, Skipped
 from receiver.outbox.retry import RetryPolicy
 from receiver.pipeline.registration import Registration
 from tests.conftest import test_settings
+from tests.servers import Recorded, Recorder, running_server
 
 pytestmark = pytest.mark.anyio
 
@@ -55,16 +57,21 @@ def metadata(state: str, document_id: Any = REGISTERED) -> dict[str, Any]:
 
 
 class DocumentInfo:
-    """A MockTransport handler: Document info answers, and which documents were asked."""
+    """Document info on loopback: answers ``answers["body"]``, and records who was asked."""
 
-    def __init__(self, respond: Callable[[str], httpx.Response]) -> None:
-        self.respond = respond
-        self.asked: list[str] = []
+    def __init__(self, answers: dict[str, Any]) -> None:
+        self.recorder = Recorder(self.respond)
+        self.answers = answers
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        document_id = request.url.path.rsplit("/", 1)[1]
-        self.asked.append(document_id)
-        return self.respond(document_id)
+    def respond(self, _: Recorded) -> Response:
+        body = self.answers["body"]
+        if isinstance(body, bytes):
+            return Response(body)
+        return JSONResponse(body)
+
+    @property
+    def asked(self) -> list[str]:
+        return [unquote(r.path.decode().rsplit("/", 1)[1]) for r in self.recorder.requests]
 
 
 @pytest.fixture
@@ -73,19 +80,15 @@ def answers() -> dict[str, Any]:
 
 
 @pytest.fixture
-def info(answers: dict[str, Any]) -> DocumentInfo:
-    def respond(document_id: str) -> httpx.Response:
-        body = answers["body"]
-        if isinstance(body, bytes):
-            return httpx.Response(200, content=body)
-        return httpx.Response(200, json=body)
-
-    return DocumentInfo(respond)
+def info(answers: dict[str, Any]) -> Iterator[tuple[DocumentInfo, str]]:
+    document_info = DocumentInfo(answers)
+    with running_server(document_info.recorder) as base:
+        yield document_info, base
 
 
 @pytest.fixture
-async def ctx(info: DocumentInfo) -> AsyncIterator[AppContext]:
-    client = OkdokumentClient("http://okdokument.test", "key", transport=httpx.MockTransport(info))
+async def ctx(info: tuple[DocumentInfo, str]) -> AsyncIterator[AppContext]:
+    client = OkdokumentClient(info[1], "key")
     # The operation reads only its client and the clock: the rest of a context is not the point.
     yield cast(AppContext, SimpleNamespace(clients={"okdokument": client}, clock=lambda: 1000.0))
     await client.aclose()
@@ -123,10 +126,10 @@ def test_the_confirm_rule_does_not_take_the_document_from_the_body() -> None:
     ],
 )
 async def test_confirmation_asks_about_the_registered_document_only(
-    ctx: AppContext, info: DocumentInfo, payload: dict[str, Any]
+    ctx: AppContext, info: tuple[DocumentInfo, str], payload: dict[str, Any]
 ) -> None:
     outcome = await confirm_document_state(ctx, REQUEST, payload)
-    assert info.asked == [REGISTERED]
+    assert info[0].asked == [REGISTERED]
     assert isinstance(outcome, Done)
     (fact,) = outcome.follow_up
     assert fact.channel == "confirmation"
@@ -218,14 +221,14 @@ async def test_an_unreadable_answer_is_retried(
 
 
 async def test_a_request_without_a_document_cannot_be_confirmed(
-    ctx: AppContext, info: DocumentInfo
+    ctx: AppContext, info: tuple[DocumentInfo, str]
 ) -> None:
     request = SignatureRequest(
         id=8, provider="okdokument", external_id="sr-old", state=RequestState.REGISTERED
     )
     with pytest.raises(InvalidAction, match="registered without a documentId"):
         await confirm_document_state(ctx, request, {"claimed_state": "signed", "confirms": "c"})
-    assert info.asked == []
+    assert info[0].asked == []
 
 
 @pytest.mark.parametrize(
