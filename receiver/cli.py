@@ -578,11 +578,18 @@ def fake() -> None:
 @click.option("--port", type=int, default=8081, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--api-key", default="fake-okdokument-key", show_default=True)
-def fake_okdokument(port: int, host: str, api_key: str) -> None:
+@click.option(
+    "--time-factor",
+    type=click.FloatRange(min=0.0001),
+    default=1.0,
+    show_default=True,
+    help="Scales failure windows and delays (0.05 = 20 times faster).",
+)
+def fake_okdokument(port: int, host: str, api_key: str, time_factor: float) -> None:
     """An OKdokument emulator: the API, failure injection, and sign/cancel that call back."""
     from handlers.okdokument.fake import serve as serve_fake
 
-    serve_fake(port=port, host=host, api_key=api_key)
+    serve_fake(port=port, host=host, api_key=api_key, time_factor=time_factor)
 
 
 @fake.command("firma")
