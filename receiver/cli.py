@@ -16,6 +16,7 @@ import click
 
 from receiver.errors import ConfigurationError
 from receiver.settings import Settings, database_url_from_env, load_settings, redact_url
+from receiver.store.statuses import ActionStatus, InboxStatus
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -392,7 +393,7 @@ def outbox() -> None:
 
 
 @outbox.command("list")
-@click.option("--status", default=None, help="pending, in_flight, done, dead, skipped")
+@click.option("--status", default=None, help=", ".join(ActionStatus))
 @click.option("--limit", default=50, show_default=True)
 @handles_config_errors
 def outbox_list(status: str | None, limit: int) -> None:
@@ -433,7 +434,7 @@ def inbox() -> None:
 
 
 @inbox.command("list")
-@click.option("--status", default=None, help="pending, processed, unmatched, failed")
+@click.option("--status", default=None, help=", ".join(InboxStatus))
 @click.option("--provider", default=None)
 @click.option("--limit", default=50, show_default=True)
 @handles_config_errors
@@ -578,11 +579,18 @@ def fake() -> None:
 @click.option("--port", type=int, default=8081, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--api-key", default="fake-okdokument-key", show_default=True)
-def fake_okdokument(port: int, host: str, api_key: str) -> None:
+@click.option(
+    "--time-factor",
+    type=click.FloatRange(min=0.0001),
+    default=1.0,
+    show_default=True,
+    help="Scales failure windows and delays (0.05 = 20 times faster).",
+)
+def fake_okdokument(port: int, host: str, api_key: str, time_factor: float) -> None:
     """An OKdokument emulator: the API, failure injection, and sign/cancel that call back."""
     from handlers.okdokument.fake import serve as serve_fake
 
-    serve_fake(port=port, host=host, api_key=api_key)
+    serve_fake(port=port, host=host, api_key=api_key, time_factor=time_factor)
 
 
 @fake.command("firma")

@@ -35,10 +35,6 @@ class SignatureInvalid(CallbackRejected):
     status_code = 401
 
 
-class NotRegistered(SignbackError):
-    """No signature request with that id is registered."""
-
-
 class InvalidAction(SignbackError):
     """A business rule produced an action the provider would refuse; it was not sent."""
 

@@ -66,16 +66,3 @@ class NormalizedEvent:
     # Small provider-neutral facts rules may want: {"result": "close"}, {"recipient": "…"}.
     details: Mapping[str, Any] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict)  # the untouched parsed payload
-
-
-# Kinds that end a request. The first one that arrives wins; later ones are kept in the
-# timeline but never change the state again.
-TERMINAL_KINDS: frozenset[EventKind] = frozenset(
-    {
-        EventKind.REQUEST_COMPLETED,
-        EventKind.REQUEST_DECLINED,
-        EventKind.REQUEST_CANCELLED,
-        EventKind.REQUEST_EXPIRED,
-        EventKind.REQUEST_DELETED,
-    }
-)

@@ -73,8 +73,9 @@ class IntakeLoad:
 class Occupancy:
     """Seconds the event loop spent running background tasks' steps."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, timer: Callable[[], float] = time.perf_counter) -> None:
         self.busy = 0.0
+        self.timer = timer  # a monotonic clock in seconds; tests pass one they move
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         """Time every task created in a :func:`background_context` on ``loop`` (once: a
@@ -104,25 +105,26 @@ class Occupancy:
 class _Timed(Coroutine[Any, Any, Any]):
     """A coroutine that adds the time each of its steps takes to an :class:`Occupancy`."""
 
-    __slots__ = ("_coro", "_occupancy")
+    __slots__ = ("_coro", "_occupancy", "_timer")
 
     def __init__(self, coro: Coroutine[Any, Any, Any], occupancy: Occupancy) -> None:
         self._coro = coro
         self._occupancy = occupancy
+        self._timer = occupancy.timer
 
     def send(self, value: Any) -> Any:
-        started = time.perf_counter()
+        started = self._timer()
         try:
             return self._coro.send(value)
         finally:
-            self._occupancy.busy += time.perf_counter() - started
+            self._occupancy.busy += self._timer() - started
 
     def throw(self, *args: Any) -> Any:
-        started = time.perf_counter()
+        started = self._timer()
         try:
             return self._coro.throw(*args)
         finally:
-            self._occupancy.busy += time.perf_counter() - started
+            self._occupancy.busy += self._timer() - started
 
     def close(self) -> None:
         self._coro.close()

@@ -18,6 +18,7 @@ from receiver.model import Action, SignatureRequest
 if TYPE_CHECKING:
     from receiver.context import AppContext
     from receiver.intake.router import Hook
+    from receiver.outbox.outcomes import Outcome
     from receiver.pipeline.registration import Registration
 
 
@@ -33,46 +34,6 @@ class StoredCallback:
     query: str  # the raw query string ("" when none)
     request_id: int | None  # set when the URL itself named the request (OKdokument tokens)
     received_at: float  # unix seconds
-
-
-@dataclass(frozen=True, slots=True)
-class FollowUpEvent:
-    """An event an operation learned about (e.g. a confirmed state), fed back to the inbox."""
-
-    provider: str
-    channel: str
-    body: bytes
-    dedupe_key: str
-    request_id: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one attempt at an outbox action ended. The retry policy decides what follows."""
-
-    ok: bool
-    status_code: int | None = None  # the provider's HTTP status; None when no answer came
-    message: str = ""  # the provider's own error text, or what went wrong on our side
-    retry_after: float | None = None  # seconds the provider asked us to wait (429/503)
-    final: bool = False  # True: do not retry whatever the status (e.g. invalid payload)
-    skipped: bool = False  # True: deliberately not sent (message says why)
-    # True: not attempted yet (e.g. our own rate limit); comes back after ``retry_after``
-    # seconds without counting as an attempt.
-    deferred: bool = False
-    response_excerpt: str = ""  # the first bytes of the answer, for the attempt log
-    follow_up: Sequence[FollowUpEvent] = ()
-
-    @property
-    def throttled(self) -> bool:
-        """The provider asked us to slow down: a 429, or a 503 that says when to come back.
-
-        That is no failure of the action: it waits as asked and the attempt does not count
-        toward the ones that make an action dead (receiver/outbox/retry.py). A 503 without
-        ``Retry-After`` may be an outage, and is retried (and counted) like other 5xx.
-        """
-        return not self.ok and (
-            self.status_code == 429 or (self.status_code == 503 and self.retry_after is not None)
-        )
 
 
 class Operation(Protocol):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
 
-from receiver.aio import sleep_or_stop
+from receiver.backoff import MAX_LOOP_DELAY, Backoff, sleep_or_stop
 from receiver.context import AppContext
 from receiver.errors import one_line
 from receiver.loadshare import background_context
@@ -18,10 +19,11 @@ log = get_logger("signback.worker")
 
 
 class Worker:
-    def __init__(self, ctx: AppContext) -> None:
+    def __init__(self, ctx: AppContext, *, rand: random.Random | None = None) -> None:
         self.ctx = ctx
+        self._rand = rand or random.Random()  # jitter, not security
         self.pipeline = Pipeline(ctx)
-        self.dispatcher = Dispatcher(ctx)
+        self.dispatcher = Dispatcher(ctx, rand=self._rand)
         self.stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -43,7 +45,7 @@ class Worker:
     ) -> None:
         """Keep a loop running: one that dies of an unexpected error is logged and restarted
         (a silent, dead outbox is the worst failure a receiver can have)."""
-        delay = 0.5
+        backoff = Backoff(0.5, MAX_LOOP_DELAY, rand=self._rand.random)
         while not self.stopping.is_set():
             try:
                 await loop(self.stopping)
@@ -51,9 +53,11 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("worker loop crashed; restarting it", loop=name, retry_in=delay)
-                await sleep_or_stop(self.stopping, delay)
-                delay = min(delay * 2, 30.0)
+                delay = backoff.next_delay()
+                log.exception(
+                    "worker loop crashed; restarting it", loop=name, retry_in=round(delay, 2)
+                )
+                await backoff.sleep(delay, self.stopping)
 
     def start(self) -> None:
         """Run in the background of this event loop (``signback serve``): every task the

@@ -4,6 +4,10 @@
 a background thread with its own event loop, waits until uvicorn reports it started, yields
 the base URL, and shuts the server down on exit. Sync on purpose: it works from sync and
 async tests alike, and the app's event loop never shares a thread with the test's.
+
+``Recorder`` is an app that keeps every request as it arrived (method, raw target, headers,
+body) and answers what the test tells it to: a provider client's test sees exactly what
+went over the wire.
 """
 
 from __future__ import annotations
@@ -13,13 +17,70 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 import uvicorn
-from starlette.types import ASGIApp
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["bound_socket", "running_server"]
+__all__ = ["Recorded", "Recorder", "bound_socket", "running_server"]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One request as the server received it."""
+
+    method: str
+    target: bytes  # the request target as sent: the raw path, and "?query" if any
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+    @property
+    def path(self) -> bytes:
+        return self.target.split(b"?", 1)[0]
+
+    @property
+    def query(self) -> bytes:
+        return self.target.partition(b"?")[2]
+
+
+def _ok(_: Recorded) -> Response:
+    return JSONResponse({})
+
+
+class Recorder:
+    """An ASGI app that records every request and answers with ``respond(request)``."""
+
+    def __init__(self, respond: Callable[[Recorded], Response] = _ok) -> None:
+        self.respond = respond
+        self.requests: list[Recorded] = []
+
+    def reset(self, respond: Callable[[Recorded], Response] = _ok) -> None:
+        self.respond = respond
+        self.requests = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        query = scope["query_string"]
+        recorded = Recorded(
+            method=scope["method"],
+            target=scope["raw_path"] + (b"?" + query if query else b""),
+            headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+            body=body,
+        )
+        self.requests.append(recorded)
+        await self.respond(recorded)(scope, receive, send)
 
 
 def bound_socket(host: str = "127.0.0.1") -> socket.socket:

@@ -263,14 +263,11 @@ class FirmaClient(ProviderHttpClient):
         api_key: str,
         *,
         timeout: float = 10.0,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigurationError(f"the Firma base URL must be an http(s) URL: {base_url!r}")
-        super().__init__(
-            base_url, {"Authorization": _api_key(api_key)}, timeout=timeout, transport=transport
-        )
+        super().__init__(base_url, {"Authorization": _api_key(api_key)}, timeout=timeout)
 
     async def patch_signing_request(
         self, signing_request_id: str, properties: Mapping[str, Any]

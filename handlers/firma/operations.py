@@ -17,8 +17,8 @@ from receiver.context import AppContext
 from receiver.errors import InvalidAction
 from receiver.model import RequestState, SignatureRequest
 from receiver.outbox.budgets import take_slots
-from receiver.outbox.outcomes import deferred, excerpt, from_response
-from receiver.providers import Operation, Outcome
+from receiver.outbox.outcomes import GiveUp, Outcome, Skipped, deferred, excerpt, from_response
+from receiver.providers import Operation
 
 PATCH = "firma.patch_signing_request"
 
@@ -34,12 +34,8 @@ def _client(ctx: AppContext) -> FirmaClient:
     return client
 
 
-def _not_editable(why: str) -> Outcome:
-    return Outcome(
-        ok=True,
-        skipped=True,
-        message=f"not sent: {why}; Firma makes a signing request immutable once it is sent",
-    )
+def _not_editable(why: str) -> Skipped:
+    return Skipped(f"not sent: {why}; Firma makes a signing request immutable once it is sent")
 
 
 async def patch_signing_request(
@@ -88,11 +84,9 @@ async def patch_signing_request(
     response = await client.patch_signing_request(request.external_id, payload)
     now = ctx.clock()
     if is_immutable_answer(response):
-        return Outcome(
-            ok=False,
-            final=True,
+        return GiveUp(
+            f"immutable after sending: {provider_message(response)}",
             status_code=response.status_code,
-            message=f"immutable after sending: {provider_message(response)}",
             response_excerpt=excerpt(response),
         )
     return from_response(

@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from receiver.outbox.provider_http import HttpAnswer, ProviderHttpClient
 
 __all__ = ["OkdokumentClient", "provider_message"]
@@ -29,9 +27,9 @@ def _segment(value: str) -> str:
     """Quote one path segment so that it cannot leave the endpoint it is meant for.
 
     ``quote(value, safe="")`` escapes ``/``, ``?``, ``#`` and ``%``, but leaves dots alone,
-    and httpx (like every RFC 3986 client) removes ``.`` and ``..`` segments while building
-    the URL: an id of ``..`` would turn ``/JSON/document/metadata/..`` into
-    ``/JSON/document``. Dot-only segments are therefore percent-encoded as well.
+    and RFC 3986 clients, proxies and servers remove ``.`` and ``..`` segments from a URL:
+    an id of ``..`` would turn ``/JSON/document/metadata/..`` into ``/JSON/document``.
+    Dot-only segments are therefore percent-encoded as well.
     """
     if not value:
         # An empty id would address the collection (``/JSON/signatureRequest/``) instead.
@@ -56,11 +54,10 @@ class OkdokumentClient(ProviderHttpClient):
         api_key: str,
         *,
         timeout: float = 10.0,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if not api_key:
             raise ValueError("an OKdokument API key is required (it comes with the subscription)")
-        super().__init__(base_url, {"x-api-key": api_key}, timeout=timeout, transport=transport)
+        super().__init__(base_url, {"x-api-key": api_key}, timeout=timeout)
 
     async def patch_signature_request(
         self,

@@ -176,8 +176,12 @@ class FakeOkdokument:
     """The emulator's state: documents, signature requests, received calls, failure plans.
 
     ``clock`` gives unix seconds (timestamps in bodies and URLs), ``monotonic`` drives the
-    failure windows; both are injectable so tests need not sleep. ``callback_transport``
-    replaces the network for the outbound sendInfo/redirect calls (e.g. an ASGI transport).
+    failure windows; both are injectable so tests need not sleep. ``time_factor`` scales
+    the emulated time, like the Firma emulator's: a failure window of ``seconds`` lasts
+    ``seconds * time_factor`` real seconds and a plan's ``delay`` sleeps that much less
+    (0.05: a 20-second outage is over in one second); windows are set and reported in
+    emulated seconds. ``callback_transport`` replaces the network for the outbound
+    sendInfo/redirect calls (e.g. an ASGI transport).
     """
 
     def __init__(
@@ -188,11 +192,15 @@ class FakeOkdokument:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         callback_transport: httpx.AsyncBaseTransport | None = None,
+        time_factor: float = 1.0,
     ) -> None:
+        if not time_factor > 0:
+            raise ValueError(f"time_factor must be positive: {time_factor}")
         self._api_key = api_key.encode()
         self.clock = clock
-        self.monotonic = monotonic
-        self.sleep = sleep
+        self.time_factor = time_factor
+        self._real_monotonic = monotonic
+        self._real_sleep = sleep
         self.callback_transport = callback_transport
         self.documents: dict[str, FakeDocument] = {}
         self.signature_requests: dict[str, FakeSignatureRequest] = {}
@@ -218,6 +226,14 @@ class FakeOkdokument:
         if presented is None:
             return False
         return hmac.compare_digest(presented.encode(), self._api_key)
+
+    def monotonic(self) -> float:
+        """Emulated seconds, for failure windows: real ones divided by ``time_factor``."""
+        return self._real_monotonic() / self.time_factor
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` of emulated time."""
+        await self._real_sleep(seconds * self.time_factor)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -941,8 +957,11 @@ def _opt_number(body: Mapping[str, Any], key: str) -> float | None:
     return float(value)
 
 
-def serve(port: int, host: str = "127.0.0.1", api_key: str = DEFAULT_API_KEY) -> None:
+def serve(
+    port: int, host: str = "127.0.0.1", api_key: str = DEFAULT_API_KEY, time_factor: float = 1.0
+) -> None:
     """Run the emulator until interrupted (``signback fake okdokument --port N``)."""
     import uvicorn
 
-    uvicorn.run(create_app(FakeOkdokument(api_key=api_key)), host=host, port=port)
+    fake = FakeOkdokument(api_key=api_key, time_factor=time_factor)
+    uvicorn.run(create_app(fake), host=host, port=port)

@@ -11,8 +11,17 @@ from handlers.okdokument.client import OkdokumentClient, provider_message
 from receiver.context import AppContext
 from receiver.errors import InvalidAction
 from receiver.model import SignatureRequest
-from receiver.outbox.outcomes import excerpt, from_response
-from receiver.providers import FollowUpEvent, Operation, Outcome
+from receiver.outbox.outcomes import (
+    Done,
+    Failed,
+    FollowUpEvent,
+    GiveUp,
+    Outcome,
+    Skipped,
+    excerpt,
+    from_response,
+)
+from receiver.providers import Operation
 
 PATCH = "okdokument.patch_signature_request"
 CONFIRM = "okdokument.confirm_document_state"
@@ -84,22 +93,17 @@ async def confirm_document_state(
     except ValueError:
         info = None
     if not isinstance(info, dict):
-        return Outcome(
-            ok=False,
+        return Failed(
+            "Document info answer is not a JSON object",
             status_code=200,
-            message="Document info answer is not a JSON object",
             response_excerpt=excerpt(response),
         )
     about = info.get("id")
     if not isinstance(about, str) or about != document_id:
-        return Outcome(
-            ok=False,
-            final=True,
+        return GiveUp(
+            f"not confirmed: Document info answered about document {_short(about)}, not "
+            f"this request's {document_id!r}; nothing was acted on",
             status_code=200,
-            message=(
-                f"not confirmed: Document info answered about document {_short(about)}, not "
-                f"this request's {document_id!r}; nothing was acted on"
-            ),
             response_excerpt=excerpt(response),
         )
     actual = info.get("state")
@@ -111,31 +115,23 @@ async def confirm_document_state(
         "claimed_state": claimed,
     }
     if actual == "errorsendinfo":
-        return Outcome(
-            ok=False,
+        return Failed(
+            f"not confirmed yet: OKdokument says the document is 'errorsendinfo' (it could "
+            f"not deliver a sendInfo callback), the callback claimed {claimed!r}; asking "
+            "again later",
             status_code=200,
-            message=(
-                f"not confirmed yet: OKdokument says the document is 'errorsendinfo' (it could "
-                f"not deliver a sendInfo callback), the callback claimed {claimed!r}; asking "
-                "again later"
-            ),
             response_excerpt=excerpt(response),
             # Its own key: recorded once per claim, and it cannot use up the confirmation's.
             follow_up=[_fact(request, fact, f"delivery-failed:{confirms}")],
         )
     if actual != claimed:
-        return Outcome(
-            ok=True,
-            skipped=True,
+        return Skipped(
+            f"not confirmed: OKdokument says the document is {_short(actual)}, the "
+            f"callback claimed {claimed!r}; nothing was acted on",
             status_code=200,
-            message=(
-                f"not confirmed: OKdokument says the document is {_short(actual)}, the "
-                f"callback claimed {claimed!r}; nothing was acted on"
-            ),
             response_excerpt=excerpt(response),
         )
-    return Outcome(
-        ok=True,
+    return Done(
         status_code=200,
         response_excerpt=excerpt(response),
         follow_up=[_fact(request, fact, f"confirmation:{confirms}")],

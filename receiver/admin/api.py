@@ -43,6 +43,7 @@ from receiver.pipeline.registration import Registration, RegistrationRefused, re
 from receiver.providers import Provider
 from receiver.store import inbox, outbox, requests
 from receiver.store.db.base import Row
+from receiver.store.statuses import ActionStatus, InboxStatus
 from receiver.store.storable import json_problem, text_problem
 
 log = get_logger("signback.api")
@@ -50,14 +51,8 @@ log = get_logger("signback.api")
 Endpoint = Callable[[Request], Awaitable[Response]]
 MAX_API_BODY = 256 * 1024
 MAX_ROW_ID = 2**63 - 1  # ids are 64-bit on both databases
-OUTBOX_STATUSES = ("pending", "in_flight", "done", "dead", "skipped")
-INBOX_STATUSES = (
-    inbox.PENDING,
-    inbox.PROCESSING,
-    inbox.PROCESSED,
-    inbox.UNMATCHED,
-    inbox.FAILED,
-)
+OUTBOX_STATUSES: tuple[str, ...] = tuple(ActionStatus)
+INBOX_STATUSES: tuple[str, ...] = tuple(InboxStatus)
 RETRY_AFTER_SECONDS = "5"
 
 
@@ -445,7 +440,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
     async def retry_inbox(request: Request) -> Response:
         inbox_id = row_id(request.path_params["id"])
         if inbox_id is not None and await inbox.retry(ctx.db, inbox_id):
-            return ApiJSON({"status": "pending"})
+            return ApiJSON({"status": InboxStatus.PENDING})
         return error(409, "only failed or unmatched events can be re-processed (or no such event)")
 
     async def metrics(_: Request) -> Response:

@@ -132,7 +132,7 @@ def routes(ctx: AppContext, admin: Callable[[Endpoint], Endpoint]) -> list[BaseR
         endpoint = await found(request)
         if endpoint is None:
             return error(404, "no such endpoint")
-        if endpoint.status != endpoint_store.ENABLED:
+        if endpoint.status != endpoint_store.EndpointStatus.ENABLED:
             return error(409, f"the endpoint is {endpoint.status}; enable it first")
         emitted = await manage.send_test(ctx, endpoint)
         assert emitted is not None

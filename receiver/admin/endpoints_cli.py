@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import click
 
+from receiver.store.statuses import ActionStatus
+
 T = TypeVar("T")
 
 
@@ -190,14 +192,18 @@ def _patch(endpoint_id: int, data: dict[str, Any]) -> None:
 @click.argument("endpoint_id", type=int)
 def endpoints_disable(endpoint_id: int) -> None:
     """Stop deliveries to it; they wait until it is enabled again."""
-    _patch(endpoint_id, {"status": "disabled"})
+    from receiver.outbox.downstream.endpoints import EndpointStatus
+
+    _patch(endpoint_id, {"status": EndpointStatus.DISABLED})
 
 
 @endpoints.command("enable")
 @click.argument("endpoint_id", type=int)
 def endpoints_enable(endpoint_id: int) -> None:
     """Deliver to it again (what waited goes at once)."""
-    _patch(endpoint_id, {"status": "enabled"})
+    from receiver.outbox.downstream.endpoints import EndpointStatus
+
+    _patch(endpoint_id, {"status": EndpointStatus.ENABLED})
 
 
 @endpoints.command("rotate-secret")
@@ -227,7 +233,7 @@ def endpoints_test(endpoint_id: int) -> None:
         endpoint = await store.get(ctx.db, endpoint_id)
         if endpoint is None:
             return None
-        if endpoint.status != store.ENABLED:
+        if endpoint.status != store.EndpointStatus.ENABLED:
             return f"the endpoint is {endpoint.status}; enable it first"
         emitted = await manage.send_test(ctx, endpoint)
         assert emitted is not None
@@ -303,9 +309,7 @@ def endpoints_retry_dead(endpoint_id: int) -> None:
 
 @endpoints.command("deliveries")
 @click.argument("endpoint_id", type=int)
-@click.option(
-    "--status", default=None, type=click.Choice(["pending", "in_flight", "done", "dead", "skipped"])
-)
+@click.option("--status", default=None, type=click.Choice([s.value for s in ActionStatus]))
 @click.option("--limit", default=50, show_default=True)
 def endpoints_deliveries(endpoint_id: int, status: str | None, limit: int) -> None:
     """Its deliveries, newest first, with their attempts."""

@@ -18,6 +18,7 @@ or downloads from the provider (a reconciler, an archiver) share one limit.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from receiver.clock import Clock
@@ -95,18 +96,27 @@ async def reserve(
 
 
 async def take_slot(
-    db: Database, budget: Budget, *, clock: Clock, max_wait: float | None = None
+    db: Database,
+    budget: Budget,
+    *,
+    clock: Clock,
+    max_wait: float | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> Deferral | None:
     """Take the next slot of ``budget`` and sleep until it starts: None means "call now".
 
     When the next free slot is more than ``max_wait`` (default: ``budget.max_wait``) away,
     nothing is reserved and the answer is a :class:`Deferral` until about then.
     """
-    return await take_slots(db, budget, clock=clock, max_wait=max_wait)
+    return await take_slots(db, budget, clock=clock, max_wait=max_wait, sleep=sleep)
 
 
 async def take_slots(
-    db: Database, *budgets: Budget, clock: Clock, max_wait: float | None = None
+    db: Database,
+    *budgets: Budget,
+    clock: Clock,
+    max_wait: float | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> Deferral | None:
     """One slot of each budget, in the order given, for calls made one right after the
     other (Firma: a write slot, then a read slot for the GET before the PATCH). Then sleep
@@ -120,7 +130,8 @@ async def take_slots(
     Slots found long past on waking (the process stalled: more than a twelfth of the window
     late) are not used either: the answer is a :class:`Deferral` of zero seconds, and the
     caller comes back for fresh slots. The calls of a stalled process, all made at once when
-    it wakes, would otherwise crowd into one window.
+    it wakes, would otherwise crowd into one window. (``sleep``: for tests that move
+    ``clock`` themselves.)
     """
     latest = 0.0
     for budget in budgets:
@@ -131,7 +142,7 @@ async def take_slots(
         latest = max(latest, slot.starts_at)
     wait = latest - clock()
     if wait > 0:
-        await asyncio.sleep(wait)
+        await sleep(wait)
     if clock() - latest > min(budget.max_wait for budget in budgets):
         return Deferral(budgets[0].key, 0.0)
     return None

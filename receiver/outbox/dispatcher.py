@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from receiver import jsonutil
-from receiver.aio import sleep_or_stop
+from receiver.backoff import MAX_LOOP_DELAY, Backoff
 from receiver.context import AppContext, CallbackUrls
 from receiver.errors import InvalidAction
 from receiver.intake.tokens import token_hash
@@ -32,10 +32,11 @@ from receiver.outbox.downstream import emit as downstream_emit
 from receiver.outbox.downstream.deliver import deliver
 from receiver.outbox.downstream.lanes import EndpointLanes
 from receiver.outbox.lanes import LaneClass, ProviderLanes
-from receiver.outbox.retry import RetryPolicy
-from receiver.providers import Outcome
+from receiver.outbox.outcomes import Deferred, Failed, GiveUp, Outcome
+from receiver.outbox.retry import Decision, DecisionStatus, RetryPolicy
 from receiver.store import inbox, outbox, requests
 from receiver.store.db.base import Row, Transaction
+from receiver.store.statuses import ActionStatus, AttemptOutcome
 
 log = get_logger("signback.outbox")
 
@@ -48,6 +49,16 @@ PLACEHOLDERS = {
 }
 PLACEHOLDER_MARK = "{signback."
 SENDINFO_PLACEHOLDER = "{signback.sendinfo_url}"
+
+
+# After an attempt that was made: the action's status, and the attempt log's outcome.
+_SETTLED: dict[DecisionStatus, tuple[ActionStatus, AttemptOutcome]] = {
+    DecisionStatus.DONE: (ActionStatus.DONE, AttemptOutcome.OK),
+    DecisionStatus.RETRY: (ActionStatus.PENDING, AttemptOutcome.RETRY),
+    DecisionStatus.THROTTLED: (ActionStatus.PENDING, AttemptOutcome.THROTTLED),
+    DecisionStatus.DEAD: (ActionStatus.DEAD, AttemptOutcome.DEAD),
+    DecisionStatus.SKIPPED: (ActionStatus.SKIPPED, AttemptOutcome.SKIPPED),
+}
 
 
 class _Unknown:
@@ -92,7 +103,7 @@ class Dispatcher:
 
     async def run(self, stopping: asyncio.Event) -> None:
         settings = self.ctx.settings
-        delay = settings.poll_interval
+        backoff = Backoff(settings.poll_interval, MAX_LOOP_DELAY, rand=self._rand.random)
         while not stopping.is_set():
             claimed = 0
             room_left = False  # some class claimed less than it had room for
@@ -105,11 +116,13 @@ class Dispatcher:
                     started = await self._claim_and_start(lanes, free)
                     claimed += started
                     room_left = room_left or started < free
-                delay = settings.poll_interval
+                backoff.reset()
             except Exception as exc:
-                log.warning("outbox cannot reach the database", error=str(exc), retry_in=delay)
-                await sleep_or_stop(stopping, delay)
-                delay = min(delay * 2, 30.0)
+                delay = backoff.next_delay()
+                log.warning(
+                    "outbox cannot reach the database", error=str(exc), retry_in=round(delay, 2)
+                )
+                await backoff.sleep(delay, stopping)
                 continue
             if claimed and not room_left:
                 # Full: wait for a slot (a finished action also notifies the channel).
@@ -221,24 +234,14 @@ class Dispatcher:
             now=now,
             rand=self._rand.random(),
         )
-        deferred = decision.status == "deferred"
-        # The provider asked us to wait (429): logged as an attempt, but not counted as one.
-        throttled = decision.status == "throttled"
-        status = (
-            "pending" if decision.status in ("retry", "throttled", "deferred") else decision.status
-        )
-        error = (
-            None
-            if decision.status in ("done", "deferred")
-            else (decision.reason or outcome.message)
-        )
-        if deferred:
+        decided = decision.status
+        if decided is DecisionStatus.DEFERRED:
             # Nothing was sent: no attempt to log, and the attempt count is given back.
             async with ctx.db.transaction() as tx:
                 await outbox.settle(
                     tx,
                     action_id,
-                    status="pending",
+                    status=ActionStatus.PENDING,
                     now=now,
                     due_at=decision.retry_at,
                     status_code=None,
@@ -247,8 +250,7 @@ class Dispatcher:
                     uncount=True,
                     keep_last=True,
                 )
-        if deferred:
-            ctx.metrics.attempts.inc(str(row["operation"]), "deferred")
+            ctx.metrics.attempts.inc(str(row["operation"]), decided)
             await self._settled(row, decision, outcome)
             log.debug(
                 "action deferred",
@@ -257,6 +259,10 @@ class Dispatcher:
                 retry_in=round((decision.retry_at or now) - now, 2),
             )
             return
+        status, logged = _SETTLED[decided]
+        error = None if decided is DecisionStatus.DONE else (decision.reason or outcome.message)
+        # The provider asked us to wait (429): logged as an attempt, but not counted as one.
+        throttled = decided is DecisionStatus.THROTTLED
 
         async def record_in(tx: Transaction) -> bool:
             await outbox.record_attempt(
@@ -266,7 +272,7 @@ class Dispatcher:
                 started_at=started_at,
                 duration_ms=round(duration_ms, 2),
                 status_code=outcome.status_code,
-                outcome={"done": "ok"}.get(decision.status, decision.status),
+                outcome=logged,
                 error=error,
                 response_excerpt=outcome.response_excerpt[:500] or None,
             )
@@ -281,12 +287,16 @@ class Dispatcher:
                 worker=ctx.worker_id,
                 uncount=throttled,
             )
-            if held and decision.status == "done" and SENDINFO_PLACEHOLDER in str(row["payload"]):
+            if (
+                held
+                and decided is DecisionStatus.DONE
+                and SENDINFO_PLACEHOLDER in str(row["payload"])
+            ):
                 # The provider now calls the request's own sendInfo URL: a token it used before
                 # (shared with the signer's return URL, see credentials.py) stops opening it.
                 await requests.retire_shared_token(tx, int(row["request_id"]), now=now)
             # --- downstream (issue 16): a provider call given up is an operational event.
-            if held and decision.status == "dead" and row["operation"] != DELIVER_OPERATION:
+            if held and decided is DecisionStatus.DEAD and row["operation"] != DELIVER_OPERATION:
                 await self._emit_action_dead(tx, row, error or "", outcome.status_code, now)
             # ---
             if held:
@@ -313,7 +323,7 @@ class Dispatcher:
 
         held = await self._with_db_retries(record, deadline=float(row["lease_expires_at"] or 0))
         operation_name = str(row["operation"])
-        ctx.metrics.attempts.inc(operation_name, decision.status)
+        ctx.metrics.attempts.inc(operation_name, decided)
         ctx.metrics.observe_attempt(operation_name, duration_ms / 1000)
         facts = {
             "action": action_id,
@@ -325,9 +335,9 @@ class Dispatcher:
         }
         if not held:
             log.warning("action result discarded: lease was lost to another worker", **facts)
-        elif decision.status == "done":
+        elif decided is DecisionStatus.DONE:
             log.info("action done", **facts)
-        elif decision.status == "skipped":
+        elif decided is DecisionStatus.SKIPPED:
             log.info("action skipped", reason=decision.reason, **facts)
         elif throttled:
             log.info(
@@ -336,7 +346,7 @@ class Dispatcher:
                 retry_in=round((decision.retry_at or now) - now, 2),
                 **facts,
             )
-        elif decision.status == "retry":
+        elif decided is DecisionStatus.RETRY:
             log.warning(
                 "action failed, will retry",
                 reason=decision.reason,
@@ -348,7 +358,7 @@ class Dispatcher:
         if held:
             await self._settled(row, decision, outcome)
 
-    async def _settled(self, row: Row, decision: Any, outcome: Outcome) -> None:
+    async def _settled(self, row: Row, decision: Decision, outcome: Outcome) -> None:
         try:
             await self._lanes_of(row).settled(row, decision, outcome)
         except Exception:
@@ -369,16 +379,22 @@ class Dispatcher:
         self, work: Callable[[], Awaitable[bool]], *, deadline: float
     ) -> bool:
         """Record a result, retrying a lost database until half-way to the lease's end."""
-        delay = 0.2
+        backoff: Backoff | None = None  # made on the first failure: none on the hot path
         while True:
             try:
                 return await work()
             except Exception as exc:
+                if backoff is None:
+                    backoff = Backoff(0.2, 5.0, rand=self._rand.random)
+                delay = backoff.next_delay()
                 if self.ctx.clock() + delay > deadline - self.ctx.settings.lease_seconds / 2:
                     raise
-                log.warning("retrying to record an action's result", error=str(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.warning(
+                    "retrying to record an action's result",
+                    error=str(exc),
+                    retry_in=round(delay, 2),
+                )
+                await backoff.sleep(delay)
 
     async def _attempt(self, row: Row, request_row: Row | _Unknown | None) -> Outcome:
         ctx = self.ctx
@@ -389,21 +405,16 @@ class Dispatcher:
         provider = ctx.providers.get(provider_name)
         operation = provider.operations.get(operation_name) if provider else None
         if operation is None:
-            return Outcome(ok=False, final=True, message=f"unknown operation {operation_name!r}")
+            return GiveUp(f"unknown operation {operation_name!r}")
         if row["request_id"] is None:
-            return Outcome(ok=False, final=True, message="a provider call needs a request")
+            return GiveUp("a provider call needs a request")
         if isinstance(request_row, _Unknown):
             try:
                 request_row = await requests.get(ctx.db, int(row["request_id"]))
             except Exception as exc:  # nothing was sent: try again soon, without counting it
-                return Outcome(
-                    ok=False,
-                    deferred=True,
-                    retry_after=1.0,
-                    message=f"database unavailable: {type(exc).__name__}",
-                )
+                return Deferred(1.0, f"database unavailable: {type(exc).__name__}")
         if request_row is None:
-            return Outcome(ok=False, final=True, message="the signature request is gone")
+            return GiveUp("the signature request is gone")
         request = requests.from_row(request_row)
         if request_row.get("sendinfo_hash") is None and SENDINFO_PLACEHOLDER in str(row["payload"]):
             # Written before the sendInfo token existed and not yet completed at start-up (an
@@ -414,12 +425,7 @@ class Dispatcher:
                 async with ctx.db.transaction() as tx:
                     await requests.set_sendinfo_hash(tx, request.id, digest, retire_shared_at=None)
             except Exception as exc:  # nothing was sent: try again soon, without counting it
-                return Outcome(
-                    ok=False,
-                    deferred=True,
-                    retry_after=1.0,
-                    message=f"database unavailable: {type(exc).__name__}",
-                )
+                return Deferred(1.0, f"database unavailable: {type(exc).__name__}")
         try:
             text = str(row["payload"])
             payload = jsonutil.loads(text)
@@ -428,11 +434,11 @@ class Dispatcher:
                 payload = resolve_placeholders(payload, urls)
             return await operation(ctx, request, payload)
         except InvalidAction as exc:
-            return Outcome(ok=False, final=True, message=str(exc))
+            return GiveUp(str(exc))
         except httpx.TimeoutException:
-            return Outcome(ok=False, message="the provider did not answer in time")
+            return Failed("the provider did not answer in time")
         except httpx.TransportError as exc:
-            return Outcome(ok=False, message=f"could not reach the provider ({type(exc).__name__})")
+            return Failed(f"could not reach the provider ({type(exc).__name__})")
         except Exception as exc:
             log.exception("operation crashed", operation=operation_name, action=int(row["id"]))
-            return Outcome(ok=False, message=f"internal error: {type(exc).__name__}: {exc}")
+            return Failed(f"internal error: {type(exc).__name__}: {exc}")

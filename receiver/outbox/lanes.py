@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
+from receiver.outbox.outcomes import Outcome
 from receiver.outbox.retry import Decision, RetryPolicy
-from receiver.providers import Outcome
 from receiver.store import outbox
 from receiver.store.db.base import Row
 

@@ -1,11 +1,9 @@
-"""Keep-alive HTTP/1.1 to one provider base URL, for the outbox's calls.
+"""Keep-alive HTTP/1.1 to one base URL: the outbox's only way to call providers and endpoints.
 
-Why not httpx here: the outbox makes one provider call per action, and httpx with its
-httpcore pool cost 1.1 ms of CPU per call at 1 to 4 calls in flight and 2.2 to 2.8 ms at
-16. Most of that goes to the pool checking every connection against every waiting request.
-At 1,500 actions a second that would need about two cores for HTTP alone. This module does
-the same calls for about 0.05 ms (measurements in docs/performance.md). It is deliberately
-small:
+Why not httpx: the outbox makes one provider call per action, and httpx with its httpcore
+pool spends many times this client's CPU per call, mostly on the pool checking every
+connection against every waiting request (figures in docs/performance.md). This client is
+deliberately small:
 
 - It uses asyncio protocols with httptools' response parser. httptools is already
   installed as uvicorn's parser.
@@ -17,31 +15,38 @@ small:
   seconds.
 - Errors raise httpx's own exception types. Answers come back as :class:`LeanResponse`,
   which has what the provider clients read of an ``httpx.Response`` (status, headers,
-  content, text, reason, ``json()``: :class:`receiver.outbox.provider_http.HttpAnswer`); building
-  an ``httpx.Response`` cost more than the rest of the call.
+  content, text, reason, ``json()``: :class:`receiver.outbox.provider_http.HttpAnswer`).
+- It goes through an HTTP proxy when given one (:func:`proxy_from_environment` reads
+  ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` as httpx does): a tunnel
+  opened with ``CONNECT`` for an https base URL, the absolute-form request target for an
+  http one. Proxy credentials in the proxy's URL go to the proxy only. A client given a
+  ``resolver`` (the downstream deliveries' address check) cannot have a proxy: the proxy
+  would resolve the name itself.
 
-What it does not do: HTTP/2, proxies, redirects (never followed for providers anyway),
-compression (it asks for none), streaming. :class:`receiver.outbox.provider_http.ProviderHttpClient`
-uses httpx whenever the environment configures a proxy for the provider's host, and
-whenever a test hands in an httpx transport.
+What it does not do: HTTP/2, redirects (never followed for providers anyway), compression
+(it asks for none), streaming, proxies spoken to over TLS or SOCKS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import http
 import json as jsonlib
 import ssl
 import time
+import urllib.request
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 import httpx
 
 from receiver import jsonutil
+from receiver.errors import ConfigurationError
 
 # An idle connection older than this is closed, not reused: under common server keep-alive
 # timeouts (uvicorn 5 s, nginx 75 s), so a call rarely meets a connection being closed.
@@ -52,6 +57,49 @@ MAX_HEAD_BYTES = 64 * 1024
 
 # Resolves a host name to the addresses to connect to, in order (raising to refuse it).
 Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+# The longest answer head a proxy may give to CONNECT.
+MAX_PROXY_HEAD = 16 * 1024
+
+
+def proxy_from_environment(base_url: str) -> str | None:
+    """The proxy the environment sets for ``base_url`` (``HTTPS_PROXY`` for https,
+    ``HTTP_PROXY`` for http, else ``ALL_PROXY``; none when ``NO_PROXY`` covers its host)."""
+    parts = urlsplit(base_url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """An HTTP proxy: where it listens, and the ``Proxy-Authorization`` its URL implies."""
+
+    host: str
+    port: int
+    authorization: bytes  # the whole header line, or b""
+
+    @classmethod
+    def parse(cls, url: str) -> Proxy:
+        if "://" not in url:
+            url = f"http://{url}"  # "proxy:3128", as curl and httpx read it
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ConfigurationError(
+                f"the outbound proxy must be an http:// URL (TLS and SOCKS proxies are not "
+                f"supported): {parts.scheme}://{parts.hostname or ''}"
+            )
+        authorization = b""
+        if parts.username is not None:
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            token = base64.b64encode(credentials.encode()).decode("ascii")
+            authorization = f"Proxy-Authorization: Basic {token}\r\n".encode("latin-1")
+        return cls(parts.hostname, parts.port or 80, authorization)
+
+    def __repr__(self) -> str:  # never the credentials
+        return f"Proxy({self.host}:{self.port})"
 
 
 class LeanHeaders(dict[str, str]):
@@ -237,6 +285,46 @@ class _Connection(asyncio.Protocol):
             self.answer = None
 
 
+class _Tunnel(asyncio.Protocol):
+    """A connection to a proxy until it answers our ``CONNECT``; then TLS takes it over."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.head: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._received = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._received += data
+        if self.head.done():
+            return
+        end = self._received.find(b"\r\n\r\n")
+        if end >= 0:
+            self.head.set_result(self._received[:end])
+        elif len(self._received) > MAX_PROXY_HEAD:
+            self.head.set_exception(httpx.ProxyError("the proxy's answer head is too large"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.head.done():
+            self.head.set_exception(httpx.ProxyError("the proxy closed the connection"))
+
+    async def open(self, target: str, authorization: bytes) -> None:
+        """Ask for a tunnel to ``target`` (host:port); raise ``httpx.ProxyError`` unless
+        the proxy grants it."""
+        assert self.transport is not None
+        self.transport.write(
+            f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n".encode("latin-1")
+            + authorization
+            + b"\r\n"
+        )
+        status_line = (await self.head).split(b"\r\n", 1)[0].decode("latin-1")
+        version, _, rest = status_line.partition(" ")
+        if not (version.startswith("HTTP/1.") and rest[:1] == "2" and rest[1:3].isdigit()):
+            raise httpx.ProxyError(f"the proxy refused the tunnel: {status_line[:200]!r}")
+
+
 class LeanHttpClient:
     """Calls under one base URL, e.g. ``https://api.example/v1``; paths are joined to it
     the way httpx joins relative URLs to ``base_url`` (a leading ``/`` stays under it)."""
@@ -251,10 +339,18 @@ class LeanHttpClient:
         ssl_context: ssl.SSLContext | None = None,
         resolver: Resolver | None = None,
         max_answer_bytes: int | None = None,
+        proxy: str | None = None,
     ) -> None:
         """``resolver``: connect only to the addresses it returns for the host (the name
         still goes in ``Host`` and TLS), e.g. after checking them. ``max_answer_bytes``:
-        keep at most this much of an answer's body (the rest is not read)."""
+        keep at most this much of an answer's body (the rest is not read). ``proxy``: an
+        http:// proxy URL to call through (see :func:`proxy_from_environment`); None:
+        straight to the base URL's host.
+
+        A resolver and a proxy exclude each other: a proxy resolves the name itself, so the
+        addresses the resolver checked would not be the ones connected to."""
+        if resolver is not None and proxy:
+            raise ValueError("a client with a resolver cannot call through a proxy")
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"an http(s) base URL is needed: {base_url!r}")
@@ -264,11 +360,19 @@ class LeanHttpClient:
         default_port = self._port == (443 if self._tls else 80)
         host = f"[{self._host}]" if ":" in self._host else self._host
         self._authority = host if default_port else f"{host}:{self._port}"
-        self._prefix = parts.path.rstrip("/")
+        self._tunnel_target = f"{host}:{self._port}"  # CONNECT always names the port
+        self._proxy = Proxy.parse(proxy) if proxy else None
+        # Through a proxy, plain http goes in absolute form (the proxy forwards it); https
+        # goes through a CONNECT tunnel, in origin form as usual.
+        self._forwarded = self._proxy is not None and not self._tls
+        origin = f"http://{self._authority}" if self._forwarded else ""
+        self._prefix = origin + parts.path.rstrip("/")
         self._timeout = timeout
         self._ssl = (ssl_context or httpx.create_ssl_context()) if self._tls else None
         fixed = {"Host": self._authority, **headers}
         self._fixed_headers = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode("latin-1")
+        if self._forwarded and self._proxy is not None:
+            self._fixed_headers += self._proxy.authorization
         self._resolver = resolver
         self._max_answer_bytes = max_answer_bytes
         self._slots = asyncio.Semaphore(max_connections)
@@ -341,25 +445,45 @@ class LeanHttpClient:
             if conn.reusable(now):
                 return conn
             conn.close()
-        loop = asyncio.get_running_loop()
-        limit = self._max_answer_bytes
         try:
             async with asyncio.timeout(self._timeout):
-                if self._resolver is None:
-                    _, conn = await loop.create_connection(
-                        lambda: _Connection(limit),
-                        self._host,
-                        self._port,
-                        ssl=self._ssl,
-                        server_hostname=self._host if self._ssl else None,
-                    )
-                else:
-                    conn = await self._connect_resolved(loop)
+                conn = await self._connect()
         except TimeoutError:
             raise httpx.ConnectTimeout(f"could not connect within {self._timeout:g} s") from None
         except OSError as exc:  # refused, unreachable, DNS, TLS handshake (ssl.SSLError)
             raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
         self.connections_opened += 1
+        return conn
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        if self._resolver is not None:
+            return await self._connect_resolved(loop)
+        limit = self._max_answer_bytes
+        proxy = self._proxy
+        if proxy is None or self._forwarded:
+            host, port = (self._host, self._port) if proxy is None else (proxy.host, proxy.port)
+            _, conn = await loop.create_connection(
+                lambda: _Connection(limit),
+                host,
+                port,
+                ssl=self._ssl,
+                server_hostname=self._host if self._ssl else None,
+            )
+            return conn
+        # https through the proxy: a CONNECT tunnel, then TLS with the provider inside it.
+        raw, tunnel = await loop.create_connection(_Tunnel, proxy.host, proxy.port)
+        try:
+            await tunnel.open(self._tunnel_target, proxy.authorization)
+            conn = _Connection(limit)
+            assert self._ssl is not None
+            transport = await loop.start_tls(raw, conn, self._ssl, server_hostname=self._host)
+        except BaseException:
+            raw.close()
+            raise
+        if transport is None:  # the loop's way of saying the connection closed meanwhile
+            raise httpx.ConnectError("the tunnel closed during the TLS handshake")
+        conn.connection_made(transport)
         return conn
 
     async def _connect_resolved(self, loop: asyncio.AbstractEventLoop) -> _Connection:

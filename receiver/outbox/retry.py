@@ -1,29 +1,42 @@
 """The outbox retry policy, a pure function of (outcome, attempts, age) → what happens next.
 
-Capped exponential backoff with full jitter (as stamina and procrastinate do), a provider's
+Capped exponential backoff with jitter (``receiver/backoff.py``), a provider's
 ``Retry-After`` always wins, client errors that cannot succeed later are final, and an
 action gives up after a number of attempts or an age — whichever comes first.
 
-A provider that asks us to wait (a 429, or a 503 with ``Retry-After``: see
-``Outcome.throttled``) is obeyed, not counted: the action is ``throttled``, comes back when
-asked (``Retry-After``, else ``X-RateLimit-Reset``, else ``throttle_delay``), and that attempt
-does not count toward ``max_attempts``. Only the age limit still applies to it.
+A provider that asks us to wait (a :class:`~receiver.outbox.outcomes.Throttled` outcome: a
+429, or a 503 with ``Retry-After``) is obeyed, not counted: the action is ``throttled``, comes
+back when asked (``Retry-After``, else ``X-RateLimit-Reset``, else ``throttle_delay``), and
+that attempt does not count toward ``max_attempts``. Only the age limit still applies to it.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
-from receiver.providers import Outcome
+from receiver.backoff import delay
+from receiver.outbox.outcomes import Deferred, Done, Failed, GiveUp, Outcome, Skipped, Throttled
 
 # The provider understood us and said no: sending the same thing again cannot help.
 FINAL_STATUSES: frozenset[int] = frozenset({400, 401, 403, 404, 409, 422})
 
 
+class DecisionStatus(enum.StrEnum):
+    """What happens to an action after an attempt (also the attempts metric's ``outcome``)."""
+
+    DONE = "done"
+    RETRY = "retry"  # failed; tried again at ``retry_at``
+    THROTTLED = "throttled"  # the provider asked us to wait; not counted as an attempt
+    DEFERRED = "deferred"  # nothing was sent; not an attempt at all
+    DEAD = "dead"
+    SKIPPED = "skipped"
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
-    status: str  # "done" | "retry" | "throttled" | "dead" | "skipped" | "deferred"
-    retry_at: float | None = None  # unix seconds, for "retry", "throttled" and "deferred"
+    status: DecisionStatus
+    retry_at: float | None = None  # unix seconds, for RETRY, THROTTLED and DEFERRED
     reason: str = ""
 
 
@@ -38,38 +51,36 @@ class RetryPolicy:
     throttle_delay: float = 60.0
 
     def backoff(self, attempts: int, rand: float) -> float:
-        """Delay before attempt ``attempts + 1``: full jitter over a capped exponential."""
-        exponent = min(max(0, attempts - 1), 60)  # 2**60 s is past any cap; avoids overflow
-        ceiling = min(self.max_delay, self.base_delay * 2.0**exponent)
-        # Never zero: at least half of the ceiling, so retries of many actions spread out
-        # without any of them hammering a struggling provider immediately.
-        return ceiling * (0.5 + 0.5 * rand)
+        """Delay before attempt ``attempts + 1``: a capped exponential with equal jitter.
+        Never zero (at least half the ceiling), so retries of many actions spread out without
+        any of them hammering a struggling provider at once."""
+        return delay(attempts, base=self.base_delay, cap=self.max_delay, rand=rand)
 
     def decide(
         self, outcome: Outcome, *, attempts: int, created_at: float, now: float, rand: float
     ) -> Decision:
         """``attempts`` counts the attempt that just ended; ``rand`` is uniform in [0, 1)."""
-        if outcome.deferred:
+        if isinstance(outcome, Done):
+            return Decision(DecisionStatus.DONE)
+        if isinstance(outcome, Deferred):
             return Decision(
-                "deferred",
-                retry_at=now + max(0.0, outcome.retry_after or 0.0),
+                DecisionStatus.DEFERRED,
+                retry_at=now + max(0.0, outcome.retry_after),
                 reason=outcome.message,
             )
-        if outcome.skipped:
-            return Decision("skipped", reason=outcome.message)
-        if outcome.ok:
-            return Decision("done")
+        if isinstance(outcome, Skipped):
+            return Decision(DecisionStatus.SKIPPED, reason=outcome.message)
         what = _describe(outcome)
-        if outcome.final:
-            return Decision("dead", reason=what)
-        if outcome.status_code is not None and outcome.status_code in self.final_statuses:
-            return Decision("dead", reason=what)
-        if outcome.throttled:
+        if isinstance(outcome, GiveUp) or outcome.status_code in self.final_statuses:
+            return Decision(DecisionStatus.DEAD, reason=what)
+        if isinstance(outcome, Throttled):
             return self._throttled(
                 outcome, what, attempts=attempts, created_at=created_at, now=now, rand=rand
             )
         if attempts >= self.max_attempts:
-            return Decision("dead", reason=f"gave up after {attempts} attempts; last: {what}")
+            return Decision(
+                DecisionStatus.DEAD, reason=f"gave up after {attempts} attempts; last: {what}"
+            )
         if outcome.retry_after is not None:
             delay = max(0.0, outcome.retry_after)
         else:
@@ -77,12 +88,13 @@ class RetryPolicy:
         retry_at = now + delay
         if retry_at - created_at > self.max_age_seconds:
             age = int(now - created_at)
-            return Decision("dead", reason=f"gave up after {age} s and {attempts} attempts; {what}")
-        return Decision("retry", retry_at=retry_at, reason=what)
+            reason = f"gave up after {age} s and {attempts} attempts; {what}"
+            return Decision(DecisionStatus.DEAD, reason=reason)
+        return Decision(DecisionStatus.RETRY, retry_at=retry_at, reason=what)
 
     def _throttled(
         self,
-        outcome: Outcome,
+        outcome: Throttled,
         what: str,
         *,
         attempts: int,
@@ -99,12 +111,13 @@ class RetryPolicy:
         if retry_at - created_at > self.max_age_seconds:
             age = int(now - created_at)
             return Decision(
-                "dead", reason=f"gave up after {age} s and {attempts} attempts; throttled: {what}"
+                DecisionStatus.DEAD,
+                reason=f"gave up after {age} s and {attempts} attempts; throttled: {what}",
             )
-        return Decision("throttled", retry_at=retry_at, reason=f"throttled: {what}")
+        return Decision(DecisionStatus.THROTTLED, retry_at=retry_at, reason=f"throttled: {what}")
 
 
-def _describe(outcome: Outcome) -> str:
+def _describe(outcome: Failed | Throttled | GiveUp) -> str:
     if outcome.status_code is None:
         return outcome.message or "no answer"
     return (

@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import Any
 
 from receiver import jsonutil
-from receiver.aio import sleep_or_stop
+from receiver.backoff import MAX_LOOP_DELAY, Backoff
 from receiver.context import AppContext
 from receiver.events import RAW_TIME_CHARS, EventKind, NormalizedEvent, plausible_time
 from receiver.logs import get_logger
@@ -34,6 +34,7 @@ from receiver.pipeline import states
 from receiver.providers import StoredCallback
 from receiver.store import inbox, outbox, requests
 from receiver.store.db.base import Row, Transaction
+from receiver.store.statuses import InboxStatus
 from receiver.store.storable import text_problem
 
 log = get_logger("signback.pipeline")
@@ -104,16 +105,17 @@ class Pipeline:
         return event
 
     async def run(self, stopping: asyncio.Event) -> None:
-        delay = self.ctx.settings.poll_interval
+        backoff = Backoff(self.ctx.settings.poll_interval, MAX_LOOP_DELAY)
         while not stopping.is_set():
             try:
                 processed = await self.run_once()
-                delay = self.ctx.settings.poll_interval
+                backoff.reset()
             except Exception as exc:  # the database went away: back off, keep the loop alive
-                log.warning("pipeline cannot reach the database", error=str(exc), retry_in=delay)
-                processed = 0
-                await sleep_or_stop(stopping, delay)
-                delay = min(delay * 2, 30.0)
+                delay = backoff.next_delay()
+                log.warning(
+                    "pipeline cannot reach the database", error=str(exc), retry_in=round(delay, 2)
+                )
+                await backoff.sleep(delay, stopping)
                 continue
             if processed == 0:
                 await self.ctx.db.wait(inbox.INBOX_CHANNEL, self.ctx.settings.poll_interval)
@@ -229,14 +231,14 @@ class Pipeline:
             await inbox.finish(
                 tx,
                 callback.inbox_id,
-                status=inbox.FAILED,
+                status=InboxStatus.FAILED,
                 now=self.ctx.clock(),
                 error=f"normalize failed: {reason}",
             )
 
             def report_failed() -> None:
                 log.error("cannot normalize callback", inbox_id=callback.inbox_id, error=reason)
-                self.ctx.metrics.events.inc(callback.provider, "unknown", inbox.FAILED)
+                self.ctx.metrics.events.inc(callback.provider, "unknown", InboxStatus.FAILED)
 
             return report_failed
         return await self._apply(tx, callback, event, known)
@@ -273,13 +275,13 @@ class Pipeline:
 
         if request is None:
             if event.external_id is not None and not matchable(event.external_id):
-                status, note = inbox.PROCESSED, "names a request id no registration can have"
+                status, note = InboxStatus.PROCESSED, "names a request id no registration can have"
             elif event.external_id is not None:
-                status, note = inbox.UNMATCHED, "no registered request yet; kept until one is"
+                status, note = InboxStatus.UNMATCHED, "no registered request yet; kept until one is"
             elif event.kind is EventKind.TEST:
-                status, note = inbox.PROCESSED, "test event: stored, changes nothing"
+                status, note = InboxStatus.PROCESSED, "test event: stored, changes nothing"
             else:  # template.*, workspace.*, unknown types without a signing request
-                status, note = inbox.PROCESSED, "names no signature request: stored only"
+                status, note = InboxStatus.PROCESSED, "names no signature request: stored only"
             await inbox.finish(
                 tx,
                 callback.inbox_id,
@@ -292,7 +294,7 @@ class Pipeline:
 
             def report_unmatched() -> None:
                 log.info(
-                    "event unmatched" if status == inbox.UNMATCHED else "event stored",
+                    "event unmatched" if status == InboxStatus.UNMATCHED else "event stored",
                     inbox_id=callback.inbox_id,
                     provider=event.provider,
                     **facts,
@@ -340,7 +342,7 @@ class Pipeline:
         await inbox.finish(
             tx,
             callback.inbox_id,
-            status=inbox.PROCESSED,
+            status=InboxStatus.PROCESSED,
             now=now,
             request_id=request.id,
             external_id=event.external_id or request.external_id,

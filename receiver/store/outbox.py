@@ -8,6 +8,7 @@ from typing import Any
 from receiver.jsonutil import dumps
 from receiver.model import Action
 from receiver.store.db.base import Database, Row, Transaction, in_list
+from receiver.store.statuses import ActionStatus, AttemptOutcome
 from receiver.store.storable import storable_or_none
 
 OUTBOX_CHANNEL = "outbox"
@@ -18,13 +19,10 @@ OUTBOX_CHANNEL = "outbox"
 #
 # It is written as "this action is its request's first active one" (a scalar subquery, one
 # probe of the partial index ix_outbox_active per candidate), not as NOT EXISTS (an earlier
-# active one). PostgreSQL turns NOT EXISTS into an anti join whose plan depends on the
-# table's statistics: analysed while the backlog was near empty (the usual state), they made
-# it pick a nested loop that scanned the whole active index for every candidate. With 2,500
-# pending actions one claim then took 4 s instead of 5 ms, and a dispatcher working off a
-# backlog (a provider that was slow or down) sent about 20 PATCHes/s for minutes. A scalar
-# subquery is run per candidate with the request id as its index condition, whatever the
-# statistics say (tests/integration/test_outbox_claim.py).
+# active one): PostgreSQL turns NOT EXISTS into an anti join whose plan depends on the
+# table's statistics, and with statistics taken while the backlog was near empty it picked
+# a plan that scanned the whole active index for every candidate, so a backlog made each
+# claim slow (docs/performance.md; tests/integration/test_outbox_claim.py).
 #
 # Lanes (migration 0007): the rule holds per (request, lane). ``provider`` is the lane of the
 # provider calls; ``endpoint:<id>`` that of the deliveries to one downstream endpoint
@@ -141,7 +139,7 @@ async def record_attempt(
     started_at: float,
     duration_ms: float | None,
     status_code: int | None,
-    outcome: str,
+    outcome: AttemptOutcome,
     error: str | None,
     response_excerpt: str | None,
 ) -> None:
@@ -167,7 +165,7 @@ async def settle(
     tx: Transaction,
     action_id: int,
     *,
-    status: str,
+    status: ActionStatus,
     now: float,
     due_at: float | None,
     status_code: int | None,
@@ -241,7 +239,7 @@ async def recover_expired(db: Database, *, now: float) -> int:
                 started_at=now,
                 duration_ms=None,
                 status_code=None,
-                outcome="interrupted",
+                outcome=AttemptOutcome.INTERRUPTED,
                 error="the worker holding this action stopped (lease expired)",
                 response_excerpt=None,
             )

@@ -134,11 +134,11 @@ def processes(tmp_path: Path) -> Iterator[list[Process]]:
             process.stop()
 
 
-def fake_okdokument(tmp_path: Path, port: int) -> Process:
+def fake_okdokument(tmp_path: Path, port: int, time_factor: float = 1.0) -> Process:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNBACK_")}
     return Process(
         "fake-okdokument",
-        ["fake", "okdokument", "--port", str(port)],
+        ["fake", "okdokument", "--port", str(port), "--time-factor", str(time_factor)],
         env,
         tmp_path / "fake-okdokument.log",
     )

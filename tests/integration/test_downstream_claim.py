@@ -14,13 +14,14 @@ from receiver.store import outbox
 from receiver.store.db import open_database
 from receiver.store.db.base import Database
 from receiver.store.db.postgres import PostgresDatabase, to_psycopg
+from receiver.store.statuses import ActionStatus
 from tests.integration.test_outbox_claim import NOW, add_request, rows_examined
 
 pytestmark = pytest.mark.anyio
 
 
 async def add(
-    db: Database, request_id: int | None, lane: str, key: str, status: str, due: float
+    db: Database, request_id: int | None, lane: str, key: str, status: ActionStatus, due: float
 ) -> int:
     async with db.transaction() as tx:
         row = await tx.fetch_one(
@@ -43,11 +44,14 @@ async def test_head_of_line_holds_per_request_and_lane(database_url: str) -> Non
     await db.connect()
     try:
         a = await add_request(db, "a")
-        patch = await add(db, a, "provider", "patch", "pending", NOW + 60)  # not due yet
-        e1_first = await add(db, a, "endpoint:1", "d1", "pending", NOW - 10)
-        e1_second = await add(db, a, "endpoint:1", "d2", "pending", NOW - 20)
-        e2_first = await add(db, a, "endpoint:2", "d3", "pending", NOW - 5)
-        loose = [await add(db, None, "endpoint:1", f"t{i}", "pending", NOW - 1) for i in range(2)]
+        patch = await add(db, a, "provider", "patch", ActionStatus.PENDING, NOW + 60)  # not due yet
+        e1_first = await add(db, a, "endpoint:1", "d1", ActionStatus.PENDING, NOW - 10)
+        e1_second = await add(db, a, "endpoint:1", "d2", ActionStatus.PENDING, NOW - 20)
+        e2_first = await add(db, a, "endpoint:2", "d3", ActionStatus.PENDING, NOW - 5)
+        loose = [
+            await add(db, None, "endpoint:1", f"t{i}", ActionStatus.PENDING, NOW - 1)
+            for i in range(2)
+        ]
 
         # The request's PATCH is not due, yet its deliveries go; each endpoint's first one
         # only; actions of no request are always their own head.
@@ -62,7 +66,7 @@ async def test_head_of_line_holds_per_request_and_lane(database_url: str) -> Non
             await outbox.settle(
                 tx,
                 e1_first,
-                status="done",
+                status=ActionStatus.DONE,
                 now=NOW,
                 due_at=None,
                 status_code=204,

@@ -1,11 +1,14 @@
 """How deliveries fail and recover: retries, Retry-After, 410, dead deliveries and their bulk
 re-send, replays, automatic disabling, secret rotation, filters, held deliveries, and the
-private-address rule at send time. Real HTTP on loopback, on both databases; every delivery
-is verified by the ``standardwebhooks`` package (tests/downstream.py)."""
+private-address rule at send time (a proxy in the environment changes nothing). Real HTTP
+on loopback, on both databases; every delivery is verified by the ``standardwebhooks``
+package (tests/downstream.py)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -22,6 +25,7 @@ from tests.downstream import (
 )
 from tests.harness import Receiver, running_okdokument, running_receiver, wait_until
 from tests.integration.test_downstream_flows import post_firma
+from tests.servers import bound_socket
 
 
 @pytest.fixture
@@ -363,3 +367,77 @@ def test_a_private_address_is_refused_at_send_time_unless_allowed(
         assert delivery["attempt_log"][0]["status_code"] is None
         assert "loopback" in endpoint(strict, created["id"])["last_failure"]
     assert receiver.to("/private") == []  # never connected to
+
+
+@contextmanager
+def listening_proxy() -> Iterator[tuple[str, list[tuple[str, int]]]]:
+    """A proxy address that records every connection made to it (and closes it at once):
+    whatever came through it would fail, and the list shows that it was tried."""
+    sock = bound_socket()
+    sock.listen()
+    sock.settimeout(0.05)
+    connected: list[tuple[str, int]] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, peer = sock.accept()
+            except TimeoutError:
+                continue
+            connected.append(peer)
+            conn.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", connected
+    finally:
+        stop.set()
+        thread.join()
+        sock.close()
+
+
+def send_test(signback: Receiver, endpoint_id: int) -> None:
+    # The admin client has its own transport, so httpx ignores the proxy variables for it.
+    with admin_client(signback.url) as admin:
+        response = admin.post(f"/api/endpoints/{endpoint_id}/test")
+    assert response.status_code == 202, response.text
+
+
+def test_deliveries_ignore_a_proxy_in_the_environment(
+    make_settings: Callable[..., Settings],
+    downstream: tuple[str, DownstreamReceiver],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Provider calls follow HTTPS_PROXY and friends; deliveries never do. A proxy resolves
+    the endpoint's name itself, so through one the private-address check would check
+    nothing: a delivery connects directly, and a private address is still refused."""
+    url, receiver = downstream
+    with start(make_settings) as signback:
+        direct = add_endpoint(signback.url, receiver, url, "/direct")
+        private = add_endpoint(
+            signback.url, receiver, url.replace("127.0.0.1", "localhost"), "/private"
+        )
+    with listening_proxy() as (proxy_url, connected):
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"):
+            monkeypatch.setenv(name, proxy_url)
+            monkeypatch.setenv(name.lower(), proxy_url)
+        with start(make_settings) as signback:
+            send_test(signback, direct["id"])
+            (delivery,) = wait_until(lambda: receiver.accepted("/direct"), what="a delivery")
+            assert delivery.event["type"] == "signback.test"
+        with running_receiver(make_settings, endpoint_allow_private=False) as strict:
+            send_test(strict, private["id"])
+            (refused,) = wait_until(
+                lambda: [d for d in deliveries(strict, private["id"]) if d["attempt_log"]],
+                what="a refused attempt",
+            )
+            error = refused["attempt_log"][0]["error"]
+            assert "localhost resolves to" in error
+            assert "loopback" in error
+        assert connected == []  # the proxy never saw a connection
+    assert receiver.to("/private") == []
+    assert receiver.problems() == []

@@ -19,6 +19,7 @@ from receiver.store import outbox
 from receiver.store.db import open_database
 from receiver.store.db.base import Database
 from receiver.store.db.postgres import PostgresDatabase, to_psycopg
+from receiver.store.statuses import ActionStatus
 
 pytestmark = pytest.mark.anyio
 
@@ -92,7 +93,7 @@ async def test_only_each_requests_first_unfinished_action_is_claimed(database_ur
             assert await outbox.settle(
                 tx,
                 a2,
-                status="done",
+                status=ActionStatus.DONE,
                 now=NOW,
                 due_at=None,
                 status_code=200,

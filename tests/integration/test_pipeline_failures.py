@@ -21,6 +21,7 @@ from receiver.pipeline.processor import MAX_PROCESSING_ATTEMPTS, Pipeline
 from receiver.pipeline.registration import Registration, register
 from receiver.settings import Settings
 from receiver.store import inbox
+from receiver.store.statuses import InboxStatus
 
 pytestmark = pytest.mark.anyio
 
@@ -91,16 +92,19 @@ async def test_bad_rows_do_not_take_their_neighbours_down(
     assert await Pipeline(ctx).run_once() == 5
 
     seen = await statuses(ctx)
-    assert seen["good-1"][0] == seen["good-2"][0] == seen["good-3"][0] == inbox.PROCESSED
+    assert seen["good-1"][0] == seen["good-2"][0] == seen["good-3"][0] == InboxStatus.PROCESSED
     assert seen["unknown-provider"] == (
-        inbox.FAILED,
+        InboxStatus.FAILED,
         "normalize failed: no provider named 'nobody' is installed",
     )
     status, error = seen["rule-raises"]
-    assert status == inbox.PENDING  # back for another try, with the reason kept
+    assert status == InboxStatus.PENDING  # back for another try, with the reason kept
     assert error == "RuntimeError: a rule failed"
 
     # It keeps failing: after MAX_PROCESSING_ATTEMPTS it is parked as failed, visible.
     for _ in range(MAX_PROCESSING_ATTEMPTS):
         await Pipeline(ctx).run_once()
-    assert (await statuses(ctx))["rule-raises"] == (inbox.FAILED, "RuntimeError: a rule failed")
+    assert (await statuses(ctx))["rule-raises"] == (
+        InboxStatus.FAILED,
+        "RuntimeError: a rule failed",
+    )

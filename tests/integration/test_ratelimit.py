@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from receiver.clock import FrozenClock
@@ -43,23 +41,32 @@ async def test_slots_are_spaced_across_two_connections(database_url: str) -> Non
 @pytest.mark.anyio
 async def test_take_slot_sleeps_for_a_near_slot_and_defers_a_far_one(database_url: str) -> None:
     # 100 calls in a 10 s window: one slot every 0.1 s; a slot at most a twelfth of the
-    # window (0.83 s) away is slept for. The clock stands still; the sleeps are real.
+    # window (0.83 s) away is slept for. Time passes only when the budget sleeps.
     db = open_database(database_url)
     await db.connect()
+    clock = FrozenClock(5_000.0)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.advance(seconds)
+
     try:
-        clock = FrozenClock(5_000.0)
         budget = Budget("firma-reads:abc", 100, window=10.0)
-        assert await take_slot(db, budget, clock=clock) is None  # 5 000.0: at once
-        began = time.monotonic()
-        assert await take_slot(db, budget, clock=clock) is None  # 5 000.1: slept for
-        assert time.monotonic() - began >= 0.09
-        deferral = await take_slot(db, budget, clock=clock, max_wait=0.15)
+        assert await take_slot(db, budget, clock=clock, sleep=sleep) is None  # 5 000.0: now
+        assert slept == []
+        assert await take_slot(db, budget, clock=clock, sleep=sleep) is None  # 5 000.1
+        assert sum(slept) == pytest.approx(0.1)  # slept until its slot, then went ahead
+        clock.now = 5_000.0  # back to before that slot, to see the next ones from here
+        deferral = await take_slot(db, budget, clock=clock, max_wait=0.15, sleep=sleep)
         assert isinstance(deferral, Deferral)
         assert deferral.budget == "firma-reads:abc"
         assert deferral.seconds == pytest.approx(0.2)
         # The deferral reserved nothing: 5 000.2 is still the next slot.
         clock.advance(0.2)
-        assert await take_slot(db, budget, clock=clock, max_wait=0.001) is None
+        assert await take_slot(db, budget, clock=clock, max_wait=0.001, sleep=sleep) is None
+        # Neither the deferral nor a slot that starts now slept (beyond a rounding error).
+        assert sum(slept) == pytest.approx(0.1, abs=1e-9)
         # Another budget (another API key, or writes rather than reads) is its own.
         other = Budget("firma-writes:abc", 100, window=10.0)
         assert await take_slot(db, other, clock=clock, max_wait=0.0) is None

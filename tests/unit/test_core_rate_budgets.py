@@ -13,7 +13,14 @@ from handlers.firma import budgets
 from receiver.app import build_context
 from receiver.errors import ConfigurationError
 from receiver.outbox.budgets import Deferral
-from receiver.outbox.outcomes import deferred, from_response, requested_wait
+from receiver.outbox.outcomes import (
+    Deferred,
+    Failed,
+    Throttled,
+    deferred,
+    from_response,
+    requested_wait,
+)
 from tests.conftest import test_settings
 
 NOW = 1_700_000_000.0
@@ -100,10 +107,12 @@ def test_requested_wait(response: httpx.Response, expected: float | None) -> Non
 )
 def test_any_providers_answer_can_be_a_throttle(response: httpx.Response, throttled: bool) -> None:
     outcome = from_response(response, now=NOW, message=lambda r: "slow down")
-    assert outcome.throttled is throttled
+    assert isinstance(outcome, Throttled if throttled else Failed)
+    assert outcome.status_code == response.status_code
+    assert outcome.message == "slow down"
 
 
 def test_a_deferral_is_an_outcome_that_sends_nothing() -> None:
     outcome = deferred(Deferral("firma-writes:abc", 4.5), "waiting for a write slot")
-    assert (outcome.ok, outcome.deferred, outcome.retry_after) == (False, True, 4.5)
-    assert not outcome.throttled
+    assert outcome == Deferred(4.5, "waiting for a write slot")
+    assert (outcome.status_code, outcome.response_excerpt, outcome.follow_up) == (None, "", ())

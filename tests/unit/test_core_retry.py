@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from receiver.outbox.retry import FINAL_STATUSES, RetryPolicy
-from receiver.providers import Outcome
+from receiver.outbox.outcomes import Deferred, Done, Failed, GiveUp, Outcome, Skipped, Throttled
+from receiver.outbox.retry import FINAL_STATUSES, DecisionStatus, RetryPolicy
 
 NOW = 1_700_000_000.0
 ALMOST_ONE = 1.0 - 1e-12
@@ -33,32 +33,40 @@ def test_final_statuses_are_the_client_errors_that_cannot_succeed_later() -> Non
 @pytest.mark.parametrize(
     ("outcome", "expected"),
     [
-        pytest.param(Outcome(ok=True, status_code=200), ("done", None, ""), id="ok"),
-        pytest.param(Outcome(ok=True, status_code=None), ("done", None, ""), id="ok-no-status"),
+        pytest.param(Done(status_code=200), ("done", None, ""), id="done"),
+        pytest.param(Done(), ("done", None, ""), id="done-no-status"),
         pytest.param(
-            Outcome(ok=True, status_code=200, final=True), ("done", None, ""), id="ok-and-final"
+            Skipped("nothing to change"), ("skipped", None, "nothing to change"), id="skipped"
         ),
         pytest.param(
-            Outcome(ok=False, skipped=True, message="nothing to change"),
-            ("skipped", None, "nothing to change"),
-            id="skipped",
-        ),
-        pytest.param(
-            Outcome(ok=True, skipped=True, message="already applied"),
+            Skipped("already applied", status_code=200, response_excerpt="{}"),
             ("skipped", None, "already applied"),
-            id="skipped-wins-over-ok",
+            id="skipped-after-asking",
+        ),
+        pytest.param(
+            Deferred(4.5, "waiting for a slot"),
+            ("deferred", NOW + 4.5, "waiting for a slot"),
+            id="deferred",
+        ),
+        pytest.param(
+            Deferred(-1.0, "waiting for a slot"),
+            ("deferred", NOW, "waiting for a slot"),
+            id="deferred-never-into-the-past",
         ),
     ],
 )
-def test_done_and_skipped(outcome: Outcome, expected: tuple[str, float | None, str]) -> None:
-    assert decide(outcome) == expected
+@pytest.mark.parametrize("attempts", [1, 12, 1_000])
+def test_done_skipped_and_deferred_ignore_attempts(
+    outcome: Outcome, expected: tuple[str, float | None, str], attempts: int
+) -> None:
+    assert decide(outcome, attempts=attempts, age=90_000.0) == expected
 
 
 @pytest.mark.parametrize("status_code", [400, 401, 403, 404, 409, 422])
 @pytest.mark.parametrize("attempts", [1, 5])
 def test_final_client_errors_are_dead_at_once(status_code: int, attempts: int) -> None:
     status, retry_at, reason = decide(
-        Outcome(ok=False, status_code=status_code, message="no such request", retry_after=1.0),
+        Failed(status_code=status_code, message="no such request", retry_after=1.0),
         attempts=attempts,
     )
     assert (status, retry_at) == ("dead", None)
@@ -68,13 +76,13 @@ def test_final_client_errors_are_dead_at_once(status_code: int, attempts: int) -
 @pytest.mark.parametrize(
     ("outcome", "reason"),
     [
-        pytest.param(Outcome(ok=False, status_code=500), "HTTP 500", id="500"),
-        pytest.param(Outcome(ok=False, status_code=502, message="bad gw"), "HTTP 502: bad gw"),
-        pytest.param(Outcome(ok=False, status_code=503), "HTTP 503", id="503-no-retry-after"),
-        pytest.param(Outcome(ok=False, status_code=408), "HTTP 408", id="408"),
-        pytest.param(Outcome(ok=False), "no answer", id="no-answer"),
+        pytest.param(Failed(status_code=500), "HTTP 500", id="500"),
+        pytest.param(Failed(status_code=502, message="bad gw"), "HTTP 502: bad gw"),
+        pytest.param(Failed(status_code=503), "HTTP 503", id="503-no-retry-after"),
+        pytest.param(Failed(status_code=408), "HTTP 408", id="408"),
+        pytest.param(Failed(), "no answer", id="no-answer"),
         pytest.param(
-            Outcome(ok=False, message="could not reach the provider (ConnectError)"),
+            Failed("could not reach the provider (ConnectError)"),
             "could not reach the provider (ConnectError)",
             id="transport-error",
         ),
@@ -112,7 +120,7 @@ def test_retryable_failures_retry_within_half_to_full_ceiling(
 def test_retry_after_wins(
     retry_after: float, expected_delay: float, status_code: int | None, rand: float
 ) -> None:
-    outcome = Outcome(ok=False, status_code=status_code, retry_after=retry_after)
+    outcome = Failed(status_code=status_code, retry_after=retry_after)
     status, retry_at, _ = decide(outcome, attempts=3, rand=rand)
     assert status == "retry"
     assert retry_at == NOW + expected_delay
@@ -124,7 +132,7 @@ def test_retry_after_wins(
 )
 def test_max_attempts(attempts: int, expected: str) -> None:
     status, retry_at, reason = decide(
-        Outcome(ok=False, status_code=500, message="busy", retry_after=1.0), attempts=attempts
+        Failed(status_code=500, message="busy", retry_after=1.0), attempts=attempts
     )
     assert status == expected
     if expected == "dead":
@@ -147,7 +155,7 @@ def test_max_attempts(attempts: int, expected: str) -> None:
 )
 def test_max_age(age: float, rand: float, retry_after: float | None, expected: str) -> None:
     status, retry_at, reason = decide(
-        Outcome(ok=False, status_code=500, retry_after=retry_after), age=age, rand=rand
+        Failed(status_code=500, retry_after=retry_after), age=age, rand=rand
     )
     assert status == expected
     if expected == "dead":
@@ -156,18 +164,9 @@ def test_max_age(age: float, rand: float, retry_after: float | None, expected: s
 
 
 @pytest.mark.parametrize("status_code", [None, 200, 409, 429, 500, 503])
-@pytest.mark.parametrize("retry_after", [None, 5.0])
 @pytest.mark.parametrize("attempts", [1, 50])
-def test_final_outcome_is_dead_regardless_of_status(
-    status_code: int | None, retry_after: float | None, attempts: int
-) -> None:
-    outcome = Outcome(
-        ok=False,
-        status_code=status_code,
-        message="invalid payload",
-        retry_after=retry_after,
-        final=True,
-    )
+def test_give_up_is_dead_regardless_of_status(status_code: int | None, attempts: int) -> None:
+    outcome = GiveUp("invalid payload", status_code=status_code)
     status, retry_at, reason = decide(outcome, attempts=attempts)
     assert (status, retry_at) == ("dead", None)
     assert "invalid payload" in reason
@@ -220,9 +219,7 @@ def test_backoff_with_other_settings(policy: RetryPolicy, attempts: int, ceiling
 
 def test_backoff_stays_capped_for_very_many_attempts() -> None:
     policy = RetryPolicy(max_attempts=100_000, max_age_seconds=1e12)
-    status, retry_at, _ = decide(
-        Outcome(ok=False, status_code=503), attempts=1_100, rand=0.0, policy=policy
-    )
+    status, retry_at, _ = decide(Failed(status_code=503), attempts=1_100, rand=0.0, policy=policy)
     assert (status, retry_at) == ("retry", NOW + 300.0)
 
 
@@ -230,37 +227,21 @@ def test_backoff_stays_capped_for_very_many_attempts() -> None:
 
 
 @pytest.mark.parametrize(
-    ("outcome", "throttled"),
-    [
-        pytest.param(Outcome(ok=False, status_code=429), True, id="429"),
-        pytest.param(Outcome(ok=False, status_code=429, retry_after=3.0), True, id="429-after"),
-        pytest.param(Outcome(ok=False, status_code=503, retry_after=3.0), True, id="503-after"),
-        pytest.param(Outcome(ok=False, status_code=503), False, id="503-is-an-outage"),
-        pytest.param(Outcome(ok=False, status_code=500, retry_after=3.0), False, id="500-after"),
-        pytest.param(Outcome(ok=False, retry_after=3.0), False, id="no-answer"),
-        pytest.param(Outcome(ok=True, status_code=200), False, id="ok"),
-    ],
-)
-def test_what_counts_as_throttled(outcome: Outcome, throttled: bool) -> None:
-    assert outcome.throttled is throttled
-
-
-@pytest.mark.parametrize(
     ("outcome", "asked"),
     [
-        pytest.param(Outcome(ok=False, status_code=429, retry_after=30.0), 30.0, id="429-30s"),
-        pytest.param(Outcome(ok=False, status_code=429, retry_after=3_600.0), 3_600.0, id="1h"),
-        pytest.param(Outcome(ok=False, status_code=503, retry_after=7.0), 7.0, id="503-7s"),
+        pytest.param(Throttled(429, retry_after=30.0), 30.0, id="429-30s"),
+        pytest.param(Throttled(429, retry_after=3_600.0), 3_600.0, id="1h"),
+        pytest.param(Throttled(503, retry_after=7.0), 7.0, id="503-7s"),
         # No hint at all: one rate window.
-        pytest.param(Outcome(ok=False, status_code=429), 60.0, id="429-no-hint"),
+        pytest.param(Throttled(429), 60.0, id="429-no-hint"),
         # "Come back at once" still waits the base delay: no spinning against the provider.
-        pytest.param(Outcome(ok=False, status_code=429, retry_after=0.0), 2.0, id="429-zero"),
+        pytest.param(Throttled(429, retry_after=0.0), 2.0, id="429-zero"),
     ],
 )
 @pytest.mark.parametrize("attempts", [1, 11, 12, 13, 100])
 @pytest.mark.parametrize("rand", [0.0, 0.5, ALMOST_ONE])
 def test_a_throttle_waits_as_asked_and_never_gives_up_for_attempts(
-    outcome: Outcome, asked: float, attempts: int, rand: float
+    outcome: Throttled, asked: float, attempts: int, rand: float
 ) -> None:
     status, retry_at, reason = decide(outcome, attempts=attempts, rand=rand)
     assert status == "throttled"
@@ -282,14 +263,24 @@ def test_a_throttle_waits_as_asked_and_never_gives_up_for_attempts(
 def test_max_age_is_the_backstop_for_throttles(
     age: float, retry_after: float, expected: str
 ) -> None:
-    status, _, reason = decide(
-        Outcome(ok=False, status_code=429, retry_after=retry_after), age=age, rand=0.0
-    )
+    status, _, reason = decide(Throttled(429, retry_after=retry_after), age=age, rand=0.0)
     assert status == expected
     if expected == "dead":
         assert reason == f"gave up after {int(age)} s and 1 attempts; throttled: HTTP 429"
 
 
-def test_a_final_429_is_still_final() -> None:
-    status, _, _ = decide(Outcome(ok=False, status_code=429, final=True, message="bad"))
+def test_a_give_up_with_429_is_still_final() -> None:
+    status, _, _ = decide(GiveUp("bad", status_code=429))
     assert status == "dead"
+
+
+def test_a_policys_final_statuses_hold_for_throttles_too() -> None:
+    policy = RetryPolicy(final_statuses=frozenset({429}))
+    status, _, reason = decide(Throttled(429, message="over quota"), policy=policy)
+    assert (status, reason) == ("dead", "HTTP 429: over quota")
+
+
+def test_decisions_are_enum_members_that_compare_as_their_stored_value() -> None:
+    decision = POLICY.decide(Done(), attempts=1, created_at=NOW, now=NOW, rand=0.5)
+    assert decision.status is DecisionStatus.DONE
+    assert decision.status.value == "done"

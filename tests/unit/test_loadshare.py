@@ -86,27 +86,32 @@ def test_turn_holds_the_background_to_its_share_during_a_flood() -> None:
 
 
 def test_only_tasks_started_in_a_background_context_are_timed() -> None:
-    occupancy = Occupancy()
+    # The timer moves only when a test says so: a step "holds the loop" by moving it, and
+    # time that passes while the task is suspended is moved by someone else.
+    timer = Clock()
+    occupancy = Occupancy(timer=timer)
 
     async def spin(seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + seconds
-        while loop.time() < end:  # holds the loop, as a transaction's statements do
-            pass
-        await asyncio.sleep(0.01)  # a real suspension: not counted
+        timer.now += seconds  # holds the loop, as a transaction's statements do
+        suspended = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(pass_time, suspended)
+        await suspended  # a real suspension, during which a second passes: not counted
+
+    def pass_time(suspended: asyncio.Future[None]) -> None:
+        timer.now += 1.0
+        suspended.set_result(None)
 
     async def main() -> None:
         occupancy.install(asyncio.get_running_loop())
         await asyncio.create_task(spin(0.02))
         assert occupancy.busy == 0.0
         await asyncio.create_task(spin(0.02), context=background_context())
-        first = occupancy.busy
-        assert 0.02 <= first < 0.03
+        assert occupancy.busy == pytest.approx(0.02)
 
         async def parent() -> None:  # tasks started by background tasks are background too
             await asyncio.gather(asyncio.create_task(spin(0.02)))
 
         await asyncio.create_task(parent(), context=background_context())
-        assert 0.04 <= occupancy.busy < 0.05
+        assert occupancy.busy == pytest.approx(0.04)
 
     asyncio.run(main())

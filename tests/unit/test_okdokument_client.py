@@ -1,20 +1,23 @@
-"""The OKdokument client against the in-process emulator (and a MockTransport for the URL)."""
+"""The OKdokument client on the wire: against the emulator served on loopback, and against a
+recording server for what exactly it sends."""
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from urllib.parse import unquote
 
 import httpx
 import pytest
+from starlette.responses import Response
 
 from handlers.okdokument.client import OkdokumentClient, provider_message
 from handlers.okdokument.fake import FakeOkdokument, create_app
+from tests.servers import Recorded, Recorder, running_server
 
 KEY = "7796b696_bd2b1aaf7ef4f09be9f52ce2d8d5"
-BASE = "http://okdokument.test"
 
 pytestmark = pytest.mark.anyio
 
@@ -24,14 +27,36 @@ def fake() -> FakeOkdokument:
     return FakeOkdokument(api_key=KEY, clock=lambda: 1655814644.472)
 
 
-def _client(fake: FakeOkdokument, key: str = KEY) -> OkdokumentClient:
-    return OkdokumentClient(BASE, key, transport=httpx.ASGITransport(app=create_app(fake)))
+@pytest.fixture
+def base(fake: FakeOkdokument) -> Iterator[str]:
+    """The emulator, served on loopback."""
+    with running_server(create_app(fake)) as url:
+        yield url
 
 
 @pytest.fixture
-async def client(fake: FakeOkdokument) -> AsyncIterator[OkdokumentClient]:
-    async with _client(fake) as c:
+async def client(base: str) -> AsyncIterator[OkdokumentClient]:
+    async with OkdokumentClient(base, KEY) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def served_recorder() -> Iterator[tuple[str, Recorder]]:
+    recorder = Recorder()
+    with running_server(recorder) as url:
+        yield url, recorder
+
+
+@pytest.fixture
+def recorder(served_recorder: tuple[str, Recorder]) -> Recorder:
+    """A server that records what it gets and answers ``{}`` (or what a test sets)."""
+    served_recorder[1].reset()
+    return served_recorder[1]
+
+
+@pytest.fixture
+def recorder_base(served_recorder: tuple[str, Recorder]) -> str:
+    return served_recorder[0]
 
 
 def _seed(fake: FakeOkdokument, request_id: str = "1d58a59e-e8f7-4d07-bb99-d3fa39cb58a8") -> str:
@@ -40,20 +65,8 @@ def _seed(fake: FakeOkdokument, request_id: str = "1d58a59e-e8f7-4d07-bb99-d3fa3
     return request_id
 
 
-class _Capture:
-    """A MockTransport handler that remembers every request and answers a fixed response."""
-
-    def __init__(self, response: httpx.Response | None = None) -> None:
-        self.requests: list[httpx.Request] = []
-        self.response = response or httpx.Response(200, json={})
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return self.response
-
-
 async def test_patch_sends_only_given_fields_and_gets_documented_answer(
-    fake: FakeOkdokument, client: OkdokumentClient
+    fake: FakeOkdokument, client: OkdokumentClient, base: str
 ) -> None:
     request_id = _seed(fake)
 
@@ -65,7 +78,7 @@ async def test_patch_sends_only_given_fields_and_gets_documented_answer(
     assert response.json() == {
         "message": "msg.updated",
         "result": request_id,
-        "url": f"{BASE}/{request_id}",
+        "url": f"{base}/{request_id}",
     }
     call = fake.calls[-1]
     assert (call.method, call.path, call.authorized) == ("PATCH", "/JSON/signatureRequest", True)
@@ -93,10 +106,11 @@ async def test_patch_result_url_only(fake: FakeOkdokument, client: OkdokumentCli
     assert fake.signature_requests[request_id].result_url == "https://portal.example/done"
 
 
-async def test_patch_without_fields_is_a_caller_bug() -> None:
-    async with OkdokumentClient(BASE, KEY, transport=httpx.MockTransport(_Capture())) as c:
+async def test_patch_without_fields_is_a_caller_bug(recorder: Recorder, recorder_base: str) -> None:
+    async with OkdokumentClient(recorder_base, KEY) as c:
         with pytest.raises(ValueError, match="nothing to update"):
             await c.patch_signature_request("x")
+    assert recorder.requests == []
 
 
 async def test_patch_unknown_id_is_400_with_the_providers_message(
@@ -114,9 +128,9 @@ async def test_patch_unknown_id_is_400_with_the_providers_message(
     assert "View ID does not exist: 32f8628d-nope" in provider_message(response)
 
 
-async def test_wrong_key_is_401(fake: FakeOkdokument) -> None:
+async def test_wrong_key_is_401(fake: FakeOkdokument, base: str) -> None:
     request_id = _seed(fake)
-    async with _client(fake, key="not-the-key") as c:
+    async with OkdokumentClient(base, "not-the-key") as c:
         response = await c.patch_signature_request(request_id, result_url="https://p.example/")
 
     assert response.status_code == 401
@@ -150,7 +164,7 @@ async def test_document_metadata_not_found(client: OkdokumentClient) -> None:
 
 
 async def test_create_then_delete_signature_request(
-    fake: FakeOkdokument, client: OkdokumentClient
+    fake: FakeOkdokument, client: OkdokumentClient, base: str
 ) -> None:
     created = await client.create_signature_request(
         {
@@ -167,7 +181,7 @@ async def test_create_then_delete_signature_request(
     body = created.json()
     assert body["message"] == "msg.signature.request.id.created"
     assert body["result"] == "round-1"
-    assert body["url"] == f"{BASE}/openDocument/round-1"
+    assert body["url"] == f"{base}/openDocument/round-1"
     assert fake.documents[body["documentId"]].content == b"%PDF-1.4 nda"
 
     deleted = await client.delete_signature_request("round-1")
@@ -179,18 +193,18 @@ async def test_create_then_delete_signature_request(
     assert provider_message(again) == "err.signature.request.not.exist (round-1)"
 
 
-async def test_sends_key_user_agent_and_json() -> None:
-    capture = _Capture()
-    async with OkdokumentClient(BASE, KEY, transport=httpx.MockTransport(capture)) as c:
+async def test_sends_key_user_agent_and_json(recorder: Recorder, recorder_base: str) -> None:
+    async with OkdokumentClient(recorder_base, KEY) as c:
         await c.patch_signature_request("abc", send_info_url="https://r.example/s")
 
-    (request,) = capture.requests
+    (request,) = recorder.requests
     assert request.method == "PATCH"
-    assert str(request.url) == f"{BASE}/JSON/signatureRequest"
+    assert request.target == b"/JSON/signatureRequest"
+    assert request.headers["host"] == recorder_base.removeprefix("http://")
     assert request.headers["x-api-key"] == KEY
     assert request.headers["user-agent"].startswith("signback/")
     assert request.headers["content-type"] == "application/json"
-    assert json.loads(request.content) == {
+    assert json.loads(request.body) == {
         "signatureRequestId": "abc",
         "sendInfoURL": "https://r.example/s",
     }
@@ -199,23 +213,21 @@ async def test_sends_key_user_agent_and_json() -> None:
 @pytest.mark.parametrize(
     "document_id", ["a/b", "..", ".", "../../admin", "x?y=1#z", "%2e%2e", "a b", "...."]
 )
-async def test_ids_are_quoted_and_stay_under_the_base_path(document_id: str) -> None:
-    capture = _Capture()
-    async with OkdokumentClient(
-        "https://api.example/prefix", KEY, transport=httpx.MockTransport(capture)
-    ) as c:
+async def test_ids_are_quoted_and_stay_under_the_base_path(
+    document_id: str, recorder: Recorder, recorder_base: str
+) -> None:
+    async with OkdokumentClient(f"{recorder_base}/prefix", KEY) as c:
         await c.document_metadata(document_id)
         await c.delete_signature_request(document_id)
 
-    metadata, delete = capture.requests
+    metadata, delete = recorder.requests
     for request, prefix in (
         (metadata, b"/prefix/JSON/document/metadata/"),
         (delete, b"/prefix/JSON/signatureRequest/"),
     ):
-        assert request.url.host == "api.example"
-        assert request.url.query == b""
-        assert request.url.fragment == ""
-        raw_path = request.url.raw_path
+        assert request.query == b""
+        assert b"#" not in request.target
+        raw_path = request.path
         assert raw_path.startswith(prefix), raw_path
         segment = raw_path[len(prefix) :].decode()
         assert "/" not in segment
@@ -229,26 +241,30 @@ async def test_quoted_id_reaches_the_fake_whole(client: OkdokumentClient) -> Non
     assert response.json() == {"message": "err.not.found", "value": "../a/b"}
 
 
-async def test_empty_id_is_refused() -> None:
-    async with OkdokumentClient(BASE, KEY, transport=httpx.MockTransport(_Capture())) as c:
+async def test_empty_id_is_refused(recorder: Recorder, recorder_base: str) -> None:
+    async with OkdokumentClient(recorder_base, KEY) as c:
         with pytest.raises(ValueError, match="must not be empty"):
             await c.document_metadata("")
+    assert recorder.requests == []
 
 
-async def test_redirects_are_not_followed() -> None:
-    capture = _Capture(httpx.Response(302, headers={"Location": "https://elsewhere.example/"}))
-    async with OkdokumentClient(BASE, KEY, transport=httpx.MockTransport(capture)) as c:
+async def test_redirects_are_not_followed(recorder: Recorder, recorder_base: str) -> None:
+    def redirect(_: Recorded) -> Response:
+        return Response(status_code=302, headers={"Location": f"{recorder_base}/elsewhere"})
+
+    recorder.reset(redirect)
+    async with OkdokumentClient(recorder_base, KEY) as c:
         response = await c.document_metadata("doc")
 
     assert response.status_code == 302
-    assert len(capture.requests) == 1
+    assert len(recorder.requests) == 1
 
 
 async def test_transport_errors_propagate() -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused", request=request)
-
-    async with OkdokumentClient(BASE, KEY, transport=httpx.MockTransport(refuse)) as c:
+    with socket.socket() as unused:  # a port nobody listens on: the connection is refused
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    async with OkdokumentClient(f"http://127.0.0.1:{port}", KEY) as c:
         with pytest.raises(httpx.ConnectError):
             await c.document_metadata("doc")
 
@@ -264,7 +280,7 @@ def test_the_key_never_shows_in_repr() -> None:
 
 def test_a_missing_key_fails_fast() -> None:
     with pytest.raises(ValueError, match="API key is required"):
-        OkdokumentClient(BASE, "")
+        OkdokumentClient("http://okdokument.test", "")
 
 
 @pytest.mark.parametrize(

@@ -327,6 +327,35 @@ async def test_failure_plan_by_seconds(monotonic: ManualClock, http: httpx.Async
     assert (first.status_code, still.status_code, after.status_code) == (503, 503, 200)
 
 
+async def test_a_time_factor_shortens_windows_and_delays(
+    monotonic: ManualClock, sleeps: SleepRecorder
+) -> None:
+    """time_factor 0.05: a 20-second outage ends after one real second, a 2-second delay
+    sleeps 0.1 s, and windows are set and reported in the emulated seconds."""
+    fake = FakeOkdokument(api_key=KEY, monotonic=monotonic, sleep=sleeps, time_factor=0.05)
+    transport = httpx.ASGITransport(app=create_app(fake))
+    async with httpx.AsyncClient(transport=transport, base_url="http://fake.test") as http:
+        seeded = await _seed(http)
+        await _fail(http, status=503, seconds=20, methods=["GET"])
+        await _fail(http, delay=2.0, count=1, methods=["GET"])
+        first = await _metadata(http, seeded["documentId"])
+        monotonic.now += 0.95  # 19 emulated seconds
+        (plan,) = (await http.get("/_fake/failures")).json()
+        still = await _metadata(http, seeded["documentId"])
+        monotonic.now += 0.1
+        after = await _metadata(http, seeded["documentId"])
+
+    assert (first.status_code, still.status_code, after.status_code) == (503, 503, 200)
+    assert plan["seconds_left"] == pytest.approx(1.0)
+    assert sleeps.slept == [pytest.approx(0.1)]
+
+
+@pytest.mark.parametrize("factor", [0.0, -1.0])
+def test_a_time_factor_must_be_positive(factor: float) -> None:
+    with pytest.raises(ValueError, match="time_factor must be positive"):
+        FakeOkdokument(api_key=KEY, time_factor=factor)
+
+
 async def test_failure_plan_methods_filter(http: httpx.AsyncClient) -> None:
     seeded = await _seed(http)
     await _fail(http, status=503, methods=["patch"])

@@ -7,12 +7,13 @@ documentId while confirmation is on."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 from typing import Any, cast
+from urllib.parse import unquote
 
-import httpx
 import pytest
+from starlette.responses import JSONResponse, Response
 
 from handlers.okdokument.client import OkdokumentClient
 from handlers.okdokument.operations import CONFIRM, confirm_document_state
@@ -23,10 +24,11 @@ from receiver.context import AppContext
 from receiver.errors import CallbackRejected, InvalidAction
 from receiver.events import EventKind, NormalizedEvent
 from receiver.model import RequestState, SignatureRequest
+from receiver.outbox.outcomes import Done, Failed, GiveUp, Skipped
 from receiver.outbox.retry import RetryPolicy
 from receiver.pipeline.registration import Registration
-from receiver.providers import Outcome
 from tests.conftest import test_settings
+from tests.servers import Recorded, Recorder, running_server
 
 pytestmark = pytest.mark.anyio
 
@@ -55,16 +57,21 @@ def metadata(state: str, document_id: Any = REGISTERED) -> dict[str, Any]:
 
 
 class DocumentInfo:
-    """A MockTransport handler: Document info answers, and which documents were asked."""
+    """Document info on loopback: answers ``answers["body"]``, and records who was asked."""
 
-    def __init__(self, respond: Callable[[str], httpx.Response]) -> None:
-        self.respond = respond
-        self.asked: list[str] = []
+    def __init__(self, answers: dict[str, Any]) -> None:
+        self.recorder = Recorder(self.respond)
+        self.answers = answers
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        document_id = request.url.path.rsplit("/", 1)[1]
-        self.asked.append(document_id)
-        return self.respond(document_id)
+    def respond(self, _: Recorded) -> Response:
+        body = self.answers["body"]
+        if isinstance(body, bytes):
+            return Response(body)
+        return JSONResponse(body)
+
+    @property
+    def asked(self) -> list[str]:
+        return [unquote(r.path.decode().rsplit("/", 1)[1]) for r in self.recorder.requests]
 
 
 @pytest.fixture
@@ -73,19 +80,15 @@ def answers() -> dict[str, Any]:
 
 
 @pytest.fixture
-def info(answers: dict[str, Any]) -> DocumentInfo:
-    def respond(document_id: str) -> httpx.Response:
-        body = answers["body"]
-        if isinstance(body, bytes):
-            return httpx.Response(200, content=body)
-        return httpx.Response(200, json=body)
-
-    return DocumentInfo(respond)
+def info(answers: dict[str, Any]) -> Iterator[tuple[DocumentInfo, str]]:
+    document_info = DocumentInfo(answers)
+    with running_server(document_info.recorder) as base:
+        yield document_info, base
 
 
 @pytest.fixture
-async def ctx(info: DocumentInfo) -> AsyncIterator[AppContext]:
-    client = OkdokumentClient("http://okdokument.test", "key", transport=httpx.MockTransport(info))
+async def ctx(info: tuple[DocumentInfo, str]) -> AsyncIterator[AppContext]:
+    client = OkdokumentClient(info[1], "key")
     # The operation reads only its client and the clock: the rest of a context is not the point.
     yield cast(AppContext, SimpleNamespace(clients={"okdokument": client}, clock=lambda: 1000.0))
     await client.aclose()
@@ -123,12 +126,11 @@ def test_the_confirm_rule_does_not_take_the_document_from_the_body() -> None:
     ],
 )
 async def test_confirmation_asks_about_the_registered_document_only(
-    ctx: AppContext, info: DocumentInfo, payload: dict[str, Any]
+    ctx: AppContext, info: tuple[DocumentInfo, str], payload: dict[str, Any]
 ) -> None:
     outcome = await confirm_document_state(ctx, REQUEST, payload)
-    assert info.asked == [REGISTERED]
-    assert outcome.ok
-    assert not outcome.skipped
+    assert info[0].asked == [REGISTERED]
+    assert isinstance(outcome, Done)
     (fact,) = outcome.follow_up
     assert fact.channel == "confirmation"
     assert fact.dedupe_key == "confirmation:inbox-5"
@@ -158,8 +160,7 @@ async def test_an_answer_about_another_document_confirms_nothing(
     outcome = await confirm_document_state(
         ctx, REQUEST, {"claimed_state": "signed", "confirms": "c"}
     )
-    assert not outcome.ok
-    assert outcome.final  # an anomaly for the operator (dead), not something to retry
+    assert isinstance(outcome, GiveUp)  # an anomaly for the operator (dead), not a retry
     assert not outcome.follow_up
     assert "not confirmed: Document info answered about document" in outcome.message
     assert repr(REGISTERED) in outcome.message
@@ -174,9 +175,7 @@ async def test_errorsendinfo_records_a_fact_and_leaves_the_claim_open(
     outcome = await confirm_document_state(
         ctx, REQUEST, {"claimed_state": "signed", "confirms": "inbox-5"}
     )
-    assert not outcome.ok
-    assert not outcome.final
-    assert not outcome.skipped
+    assert isinstance(outcome, Failed)
     assert "errorsendinfo" in outcome.message
     assert "asking again later" in outcome.message
     (fact,) = outcome.follow_up
@@ -199,8 +198,7 @@ async def test_only_the_claimed_state_confirms(
     outcome = await confirm_document_state(
         ctx, REQUEST, {"claimed_state": "signed", "confirms": "c"}
     )
-    assert outcome.ok
-    assert outcome.skipped
+    assert isinstance(outcome, Skipped)
     assert not outcome.follow_up
     assert outcome.message.startswith("not confirmed: OKdokument says the document is")
 
@@ -215,23 +213,22 @@ async def test_an_unreadable_answer_is_retried(
     outcome = await confirm_document_state(
         ctx, REQUEST, {"claimed_state": "signed", "confirms": "c"}
     )
-    assert outcome == Outcome(
-        ok=False,
+    assert outcome == Failed(
+        "Document info answer is not a JSON object",
         status_code=200,
-        message="Document info answer is not a JSON object",
         response_excerpt=body.decode(),
     )
 
 
 async def test_a_request_without_a_document_cannot_be_confirmed(
-    ctx: AppContext, info: DocumentInfo
+    ctx: AppContext, info: tuple[DocumentInfo, str]
 ) -> None:
     request = SignatureRequest(
         id=8, provider="okdokument", external_id="sr-old", state=RequestState.REGISTERED
     )
     with pytest.raises(InvalidAction, match="registered without a documentId"):
         await confirm_document_state(ctx, request, {"claimed_state": "signed", "confirms": "c"})
-    assert info.asked == []
+    assert info[0].asked == []
 
 
 @pytest.mark.parametrize(

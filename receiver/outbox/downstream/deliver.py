@@ -25,15 +25,23 @@ import httpx
 
 from receiver.context import AppContext
 from receiver.logs import get_logger
-from receiver.outbox import outcomes
 from receiver.outbox.downstream import delivery_of, manage, signing
 from receiver.outbox.downstream import endpoints as endpoint_store
 from receiver.outbox.downstream import events as event_store
 from receiver.outbox.downstream.runtime import LiveEndpoint, downstream
 from receiver.outbox.downstream.safety import UnsafeAddress, target_of
 from receiver.outbox.downstream.secrets import SecretUnreadable
+from receiver.outbox.outcomes import (
+    Deferred,
+    Done,
+    Failed,
+    GiveUp,
+    Outcome,
+    Skipped,
+    Throttled,
+    from_response,
+)
 from receiver.outbox.provider_http import HttpAnswer
-from receiver.providers import Outcome
 from receiver.store.db.base import Row
 
 log = get_logger("signback.downstream")
@@ -53,32 +61,22 @@ async def deliver(ctx: AppContext, row: Row) -> Outcome:
     """Send one delivery; never raises (what went wrong is in the Outcome)."""
     ids = delivery_of(str(row["payload"]))
     if ids is None:
-        return Outcome(ok=False, final=True, message="malformed delivery: no event or endpoint")
+        return GiveUp("malformed delivery: no event or endpoint")
     event_id, endpoint_id = ids
     runtime = downstream(ctx)
     try:
         endpoint = await runtime.endpoint(endpoint_id)
         event_row = row.get("event_row") or await event_store.get(ctx.db, event_id)
     except Exception as exc:  # nothing was sent: try again soon, without counting it
-        return Outcome(
-            ok=False,
-            deferred=True,
-            retry_after=1.0,
-            message=f"database unavailable: {type(exc).__name__}",
-        )
+        return Deferred(1.0, f"database unavailable: {type(exc).__name__}")
     if endpoint is None:
-        return Outcome(ok=False, skipped=True, message="the endpoint was deleted")
-    if endpoint.status != endpoint_store.ENABLED:
-        return Outcome(
-            ok=False,
-            deferred=True,
-            retry_after=HOLD_SECONDS,
-            message="the endpoint is disabled: held until it is enabled",
-        )
+        return Skipped("the endpoint was deleted")
+    if endpoint.status != endpoint_store.EndpointStatus.ENABLED:
+        return Deferred(HOLD_SECONDS, "the endpoint is disabled: held until it is enabled")
     if endpoint.unreadable:
-        return Outcome(ok=False, final=True, message=SecretUnreadable().message)
+        return GiveUp(SecretUnreadable().message)
     if event_row is None:
-        return Outcome(ok=False, final=True, message=f"event {event_id} is not stored")
+        return GiveUp(f"event {event_id} is not stored")
     return await _send(ctx, endpoint, event_row)
 
 
@@ -99,33 +97,31 @@ async def _send(ctx: AppContext, endpoint: LiveEndpoint, event_row: Row) -> Outc
             "POST", target_of(urlsplit(endpoint.url)), content=body, headers=headers
         )
     except UnsafeAddress as exc:
-        return await _failed(ctx, endpoint, Outcome(ok=False, message=f"refused: {exc}"))
+        return await _failed(ctx, endpoint, Failed(f"refused: {exc}"))
     except httpx.TimeoutException:
         timeout = ctx.settings.endpoint_timeout_seconds
         message = f"the endpoint did not answer within {timeout:g} s"
-        return await _failed(ctx, endpoint, Outcome(ok=False, message=message))
+        return await _failed(ctx, endpoint, Failed(message))
     except httpx.TransportError as exc:
         message = f"could not reach the endpoint ({type(exc).__name__}: {exc})"
-        return await _failed(ctx, endpoint, Outcome(ok=False, message=message[:300]))
+        return await _failed(ctx, endpoint, Failed(message[:300]))
     except Exception as exc:
         log.exception("delivery crashed", endpoint=endpoint.id)
-        return Outcome(ok=False, message=f"internal error: {type(exc).__name__}: {exc}")
-    outcome = outcomes.from_response(response, now=ctx.clock(), message=_describe)
-    if outcome.ok:
+        return Failed(f"internal error: {type(exc).__name__}: {exc}")
+    outcome = from_response(response, now=ctx.clock(), message=_describe)
+    if isinstance(outcome, Done):
         await _succeeded(ctx, endpoint)
         return outcome
     if response.status_code == 410:
         await manage.disable(
             ctx, endpoint.id, reason="the endpoint answered 410 Gone", cause="gone"
         )
-        return Outcome(
-            ok=False,
-            final=True,
+        return GiveUp(
+            "Gone: the endpoint is now disabled",
             status_code=410,
-            message="Gone: the endpoint is now disabled",
             response_excerpt=outcome.response_excerpt,
         )
-    if outcome.throttled:
+    if isinstance(outcome, Throttled):
         return outcome  # the endpoint is alive, and asks us to slow down
     return await _failed(ctx, endpoint, outcome)
 
@@ -144,7 +140,7 @@ async def _succeeded(ctx: AppContext, endpoint: LiveEndpoint) -> None:
         log.warning("could not record an endpoint's success", endpoint=endpoint.id, error=str(exc))
 
 
-async def _failed(ctx: AppContext, endpoint: LiveEndpoint, outcome: Outcome) -> Outcome:
+async def _failed(ctx: AppContext, endpoint: LiveEndpoint, outcome: Failed) -> Failed:
     """Note the failure on the endpoint, and disable it if it has been failing, without a
     single success, for longer than the configured time."""
     runtime = downstream(ctx)

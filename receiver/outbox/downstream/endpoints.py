@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,8 +11,18 @@ from receiver.jsonutil import dumps, loads
 from receiver.store.db.base import Database, Row, Transaction
 from receiver.store.storable import storable_or_none
 
-ENABLED, DISABLED, DELETED = "enabled", "disabled", "deleted"
-STATUSES = (ENABLED, DISABLED)  # what a person may set; DELETED only through delete()
+
+class EndpointStatus(enum.StrEnum):
+    """An endpoint's status, stored as its value (as the outbox's statuses are:
+    ``receiver/store/statuses.py``)."""
+
+    ENABLED = "enabled"  # deliveries go out
+    DISABLED = "disabled"  # deliveries wait (by hand, a 410, or failing for too long)
+    DELETED = "deleted"  # gone for good; the row stays so that its id is never reused
+
+
+# What a person may set; DELETED only through delete().
+STATUSES: tuple[str, ...] = (EndpointStatus.ENABLED, EndpointStatus.DISABLED)
 FAILURE_CHARS = 500  # the last failure kept on the endpoint: status and the answer's start
 
 COLUMNS = (
@@ -157,7 +168,7 @@ async def set_status(
 ) -> bool:
     """Enable or disable; True if it changed (disabling a disabled one changes nothing, so
     a second 410 in flight does not disable it twice). Enabling clears the failure streak."""
-    if status == DISABLED:
+    if status == EndpointStatus.DISABLED:
         changed = await tx.execute(
             "UPDATE endpoints SET status = 'disabled', disabled_reason = :reason,"
             " disabled_at = :now, updated_at = :now WHERE id = :id AND status = 'enabled'",

@@ -25,10 +25,11 @@ from receiver.outbox.downstream import (
 )
 from receiver.outbox.downstream import events as event_store
 from receiver.outbox.downstream.runtime import downstream
-from receiver.outbox.retry import Decision, RetryPolicy
-from receiver.providers import Outcome
+from receiver.outbox.outcomes import Outcome
+from receiver.outbox.retry import Decision, DecisionStatus, RetryPolicy
 from receiver.store import outbox
 from receiver.store.db.base import Row
+from receiver.store.statuses import AttemptOutcome
 
 log = get_logger("signback.downstream")
 
@@ -126,6 +127,8 @@ class EndpointLanes:
 
     async def settled(self, row: Row, decision: Decision, outcome: Outcome) -> None:
         endpoint_id = endpoint_of_lane(str(row["lane"]))
+        # The attempt log's word for a success ("ok"); the decision's for the rest.
+        done = decision.status is DecisionStatus.DONE
         downstream(self.ctx).deliveries.inc(
-            str(endpoint_id), {"done": "ok"}.get(decision.status, decision.status)
+            str(endpoint_id), AttemptOutcome.OK if done else decision.status
         )

@@ -21,18 +21,19 @@ from receiver.logs import get_logger
 from receiver.outbox.downstream import catalogue, delivery_of, emit, lane_of, signing
 from receiver.outbox.downstream import endpoints as endpoint_store
 from receiver.outbox.downstream import events as event_store
-from receiver.outbox.downstream.endpoints import Endpoint
+from receiver.outbox.downstream.endpoints import Endpoint, EndpointStatus
 from receiver.outbox.downstream.runtime import downstream
 from receiver.outbox.downstream.secrets import new_secret
 from receiver.store import outbox
 from receiver.store.db.base import Row
+from receiver.store.statuses import ActionStatus
 from receiver.store.storable import text_problem
 
 log = get_logger("signback.downstream")
 
 REPLAY_LIMIT = 10_000  # events one replay call queues at most
 _REPLAY_CHUNK = 500  # events per transaction while queueing a replay
-DELIVERY_STATUSES = ("pending", "in_flight", "done", "dead", "skipped")
+DELIVERY_STATUSES: tuple[str, ...] = tuple(ActionStatus)
 
 
 class EndpointBody(BaseModel):
@@ -180,7 +181,7 @@ async def set_status(ctx: AppContext, endpoint_id: int, status: str) -> Endpoint
         changed = await endpoint_store.set_status(
             tx, endpoint_id, status, reason="disabled by hand", now=now
         )
-        if changed and status == endpoint_store.ENABLED:
+        if changed and status == EndpointStatus.ENABLED:
             woken = await tx.execute(
                 "UPDATE outbox SET due_at = :now, updated_at = :now WHERE lane = :lane"
                 " AND status = 'pending' AND due_at > :now",
@@ -203,7 +204,7 @@ async def disable(ctx: AppContext, endpoint_id: int, *, reason: str, cause: str)
     runtime = downstream(ctx)
     async with ctx.db.transaction() as tx:
         changed = await endpoint_store.set_status(
-            tx, endpoint_id, endpoint_store.DISABLED, reason=reason, now=now
+            tx, endpoint_id, EndpointStatus.DISABLED, reason=reason, now=now
         )
         endpoint = await endpoint_store.get(tx, endpoint_id) if changed else None
         if endpoint is not None:

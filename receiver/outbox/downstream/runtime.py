@@ -15,6 +15,7 @@ from receiver.context import AppContext
 from receiver.logs import get_logger
 from receiver.metrics import Tally
 from receiver.outbox.downstream import endpoints as endpoint_store
+from receiver.outbox.downstream.endpoints import EndpointStatus
 from receiver.outbox.downstream.safety import OutboundPolicy, origin_of
 from receiver.outbox.downstream.secrets import SecretBox, SecretUnreadable, key_bytes
 from receiver.outbox.lean_http import LeanHttpClient
@@ -125,7 +126,7 @@ class Downstream:
         return (await self.view()).get(endpoint_id)
 
     async def enabled_ids(self) -> list[int]:
-        return [e.id for e in (await self.view()).values() if e.status == endpoint_store.ENABLED]
+        return [e.id for e in (await self.view()).values() if e.status == EndpointStatus.ENABLED]
 
     # --- HTTP ----------------------------------------------------------------------------
 
@@ -139,6 +140,9 @@ class Downstream:
         if held is not None:
             asyncio.get_running_loop().create_task(held[1].aclose())
         settings = self.ctx.settings
+        # Never through a proxy, whatever HTTPS_PROXY says (no ``proxy=``; the client
+        # refuses one next to a resolver anyway): a proxy would resolve the name itself, out
+        # of reach of the resolver's private-address check.
         client = LeanHttpClient(
             origin,
             {"User-Agent": USER_AGENT, "Content-Type": "application/json"},

@@ -21,6 +21,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from receiver import jsonutil
+from receiver.backoff import MAX_LOOP_DELAY, Backoff
 from receiver.logs import get_logger
 from receiver.store.db.base import Database, NewRowInsert, Params, Row, Transaction
 from receiver.store.db.wakeup import Wakeups
@@ -273,12 +274,12 @@ class PostgresDatabase(Database):
 
     async def _listen_forever(self) -> None:
         """One dedicated connection LISTENs for every channel; reconnect with backoff."""
-        delay = 0.5
+        backoff = Backoff(0.5, MAX_LOOP_DELAY)
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
                 async with conn:
-                    delay = 0.5
+                    backoff.reset()
                     listening: set[str] = set()
                     while True:
                         for channel in self._listened - listening:
@@ -295,12 +296,16 @@ class PostgresDatabase(Database):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("database listener lost its connection", error=str(exc), retry_in=delay)
+                delay = backoff.next_delay()
+                log.warning(
+                    "database listener lost its connection",
+                    error=str(exc),
+                    retry_in=round(delay, 2),
+                )
                 # Whatever cut this connection most likely cut the pool's too: replace them
                 # now rather than on the next request.
                 await self._sweep()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                await backoff.sleep(delay)
 
 
 @lru_cache(maxsize=64)
