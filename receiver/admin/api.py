@@ -253,7 +253,7 @@ async def request_detail(ctx: AppContext, request_id: int) -> dict[str, Any] | N
     if row is None:
         return None
     req = requests.from_row(row)
-    urls = ctx.callback_urls(req.provider, str(row["token_nonce"])).as_dict()
+    urls = ctx.callback_urls(req.provider, str(row["token_nonce"]))
     actions = await outbox.for_request(ctx.db, req.id)
     attempts = await outbox.attempts_for(ctx.db, [int(a["id"]) for a in actions])
     return {
@@ -376,7 +376,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             )
         except RegistrationRefused as exc:
             return error(422, "invalid request", fields=exc.fields)
-        answer = request_json(registered.request, registered.urls.as_dict())
+        answer = request_json(registered.request, registered.urls)
         if not registered.created:
             return ApiJSON({"error": "already registered", "request": answer}, status_code=409)
         answer["requeued_events"] = registered.requeued_events
