@@ -148,7 +148,7 @@ def registration_problems(
                 refused.append({"field": "defaults", "message": exc.message})
         problems += refused
     if provider is not None and provider.check_registration is not None:
-        # What the provider itself needs (OKdokument: a documentId while claims are confirmed).
+        # What the provider itself needs (e.g. a documentId to check claims against).
         document_id = raw.get("document_id", raw.get("documentId"))
         probe = Registration(
             provider=provider.name,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
@@ -56,17 +56,24 @@ def _version() -> str:
 USER_AGENT = f"signback/{_version()}"
 
 
+# Credentials for every call: fixed headers (an API key), or an async callable that gives
+# each call its own (an OAuth access token, refreshed when it expires).
+Auth = Mapping[str, str] | Callable[[], Awaitable[Mapping[str, str]]]
+
+
 class ProviderHttpClient:
     def __init__(
         self,
         base_url: str,
-        auth_headers: Mapping[str, str],
+        auth_headers: Auth,
         *,
         timeout: float,
         transport: httpx.AsyncBaseTransport | None,
     ) -> None:
         self._base_url = base_url
-        headers = {**auth_headers, "User-Agent": USER_AGENT, "Accept": "application/json"}
+        fixed = auth_headers if isinstance(auth_headers, Mapping) else {}
+        self._per_call = None if isinstance(auth_headers, Mapping) else auth_headers
+        headers = {**fixed, "User-Agent": USER_AGENT, "Accept": "application/json"}
         self._lean: LeanHttpClient | None = None
         if transport is None and not proxied(base_url):
             self._lean = LeanHttpClient(base_url, headers, timeout=timeout)
@@ -80,9 +87,10 @@ class ProviderHttpClient:
 
     async def _request(self, method: str, path: str, *, json: Any = None) -> HttpAnswer:
         """``method`` on ``path`` under the base URL (``json``: the body to send)."""
+        extra = await self._per_call() if self._per_call is not None else None
         if self._lean is not None:
-            return await self._lean.request(method, path, json=json)
-        return await self._http.request(method, path, json=json)
+            return await self._lean.request(method, path, json=json, extra_headers=extra)
+        return await self._http.request(method, path, json=json, headers=extra)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self._base_url!r})"

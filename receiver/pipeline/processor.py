@@ -350,8 +350,8 @@ class Pipeline:
 
         A late or repeated ``completed`` is recorded but triggers nothing, so rules never act
         twice on one fact. Kinds that carry no state (a browser return, an unknown type) always
-        run their rules. Unconfirmed claims run their (confirmation) rules unless the request
-        has already ended.
+        run their rules. Unconfirmed claims run their rules (the ones that check a claim)
+        unless the request has already ended.
         """
         if not event.confirmed:
             return not states.is_terminal(transition.before)

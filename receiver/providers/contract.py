@@ -2,7 +2,7 @@
 
 A provider package exposes one :class:`ProviderPackage` (``PROVIDER``), found by the registry
 (:mod:`receiver.providers.registry`). It names the provider, its settings class (own prefix,
-e.g. ``SIGNBACK_FIRMA_``), its rules module and its CLI commands, and builds, from its
+e.g. ``SIGNBACK_ACME_``), its rules module and its CLI commands, and builds, from its
 settings, the :class:`Provider` the running service uses: how a callback is verified and
 keyed at intake (declarative :class:`HookSpec`, the shared steps being the core's), how a
 stored callback is normalized (pure), how the signer's browser return is read, which
@@ -41,7 +41,7 @@ class StoredCallback:
     inbox_id: int
     provider: str
     # The hook's channel ("webhook", …), "return" (the signer's browser), or one a provider's
-    # operation feeds back (e.g. "confirmation").
+    # operation feeds back (what the provider's API said about a claim, say).
     channel: str
     body: bytes  # the raw body, exactly as received
     headers: Mapping[str, str]  # lower-cased names, secrets already redacted
