@@ -13,18 +13,21 @@ from handlers.firma.repoint import repoint
 from handlers.firma.settings import FirmaSettings
 from receiver.context import AppContext
 from receiver.logs import get_logger
-from receiver.providers.contract import Provider, is_placeholder
+from receiver.providers.contract import Provider, placeholder
 
 log = get_logger("signback.firma")
 
 # Firma calls one webhook URL per company or workspace, the same for every request.
 URLS = {"webhook_url": "/hooks/firma"}
+# The placeholders a Firma request's payload may hold ({signback.return_url}, …).
+PLACEHOLDERS = frozenset(placeholder(name) for name in ("return_url", *URLS))
 
 
 def validate_defaults(defaults: Mapping[str, Any]) -> None:
     """Registration-time check of Firma properties; placeholders stand for valid URLs."""
     stand_in = {
-        k: ("https://signback.invalid/" if is_placeholder(v) else v) for k, v in defaults.items()
+        k: ("https://signback.invalid/" if isinstance(v, str) and v in PLACEHOLDERS else v)
+        for k, v in defaults.items()
     }
     validate_properties(stand_in)
 

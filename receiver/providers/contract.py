@@ -98,12 +98,9 @@ class Operation(Protocol):
     ) -> Outcome: ...
 
 
-# --------------------------------------------------------------------------------------------
-# Settings
-
-
-# ProviderSettings (the base of a provider's settings class: its own env prefix) and
-# http_base_url (a base-URL validator) live beside the core's settings, in receiver.settings.
+# Settings: ProviderSettings (the base of a provider's settings class, with its own env
+# prefix) and http_base_url (a base-URL validator) live beside the core's settings, in
+# receiver.settings, and are re-exported here.
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,9 +115,8 @@ class Accepted:
     dedupe_key: str  # unique per provider: a retry of the same callback must give the same
     external_id: str | None  # the provider's id of the request, for matching
     request_id: int | None = None  # signback's id, when the URL named the request
-    log_facts: Mapping[str, Any] = field(
-        default_factory=dict
-    )  # a few ids for the log lines (never a secret)
+    # A few ids for the log lines (never a secret; not "provider" or "channel").
+    log_facts: Mapping[str, Any] = field(default_factory=dict)
 
 
 # (callback, raw body, found) → Accepted, or raise CallbackRejected (a 4xx with its reason).
@@ -226,9 +222,9 @@ class ReturnFacts:
     result: str | None = None  # how the visit ended in the provider's words ("close", …)
     retry: bool = False  # send the browser to the request's retry_url (when it has one)
     occurred_at: float | None = None  # plausible unix seconds, or None
-    details: Mapping[str, Any] = field(
-        default_factory=dict
-    )  # small facts rules may read ({"result": "close"})
+    # Small facts rules may read ({"result": "close"}): values of at most a few hundred
+    # characters (they are stored with the event).
+    details: Mapping[str, Any] = field(default_factory=dict)
     raw: Mapping[str, str] = field(default_factory=dict)  # every query parameter, as sent
 
 
@@ -243,19 +239,14 @@ def placeholder(name: str) -> str:
     return f"{PLACEHOLDER_PREFIX}{name}}}"
 
 
-def is_placeholder(value: object) -> bool:
-    return isinstance(value, str) and value.startswith(PLACEHOLDER_PREFIX) and value.endswith("}")
-
-
 # --------------------------------------------------------------------------------------------
 # The provider at run time, and the package that builds it
 
-# Per-call headers for an outbound client (e.g. an OAuth access token, refreshed when it
-# expires); static credentials are simply a mapping.
-AuthHeaders = Callable[[], Awaitable[Mapping[str, str]]]
-
 
 class ProviderClient(Protocol):
+    """What the core needs of a provider's client (usually a ProviderHttpClient, whose
+    credentials are fixed headers or an async callable awaited for each call's own)."""
+
     async def aclose(self) -> None: ...
 
 
@@ -368,7 +359,6 @@ __all__ = [
     "RETURN_URL",
     "Accepted",
     "Ack",
-    "AuthHeaders",
     "FollowUpEvent",
     "HookSpec",
     "MediaTypes",
@@ -383,6 +373,5 @@ __all__ = [
     "StoredCallback",
     "Verify",
     "http_base_url",
-    "is_placeholder",
     "placeholder",
 ]
