@@ -35,7 +35,7 @@ from receiver.settings import Settings
 from tests.conftest import ADMIN_TOKEN, test_settings
 from tests.databases import PostgresTemplates, SqliteTemplate
 from tests.harness import Receiver, running_receiver
-from tests.providers.testsign.signature import headers_for as testsign_headers
+from tests.providers.testsign.signature import headers_for as signed_form_headers
 
 # --------------------------------------------------------------------------------------------
 # What is sent, and what must come back
@@ -538,7 +538,7 @@ class TestsignCase(Case):
         stamp = int(time.time()) if at is None else at
         return {
             "content-type": FORM,
-            **testsign_headers(body, secrets or (TESTSIGN_SECRET,), stamp),
+            **signed_form_headers(body, secrets or (TESTSIGN_SECRET,), stamp),
         }
 
     def genuine(self) -> Attempt:
