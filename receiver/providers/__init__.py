@@ -1,15 +1,39 @@
 """The provider boundary: what a provider package under ``handlers/`` implements
 (:mod:`receiver.providers.contract`) and how the core finds the installed ones
-(:mod:`receiver.providers.registry`)."""
+(:mod:`receiver.providers.registry`). A provider imports what it implements from here."""
 
 from __future__ import annotations
 
 from receiver.providers.contract import (
+    Accepted,
+    Ack,
     FollowUpEvent,
+    HookSpec,
+    MediaTypes,
     Operation,
     Outcome,
     Provider,
+    ProviderPackage,
+    ProviderSettings,
+    ReturnFacts,
+    SecretHeader,
     StoredCallback,
+    http_base_url,
 )
 
-__all__ = ["FollowUpEvent", "Operation", "Outcome", "Provider", "StoredCallback"]
+__all__ = [
+    "Accepted",
+    "Ack",
+    "FollowUpEvent",
+    "HookSpec",
+    "MediaTypes",
+    "Operation",
+    "Outcome",
+    "Provider",
+    "ProviderPackage",
+    "ProviderSettings",
+    "ReturnFacts",
+    "SecretHeader",
+    "StoredCallback",
+    "http_base_url",
+]
