@@ -147,13 +147,29 @@ def test_every_module_imports_first_and_in_a_random_order() -> None:
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {}, f"order seed {seed}"
 
 
+HEAVY = (
+    "receiver.app",
+    "receiver.context",
+    "receiver.intake",
+    "receiver.outbox",
+    "receiver.providers",
+    "receiver.store",
+    "handlers",
+    "starlette",
+    "uvicorn",
+    "httpx",
+    "sqlalchemy",
+    "psycopg",
+    "pydantic_settings",
+)
+
+
 def test_importing_the_rule_api_loads_no_app() -> None:
     done = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import sys, receiver; print(sorted(m for m in sys.modules if m.startswith("
-            "('receiver.', 'handlers', 'starlette', 'uvicorn', 'httpx', 'sqlalchemy'))))",
+            "import json, sys, receiver; print(json.dumps(sorted(sys.modules)))",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -161,12 +177,6 @@ def test_importing_the_rule_api_loads_no_app() -> None:
         timeout=60,
         check=True,
     )
-    assert done.stdout.strip() == str(
-        [
-            "receiver.errors",
-            "receiver.events",
-            "receiver.model",
-            "receiver.pipeline",
-            "receiver.pipeline.rules",
-        ]
-    )
+    loaded = json.loads(done.stdout)
+    assert {"receiver.pipeline.rules", "receiver.model", "receiver.events"} <= set(loaded)
+    assert [name for name in loaded if name.startswith(HEAVY)] == []
