@@ -34,7 +34,7 @@ from bench.procs import (
 from bench.report import Row, check, fmt_int, fmt_mib, fmt_ms
 from bench.rules import seq_of
 from bench.stores import Target
-from receiver.intake.tokens import sendinfo_token_for, token_hash
+from receiver.intake.tokens import hook_token_for, token_hash
 from receiver.store import requests as request_store
 from receiver.store.db import open_database
 from receiver.store.db.base import Database
@@ -994,7 +994,7 @@ class Bench:
             picks = [rng.randrange(n_requests) for _ in range(1000)]
             keys[name] = [
                 (
-                    token_hash(sendinfo_token_for(self.secret_key, stores.nonce_of(self.seed, i))),
+                    token_hash(hook_token_for(self.secret_key, stores.nonce_of(self.seed, i))),
                     stores.external_id_of(self.seed, OKD, i),
                 )
                 for i in picks
@@ -1012,7 +1012,7 @@ class Bench:
                     timings: dict[str, list[float]] = {"token": [], "external": []}
                     for digest, external in keys[name]:
                         t0 = time.perf_counter()
-                        row = await request_store.by_sendinfo_hash(db, digest)
+                        row = await request_store.by_hook_hash(db, digest)
                         t1 = time.perf_counter()
                         other = await request_store.by_external_id(db, OKD, external)
                         t2 = time.perf_counter()

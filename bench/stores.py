@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 
-from receiver.intake.tokens import return_token_for, sendinfo_token_for, token_hash
+from receiver.intake.tokens import hook_token_for, return_token_for, token_hash
 from receiver.store.db.postgres import to_psycopg
 from receiver.store.migrate import upgrade
 
@@ -102,7 +102,7 @@ def request_params(
         "document_id": document_id_of(seed, i),
         "state": state,
         "token_hash": token_hash(return_token_for(secret_key, nonce)),
-        "sendinfo_hash": token_hash(sendinfo_token_for(secret_key, nonce)),
+        "sendinfo_hash": token_hash(hook_token_for(secret_key, nonce)),
         "token_nonce": nonce,
         "now": now,
     }
@@ -142,7 +142,7 @@ def register(url: str, provider: str, count: int, *, secret_key: str, seed: str)
                     request_id=int(request_id),
                     external_id=str(external_id),
                     document_id=document_id_of(seed, i),
-                    token=sendinfo_token_for(secret_key, nonce_of(seed, i)),
+                    token=hook_token_for(secret_key, nonce_of(seed, i)),
                 )
             )
     targets.sort(key=lambda t: t.request_id)
@@ -260,7 +260,7 @@ def _request_rows(
             document_id_of(seed, i),
             "sent",
             token_hash(return_token_for(secret_key, nonce)),
-            token_hash(sendinfo_token_for(secret_key, nonce)),
+            token_hash(hook_token_for(secret_key, nonce)),
             now,
             nonce,
             now,
@@ -340,7 +340,7 @@ def fill_sqlite(
             request_id=i + 1,
             external_id=external_id_of(seed, "okdokument", i),
             document_id=document_id_of(seed, i),
-            token=sendinfo_token_for(secret_key, nonce_of(seed, i)),
+            token=hook_token_for(secret_key, nonce_of(seed, i)),
         )
         for i in chosen
     ]

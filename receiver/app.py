@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,40 +15,59 @@ from starlette.responses import JSONResponse, Response
 from receiver.admin import api
 from receiver.clock import Clock, system_clock
 from receiver.context import AppContext
-from receiver.errors import one_line
+from receiver.errors import ConfigurationError, one_line
 from receiver.intake import pages
 from receiver.intake import returns as web
 from receiver.intake.connguard import BodyBudget, connection_limits
-from receiver.intake.middleware import RequestContextMiddleware, loggable_path
+from receiver.intake.hooks import router_hooks
+from receiver.intake.middleware import (
+    RequestContextMiddleware,
+    RouteGroups,
+    loggable_path,
+    token_routes,
+)
 from receiver.intake.router import HookRouter
 from receiver.logs import configure_logging, get_logger
+from receiver.pipeline.hook_token_split import split_quietly
 from receiver.pipeline.repoint import repoint_if_public_url_changed
 from receiver.pipeline.rules import RuleBook
-from receiver.pipeline.sendinfo_split import split_quietly
-from receiver.providers import Provider
-from receiver.settings import Settings, load_settings, redact_url
+from receiver.providers.contract import HOOK_TOKEN, Provider
+from receiver.providers.registry import discover
+from receiver.settings import Settings, load_section, load_settings, redact_url
 from receiver.store.db import open_database
 from receiver.store.migrate import current_revision, head_revision, upgrade
 from receiver.worker import Worker
 
 log = get_logger("signback.app")
 
-# Each provider package exposes make_provider(settings) -> Provider and RULES_MODULE.
-INSTALLED_PROVIDERS = ("handlers.okdokument", "handlers.firma")
+
+def build_providers(settings: Settings) -> tuple[dict[str, Provider], list[str]]:
+    """The installed providers (the registry), each built from its own settings, and the
+    rules modules in force: the providers', then the user's."""
+    providers: dict[str, Provider] = {}
+    rule_modules: list[str] = []
+    for name, package in discover(settings.provider_modules or "").items():
+        section = settings.section_named(name)
+        if section is None:  # settings built directly (not by load_settings): the environment's
+            section = load_section(package.settings)
+            settings.with_sections({name: section})
+        provider = package.build(section)
+        if provider.name != name:
+            raise ConfigurationError(f"provider {name!r} builds a provider named {provider.name!r}")
+        providers[name] = provider
+        if package.rules_module:
+            rule_modules.append(package.rules_module)
+    if settings.rules_module:
+        rule_modules.append(settings.rules_module)
+    return providers, rule_modules
 
 
 def build_context(
     settings: Settings, *, clock: Clock = system_clock, rate_window_seconds: float = 60.0
 ) -> AppContext:
-    providers: dict[str, Provider] = {}
-    rule_modules: list[str] = []
-    for package_name in INSTALLED_PROVIDERS:
-        package = importlib.import_module(package_name)
-        provider: Provider = package.make_provider(settings)
-        providers[provider.name] = provider
-        rule_modules.append(package.RULES_MODULE)
-    if settings.rules_module:
-        rule_modules.append(settings.rules_module)
+    """Everything a running signback needs: the installed providers, their rules and the
+    user's, the database."""
+    providers, rule_modules = build_providers(settings)
     db = open_database(
         settings.database_url,
         pool_min=settings.db_pool_min,
@@ -152,7 +170,16 @@ def create_app(
             log.info("signback stopped")
 
     routes = [*web.routes(ctx), *api.routes(ctx)]
-    hooks = [hook for provider in ctx.providers.values() for hook in provider.hooks(ctx)]
+    specs = {name: provider.hook_specs(ctx) for name, provider in ctx.providers.items()}
+    hooks = [hook for name, found in specs.items() for hook in router_hooks(ctx, name, found)]
+    groups = RouteGroups(provider.hook_prefix for provider in ctx.providers.values())
+    # A hook-token route's last segment is a credential: never logged, whatever it looks like.
+    token_routes(
+        spec.path.rpartition("/")[0]
+        for found in specs.values()
+        for spec in found
+        if spec.parameter == HOOK_TOKEN
+    )
 
     async def http_error(request: Request, exc: Exception) -> Response:
         # The router's own 404/405 (unknown path, wrong method): JSON like every other refusal.
@@ -175,7 +202,7 @@ def create_app(
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
     app.state.ctx = ctx
-    app.add_middleware(RequestContextMiddleware, metrics=ctx.metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=ctx.metrics, groups=groups)
     # Callbacks take the fast path in front of Starlette; everything else goes through it.
     return HookRouter(
         app,
@@ -185,6 +212,7 @@ def create_app(
         limits=limits,
         budget=BodyBudget(settings.max_body_bytes_in_flight),
         max_body_bytes=settings.max_body_bytes,
+        groups=groups,
     )
 
 

@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
@@ -201,7 +201,7 @@ def worker() -> None:
 
     async def run(ctx: Any) -> None:
         from receiver.app import repoint_quietly
-        from receiver.pipeline.sendinfo_split import split_quietly
+        from receiver.pipeline.hook_token_split import split_quietly
 
         await ctx.start_providers()
         await split_quietly(ctx)
@@ -256,21 +256,47 @@ def _json_option(value: str | None, name: str) -> dict[str, Any]:
 OPTION_NAMES = {"documentId": "--document-id", "document_id": "--document-id"}
 
 
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[str]
+else:  # generic only from click 8.2 on
+    _ParamType = click.ParamType
+
+
+class ProviderName(_ParamType):
+    """One of the installed providers' names (the registry's, read when the option is)."""
+
+    name = "provider"
+
+    def _names(self) -> list[str]:
+        from receiver.providers.registry import discover
+
+        return sorted(discover())
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        try:
+            return "[" + "|".join(self._names()) + "]"
+        except ConfigurationError:
+            return "PROVIDER"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            names = self._names()
+        except ConfigurationError as exc:
+            self.fail(str(exc), param, ctx)
+        if value not in names:
+            self.fail(f"{value!r} is not one of {', '.join(map(repr, names))}.", param, ctx)
+        return str(value)
+
+
 @requests.command("add")
-@click.option("--provider", required=True, type=click.Choice(["okdokument", "firma"]))
-@click.option(
-    "--id", "external_id", required=True, help="signatureRequestId / Firma signing request id."
-)
-@click.option(
-    "--document-id", default=None, help="OKdokument documentId (used to confirm callbacks)."
-)
+@click.option("--provider", required=True, type=ProviderName())
+@click.option("--id", "external_id", required=True, help="The provider's id of the request.")
+@click.option("--document-id", default=None, help="The provider's document id, where it has one.")
 @click.option("--reference", default=None, help="Your own reference (order, case, …).")
 @click.option("--return-url", default=None, help="Where the signer's browser goes afterwards.")
 @click.option("--retry-url", default=None, help="Where a signer who cancelled is sent next time.")
 @click.option("--metadata", default=None, help="Free JSON object.")
-@click.option(
-    "--defaults", default=None, help="Provider properties to apply while a draft (Firma)."
-)
+@click.option("--defaults", default=None, help="Provider properties to apply while a draft.")
 @handles_config_errors
 def requests_add(
     provider: str,
@@ -326,7 +352,7 @@ def requests_add(
                 defaults=body.defaults,
             ),
         )
-        answer = request_json(registered.request, registered.urls.as_dict())
+        answer = request_json(registered.request, registered.urls)
         answer["created"] = registered.created
         return answer
 
@@ -463,97 +489,20 @@ def inbox_retry(inbox_id: int) -> None:
     click.echo(f"event {inbox_id} re-queued")
 
 
-# --- simulate ------------------------------------------------------------------------------
+# --- simulate and fake: each provider's own commands (receiver/providers/registry.py) -------
 
 
-@main.group()
-def simulate() -> None:
-    """Send realistic sample callbacks for a registered request (e.g. through your tunnel)."""
-
-
-def _print_sent(sent: list[Any]) -> None:
+def print_sent(sent: list[Any]) -> None:
+    """What a simulation sent, one line each; exit code 1 when any answer was a 4xx/5xx."""
     for item in sent:
         click.echo(f"{item.what}: {item.method} {item.url} -> {item.status} {item.answer}")
     if any(item.status >= 400 for item in sent):
         sys.exit(1)
 
 
-@simulate.command("okdokument")
-@click.argument("request_id", type=int)
-@click.option(
-    "--state",
-    default="signed",
-    show_default=True,
-    type=click.Choice(["signed", "canceled", "none"]),
-    help="The sendInfo state to post ('none': no sendInfo).",
-)
-@click.option(
-    "--browser",
-    default=None,
-    type=click.Choice(["success", "close", "mobile"]),
-    help="Also bring the signer's browser back to the result URL.",
-)
-@click.option(
-    "--to",
-    "base_url",
-    default=None,
-    help="Base URL to send to (default SIGNBACK_PUBLIC_URL, e.g. your tunnel).",
-)
-@handles_config_errors
-def simulate_okdokument(
-    request_id: int, state: str, browser: str | None, base_url: str | None
-) -> None:
-    """OKdokument's sendInfo callback (and optionally the browser return) for REQUEST_ID.
-
-    With confirmation on (the default), signback checks a 'signed' claim with OKdokument's
-    Document info: in a sandbox where nobody signed, the claim is recorded but not acted on.
-    """
-    from receiver import simulate as sim
-
-    async def run(ctx: Any) -> list[Any]:
-        return await sim.okdokument(
-            ctx,
-            request_id,
-            state=None if state == "none" else state,
-            browser=browser,
-            base_url=base_url,
-        )
-
-    _print_sent(_run_simulation(run))
-
-
-@simulate.command("firma")
-@click.argument("request_id", type=int)
-@click.option("--event", "event_type", default="signing_request.completed", show_default=True)
-@click.option("--envelope", default="current", type=click.Choice(["current", "old"]))
-@click.option("--workspace", default=None, help="Send to /hooks/firma/WORKSPACE with its secret.")
-@click.option(
-    "--to",
-    "base_url",
-    default=None,
-    help="Base URL to send to (default SIGNBACK_PUBLIC_URL, e.g. your tunnel).",
-)
-@handles_config_errors
-def simulate_firma(
-    request_id: int, event_type: str, envelope: str, workspace: str | None, base_url: str | None
-) -> None:
-    """A Firma webhook for REQUEST_ID, signed with your configured secret like Firma does."""
-    from receiver import simulate as sim
-
-    async def run(ctx: Any) -> list[Any]:
-        return await sim.firma(
-            ctx,
-            request_id,
-            event_type=event_type,
-            envelope=envelope,
-            workspace=workspace,
-            base_url=base_url,
-        )
-
-    _print_sent(_run_simulation(run))
-
-
-def _run_simulation(run: Callable[[Any], Awaitable[list[Any]]]) -> list[Any]:
+def run_simulation(run: Callable[[Any], Awaitable[list[Any]]]) -> list[Any]:
+    """For a provider's ``simulate`` command: ``run(ctx)`` on the configured database; a
+    refusal of ours or a signback that cannot be reached ends it with one line."""
     import httpx
 
     from receiver.errors import SignbackError
@@ -567,67 +516,41 @@ def _run_simulation(run: Callable[[Any], Awaitable[list[Any]]]) -> list[Any]:
     return []
 
 
-# --- emulators ----------------------------------------------------------------------------
+class ProviderCommands(click.Group):
+    """A group whose subcommands are the installed providers' (``fake_command`` or
+    ``simulate_command`` of each ProviderPackage), found when the group is used."""
+
+    def __init__(self, *args: Any, attribute: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.attribute = attribute
+
+    def _packages(self) -> dict[str, Callable[[], click.Command]]:
+        from receiver.providers.registry import discover
+
+        try:
+            packages = discover()
+        except ConfigurationError as exc:
+            _fail(str(exc))
+            raise
+        factories = {name: getattr(package, self.attribute) for name, package in packages.items()}
+        return {name: factory for name, factory in factories.items() if factory is not None}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self._packages())
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        factory = self._packages().get(cmd_name)
+        return factory() if factory is not None else None
 
 
-@main.group()
+@main.group(cls=ProviderCommands, attribute="simulate_command")
+def simulate() -> None:
+    """Send realistic sample callbacks for a registered request (e.g. through your tunnel)."""
+
+
+@main.group(cls=ProviderCommands, attribute="fake_command")
 def fake() -> None:
     """Run a provider emulator (for tests and demos; never in production)."""
-
-
-@fake.command("okdokument")
-@click.option("--port", type=int, default=8081, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--api-key", default="fake-okdokument-key", show_default=True)
-@click.option(
-    "--time-factor",
-    type=click.FloatRange(min=0.0001),
-    default=1.0,
-    show_default=True,
-    help="Scales failure windows and delays (0.05 = 20 times faster).",
-)
-def fake_okdokument(port: int, host: str, api_key: str, time_factor: float) -> None:
-    """An OKdokument emulator: the API, failure injection, and sign/cancel that call back."""
-    from handlers.okdokument.fake import serve as serve_fake
-
-    serve_fake(port=port, host=host, api_key=api_key, time_factor=time_factor)
-
-
-@fake.command("firma")
-@click.option("--port", type=int, default=8082, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--api-key", default="fake-firma-key", show_default=True)
-@click.option("--secret", default=None, help="Webhook signing secret (default: the fake's own).")
-@click.option(
-    "--time-factor",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="Scales Firma's webhook retry delays (0.001 = 1000 times faster).",
-)
-@click.option(
-    "--rate-window",
-    type=click.FloatRange(min=0.001),
-    default=60.0,
-    show_default=True,
-    help="Seconds Firma's per-minute rate limits apply to (shorter only for time-scaled tests).",
-)
-def fake_firma(
-    port: int, host: str, api_key: str, secret: str | None, time_factor: float, rate_window: float
-) -> None:
-    """A Firma.dev emulator: signing requests, PATCH rules, rate limits, signed webhooks."""
-    from handlers.firma.fake import serve as serve_fake
-
-    kwargs: dict[str, Any] = {
-        "port": port,
-        "host": host,
-        "api_key": api_key,
-        "time_factor": time_factor,
-        "rate_window_seconds": rate_window,
-    }
-    if secret:
-        kwargs["secret"] = secret
-    serve_fake(**kwargs)
 
 
 # --- downstream endpoints (receiver/admin/endpoints_cli.py) ------------------------------

@@ -13,12 +13,13 @@ from typing import Any
 
 from receiver.clock import Clock, system_clock
 from receiver.errors import ConfigurationError
-from receiver.intake.tokens import return_token_for, sendinfo_token_for
+from receiver.intake.redaction import HeaderRedaction
+from receiver.intake.tokens import hook_token_for, return_token_for
 from receiver.loadshare import Governor, IntakeLoad, Occupancy
 from receiver.metrics import Metrics
 from receiver.outbox.retry import RetryPolicy
 from receiver.pipeline.rules import RuleBook
-from receiver.providers import Provider
+from receiver.providers.contract import HOOK_TOKEN, Provider
 from receiver.settings import Settings
 from receiver.store.db.base import Database
 
@@ -43,23 +44,11 @@ class LruCache:
             self._items.popitem(last=False)
 
 
-@dataclass(frozen=True, slots=True)
-class CallbackUrls:
-    return_url: str  # the signer's browser comes back here (/return/<return token>)
-    # OKdokument's server-to-server callback (/hooks/okdokument/<sendInfo token>)
-    sendinfo_url: str | None
-    webhook_url: str | None  # Firma's webhook endpoint (shared by every request)
-
-    def as_dict(self) -> dict[str, str]:
-        return {
-            k: v
-            for k, v in (
-                ("return_url", self.return_url),
-                ("sendinfo_url", self.sendinfo_url),
-                ("webhook_url", self.webhook_url),
-            )
-            if v
-        }
+# A request's callback URLs by name: ``return_url`` (the signer's browser) and those its
+# provider declares (receiver/providers/contract.py ``Provider.urls``).
+CallbackUrls = dict[str, str]
+_RETURN_ONLY = {"return_url": "/return/{return_token}"}
+_HOOK_TOKEN_FIELD = "{" + HOOK_TOKEN + "}"
 
 
 @dataclass
@@ -79,6 +68,9 @@ class AppContext:
     # read too. Only credentials that never expire are kept (see receiver/intake/credentials.py).
     token_cache: LruCache = field(default_factory=lambda: LruCache(20_000))
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # The headers stored and logged without their values: the core's and every provider's.
+    redaction: HeaderRedaction = field(init=False)
+    url_names: frozenset[str] = field(init=False)
     intake_load: IntakeLoad = field(default_factory=IntakeLoad)
     occupancy: Occupancy = field(default_factory=Occupancy)
     # Whether background work may go ahead now (acknowledgements first): see loadshare.py.
@@ -92,6 +84,14 @@ class AppContext:
         if not (math.isfinite(self.rate_window_seconds) and self.rate_window_seconds > 0):
             raise ConfigurationError(f"a rate window must be positive: {self.rate_window_seconds}")
         self.governor = Governor(self.intake_load, self.occupancy)
+        self.redaction = HeaderRedaction(
+            header for provider in self.providers.values() for header in provider.secret_headers
+        )
+        # Every URL name some provider gives its requests: ``{signback.<name>}`` in a payload
+        # (receiver/outbox/dispatcher.py); another ``{signback.…}`` string is left alone.
+        self.url_names = frozenset(
+            name for provider in self.providers.values() for name in provider.url_templates
+        ) | {"return_url"}
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -109,26 +109,37 @@ class AppContext:
     def return_token(self, token_nonce: str) -> str:
         return return_token_for(self.settings.secret_key.get_secret_value(), token_nonce)
 
-    def sendinfo_token(self, token_nonce: str) -> str:
-        return sendinfo_token_for(self.settings.secret_key.get_secret_value(), token_nonce)
+    def hook_token(self, token_nonce: str) -> str:
+        return hook_token_for(self.settings.secret_key.get_secret_value(), token_nonce)
 
     def callback_urls(
         self, provider: str, token_nonce: str, public_url: str | None = None
     ) -> CallbackUrls:
+        """The request's URLs, from its provider's templates (a token is derived only when a
+        template needs it); ``return_url`` only, for a provider no longer installed."""
         base = (public_url or self.settings.public_url).rstrip("/")
-        sendinfo_url = None
-        if provider == "okdokument":
-            sendinfo_url = f"{base}/hooks/okdokument/{self.sendinfo_token(token_nonce)}"
-        return CallbackUrls(
-            return_url=f"{base}/return/{self.return_token(token_nonce)}",
-            sendinfo_url=sendinfo_url,
-            webhook_url=f"{base}/hooks/firma" if provider == "firma" else None,
-        )
+        found = self.providers.get(provider)
+        templates = found.url_templates if found is not None else _RETURN_ONLY
+        tokens: dict[str, str] = {}
+        urls: CallbackUrls = {}
+        for name, template in templates.items():
+            if "{return_token}" in template and "return_token" not in tokens:
+                tokens["return_token"] = self.return_token(token_nonce)
+            if _HOOK_TOKEN_FIELD in template and HOOK_TOKEN not in tokens:
+                tokens[HOOK_TOKEN] = self.hook_token(token_nonce)
+            urls[name] = base + template.format_map(tokens)
+        return urls
 
     async def start_providers(self) -> None:
+        """Each provider's start hook, and its outbound client (closed by :meth:`close`)."""
         for provider in self.providers.values():
             if provider.start is not None:
-                self.closers.append(await provider.start(self))
+                await provider.start(self)
+            if provider.client is not None:
+                client = provider.client(self)
+                if client is not None:
+                    self.clients[provider.name] = client
+                    self.closers.append(client.aclose)
 
     async def close(self) -> None:
         while self.closers:

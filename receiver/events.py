@@ -43,7 +43,7 @@ class EventKind(enum.StrEnum):
     REQUEST_DELETED = "request.deleted"  # deleted at the provider (drafts only)
     REQUEST_UPDATED = "request.updated"  # properties changed at the provider
     SIGNER_RETURNED = "signer.returned"  # the signer's browser came back to our result URL
-    DELIVERY_FAILED = "delivery.failed"  # the provider says it could not call us (errorsendinfo)
+    DELIVERY_FAILED = "delivery.failed"  # the provider says it could not call us
     INFORMATIONAL = "informational"  # known but irrelevant to state (reminders, certificates…)
     TEST = "test"  # a provider's "is this endpoint alive" ping; changes nothing
     UNKNOWN = "unknown"  # a type we do not know: stored and shown, never dropped
@@ -53,15 +53,15 @@ class EventKind(enum.StrEnum):
 class NormalizedEvent:
     """One callback, as the rest of signback sees it."""
 
-    provider: str  # "okdokument", "firma", … (the adapter's name)
+    provider: str  # the provider's name (its package under handlers/)
     kind: EventKind  # normalized kind, see the table above
     provider_type: str  # the provider's own name for it ("signed", "signing_request.completed")
     external_id: str | None  # the provider's id of the signature request, used for matching
     event_id: str | None = None  # the provider's id of this event, if it has one
     # When the provider says it happened (unix seconds), if plausible (see plausible_time).
     occurred_at: float | None = None
-    # Whether the claim can be acted on. Signed (HMAC) events are; OKdokument's unsigned
-    # sendInfo is a claim until the Document-info API confirms it (see handlers/okdokument).
+    # Whether the claim can be acted on. Signed (HMAC) events are; an unsigned callback may be
+    # a claim until the provider's API confirms it (a rule checks it, see the README).
     confirmed: bool = True
     # Small provider-neutral facts rules may want: {"result": "close"}, {"recipient": "…"}.
     details: Mapping[str, Any] = field(default_factory=dict)

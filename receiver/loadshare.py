@@ -1,7 +1,7 @@
 """Acknowledgements first: how much of the event loop the background work may take.
 
 ``signback serve`` answers callbacks and, on the same event loop, runs the pipeline and the
-outbox dispatcher. A provider waits for the acknowledgement (Firma gives 5 seconds, and
+outbox dispatcher. A provider waits for the acknowledgement (some give 5 seconds, and
 retries what it does not get), while the work after it may lag a little. So when callbacks
 pour in faster than the loop can answer them *and* do the work behind them, the work waits:
 

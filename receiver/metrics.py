@@ -88,7 +88,7 @@ class Metrics:
         )
         self.http = Tally(
             "signback_http_responses_total",
-            "HTTP answers by route group (/hooks/firma, /return, /api, …) and status",
+            "HTTP answers by route group (/hooks/<provider>, /return, /api, …) and status",
             ["route", "status"],
             self.registry,
         )

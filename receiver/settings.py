@@ -7,13 +7,14 @@ a log line or an error message.
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AliasChoices,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -24,6 +25,36 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from receiver.errors import ConfigurationError
 
 DEFAULT_DATABASE_URL = "sqlite:///./signback.db"
+
+
+class ProviderSettings(BaseSettings):
+    """A provider's own settings, read like the core's (environment, then ``.env``) and
+    validated at start with the same error format. A subclass sets its prefix (the rest of
+    the configuration is inherited)::
+
+        class AcmeSettings(ProviderSettings):
+            model_config = SettingsConfigDict(env_prefix="SIGNBACK_ACME_")
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    @classmethod
+    def env_name(cls, field_name: str) -> str:
+        """The environment variable a field is read from, for error messages."""
+        return f"{cls.model_config.get('env_prefix', '')}{field_name}".upper()
+
+
+S = TypeVar("S", bound=ProviderSettings)
+
+
+def http_base_url(value: str) -> str:
+    """A base URL: http(s), without a trailing slash (the body of a field validator)."""
+    value = value.strip().rstrip("/")
+    if not value.lower().startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value
 
 
 class Settings(BaseSettings):
@@ -79,31 +110,12 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=10, ge=1)
     sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
 
-    # --- OKdokument --------------------------------------------------------------------
-    okdokument_base_url: str = "https://apidev.okdokument.com"
-    okdokument_api_key: SecretStr | None = None
-    okdokument_timeout: float = 10.0
-    # Rule (b): confirm an unsigned sendInfo claim with Document info before acting on it.
-    okdokument_confirm_callbacks: bool = True
+    # Providers that are not installed as a distribution (receiver/providers/registry.py).
+    provider_modules: str | None = None
 
-    # --- Firma.dev ---------------------------------------------------------------------
-    firma_base_url: str = "https://api.firma.dev/functions/v1/signing-request-api"
-    firma_api_key: SecretStr | None = None
-    firma_timeout: float = 10.0
-    # Comma-separated; several allowed so our side can rotate too (new first, old after).
-    firma_webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    # {"<workspace id>": ["secret", …]} for /hooks/firma/<workspace id>, as JSON.
-    firma_workspace_secrets: Annotated[dict[str, list[SecretStr]], NoDecode] = Field(
-        default_factory=dict
-    )
-    firma_signature_tolerance_seconds: float = Field(default=300.0, gt=0)
-    # Development only: accept unsigned Firma deliveries. Logged loudly at every start.
-    firma_insecure_skip_verification: bool = False
-    # signback's own budgets per API key, shared by every process on the database. Firma
-    # allows 120 writes and 200 reads a minute per key; the defaults keep a margin for the
-    # jitter between a slot's start and the call's arrival at Firma.
-    firma_writes_per_minute: float = Field(default=100.0, gt=0, le=120)
-    firma_reads_per_minute: float = Field(default=150.0, gt=0, le=200)
+    # Each installed provider's own settings (its own class and prefix), set by
+    # load_settings; not read from the environment under this name.
+    _sections: dict[str, ProviderSettings] = PrivateAttr(default_factory=dict)
 
     # --- downstream endpoints (receiver/outbox/downstream/) --------------------------------
     # Deliveries to loopback, private, link-local … addresses (checked on the resolved
@@ -133,42 +145,10 @@ class Settings(BaseSettings):
             return [part.strip().lower() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("firma_webhook_secrets", mode="before")
-    @classmethod
-    def _split_secrets(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("firma_workspace_secrets", mode="before")
-    @classmethod
-    def _parse_workspaces(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            if not value.strip():
-                return {}
-            parsed = json.loads(value)
-            if not isinstance(parsed, dict):
-                raise ValueError('expected a JSON object: {"<workspace id>": ["secret", …]}')
-            secrets: dict[str, list[str]] = {}
-            for workspace, value in parsed.items():
-                items = [value] if isinstance(value, str) else value
-                if not isinstance(items, list) or not all(
-                    isinstance(item, str) and item for item in items
-                ):
-                    raise ValueError(
-                        f"workspace {workspace!r}: expected a secret or a list of secrets"
-                    )
-                secrets[str(workspace)] = items
-            return secrets
-        return value
-
-    @field_validator("public_url", "okdokument_base_url", "firma_base_url")
+    @field_validator("public_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        if not value.lower().startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value
+        return http_base_url(value)
 
     @field_validator("database_url")
     @classmethod
@@ -187,6 +167,22 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    def section(self, cls: type[S]) -> S:
+        """A provider's own settings, by their class (``AcmeSettings``), as loaded at start."""
+        for found in self._sections.values():
+            if type(found) is cls:
+                return found
+        raise ConfigurationError(f"the settings of {cls.__name__} were not loaded")
+
+    def section_named(self, provider: str) -> ProviderSettings | None:
+        """A provider's own settings, by the provider's name."""
+        return self._sections.get(provider)
+
+    def with_sections(self, sections: Mapping[str, ProviderSettings]) -> Settings:
+        """These settings, with the given providers' own beside them (returns ``self``)."""
+        self._sections.update(sections)
+        return self
 
 
 def normalize_database_url(url: str) -> str:
@@ -221,39 +217,82 @@ def redact_url(url: str) -> str:
     return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
-def env_name(field: str) -> str:
+def env_name(field: str, settings_class: type[BaseSettings] = BaseSettings) -> str:
     """The environment variable a settings field is read from, for error messages."""
+    if issubclass(settings_class, ProviderSettings):
+        return settings_class.env_name(field)
     if field == "database_url":
         return "SIGNBACK_DATABASE_URL (or DATABASE_URL)"
     return f"SIGNBACK_{field.upper()}"
 
 
 def load_settings(*, purpose: str = "signback cannot start", **overrides: Any) -> Settings:
-    """Build the settings, turning pydantic's errors into one message naming each variable.
-    ``purpose`` begins the message: what cannot happen without them (a CLI command that
-    starts nothing says so in its own words)."""
+    """Build the settings, the core's and each installed provider's, turning pydantic's
+    errors into one message naming each variable. ``purpose`` begins the message: what
+    cannot happen without them (a CLI command that starts nothing says so in its own words).
+
+    ``overrides`` (tests, embedding) name core fields as they are (``public_url``) and a
+    provider's as ``<provider>_<field>`` (``acme_api_key``); ``_env_file`` and the like go
+    to every settings class."""
+    from receiver.providers.registry import discover
+
+    shared = {k: v for k, v in overrides.items() if k.startswith("_")}
+    core_values = {k: v for k, v in overrides.items() if not k.startswith("_")}
+    modules = overrides.get("provider_modules")
+    try:  # SIGNBACK_PROVIDER_MODULES, read as the settings read it, unless given here
+        packages = discover(modules if isinstance(modules, str) else None)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{purpose}: {exc}") from None
+    provider_values: dict[str, dict[str, Any]] = {name: {} for name in packages}
+    for key in list(core_values):
+        owner = next((name for name in packages if key.startswith(name + "_")), None)
+        if owner is not None and key not in Settings.model_fields:
+            provider_values[owner][key[len(owner) + 1 :]] = core_values.pop(key)
+    settings, problems = _validated(Settings, {**shared, **core_values})
+    sections: dict[str, ProviderSettings] = {}
+    for name, package in packages.items():
+        section, more = _validated(package.settings, {**shared, **provider_values[name]})
+        problems += more
+        if section is not None:
+            sections[name] = section
+    if problems or not isinstance(settings, Settings):
+        raise _configuration_error(purpose, problems)
+    return settings.with_sections(sections)
+
+
+def load_section(cls: type[S], *, purpose: str = "signback cannot start", **values: Any) -> S:
+    """One provider's settings, with :func:`load_settings`'s error message."""
+    section, problems = _validated(cls, values)
+    if problems or section is None:
+        raise _configuration_error(purpose, problems)
+    return section
+
+
+B = TypeVar("B", bound=BaseSettings)
+
+
+def _validated(cls: type[B], values: Mapping[str, Any]) -> tuple[B | None, list[str]]:
     try:
-        return Settings(**overrides)
+        return cls(**values), []
     except ValidationError as exc:
-        lines = [_problem(error) for error in exc.errors(include_url=False)]
-        raise ConfigurationError(
-            f"{purpose}: " + "; ".join(lines) + ". See the README's configuration "
-            "table (python3 scripts/run.py writes a .env with fresh secrets for local use)."
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise ConfigurationError(
-            f"{purpose}: SIGNBACK_FIRMA_WORKSPACE_SECRETS is not valid JSON: {exc}"
-        ) from None
+        return None, [_problem(error, cls) for error in exc.errors(include_url=False)]
 
 
-def _problem(error: Any) -> str:
+def _configuration_error(purpose: str, problems: list[str]) -> ConfigurationError:
+    return ConfigurationError(
+        f"{purpose}: " + "; ".join(problems) + ". See the README's configuration "
+        "table (python3 scripts/run.py writes a .env with fresh secrets for local use)."
+    )
+
+
+def _problem(error: Any, settings_class: type[BaseSettings]) -> str:
     """One validation error as a person reads it. Never the value: it may be a secret."""
     loc = error["loc"]
     kind = error["type"]
     context = error.get("ctx") or {}
     if not loc:  # a check across fields, whose message names the variables itself
         return str(error["msg"]).removeprefix("Value error, ")
-    name = env_name(str(loc[0]))
+    name = env_name(str(loc[0]), settings_class)
     if kind == "missing":
         return f"{name} is required but not set"
     # pydantic counts "items" for a SecretStr; these are strings of characters.

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from receiver.settings import Settings
+from receiver.settings import Settings, load_settings
 from tests.databases import (
     PostgresTemplates,
     SqliteTemplate,
@@ -68,7 +68,8 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 
 def test_settings(database_url: str, **overrides: Any) -> Settings:
-    """Settings for a test: fast retries and polls, fixed secrets, no .env file."""
+    """Settings for a test: fast retries and polls, fixed secrets, no .env file. A provider's
+    settings are named ``<provider>_<field>`` (``firma_api_key``), as load_settings takes."""
     values: dict[str, Any] = {
         "database_url": database_url,
         "admin_token": ADMIN_TOKEN,
@@ -86,7 +87,7 @@ def test_settings(database_url: str, **overrides: Any) -> Settings:
         "_env_file": None,
     }
     values.update(overrides)
-    return Settings(**values)
+    return load_settings(purpose="test settings", **values)
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]  # not a test, despite its name

@@ -20,27 +20,30 @@ from __future__ import annotations
 
 import hashlib
 
+from handlers.firma.settings import FirmaSettings
 from receiver.context import AppContext
 from receiver.outbox.budgets import Budget
 
 
-def key_digest(ctx: AppContext) -> str:
+def key_digest(settings: FirmaSettings) -> str:
     """Budgets are per API key, named by a hash of it: the key itself is never stored."""
-    key = ctx.settings.firma_api_key
+    key = settings.api_key
     return hashlib.sha256(key.get_secret_value().encode() if key else b"").hexdigest()[:16]
 
 
 def reads(ctx: AppContext) -> Budget:
+    settings = ctx.settings.section(FirmaSettings)
     return Budget(
-        f"firma-reads:{key_digest(ctx)}",
-        ctx.settings.firma_reads_per_minute,
+        f"firma-reads:{key_digest(settings)}",
+        settings.reads_per_minute,
         window=ctx.rate_window_seconds,
     )
 
 
 def writes(ctx: AppContext) -> Budget:
+    settings = ctx.settings.section(FirmaSettings)
     return Budget(
-        f"firma-writes:{key_digest(ctx)}",
-        ctx.settings.firma_writes_per_minute,
+        f"firma-writes:{key_digest(settings)}",
+        settings.writes_per_minute,
         window=ctx.rate_window_seconds,
     )

@@ -1,21 +1,26 @@
-"""Wires Firma's adapter, routes, operations and client into the core."""
+"""Builds Firma's provider from its settings: events, hooks, operations and client."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from handlers.firma import events, routes
 from handlers.firma.client import FirmaClient, validate_properties
 from handlers.firma.operations import OPERATIONS
 from handlers.firma.repoint import repoint
+from handlers.firma.settings import FirmaSettings
 from receiver.context import AppContext
 from receiver.logs import get_logger
-from receiver.outbox.dispatcher import PLACEHOLDERS
-from receiver.providers import Provider
-from receiver.settings import Settings
+from receiver.providers.contract import Provider, placeholder
 
 log = get_logger("signback.firma")
+
+# Firma calls one webhook URL per company or workspace, the same for every request.
+URLS = {"webhook_url": "/hooks/firma"}
+# The placeholders a Firma request's payload may hold ({signback.return_url}, …).
+PLACEHOLDERS = frozenset(placeholder(name) for name in ("return_url", *URLS))
 
 
 def validate_defaults(defaults: Mapping[str, Any]) -> None:
@@ -27,43 +32,46 @@ def validate_defaults(defaults: Mapping[str, Any]) -> None:
     validate_properties(stand_in)
 
 
-async def start_client(ctx: AppContext) -> Callable[[], Awaitable[None]]:
-    settings = ctx.settings
-    if settings.firma_insecure_skip_verification:
-        log.warning(
-            "INSECURE: SIGNBACK_FIRMA_INSECURE_SKIP_VERIFICATION is on and no secret is set: "
-            "unsigned Firma webhooks are accepted. Never run like this in production."
-            if not settings.firma_webhook_secrets
-            else "SIGNBACK_FIRMA_INSECURE_SKIP_VERIFICATION is on but secrets are set: "
-            "signatures are still verified on /hooks/firma."
-        )
-    elif not settings.firma_webhook_secrets and not settings.firma_workspace_secrets:
-        log.warning(
-            "no Firma webhook secret is set (SIGNBACK_FIRMA_WEBHOOK_SECRETS): "
-            "/hooks/firma refuses every delivery until one is"
-        )
-    if settings.firma_api_key is None:
+def warnings(settings: FirmaSettings) -> Callable[[AppContext], Any]:
+    async def start(_: AppContext) -> None:
+        if settings.insecure_skip_verification:
+            log.warning(
+                "INSECURE: SIGNBACK_FIRMA_INSECURE_SKIP_VERIFICATION is on and no secret is "
+                "set: unsigned Firma webhooks are accepted. Never run like this in production."
+                if not settings.webhook_secrets
+                else "SIGNBACK_FIRMA_INSECURE_SKIP_VERIFICATION is on but secrets are set: "
+                "signatures are still verified on /hooks/firma."
+            )
+        elif not settings.webhook_secrets and not settings.workspace_secrets:
+            log.warning(
+                "no Firma webhook secret is set (SIGNBACK_FIRMA_WEBHOOK_SECRETS): "
+                "/hooks/firma refuses every delivery until one is"
+            )
 
-        async def nothing() -> None:
+    return start
+
+
+def client_factory(settings: FirmaSettings) -> Callable[[AppContext], FirmaClient | None]:
+    def make(_: AppContext) -> FirmaClient | None:
+        if settings.api_key is None:
             return None
+        return FirmaClient(
+            settings.base_url, settings.api_key.get_secret_value(), timeout=settings.timeout
+        )
 
-        return nothing
-    client = FirmaClient(
-        settings.firma_base_url,
-        settings.firma_api_key.get_secret_value(),
-        timeout=settings.firma_timeout,
-    )
-    ctx.clients["firma"] = client
-    return client.aclose
+    return make
 
 
-def build(settings: Settings) -> Provider:
+def build(settings: FirmaSettings) -> Provider:
     return Provider(
-        name="firma",
+        name=events.PROVIDER,
         normalize=events.normalize,
-        hooks=routes.hooks,
+        hooks=functools.partial(routes.hooks, settings),
+        urls=URLS,
+        secret_headers=routes.SECRET_HEADERS,
         operations=OPERATIONS,
+        client=client_factory(settings),
         validate_defaults=validate_defaults,
         repoint=repoint,
-        start=start_client,
+        start=warnings(settings),
     )

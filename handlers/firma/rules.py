@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from handlers.firma.operations import PATCH
-from receiver.events import EventKind, NormalizedEvent
-from receiver.model import Action, SignatureRequest
-from receiver.pipeline.rules import rule
+from receiver import Action, EventKind, NormalizedEvent, SignatureRequest, rule
 
 RETURN_URL_PLACEHOLDER = "{signback.return_url}"
 

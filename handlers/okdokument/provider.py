@@ -1,46 +1,45 @@
-"""Wires OKdokument's adapter, routes, operations and client into the core."""
+"""Builds OKdokument's provider from its settings: adapter, hook, browser returns,
+operations and client."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from handlers.okdokument import adapter, routes
 from handlers.okdokument.client import OkdokumentClient
 from handlers.okdokument.operations import OPERATIONS
-from handlers.okdokument.rules import point_sendinfo, repoint
+from handlers.okdokument.returns import parse_return
+from handlers.okdokument.rules import point_hook_url, repoint
+from handlers.okdokument.settings import OkdokumentSettings
 from receiver.context import AppContext
 from receiver.logs import get_logger
 from receiver.pipeline.registration import Registration
-from receiver.providers import Provider
-from receiver.settings import Settings
+from receiver.providers.contract import Provider
 
 log = get_logger("signback.okdokument")
 
+# The request's own sendInfo URL, carrying its hook token (see receiver/intake/tokens.py).
+URLS = {"sendinfo_url": "/hooks/okdokument/{hook_token}"}
 
-async def start_client(ctx: AppContext) -> Callable[[], Awaitable[None]]:
-    settings = ctx.settings
-    if settings.okdokument_api_key is None:
-        log.warning(
-            "SIGNBACK_OKDOKUMENT_API_KEY is not set: OKdokument callbacks are received, but "
-            "PATCHes to OKdokument will fail until it is"
+
+def client_factory(settings: OkdokumentSettings) -> Callable[[AppContext], OkdokumentClient | None]:
+    def make(ctx: AppContext) -> OkdokumentClient | None:
+        if settings.api_key is None:
+            log.warning(
+                "SIGNBACK_OKDOKUMENT_API_KEY is not set: OKdokument callbacks are received, "
+                "but PATCHes to OKdokument will fail until it is"
+            )
+            return None
+        return OkdokumentClient(
+            settings.base_url, settings.api_key.get_secret_value(), timeout=settings.timeout
         )
 
-        async def nothing() -> None:
-            return None
-
-        return nothing
-    client = OkdokumentClient(
-        settings.okdokument_base_url,
-        settings.okdokument_api_key.get_secret_value(),
-        timeout=settings.okdokument_timeout,
-    )
-    ctx.clients["okdokument"] = client
-    return client.aclose
+    return make
 
 
 def registration_checker(
-    settings: Settings,
+    settings: OkdokumentSettings,
 ) -> Callable[[Registration], Sequence[tuple[str, str]]]:
     """A registration needs its documentId while sendInfo claims are confirmed: Document info
     is asked about that document, and OKdokument's documented API has no way to find a
@@ -48,7 +47,7 @@ def registration_checker(
     does not name their signature requests)."""
 
     def check(registration: Registration) -> Sequence[tuple[str, str]]:
-        if not settings.okdokument_confirm_callbacks or registration.document_id:
+        if not settings.confirm_callbacks or registration.document_id:
             return ()
         return (
             (
@@ -64,16 +63,16 @@ def registration_checker(
     return check
 
 
-def build(settings: Settings) -> Provider:
+def build(settings: OkdokumentSettings) -> Provider:
     return Provider(
         name=adapter.PROVIDER,
-        normalize=functools.partial(
-            adapter.normalize, confirm_claims=settings.okdokument_confirm_callbacks
-        ),
-        hooks=routes.hooks,
+        normalize=functools.partial(adapter.normalize, confirm_claims=settings.confirm_callbacks),
+        hooks=routes.HOOKS,
+        urls=URLS,
+        parse_return=parse_return,
         operations=OPERATIONS,
+        client=client_factory(settings),
         repoint=repoint,
-        point_sendinfo=point_sendinfo,
+        point_hook_url=point_hook_url,
         check_registration=registration_checker(settings),
-        start=start_client,
     )

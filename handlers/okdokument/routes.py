@@ -1,14 +1,15 @@
-"""``POST /hooks/okdokument/{token}``: OKdokument's sendInfo callback.
+"""``POST /hooks/okdokument/{hook_token}``: OKdokument's sendInfo callback.
 
-The URL is the credential: the request's sendInfo token (256 bits, stored only as a hash),
+The URL is the credential: the request's hook token (256 bits, stored only as a hash),
 which only OKdokument is given; the signer's browser has the return token, which does not
-open this route (receiver/intake/credentials.py). The body is then checked against the token's
-request: ``signatureRequestId`` must be the request's, and ``id``, when the request was
-registered with a ``documentId``, must be that document. A body never chooses what is
-confirmed later. Then it is stored raw and acknowledged. Answers: 200 stored (or
-duplicate), 400 malformed, 404 unknown URL, 405 wrong method, 409 body names another
-request or document, 413 too large, 415 not JSON, 503 store unavailable (OKdokument should
-retry). A query string on the URL is accepted and ignored.
+open this route (receiver/intake/credentials.py). The core finds the token's request
+(receiver/intake/hooks.py); :func:`verify` then checks the body against it:
+``signatureRequestId`` must be the request's, and ``id``, when the request was registered
+with a ``documentId``, must be that document. A body never chooses what is confirmed later.
+Then it is stored raw and acknowledged. Answers: 200 stored (or duplicate), 400 malformed,
+404 unknown URL, 405 wrong method, 409 body names another request or document, 413 too
+large, 415 not JSON, 503 store unavailable (OKdokument should retry). A query string on the
+URL is accepted and ignored.
 """
 
 from __future__ import annotations
@@ -16,23 +17,15 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from receiver.context import AppContext
 from receiver.errors import CallbackRejected
-from receiver.intake.ack import body_key, parse_json_object, rejected, store_and_ack
-from receiver.intake.credentials import find_by_sendinfo_token
-from receiver.intake.router import Answer, Callback, Hook
-from receiver.logs import get_logger
+from receiver.intake.ack import body_key, parse_json_object
+from receiver.intake.router import Callback
+from receiver.providers.contract import Accepted, HookSpec, MediaTypes
+from receiver.store.db.base import Row
 
-log = get_logger("signback.okdokument")
-
-
-def check_content_type(call: Callback) -> None:
-    content_type = call.headers.get("content-type")
-    if content_type is None:
-        return  # undocumented either way: the body must still parse as JSON
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        raise CallbackRejected(f"content type must be application/json, not {media!r}", 415)
+# OKdokument documents no content type: none is let through (the body must still parse as
+# JSON); a declared one must be JSON.
+MEDIA_TYPES = MediaTypes(("application/json",), suffixes=("+json",), required=False)
 
 
 def same_text(a: str, b: str) -> bool:
@@ -58,53 +51,35 @@ def check_document(payload: dict[str, Any], registered: str | None) -> None:
         )
 
 
-_UNKNOWN_URL = Answer.error(404, "unknown callback URL")
-
-
-def hooks(ctx: AppContext) -> list[Hook]:
-    limit = ctx.settings.max_body_bytes
-
-    async def sendinfo(call: Callback) -> Answer:
-        try:
-            row = await find_by_sendinfo_token(ctx, call.param or "")
-        except CallbackRejected as exc:
-            return rejected(exc, provider="okdokument", channel="sendinfo")
-        if row is None or row["provider"] != "okdokument":
-            log.warning("sendInfo to an unknown callback URL", status=404)
-            return _UNKNOWN_URL
-        request_id = int(row["id"])
-        try:
-            check_content_type(call)
-            body = await call.read_body(limit)
-            payload = parse_json_object(body)
-            claimed = payload.get("signatureRequestId")
-            if not isinstance(claimed, str) or not claimed:
-                raise CallbackRejected("body has no signatureRequestId", 400)
-            state = payload.get("state")
-            if not isinstance(state, str) or not state:
-                raise CallbackRejected("body has no state", 400)
-            # surrogatepass: a lone surrogate ("\ud800" in the JSON) is no registered id,
-            # and must be refused like any other, not fail the encoding.
-            if not hmac.compare_digest(
-                claimed.encode("utf-8", "surrogatepass"), str(row["external_id"]).encode()
-            ):
-                raise CallbackRejected(
-                    "signatureRequestId in the body does not belong to this callback URL", 409
-                )
-            check_document(payload, row["document_id"])
-        except CallbackRejected as exc:
-            return rejected(exc, provider="okdokument", channel="sendinfo", request=request_id)
-        return await store_and_ack(
-            ctx,
-            log_facts={"provider": "okdokument", "request": request_id, "state": state},
-            provider="okdokument",
-            channel="sendinfo",
-            dedupe_key="sendinfo:" + body_key(request_id, body),
-            body=body,
-            headers=call.headers,
-            query=call.query[:4096],
-            request_id=request_id,
-            external_id=claimed,
+def verify(call: Callback, body: bytes, row: Row) -> Accepted:
+    """A sendInfo body for the token's request ``row``."""
+    payload = parse_json_object(body)
+    claimed = payload.get("signatureRequestId")
+    if not isinstance(claimed, str) or not claimed:
+        raise CallbackRejected("body has no signatureRequestId", 400)
+    state = payload.get("state")
+    if not isinstance(state, str) or not state:
+        raise CallbackRejected("body has no state", 400)
+    # surrogatepass: a lone surrogate ("\ud800" in the JSON) is no registered id, and must be
+    # refused like any other, not fail the encoding.
+    if not hmac.compare_digest(
+        claimed.encode("utf-8", "surrogatepass"), str(row["external_id"]).encode()
+    ):
+        raise CallbackRejected(
+            "signatureRequestId in the body does not belong to this callback URL", 409
         )
+    check_document(payload, row["document_id"])
+    request_id = int(row["id"])
+    return Accepted(
+        dedupe_key="sendinfo:" + body_key(request_id, body),
+        external_id=claimed,
+        request_id=request_id,
+        log_facts={"request": request_id, "state": state},
+    )
 
-    return [Hook("/hooks/okdokument/{token}", sendinfo)]
+
+HOOKS = (
+    HookSpec(
+        "/hooks/okdokument/{hook_token}", channel="sendinfo", verify=verify, media_types=MEDIA_TYPES
+    ),
+)

@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from handlers.okdokument.operations import CONFIRM, PATCH
-from receiver.events import EventKind, NormalizedEvent
-from receiver.model import Action, SignatureRequest
-from receiver.pipeline.rules import rule
+from receiver import Action, EventKind, NormalizedEvent, SignatureRequest, rule
 
 
 def point_at_signback(key: str) -> Action:
@@ -31,7 +29,7 @@ def repoint(request: SignatureRequest, key: str) -> Action | None:
     return point_at_signback(key)
 
 
-def point_sendinfo(request: SignatureRequest, key: str) -> Action:
+def point_hook_url(request: SignatureRequest, key: str) -> Action:
     """Give OKdokument the request's own sendInfo URL (a request registered while one token
     served both URLs). Only ``sendInfoURL``: the result URL has not changed, and it may
     point at the retry page by now (rule c)."""
@@ -43,7 +41,7 @@ def point_sendinfo(request: SignatureRequest, key: str) -> Action:
     EventKind.REQUEST_CANCELLED,
     provider="okdokument",
     unconfirmed=True,
-    enabled_setting="okdokument_confirm_callbacks",
+    enabled_setting="okdokument.confirm_callbacks",
 )
 def confirm_before_acting(event: NormalizedEvent, request: SignatureRequest) -> Iterator[Action]:
     """(b) sendInfo is unsigned: check its claim with Document info before anything acts.

@@ -143,7 +143,7 @@ def registration_problems(
                 refused.append({"field": "defaults", "message": exc.message})
         problems += refused
     if provider is not None and provider.check_registration is not None:
-        # What the provider itself needs (OKdokument: a documentId while claims are confirmed).
+        # What the provider itself needs (e.g. a documentId to check claims against).
         document_id = raw.get("document_id", raw.get("documentId"))
         probe = Registration(
             provider=provider.name,
@@ -249,7 +249,7 @@ async def request_detail(ctx: AppContext, request_id: int) -> dict[str, Any] | N
     if row is None:
         return None
     req = requests.from_row(row)
-    urls = ctx.callback_urls(req.provider, str(row["token_nonce"])).as_dict()
+    urls = ctx.callback_urls(req.provider, str(row["token_nonce"]))
     actions = await outbox.for_request(ctx.db, req.id)
     attempts = await outbox.attempts_for(ctx.db, [int(a["id"]) for a in actions])
     return {
@@ -374,7 +374,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             )
         except RegistrationRefused as exc:
             return error(422, "invalid request", fields=exc.fields)
-        answer = request_json(registered.request, registered.urls.as_dict())
+        answer = request_json(registered.request, registered.urls)
         if not registered.created:
             return ApiJSON({"error": "already registered", "request": answer}, status_code=409)
         answer["requeued_events"] = registered.requeued_events

@@ -1,4 +1,5 @@
-"""Intake helpers shared by every provider route: read the body safely, redact, store, ack.
+"""Intake helpers shared by every provider hook and the browser return: parse, key, store,
+refuse (the steps around them: receiver/intake/hooks.py).
 
 Nothing slow happens before the acknowledgement: read (bounded), check, one INSERT, commit.
 """
@@ -13,31 +14,10 @@ from receiver import jsonutil
 from receiver.context import AppContext
 from receiver.errors import CallbackRejected
 from receiver.intake.router import Answer
-from receiver.logs import debug_enabled, get_logger, redact_tokens
+from receiver.logs import get_logger, redact_tokens
 from receiver.store import inbox
 
 log = get_logger("signback.intake")
-
-# Header names whose values never reach the database or a log line.
-SECRET_HEADERS = frozenset(
-    {"authorization", "cookie", "x-api-key", "proxy-authorization", "set-cookie"}
-)
-SIGNATURE_HEADERS = frozenset({"x-firma-signature", "x-firma-signature-old"})
-
-
-def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Lower-cased headers with credentials removed and signatures cut to their timestamp."""
-    kept: dict[str, str] = {}
-    for name, value in headers.items():
-        lowered = name.lower()
-        if lowered in SECRET_HEADERS:
-            kept[lowered] = "[redacted]"
-        elif lowered in SIGNATURE_HEADERS:
-            stamp = [p.strip() for p in value.split(",") if p.strip().startswith("t=")]
-            kept[lowered] = ",".join([*stamp[:1], "v1=[redacted]"])
-        else:
-            kept[lowered] = value[:1000]
-    return kept
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -86,29 +66,12 @@ async def store(
         dedupe_key=dedupe_key,
         received_at=ctx.clock(),
         body=body,
-        headers=redact_headers(headers),
+        headers=ctx.redaction(headers),
         query=query,
         request_id=request_id,
         external_id=external_id,
     )
     return await ctx.db.insert_new(inbox.NEW_CALLBACK, params, inbox.INBOX_CHANNEL)
-
-
-async def store_and_ack(ctx: AppContext, *, log_facts: Mapping[str, Any], **fields: Any) -> Answer:
-    """Store, then acknowledge. A store that fails is a 503 (the provider retries), never a
-    500 and never a 200: we only acknowledge what is committed."""
-    labels = (str(fields.get("provider")), str(fields.get("channel")))
-    try:
-        new = await store(ctx, **fields)
-    except CallbackRejected as exc:
-        facts = {"provider": labels[0], "channel": labels[1], **log_facts}
-        return rejected(exc, **facts)
-    except Exception as exc:
-        ctx.metrics.callbacks.inc(*labels, "503")
-        log.error("could not store callback", error=f"{type(exc).__name__}: {exc}", **log_facts)
-        return Answer.error(503, "temporarily unable to store the callback; please retry")
-    ctx.metrics.callbacks.inc(*labels, "accepted" if new else "duplicate")
-    return accepted(new, **log_facts)
 
 
 def rejected(exc: CallbackRejected, *, provider: str, channel: str, **facts: Any) -> Answer:
@@ -121,21 +84,3 @@ def rejected(exc: CallbackRejected, *, provider: str, channel: str, **facts: Any
         **facts,
     )
     return Answer.error(exc.status_code, exc.message)
-
-
-ACCEPTED = Answer.json(200, {"status": "accepted"})
-DUPLICATE = Answer.json(200, {"status": "duplicate"})
-
-
-def accepted(new: bool, **facts: Any) -> Answer:
-    try:
-        if new:
-            # At INFO each callback is logged once, by the pipeline ("event processed", with
-            # what it did); a line here too cost a sixth of the intake's CPU.
-            if debug_enabled():
-                log.debug("callback stored", **facts)
-        else:
-            log.info("duplicate callback ignored", **facts)
-    except Exception:  # the callback is committed: a logging mistake must not turn it into a 500
-        log.exception("could not log a stored callback")
-    return ACCEPTED if new else DUPLICATE

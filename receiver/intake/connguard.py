@@ -135,7 +135,7 @@ def raise_descriptor_limit(wanted: int = WANTED_DESCRIPTORS) -> int:
 
 def descriptors_reserved(settings: Settings) -> int:
     """Descriptors the process needs besides its client connections: the fixed ones, the
-    database pool, and the outbound calls (outbox and confirmations, a connection each)."""
+    database pool, and the outbound calls (outbox and follow-up checks, a connection each)."""
     pool = 0 if settings.is_sqlite else settings.db_pool_max + 2  # + LISTEN and a spare
     return FIXED_DESCRIPTORS + pool + 2 * settings.outbox_concurrency + 16
 

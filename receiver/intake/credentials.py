@@ -1,14 +1,15 @@
 """Which request a callback URL's token opens, and for which route.
 
 Each request has a return token (``/return/<token>``, seen by the signer's browser) and a
-sendInfo token (``/hooks/okdokument/<token>``, seen only by OKdokument); see tokens.py. A
-token opens only its own route: the return token is looked up in ``token_hash``, the
-sendInfo token in ``sendinfo_hash``, and the cache keeps the routes apart.
+hook token (``/hooks/<provider>/{hook_token}``, seen only by the provider); see tokens.py. A
+token opens only its own route: the return token is looked up in ``token_hash``, the hook
+token in ``sendinfo_hash`` (its column's name from when one provider had such a route), and
+the cache keeps the routes apart.
 
 One exception, for requests registered before the two tokens were split: their only token
-(the return token) was also their sendInfo URL's, and OKdokument may still call that URL.
-Until OKdokument has acknowledged the new sendInfo URL (``shared_token_retired_at`` is set,
-see sendinfo_split.py), the return token still opens their sendInfo route. Such a match is
+(the return token) was also their hook URL's, and the provider may still call that URL.
+Until the provider has acknowledged the new hook URL (``shared_token_retired_at`` is set,
+see hook_token_split.py), the return token still opens their hook route. Such a match is
 never cached: the moment the database retires it, every process stops accepting it.
 """
 
@@ -44,16 +45,16 @@ async def find_by_return_token(ctx: AppContext, token: str) -> Row | None:
     return _remember(ctx, key, row)
 
 
-async def find_by_sendinfo_token(ctx: AppContext, token: str) -> Row | None:
-    """The request whose sendInfo URL carries this token, or None."""
+async def find_by_hook_token(ctx: AppContext, token: str) -> Row | None:
+    """The request whose hook URL carries this token, or None."""
     if not looks_like_token(token):
         return None
     digest = token_hash(token)
-    key = "sendinfo:" + digest
+    key = "hook:" + digest
     cached = ctx.token_cache.get(key)
     if cached is not None:
         return cached
-    row = await _lookup(requests.by_sendinfo_hash(ctx.db, digest))
+    row = await _lookup(requests.by_hook_hash(ctx.db, digest))
     if row is None:
         return None
     own = row["sendinfo_hash"]

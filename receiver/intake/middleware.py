@@ -6,6 +6,7 @@ import itertools
 import os
 import re
 import time
+from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -14,33 +15,53 @@ from receiver.metrics import Metrics
 
 log = get_logger("signback.http")
 
-# Callback paths carry the request's token: never log it.
-_TOKEN_PATH = re.compile(r"^/(hooks/okdokument|return)/[^/]+")
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _QUIET_PATHS = frozenset({"/healthz", "/readyz"})
 
 
-_GROUPS = (
-    "/hooks/okdokument",
-    "/hooks/firma",
-    "/return",
-    "/api",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-)
+# Paths whose next segment is a request's token (``/return/<t>``, and each provider's
+# hook-token route, added by the app: token_routes). Process-wide, like the log set-up.
+_token_routes: set[str] = {"/return"}
 
 
-def route_group(path: str) -> str:
-    """A small, fixed label set for metrics (never a token, never unbounded)."""
-    return next((g for g in _GROUPS if path == g or path.startswith(g + "/")), "other")
+def _token_path(routes: Iterable[str]) -> re.Pattern[str]:
+    alternatives = "|".join(re.escape(r.strip("/")) for r in sorted(routes, key=len, reverse=True))
+    return re.compile(rf"^/({alternatives})/[^/]+")
+
+
+_TOKEN_PATH = _token_path(_token_routes)
+
+
+def token_routes(prefixes: Iterable[str]) -> None:
+    """Cut the segment after each of ``prefixes`` (``/hooks/<provider>``) out of logged
+    paths too, whatever it looks like. Only ever adds: an app never un-redacts another's."""
+    global _TOKEN_PATH
+    _token_routes.update(prefixes)
+    _TOKEN_PATH = _token_path(_token_routes)
 
 
 def loggable_path(path: str) -> str:
     """``path`` fit for a log line: the callback routes' token segment cut out whatever it
-    looks like, and anything token-shaped anywhere else (``//hooks/okdokument/<t>``,
+    looks like, and anything token-shaped anywhere else (``//hooks/<provider>/<t>``,
     ``/Return/<t>``, a token in any segment)."""
     return redact_tokens(_TOKEN_PATH.sub(r"/\1/[token]", path))
+
+
+_CORE_GROUPS = ("/return", "/api", "/healthz", "/readyz", "/metrics")
+
+
+class RouteGroups:
+    """A small, fixed label set for metrics (never a token, never unbounded): each
+    provider's ``/hooks/<name>`` and the core's routes."""
+
+    def __init__(self, hook_groups: Iterable[str] = ()) -> None:
+        self.groups = (*hook_groups, *_CORE_GROUPS)
+
+    def __call__(self, path: str) -> str:
+        return next((g for g in self.groups if path == g or path.startswith(g + "/")), "other")
+
+
+route_group = RouteGroups()  # the core's groups only (an app passes its own)
 
 
 # New request ids: 16 hex characters, a random per-process prefix and a counter. Unique
@@ -67,12 +88,13 @@ def finish_request(
     *,
     logged: bool,
     route: str | None = None,
+    groups: RouteGroups = route_group,
 ) -> None:
     """What ends every request, here and on the /hooks fast path (receiver/intake/router.py): the
     metrics, the access line when ``logged``, and the request id unbound. ``route`` is the
-    path's :func:`route_group` when the caller already knows it."""
+    path's route group (``groups``) when the caller already knows it."""
     if metrics is not None:
-        metrics.http.inc(route or route_group(path), str(status))
+        metrics.http.inc(route or groups(path), str(status))
     if logged:
         log.info(
             "http",
@@ -87,9 +109,12 @@ def finish_request(
 class RequestContextMiddleware:
     """Pure ASGI (no BaseHTTPMiddleware overhead on the hot path)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics | None = None, groups: RouteGroups = route_group
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.groups = groups
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -119,4 +144,12 @@ class RequestContextMiddleware:
         finally:
             path = scope["path"]
             logged = path not in _QUIET_PATHS or status >= 400
-            finish_request(self.metrics, scope["method"], path, status, started, logged=logged)
+            finish_request(
+                self.metrics,
+                scope["method"],
+                path,
+                status,
+                started,
+                logged=logged,
+                groups=self.groups,
+            )

@@ -25,7 +25,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from receiver import jsonutil
 from receiver.errors import CallbackRejected
 from receiver.intake.connguard import BodyBudget, BodyHold, ConnectionLimits
-from receiver.intake.middleware import finish_request, loggable_path, request_id_for, route_group
+from receiver.intake.middleware import (
+    RouteGroups,
+    finish_request,
+    loggable_path,
+    request_id_for,
+)
 from receiver.loadshare import IntakeLoad
 from receiver.logs import get_logger, set_request_id
 from receiver.metrics import Metrics
@@ -41,21 +46,29 @@ class ClientGone(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """An HTTP answer with its JSON body already encoded."""
+    """An HTTP answer with its body already encoded (JSON unless ``content_type`` says)."""
 
     status: int
     body: bytes
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    content_type: bytes = b"application/json"
     # What goes on the wire before the request id: content type, length, ``headers``.
     wire_headers: tuple[tuple[bytes, bytes], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         wire = (
-            (b"content-type", b"application/json"),
+            (b"content-type", self.content_type),
             (b"content-length", str(len(self.body)).encode()),
             *self.headers,
         )
         object.__setattr__(self, "wire_headers", wire)
+
+    @classmethod
+    def text(
+        cls, status: int, text: str, content_type: str = "text/plain; charset=utf-8"
+    ) -> Answer:
+        """A plain answer: some providers want an exact acknowledgement body."""
+        return cls(status, text.encode(), content_type=content_type.encode("latin-1"))
 
     @classmethod
     def json(
@@ -159,7 +172,7 @@ HookHandler = Callable[[Callback], Awaitable[Answer]]
 @dataclass(frozen=True, slots=True)
 class Hook:
     """A callback route: ``/hooks/<provider>`` with at most one ``{name}`` segment at the
-    end (``/hooks/okdokument/{token}``). Only POST is accepted."""
+    end (``/hooks/<provider>/{hook_token}``). Only POST is accepted."""
 
     path: str
     handle: HookHandler
@@ -177,7 +190,7 @@ class Hook:
 
     @property
     def fixed_part(self) -> str:
-        """``/hooks/okdokument/`` for a parameterized route, the whole path otherwise."""
+        """``/hooks/<provider>/`` for a parameterized route, the whole path otherwise."""
         return self.path.rpartition("/")[0] + "/" if self.has_param else self.path
 
 
@@ -205,6 +218,7 @@ class HookRouter:
         limits: ConnectionLimits | None = None,
         budget: BodyBudget | None = None,
         max_body_bytes: int = 1024 * 1024,
+        groups: RouteGroups | None = None,
     ) -> None:
         self.fallback = fallback
         self.metrics = metrics
@@ -213,14 +227,16 @@ class HookRouter:
         self.limits = limits or ConnectionLimits()
         self.budget = budget or BodyBudget(64 * 1024 * 1024)
         self.max_body_bytes = max_body_bytes
-        # A route's metrics label (its route group) is worked out once, not per request.
+        # A route's metrics label (its route group) is worked out once, not per request;
+        # by default each hook's /hooks/<provider>.
+        groups = groups or RouteGroups({"/".join(h.path.split("/")[:3]) for h in hooks})
         self._exact: dict[str, tuple[HookHandler, str]] = {}
         self._by_prefix: dict[str, tuple[HookHandler, str]] = {}
         for hook in hooks:
             table = self._by_prefix if hook.has_param else self._exact
             if hook.fixed_part in table:
                 raise ValueError(f"two hooks for {hook.path}")
-            table[hook.fixed_part] = (hook.handle, route_group(hook.fixed_part.rstrip("/")))
+            table[hook.fixed_part] = (hook.handle, groups(hook.fixed_part.rstrip("/")))
 
     def match(self, path: str) -> tuple[HookHandler | None, str | None, str]:
         """The handler for ``path``, its ``{…}`` segment and its route group."""

@@ -1,12 +1,14 @@
-"""Per-request callback tokens: the URL is the credential (OKdokument sends no signature).
+"""Per-request callback tokens: the URL is the credential (for providers whose callbacks
+carry no signature).
 
 Each request has two tokens, one per URL, both ``HMAC-SHA256(secret_key, label + nonce)``
 (256 bits, URL-safe base64) with a label of their own:
 
-- the **return token** opens ``/return/<token>``, the page OKdokument (and Firma) send the
-  signer's *browser* to. Every signer sees it, so it must open nothing else.
-- the **sendInfo token** opens ``/hooks/okdokument/<token>``, OKdokument's server-to-server
-  callback. It only ever goes to OKdokument (in a PATCH), never to a browser.
+- the **return token** opens ``/return/<token>``, the page a provider sends the signer's
+  *browser* to. Every signer sees it, so it must open nothing else.
+- the **hook token** opens the request's own hook route (``/hooks/<provider>/{hook_token}``),
+  a provider's server-to-server callback. It only ever goes to the provider (in a PATCH),
+  never to a browser.
 
 The return token keeps the label of the single token signback used to hand out for both
 URLs, so return links given to signers before the split keep working. The database keeps
@@ -27,8 +29,9 @@ TOKEN_BYTES = 32
 _TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")
 # Never change these: stored nonces must keep giving the same URLs. "callback-token:" is the
 # label of the token that once opened both routes; it now derives the return token only.
+# "sendinfo-token:" is the hook token's label from when only one provider had such a route.
 RETURN_LABEL = b"callback-token:"
-SENDINFO_LABEL = b"sendinfo-token:"
+HOOK_LABEL = b"sendinfo-token:"
 
 
 def new_nonce() -> str:
@@ -45,9 +48,9 @@ def return_token_for(secret_key: str, nonce: str) -> str:
     return _derive(secret_key, RETURN_LABEL, nonce)
 
 
-def sendinfo_token_for(secret_key: str, nonce: str) -> str:
-    """The token of ``/hooks/okdokument/<token>`` (OKdokument's sendInfo callback)."""
-    return _derive(secret_key, SENDINFO_LABEL, nonce)
+def hook_token_for(secret_key: str, nonce: str) -> str:
+    """The token of the request's own hook route (``/hooks/<provider>/<token>``)."""
+    return _derive(secret_key, HOOK_LABEL, nonce)
 
 
 def token_hash(token: str) -> str:

@@ -1,7 +1,7 @@
 """Rate budgets shared by every process on the same database.
 
 A :class:`Budget` is "at most N calls per window" for one kind of call to one provider with
-one API key (Firma: 200 reads and 120 writes a minute per key). Each call reserves the next
+one API key (e.g. 200 reads and 120 writes a minute per key). Each call reserves the next
 free slot of the budget's schedule with one atomic UPDATE of a row in ``kv`` (holding when
 the next slot starts). Slots are ``window / N`` apart, so any number of worker processes
 together never exceed the rate, without talking to each other.
@@ -44,7 +44,7 @@ RETURNING value
 class Budget:
     """At most ``per_window`` calls every ``window`` seconds, shared through ``kv``."""
 
-    key: str  # the schedule's name, e.g. "firma-reads:<hash of the API key>"; never a secret
+    key: str  # the schedule's name, e.g. "acme-reads:<hash of the API key>"; never a secret
     per_window: float  # calls allowed per window (a provider's "per minute" figure)
     # The window's length in seconds: a minute. Tests that run against a time-scaled
     # emulator shorten it by the emulator's factor; nothing else should.
@@ -119,7 +119,7 @@ async def take_slots(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> Deferral | None:
     """One slot of each budget, in the order given, for calls made one right after the
-    other (Firma: a write slot, then a read slot for the GET before the PATCH). Then sleep
+    other (e.g. a write slot, then a read slot for the GET before the PATCH). Then sleep
     until the latest one starts: None means "make the calls now".
 
     The first budget without a slot soon enough ends it with a :class:`Deferral`: later

@@ -16,7 +16,7 @@ import functools
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -40,15 +40,11 @@ from receiver.store.statuses import ActionStatus, AttemptOutcome
 
 log = get_logger("signback.outbox")
 
-# Rules may put these strings anywhere in a payload; they are filled in at send time, so the
-# outbox never stores a callback token and URLs always use the current public address.
-PLACEHOLDERS = {
-    "{signback.return_url}": "return_url",
-    "{signback.sendinfo_url}": "sendinfo_url",
-    "{signback.webhook_url}": "webhook_url",
-}
+# Rules may put ``{signback.<name>}`` anywhere in a payload, for any callback URL a provider
+# gives its requests (``return_url`` and the provider's own: Provider.urls). They are filled
+# in at send time, so the outbox never stores a callback token and URLs always use the
+# current public address.
 PLACEHOLDER_MARK = "{signback."
-SENDINFO_PLACEHOLDER = "{signback.sendinfo_url}"
 
 
 # After an attempt that was made: the action's status, and the attempt log's outcome.
@@ -68,20 +64,34 @@ class _Unknown:
 _UNKNOWN = _Unknown()
 
 
-def resolve_placeholders(value: Any, urls: CallbackUrls) -> Any:
+def resolve_placeholders(value: Any, urls: CallbackUrls, names: Collection[str] = ()) -> Any:
+    """``value`` with each ``{signback.<name>}`` string replaced by the request's URL of that
+    name. ``names``: every URL name some provider has; one this request's provider lacks is
+    an InvalidAction, and any other ``{signback.…}`` string is left alone."""
     if isinstance(value, str):
-        attribute = PLACEHOLDERS.get(value)
-        if attribute is None:
+        if not (value.startswith(PLACEHOLDER_MARK) and value.endswith("}")):
             return value
-        resolved = getattr(urls, attribute)
-        if resolved is None:
+        name = value[len(PLACEHOLDER_MARK) : -1]
+        resolved = urls.get(name)
+        if resolved is not None:
+            return resolved
+        if name in names:
             raise InvalidAction(f"{value} has no meaning for this provider")
-        return resolved
+        return value
     if isinstance(value, Mapping):
-        return {k: resolve_placeholders(v, urls) for k, v in value.items()}
+        return {k: resolve_placeholders(v, urls, names) for k, v in value.items()}
     if isinstance(value, list):
-        return [resolve_placeholders(v, urls) for v in value]
+        return [resolve_placeholders(v, urls, names) for v in value]
     return value
+
+
+def hands_out_hook_token(ctx: AppContext, row: Row) -> bool:
+    """Whether an action's payload gives its provider a URL carrying the hook token."""
+    provider = ctx.providers.get(str(row["operation"]).split(".", 1)[0])
+    if provider is None or not provider.hook_token_placeholders:
+        return False
+    text = str(row["payload"])
+    return any(name in text for name in provider.hook_token_placeholders)
 
 
 class Dispatcher:
@@ -287,12 +297,8 @@ class Dispatcher:
                 worker=ctx.worker_id,
                 uncount=throttled,
             )
-            if (
-                held
-                and decided is DecisionStatus.DONE
-                and SENDINFO_PLACEHOLDER in str(row["payload"])
-            ):
-                # The provider now calls the request's own sendInfo URL: a token it used before
+            if held and decided is DecisionStatus.DONE and hands_out_hook_token(ctx, row):
+                # The provider now calls the request's own hook URL: a token it used before
                 # (shared with the signer's return URL, see credentials.py) stops opening it.
                 await requests.retire_shared_token(tx, int(row["request_id"]), now=now)
             # --- downstream (issue 16): a provider call given up is an operational event.
@@ -416,14 +422,14 @@ class Dispatcher:
         if request_row is None:
             return GiveUp("the signature request is gone")
         request = requests.from_row(request_row)
-        if request_row.get("sendinfo_hash") is None and SENDINFO_PLACEHOLDER in str(row["payload"]):
-            # Written before the sendInfo token existed and not yet completed at start-up (an
+        if request_row.get("sendinfo_hash") is None and hands_out_hook_token(ctx, row):
+            # Written before the hook token existed and not yet completed at start-up (an
             # older process registered it during a rolling deploy): store the hash before the
             # URL goes out, or the provider's callbacks to it would find no request.
             try:
-                digest = token_hash(ctx.sendinfo_token(str(request_row["token_nonce"])))
+                digest = token_hash(ctx.hook_token(str(request_row["token_nonce"])))
                 async with ctx.db.transaction() as tx:
-                    await requests.set_sendinfo_hash(tx, request.id, digest, retire_shared_at=None)
+                    await requests.set_hook_hash(tx, request.id, digest, retire_shared_at=None)
             except Exception as exc:  # nothing was sent: try again soon, without counting it
                 return Deferred(1.0, f"database unavailable: {type(exc).__name__}")
         try:
@@ -431,7 +437,7 @@ class Dispatcher:
             payload = jsonutil.loads(text)
             if PLACEHOLDER_MARK in text:  # the callback tokens are derived only when needed
                 urls = ctx.callback_urls(request.provider, str(request_row["token_nonce"]))
-                payload = resolve_placeholders(payload, urls)
+                payload = resolve_placeholders(payload, urls, ctx.url_names)
             return await operation(ctx, request, payload)
         except InvalidAction as exc:
             return GiveUp(str(exc))

@@ -325,6 +325,13 @@ class _Tunnel(asyncio.Protocol):
             raise httpx.ProxyError(f"the proxy refused the tunnel: {status_line[:200]!r}")
 
 
+def _call_headers(headers: Mapping[str, str]) -> bytes:
+    for name, value in headers.items():
+        if any(c in name or c in value for c in "\r\n"):
+            raise ValueError(f"header {name!r} holds a line break")
+    return "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
+
+
 class LeanHttpClient:
     """Calls under one base URL, e.g. ``https://api.example/v1``; paths are joined to it
     the way httpx joins relative URLs to ``base_url`` (a leading ``/`` stays under it)."""
@@ -393,8 +400,10 @@ class LeanHttpClient:
         *,
         json: Any = None,
         content: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> LeanResponse:
+        """``extra_headers``: this call's own, besides the client's (a fresh access token,
+        a delivery's signature)."""
         if method == "HEAD":
             raise ValueError("HEAD is not supported here (its answer has no body to frame)")
         if json is not None:
@@ -410,9 +419,7 @@ class LeanHttpClient:
             (
                 f"{method} {self._target(path)} HTTP/1.1\r\n".encode("latin-1"),
                 self._fixed_headers,
-                "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
-                if headers
-                else b"",
+                _call_headers(extra_headers) if extra_headers else b"",
                 content_type,
                 b"Content-Length: %d\r\n\r\n" % len(body) if body or method != "GET" else b"\r\n",
             )

@@ -155,7 +155,7 @@ def requested_wait(response: HttpAnswer, *, now: float) -> float | None:
 
     ``Retry-After`` wins. Otherwise ``X-RateLimit-Reset`` (a unix time, or a delay when it is
     small) — but only when the limit is actually hit (429, or ``X-RateLimit-Remaining: 0``):
-    providers such as Firma send that header on *every* answer, and a 500 should not wait
+    some providers send that header on *every* answer, and a 500 should not wait
     for the end of the rate-limit window.
     """
     retry_after = parse_retry_after(response.headers.get("retry-after"), now=now)

@@ -12,7 +12,7 @@ a failure raises one of httpx's exceptions.
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, Self
 
 from receiver.outbox.lean_http import LeanHttpClient, proxy_from_environment
@@ -50,17 +50,25 @@ def _version() -> str:
 USER_AGENT = f"signback/{_version()}"
 
 
+# Credentials for every call: fixed headers (an API key), or an async callable that gives
+# each call its own (an OAuth access token, refreshed when it expires).
+Auth = Mapping[str, str] | Callable[[], Awaitable[Mapping[str, str]]]
+
+
 class ProviderHttpClient:
-    def __init__(self, base_url: str, auth_headers: Mapping[str, str], *, timeout: float) -> None:
+    def __init__(self, base_url: str, auth_headers: Auth, *, timeout: float) -> None:
         self._base_url = base_url
-        headers = {**auth_headers, "User-Agent": USER_AGENT, "Accept": "application/json"}
+        fixed = auth_headers if isinstance(auth_headers, Mapping) else {}
+        self._per_call = None if isinstance(auth_headers, Mapping) else auth_headers
+        headers = {**fixed, "User-Agent": USER_AGENT, "Accept": "application/json"}
         self._http = LeanHttpClient(
             base_url, headers, timeout=timeout, proxy=proxy_from_environment(base_url)
         )
 
     async def _request(self, method: str, path: str, *, json: Any = None) -> HttpAnswer:
         """``method`` on ``path`` under the base URL (``json``: the body to send)."""
-        return await self._http.request(method, path, json=json)
+        extra = await self._per_call() if self._per_call is not None else None
+        return await self._http.request(method, path, json=json, extra_headers=extra)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self._base_url!r})"

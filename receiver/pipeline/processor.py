@@ -17,8 +17,6 @@ already moved and the rules' actions already stored under the same keys.
 from __future__ import annotations
 
 import asyncio
-import re
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -26,12 +24,13 @@ from typing import Any
 from receiver import jsonutil
 from receiver.backoff import MAX_LOOP_DELAY, Backoff
 from receiver.context import AppContext
-from receiver.events import RAW_TIME_CHARS, EventKind, NormalizedEvent, plausible_time
+from receiver.events import EventKind, NormalizedEvent
+from receiver.intake.returns import nothing_read
 from receiver.logs import get_logger
 from receiver.model import SignatureRequest
 from receiver.outbox.downstream import emit as downstream_emit
 from receiver.pipeline import states
-from receiver.providers import StoredCallback
+from receiver.providers.contract import ReturnFacts, StoredCallback
 from receiver.store import inbox, outbox, requests
 from receiver.store.db.base import Row, Transaction
 from receiver.store.statuses import InboxStatus
@@ -43,7 +42,6 @@ BATCH_SIZE = 100
 # Rows per transaction on a single-writer database. Small enough that the callbacks arriving
 # meanwhile wait at most a few milliseconds for their own commit.
 SINGLE_WRITER_CHUNK = 16
-_MILLIS = re.compile(r"[0-9]{1,15}")  # ASCII digits only; a plausible unix time in ms
 MAX_PROCESSING_ATTEMPTS = 5
 
 
@@ -61,30 +59,21 @@ def stored_callback(row: Row) -> StoredCallback:
     )
 
 
-def normalize_return(callback: StoredCallback) -> NormalizedEvent:
-    """The signer's browser at /return/<token>: the same for every provider.
-
-    OKdokument adds name, docid, lang, result (success|close|mobile) and ts (ms). It is a
-    person's browser, not the provider: the values are recorded, never trusted for state.
-    """
-    params = dict(urllib.parse.parse_qsl(callback.query, keep_blank_values=True))
-    details: dict[str, Any] = {
-        key: params[key][:200] for key in ("result", "lang", "docid", "name") if key in params
-    }
-    occurred_at = None
-    if "ts" in params:
-        if _MILLIS.fullmatch(params["ts"]):
-            occurred_at = plausible_time(int(params["ts"]) / 1000.0)
-        if occurred_at is None:  # a browser can send anything: keep it, never as a time
-            details["occurred_at_raw"] = params["ts"][:RAW_TIME_CHARS]
+def normalize_return(
+    callback: StoredCallback, parse: Callable[[str], ReturnFacts] = nothing_read
+) -> NormalizedEvent:
+    """The signer's browser at /return/<token>: the same event for every provider; what its
+    query says is read by the provider's ``parse``. It is a person's browser, not the
+    provider: the values are recorded, never trusted for state."""
+    facts = parse(callback.query)
     return NormalizedEvent(
         provider=callback.provider,
         kind=EventKind.SIGNER_RETURNED,
-        provider_type=f"return:{details.get('result', 'unknown')}",
+        provider_type=f"return:{'unknown' if facts.result is None else facts.result}",
         external_id=None,
-        occurred_at=occurred_at,
-        details=details,
-        raw=params,
+        occurred_at=facts.occurred_at,
+        details=dict(facts.details),
+        raw=dict(facts.raw),
     )
 
 
@@ -93,10 +82,11 @@ class Pipeline:
         self.ctx = ctx
 
     def normalize(self, callback: StoredCallback) -> NormalizedEvent:
+        provider = self.ctx.providers.get(callback.provider)
         if callback.channel == "return":
-            event = normalize_return(callback)
+            parse = provider.parse_return if provider is not None else None
+            event = normalize_return(callback, parse or nothing_read)
         else:
-            provider = self.ctx.providers.get(callback.provider)
             if provider is None:
                 raise LookupError(f"no provider named {callback.provider!r} is installed")
             event = provider.normalize(callback)
@@ -371,8 +361,8 @@ class Pipeline:
 
         A late or repeated ``completed`` is recorded but triggers nothing, so rules never act
         twice on one fact. Kinds that carry no state (a browser return, an unknown type) always
-        run their rules. Unconfirmed claims run their (confirmation) rules unless the request
-        has already ended.
+        run their rules. Unconfirmed claims run their rules (the ones that check a claim)
+        unless the request has already ended.
         """
         if not event.confirmed:
             return not states.is_terminal(transition.before)

@@ -85,7 +85,7 @@ async def register(ctx: AppContext, data: Registration) -> Registered:
             metadata=data.metadata,
             defaults=data.defaults,
             token_hash=token_hash(ctx.return_token(nonce)),
-            sendinfo_hash=token_hash(ctx.sendinfo_token(nonce)),
+            hook_hash=token_hash(ctx.hook_token(nonce)),
             token_nonce=nonce,
             now=now,
         )

@@ -4,15 +4,13 @@ A rule module is any importable module. Mark functions with :func:`rule`; nothin
 at import time — :meth:`RuleBook.load` collects the marked functions of the modules it is
 given (the shipped ``handlers.*.rules`` and the user's ``SIGNBACK_RULES_MODULE``)::
 
-    from receiver.pipeline.rules import rule
-    from receiver.events import EventKind
-    from receiver.model import Action
+    from receiver import Action, EventKind, rule
 
-    @rule(EventKind.REQUEST_COMPLETED, provider="okdokument")
+    @rule(EventKind.REQUEST_COMPLETED, provider="acme")
     def thank_you_page(event, request):
         if request.metadata.get("thanks_url"):
-            yield Action("okdokument.patch_signature_request",
-                         {"resulturl": request.metadata["thanks_url"]}, key="thanks-page")
+            yield Action("acme.patch_request",
+                         {"redirect_url": request.metadata["thanks_url"]}, key="thanks-page")
 
 Rules run inside the pipeline's transaction: they must be pure and quick (no I/O). Anything
 that talks to a provider is an :class:`~receiver.model.Action`, sent later by the outbox.
@@ -42,7 +40,9 @@ class RuleSpec:
     # False (the default): runs only on confirmed events, after the state was updated.
     # True: runs only on unconfirmed claims (used by the confirm-before-acting rule).
     unconfirmed: bool
-    enabled_setting: str | None  # name of a boolean Settings field that switches it
+    # The boolean setting that switches it: a core Settings field ("run_worker"), or a
+    # provider's as "<provider>.<field>" ("acme.confirm_callbacks").
+    enabled_setting: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,18 @@ def rule(
     return mark
 
 
+def _setting(settings: Any, name: str) -> tuple[bool, Any]:
+    """(whether it exists, its value): a core setting, or ``<provider>.<field>``."""
+    owner, dot, field = name.rpartition(".")
+    target = settings
+    if dot:
+        by_name = getattr(settings, "section_named", None)
+        target = by_name(owner) if callable(by_name) else getattr(settings, owner, None)
+    if target is None or not hasattr(target, field):
+        return False, None
+    return True, getattr(target, field)
+
+
 class RuleBook:
     """The rules in force, looked up by (kind, provider, confirmed)."""
 
@@ -89,22 +101,15 @@ class RuleBook:
                 spec = getattr(value, _MARK, None)
                 if not isinstance(spec, RuleSpec) or not callable(value):
                     continue
-                if (
-                    spec.enabled_setting is not None
-                    and settings is not None
-                    and not hasattr(settings, spec.enabled_setting)
-                ):
-                    raise ConfigurationError(
-                        f"rule {module_name}.{name} is switched by {spec.enabled_setting!r},"
-                        " which is not a setting"
-                    )
-                switched_off = (
-                    spec.enabled_setting is not None
-                    and settings is not None
-                    and not bool(getattr(settings, spec.enabled_setting))
-                )
-                if switched_off:
-                    continue
+                if spec.enabled_setting is not None and settings is not None:
+                    found, switch = _setting(settings, spec.enabled_setting)
+                    if not found:
+                        raise ConfigurationError(
+                            f"rule {module_name}.{name} is switched by {spec.enabled_setting!r},"
+                            " which is not a setting"
+                        )
+                    if not bool(switch):
+                        continue
                 rules.append(Rule(f"{module_name}.{name}", value, spec))
         return cls(rules)
 

@@ -51,14 +51,15 @@ async def insert(
     metadata: Mapping[str, Any],
     defaults: Mapping[str, Any],
     token_hash: str,
-    sendinfo_hash: str,
+    hook_hash: str,
     token_nonce: str,
     now: float,
 ) -> Row | None:
     """Insert; None when (provider, external_id) is already registered.
 
-    ``token_hash`` is the return token's hash, ``sendinfo_hash`` the sendInfo token's. A new
-    request never had a shared token: it is retired from the start."""
+    ``token_hash`` is the return token's hash, ``hook_hash`` the hook token's (column
+    ``sendinfo_hash``, named when one provider had such a route). A new request never had a
+    shared token: it is retired from the start."""
     return await tx.fetch_one(
         "INSERT INTO signature_requests (provider, external_id, document_id, reference, state,"
         " return_url, retry_url, metadata, defaults, token_hash, sendinfo_hash,"
@@ -77,7 +78,7 @@ async def insert(
             "metadata": dumps(dict(metadata)),
             "defaults": dumps(dict(defaults)),
             "token_hash": token_hash,
-            "sendinfo_hash": sendinfo_hash,
+            "sendinfo_hash": hook_hash,
             "token_nonce": token_nonce,
             "now": now,
         },
@@ -117,11 +118,11 @@ async def by_return_hash(db: Database | Transaction, digest: str) -> Row | None:
     )
 
 
-async def by_sendinfo_hash(db: Database | Transaction, digest: str) -> Row | None:
-    """The request whose sendInfo token hashes to ``digest``, or, while its shared token is
-    not retired yet, whose return token does (a request registered before the two were
-    split, whose OKdokument round may still call the old URL). The caller tells the two
-    apart by comparing ``sendinfo_hash``. One query, one probe of each unique index."""
+async def by_hook_hash(db: Database | Transaction, digest: str) -> Row | None:
+    """The request whose hook token hashes to ``digest``, or, while its shared token is not
+    retired yet, whose return token does (a request registered before the two were split,
+    whose provider may still call the old URL). The caller tells the two apart by comparing
+    ``sendinfo_hash`` (the hook token's column). One query, one probe of each unique index."""
     return await db.fetch_one(
         f"SELECT {COLUMNS}, token_hash FROM signature_requests WHERE sendinfo_hash = :h"
         " OR (token_hash = :h AND shared_token_retired_at IS NULL)",
@@ -129,8 +130,8 @@ async def by_sendinfo_hash(db: Database | Transaction, digest: str) -> Row | Non
     )
 
 
-async def without_sendinfo_hash(tx: Transaction, *, limit: int, lock: str = "") -> list[Row]:
-    """Rows written before the sendInfo token existed, oldest first. ``lock``: the database's
+async def without_hook_hash(tx: Transaction, *, limit: int, lock: str = "") -> list[Row]:
+    """Rows written before the hook token existed, oldest first. ``lock``: the database's
     ``{skip_locked}``, so that processes starting at once share the rows out."""
     return await tx.fetch_all(
         f"SELECT {COLUMNS} FROM signature_requests WHERE sendinfo_hash IS NULL"
@@ -139,10 +140,10 @@ async def without_sendinfo_hash(tx: Transaction, *, limit: int, lock: str = "") 
     )
 
 
-async def set_sendinfo_hash(
+async def set_hook_hash(
     tx: Transaction, request_id: int, digest: str, *, retire_shared_at: float | None
 ) -> bool:
-    """Store a row's sendInfo token hash (once); ``retire_shared_at`` also retires its shared
+    """Store a row's hook token hash (once); ``retire_shared_at`` also retires its shared
     token. False if another process was first."""
     changed = await tx.execute(
         "UPDATE signature_requests SET sendinfo_hash = :h, shared_token_retired_at ="
@@ -153,7 +154,7 @@ async def set_sendinfo_hash(
 
 
 async def retire_shared_token(tx: Transaction, request_id: int, *, now: float) -> bool:
-    """From now on only the sendInfo token opens this request's sendInfo route."""
+    """From now on only the hook token opens this request's hook route."""
     changed = await tx.execute(
         "UPDATE signature_requests SET shared_token_retired_at = :now"
         " WHERE id = :id AND shared_token_retired_at IS NULL",

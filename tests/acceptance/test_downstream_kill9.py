@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from handlers.firma.signature import sign
-from receiver.simulate import firma_envelope
+from handlers.firma.simulate import firma_envelope
 from tests.acceptance.processes import free_port, processes, signback, signback_env
 from tests.conftest import ADMIN_TOKEN
 from tests.downstream import Answer, running_downstream

@@ -19,9 +19,9 @@ import httpx
 import pytest
 
 from handlers.firma.signature import sign
+from handlers.firma.simulate import firma_envelope
 from handlers.okdokument.fake import FakeOkdokument
 from receiver.settings import Settings
-from receiver.simulate import firma_envelope
 from tests.downstream import (
     Answer,
     Delivery,

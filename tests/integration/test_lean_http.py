@@ -114,6 +114,35 @@ def test_keep_alive_headers_body_and_base_path(base: str, loop: str) -> None:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
+def test_a_calls_own_headers_go_with_that_call_only(base: str, loop: str) -> None:
+    """Per-call headers (a provider's fresh access token, a delivery's signature) are sent
+    with their call beside the client's own, not with the next; a line break in one is
+    refused before anything is sent."""
+
+    async def main() -> None:
+        client = LeanHttpClient(base, {"x-api-key": "k"}, timeout=5)
+        try:
+            headers = (
+                await client.request(
+                    "POST", "x", json={}, extra_headers={"authorization": "Bearer tok-1"}
+                )
+            ).json()["headers"]
+            assert headers["authorization"] == "Bearer tok-1"
+            assert headers["x-api-key"] == "k"
+            assert "authorization" not in (await client.request("GET", "x")).json()["headers"]
+            opened = client.connections_opened
+            with pytest.raises(ValueError, match="line break"):
+                await client.request(
+                    "GET", "x", extra_headers={"authorization": "Bearer t\r\nx-injected: 1"}
+                )
+            assert client.connections_opened == opened
+        finally:
+            await client.aclose()
+
+    run(loop, main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
 def test_chunked_and_connection_close_answers(base: str, loop: str) -> None:
     async def main() -> None:
         client = LeanHttpClient(base, {}, timeout=5)

@@ -4,6 +4,9 @@ Each provider supplies a *case*: how to make a genuine callback, and how each at
 shared table applies to it. Firma signs with an HMAC header (``t=…,v1=…``); OKdokument sends
 no signature at all, its credential is the per-request token in the URL, so "bad signature"
 is a forged token and the timestamp/secret rows do not exist for it (skipped, saying why).
+Testsign, a provider that exists only in the tests (tests/providers/testsign, plugged in by
+``SIGNBACK_PROVIDER_MODULES``), signs form-encoded bodies with numbered signature headers
+and acknowledges in plain text.
 
 Every row checks the status, the reason given in ``{"error": …}``, and that nothing reached
 the inbox (``GET /api/inbox``); then the genuine version of the same callback is sent and
@@ -27,10 +30,12 @@ import httpx
 import pytest
 
 from handlers.firma.signature import sign
+from receiver.providers.registry import MODULES_VARIABLE
 from receiver.settings import Settings
 from tests.conftest import ADMIN_TOKEN, test_settings
 from tests.databases import PostgresTemplates, SqliteTemplate
 from tests.harness import Receiver, running_receiver
+from tests.providers.testsign.signature import headers_for as signed_form_headers
 
 # --------------------------------------------------------------------------------------------
 # What is sent, and what must come back
@@ -168,6 +173,10 @@ class Case(ABC):
     @abstractmethod
     def attack(self, attack: str, variant: str) -> tuple[Attempt, Attempt]:
         """The attack, and the genuine callback it was made from (sent afterwards)."""
+
+    def assert_accepted(self, response: httpx.Response) -> None:
+        """The provider's acknowledgement of a new callback (JSON unless it demands other)."""
+        assert response.json() == {"status": "accepted"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -492,10 +501,125 @@ class OkdokumentCase(Case):
 
 
 # --------------------------------------------------------------------------------------------
+# Testsign (tests/providers/testsign): form-encoded, X-Testsign-Signature-<n> per secret over
+# "<X-Testsign-Timestamp>.<body>", acknowledged with the plain text Testsign demands
+
+
+TESTSIGN_SECRET = "g" * 32 + "testsign-current"
+TESTSIGN_SECOND_SECRET = "h" * 32 + "testsign-previous"  # ours too: rotation on our side
+FORM = "application/x-www-form-urlencoded"
+TESTSIGN_ACK = "Hello API Event Received"
+
+
+class TestsignCase(Case):
+    __test__ = False
+    name = "testsign"
+    skipped: ClassVar[Mapping[str, str]] = {
+        "foreign_body": "a Testsign signature covers the whole body and belongs to the account,"
+        " not to one request: there is no per-request credential for a body to disagree with",
+    }
+    variants: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "bad_signature": ("unknown_secret", "other_body", "other_timestamp"),
+        "malformed_signature": ("not_hex", "upper_case", "too_short", "empty", "no_timestamp"),
+        "oversized_body": ("content_length", "chunked"),
+        "wrong_content_type": ("application/json", "text/plain", "multipart/form-data"),
+        "wrong_method": ("GET", "PUT"),
+    }
+    path = "/hooks/testsign"
+
+    @staticmethod
+    def body(size: int = 0) -> bytes:
+        fields = f"event_id=evt-{uuid.uuid4().hex}&envelope_id=env-{uuid.uuid4().hex[:8]}"
+        body = f"{fields}&status=completed&occurred_at={int(time.time())}".encode()
+        return body + b"&pad=" + b"x" * max(0, size - len(body) - 5) if size else body
+
+    @staticmethod
+    def headers(body: bytes, *secrets: str, at: int | None = None) -> dict[str, str]:
+        stamp = int(time.time()) if at is None else at
+        return {
+            "content-type": FORM,
+            **signed_form_headers(body, secrets or (TESTSIGN_SECRET,), stamp),
+        }
+
+    def genuine(self) -> Attempt:
+        body = self.body()
+        return Attempt(self.path, body, self.headers(body))
+
+    def assert_accepted(self, response: httpx.Response) -> None:
+        assert response.text == TESTSIGN_ACK
+        assert response.headers["content-type"].startswith("text/plain")
+
+    def attack(self, attack: str, variant: str) -> tuple[Attempt, Attempt]:
+        body = self.body()
+        now = int(time.time())
+        genuine = Attempt(self.path, body, self.headers(body))
+
+        def refused(headers: Mapping[str, str], reason: str, status: int = 401) -> Attempt:
+            return Attempt(self.path, body, headers, status=status, reason=reason)
+
+        if attack == "bad_signature":
+            headers = {
+                "unknown_secret": self.headers(body, UNKNOWN_SECRET),
+                "other_body": {**self.headers(body + b"&x=1"), "content-type": FORM},
+                "other_timestamp": {
+                    **self.headers(body, at=now - 1),
+                    "X-Testsign-Timestamp": str(now),
+                },
+            }[variant]
+            return refused(headers, "does not match"), genuine
+        if attack == "missing_signature":
+            headers = {"content-type": FORM, "X-Testsign-Timestamp": str(now)}
+            return refused(headers, "missing X-Testsign-Signature-1"), genuine
+        if attack == "malformed_signature":
+            digest = self.headers(body)["X-Testsign-Signature-1"]
+            header, reason = {
+                "not_hex": ("z" * 64, "hex digest"),
+                "upper_case": (digest.upper(), "hex digest"),
+                "too_short": (digest[:-1], "hex digest"),
+                "empty": ("", "hex digest"),
+                "no_timestamp": (digest, "not a unix time"),
+            }[variant]
+            headers = {**self.headers(body), "X-Testsign-Signature-1": header}
+            if variant == "no_timestamp":
+                headers.pop("X-Testsign-Timestamp")
+            return refused(headers, reason), genuine
+        if attack == "stale_timestamp":
+            return refused(self.headers(body, at=now - 360), "too old"), genuine
+        if attack == "future_timestamp":
+            return refused(self.headers(body, at=now + 360), "in the future"), genuine
+        if attack == "rotated_secret":
+            accepted = Attempt(self.path, body, self.headers(body, TESTSIGN_SECOND_SECRET))
+            return accepted, self.genuine()
+        if attack == "old_secret_header":
+            # The sender rotates: -1 made with a secret we do not hold yet, -2 with ours.
+            headers = self.headers(body, UNKNOWN_SECRET, TESTSIGN_SECRET)
+            return Attempt(self.path, body, headers), self.genuine()
+        if attack == "oversized_body":
+            big = self.body(size=self.limit + 1)
+            content: bytes | Callable[[], Iterator[bytes]] = (
+                chunks_of(big) if variant == "chunked" else big
+            )
+            return Attempt(
+                self.path, content, self.headers(big), status=413, reason="larger than"
+            ), genuine
+        if attack == "wrong_content_type":
+            headers = {**self.headers(body), "content-type": variant}
+            return refused(headers, f"must be {FORM}", 415), genuine
+        if attack == "missing_content_type":
+            headers = {k: v for k, v in self.headers(body).items() if k != "content-type"}
+            return refused(headers, "not 'missing'", 415), genuine
+        if attack == "wrong_method":
+            return Attempt(
+                self.path, body, self.headers(body), method=variant, status=405, reason="allowed"
+            ), genuine
+        raise AssertionError(f"no such attack: {attack}")
+
+
+# --------------------------------------------------------------------------------------------
 # The suite
 
 
-CASES: tuple[type[Case], ...] = (FirmaCase, OkdokumentCase)
+CASES: tuple[type[Case], ...] = (FirmaCase, OkdokumentCase, TestsignCase)
 
 
 def suite_params() -> list[Any]:
@@ -529,7 +653,9 @@ SUITE_SETTINGS: Mapping[str, Any] = {
     "firma_workspace_secrets": {"ws_legal": WS_LEGAL_SECRETS, "ws_sales": [WS_SALES_SECRET]},
     "okdokument_base_url": "http://127.0.0.1:9",
     "outbox_max_attempts": 1,  # … and is not retried
+    "testsign_secrets": [TESTSIGN_SECRET, TESTSIGN_SECOND_SECRET],
 }
+TESTSIGN_MODULE = "tests.providers.testsign"
 
 
 @pytest.fixture(
@@ -546,18 +672,21 @@ def shared(
     servers. Rows cannot see each other's traces: each compares the inbox right before and
     right after its own request, and each uses fresh event ids, bodies and requests.
     """
-    if request.param == "sqlite":
-        url = sqlite_template.fresh(tmp_path_factory.mktemp("security"))
-        with intake(partial(test_settings, url), **SUITE_SETTINGS) as running:
-            yield running
-        return
-    templates: PostgresTemplates = request.getfixturevalue("postgres_templates")
-    url = templates.fresh()
-    try:
-        with intake(partial(test_settings, url), **SUITE_SETTINGS) as running:
-            yield running
-    finally:
-        templates.drop(url)
+    # Testsign is found the way an in-house provider would be: by the environment variable.
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv(MODULES_VARIABLE, TESTSIGN_MODULE)
+        if request.param == "sqlite":
+            url = sqlite_template.fresh(tmp_path_factory.mktemp("security"))
+            with intake(partial(test_settings, url), **SUITE_SETTINGS) as running:
+                yield running
+            return
+        templates: PostgresTemplates = request.getfixturevalue("postgres_templates")
+        url = templates.fresh()
+        try:
+            with intake(partial(test_settings, url), **SUITE_SETTINGS) as running:
+                yield running
+        finally:
+            templates.drop(url)
 
 
 @pytest.mark.parametrize(("case_type", "attack", "variant"), suite_params())
@@ -569,7 +698,7 @@ def test_intake_security(shared: Intake, case_type: type[Case], attack: str, var
     assert response.status_code == attempt.status, response.text
     after = inbox_ids(shared)
     if attempt.accepted:
-        assert response.json() == {"status": "accepted"}
+        case.assert_accepted(response)
         assert len(after - before) == 1, "an accepted callback is stored exactly once"
     else:
         assert attempt.reason.lower() in reason_of(response).lower(), response.text
@@ -578,7 +707,8 @@ def test_intake_security(shared: Intake, case_type: type[Case], attack: str, var
     # new: the refused attempt did not even occupy its deduplication key.
     answer = send(shared, genuine)
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"status": "accepted"}
+    case.assert_accepted(answer)
+    assert len(inbox_ids(shared) - after) == 1, "stored as new, not taken for a duplicate"
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,13 +22,16 @@ from pydantic import ValidationError
 from handlers.firma import signature
 from handlers.firma.events import normalize as firma_normalize
 from handlers.firma.events import parse_envelope, parse_timestamp
+from handlers.firma.routes import SECRET_HEADERS as FIRMA_SECRET_HEADERS
 from handlers.firma.routes import dedupe_key
 from handlers.okdokument.adapter import normalize as okdokument_normalize
+from handlers.okdokument.returns import parse_return as okdokument_return
 from receiver import jsonutil
 from receiver.admin.api import ApiJSON, RegisterBody, action_json, event_json, iso, row_id
 from receiver.errors import CallbackRejected, SignatureInvalid
 from receiver.events import EARLIEST_OCCURRED_AT, LATEST_OCCURRED_AT, NormalizedEvent
-from receiver.intake.ack import parse_json_object, redact_headers
+from receiver.intake.ack import parse_json_object
+from receiver.intake.redaction import HeaderRedaction
 from receiver.pipeline.processor import normalize_return
 from receiver.providers import StoredCallback
 from receiver.store import inbox
@@ -183,7 +186,7 @@ def test_verification_answers_or_refuses_never_raises_anything_else(
         return
     assert abs(stamp - NOW) <= signature.DEFAULT_TOLERANCE_SECONDS
     # Stored headers are redacted text the database can hold (encoded as JSON).
-    jsonutil.loads_object(jsonutil.dumps(redact_headers(headers)))
+    jsonutil.loads_object(jsonutil.dumps(HeaderRedaction(FIRMA_SECRET_HEADERS)(headers)))
 
 
 # --- the browser return ---------------------------------------------------------------------
@@ -195,8 +198,9 @@ def test_verification_answers_or_refuses_never_raises_anything_else(
 @example("result=" + "%00" * 300)
 def test_browser_return_always_normalizes_to_storable_facts(query: str) -> None:
     assert inbox.intake_problem(dedupe_key="return:x", query=query, external_id="sr") is None
-    event = normalize_return(stored(b"", channel="return", provider="okdokument", query=query))
-    assert_storable_facts(event)
+    callback = stored(b"", channel="return", provider="okdokument", query=query)
+    assert_storable_facts(normalize_return(callback, okdokument_return))
+    assert_storable_facts(normalize_return(callback))  # a provider that reads nothing
 
 
 # --- what the pipeline writes and what views show -------------------------------------------

@@ -1,4 +1,5 @@
-"""Intake helpers shared by every provider route (receiver/intake/ack.py)."""
+"""Intake helpers shared by every provider route (receiver/intake/ack.py), and the header
+redaction built from the installed providers' secret headers (receiver/intake/redaction.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,21 @@ from typing import Any
 
 import pytest
 
+from receiver.app import build_providers
 from receiver.errors import CallbackRejected, SignatureInvalid
-from receiver.intake.ack import body_key, parse_json_object, redact_headers
+from receiver.intake.ack import body_key, parse_json_object
+from receiver.intake.redaction import HeaderRedaction
+from receiver.providers.contract import SecretHeader
+from tests.conftest import test_settings
 
 SECRET_VALUE = "s3cr3t-value-that-must-not-be-stored"
+
+
+@pytest.fixture(scope="module")
+def redact_headers() -> HeaderRedaction:
+    """What the app redacts: the core's list and every installed provider's headers."""
+    providers, _ = build_providers(test_settings("sqlite:///unused.db"))
+    return HeaderRedaction(h for p in providers.values() for h in p.secret_headers)
 
 
 @pytest.mark.parametrize(
@@ -70,17 +82,46 @@ SECRET_VALUE = "s3cr3t-value-that-must-not-be-stored"
         pytest.param({}, {}, id="none"),
     ],
 )
-def test_redact_headers(headers: dict[str, str], expected: dict[str, str]) -> None:
+def test_redact_headers(
+    redact_headers: HeaderRedaction, headers: dict[str, str], expected: dict[str, str]
+) -> None:
     redacted = redact_headers(headers)
 
     assert redacted == expected
     assert SECRET_VALUE not in repr(redacted)
 
 
-def test_redact_headers_does_not_change_its_input() -> None:
+def test_redact_headers_does_not_change_its_input(redact_headers: HeaderRedaction) -> None:
     headers = {"Authorization": "Bearer x"}
     redact_headers(headers)
     assert headers == {"Authorization": "Bearer x"}
+
+
+def test_a_provider_declares_names_and_patterns_with_their_own_redactor() -> None:
+    """Numbered signature headers (DocuSign's X-DocuSign-Signature-1..N) by pattern, a
+    name with a redactor that keeps part of the value, the core's list kept either way."""
+    redaction = HeaderRedaction(
+        [
+            SecretHeader(r"x-acme-signature-\d+"),
+            SecretHeader("x-acme-stamp", lambda value: value[:2] + "…"),
+        ]
+    )
+    headers = {
+        "X-Acme-Signature-1": SECRET_VALUE,
+        "x-acme-signature-12": SECRET_VALUE,
+        "x-acme-signature-": "kept: no number",
+        "x-acme-signature-1x": "kept: not the whole name",
+        "X-Acme-Stamp": "t=" + SECRET_VALUE,
+        "Authorization": SECRET_VALUE,
+    }
+    assert redaction(headers) == {
+        "x-acme-signature-1": "[redacted]",
+        "x-acme-signature-12": "[redacted]",
+        "x-acme-signature-": "kept: no number",
+        "x-acme-signature-1x": "kept: not the whole name",
+        "x-acme-stamp": "t=…",
+        "authorization": "[redacted]",
+    }
 
 
 @pytest.mark.parametrize(

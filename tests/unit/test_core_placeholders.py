@@ -15,9 +15,11 @@ RETURN = "https://signback.example/return/TOKEN"
 SENDINFO = "https://signback.example/hooks/okdokument/TOKEN"
 WEBHOOK = "https://signback.example/hooks/firma"
 
-OKDOKUMENT = CallbackUrls(return_url=RETURN, sendinfo_url=SENDINFO, webhook_url=None)
-FIRMA = CallbackUrls(return_url=RETURN, sendinfo_url=None, webhook_url=WEBHOOK)
-ALL = CallbackUrls(return_url=RETURN, sendinfo_url=SENDINFO, webhook_url=WEBHOOK)
+# A request's URLs are a mapping by name; NAMES are every name some provider has.
+OKDOKUMENT: CallbackUrls = {"return_url": RETURN, "sendinfo_url": SENDINFO}
+FIRMA: CallbackUrls = {"return_url": RETURN, "webhook_url": WEBHOOK}
+ALL: CallbackUrls = {**OKDOKUMENT, **FIRMA}
+NAMES = frozenset(ALL)
 
 
 @pytest.mark.parametrize(
@@ -61,7 +63,7 @@ ALL = CallbackUrls(return_url=RETURN, sendinfo_url=SENDINFO, webhook_url=WEBHOOK
     ],
 )
 def test_placeholders_are_resolved(value: Any, urls: CallbackUrls, expected: Any) -> None:
-    assert resolve_placeholders(value, urls) == expected
+    assert resolve_placeholders(value, urls, NAMES) == expected
 
 
 @pytest.mark.parametrize(
@@ -87,14 +89,14 @@ def test_placeholders_are_resolved(value: Any, urls: CallbackUrls, expected: Any
 @pytest.mark.parametrize("urls", [OKDOKUMENT, FIRMA], ids=["okdokument", "firma"])
 def test_everything_else_is_left_alone(value: Any, urls: CallbackUrls) -> None:
     before = copy.deepcopy(value)
-    assert resolve_placeholders(value, urls) == before
+    assert resolve_placeholders(value, urls, NAMES) == before
 
 
 def test_the_input_payload_is_not_changed() -> None:
     payload: dict[str, Any] = {"a": ["{signback.return_url}"], "b": {"c": "{signback.return_url}"}}
     before = copy.deepcopy(payload)
 
-    resolved = resolve_placeholders(payload, OKDOKUMENT)
+    resolved = resolve_placeholders(payload, OKDOKUMENT, NAMES)
 
     assert payload == before
     assert resolved == {"a": [RETURN], "b": {"c": RETURN}}
@@ -127,6 +129,17 @@ def test_a_placeholder_without_a_value_is_an_invalid_action(
     value: Any, urls: CallbackUrls, placeholder: str
 ) -> None:
     with pytest.raises(InvalidAction) as caught:
-        resolve_placeholders(value, urls)
+        resolve_placeholders(value, urls, NAMES)
     assert placeholder in str(caught.value)
     assert "no meaning for this provider" in str(caught.value)
+
+
+def test_any_provider_url_name_is_a_placeholder() -> None:
+    """A provider's own URL names work as placeholders, with no change to the core."""
+    urls: CallbackUrls = {"return_url": RETURN, "events_url": "https://sb.example/hooks/acme"}
+    names = NAMES | {"events_url"}
+    assert resolve_placeholders({"u": "{signback.events_url}"}, urls, names) == {
+        "u": "https://sb.example/hooks/acme"
+    }
+    with pytest.raises(InvalidAction, match="no meaning for this provider"):
+        resolve_placeholders("{signback.events_url}", OKDOKUMENT, names)

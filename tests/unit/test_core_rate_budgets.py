@@ -7,9 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import ValidationError
 
 from handlers.firma import budgets
+from handlers.firma.settings import FirmaSettings
 from receiver.app import build_context
 from receiver.errors import ConfigurationError
 from receiver.outbox.budgets import Deferral
@@ -31,8 +31,8 @@ def settings(**overrides: Any) -> Any:
 
 
 def test_firma_budgets_default_below_firmas_limits() -> None:
-    s = settings()
-    assert (s.firma_reads_per_minute, s.firma_writes_per_minute) == (150.0, 100.0)
+    s = settings().section(FirmaSettings)
+    assert (s.reads_per_minute, s.writes_per_minute) == (150.0, 100.0)
     assert settings(firma_reads_per_minute=200, firma_writes_per_minute=120)
 
 
@@ -45,7 +45,7 @@ def test_firma_budgets_default_below_firmas_limits() -> None:
     ],
 )
 def test_firma_budgets_above_firmas_limits_are_refused(overrides: dict[str, float]) -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(ConfigurationError, match=next(iter(overrides)).upper()):
         settings(**overrides)
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from handlers.firma.settings import FirmaSettings
+from handlers.okdokument.settings import OkdokumentSettings
 from receiver.errors import ConfigurationError
 from receiver.settings import (
     DEFAULT_DATABASE_URL,
@@ -55,8 +57,13 @@ def test_defaults(env: Env) -> None:
     assert settings.database_url == DEFAULT_DATABASE_URL
     assert settings.is_sqlite
     assert settings.public_url == "http://127.0.0.1:8000"
-    assert settings.firma_webhook_secrets == []
-    assert settings.firma_workspace_secrets == {}
+    firma = settings.section(FirmaSettings)
+    assert firma.webhook_secrets == []
+    assert firma.workspace_secrets == {}
+    okdokument = settings.section(OkdokumentSettings)
+    assert okdokument.base_url == "https://apidev.okdokument.com"
+    assert okdokument.confirm_callbacks is True
+    assert not any(name.startswith(("firma", "okdokument")) for name in Settings.model_fields)
 
 
 @pytest.mark.parametrize(
@@ -179,8 +186,8 @@ def test_database_url(env: Env, variables: dict[str, str], expected: str) -> Non
 def test_firma_webhook_secrets_are_comma_separated(
     env: Env, value: str, expected: list[str]
 ) -> None:
-    settings = env(SIGNBACK_FIRMA_WEBHOOK_SECRETS=value)
-    assert [s.get_secret_value() for s in settings.firma_webhook_secrets] == expected
+    settings = env(SIGNBACK_FIRMA_WEBHOOK_SECRETS=value).section(FirmaSettings)
+    assert [s.get_secret_value() for s in settings.webhook_secrets] == expected
 
 
 @pytest.mark.parametrize(
@@ -195,10 +202,10 @@ def test_firma_webhook_secrets_are_comma_separated(
     ],
 )
 def test_firma_workspace_secrets_json(env: Env, value: str, expected: dict[str, list[str]]) -> None:
-    settings = env(SIGNBACK_FIRMA_WORKSPACE_SECRETS=value)
+    settings = env(SIGNBACK_FIRMA_WORKSPACE_SECRETS=value).section(FirmaSettings)
     got = {
         workspace: [s.get_secret_value() for s in secrets]
-        for workspace, secrets in settings.firma_workspace_secrets.items()
+        for workspace, secrets in settings.workspace_secrets.items()
     }
     assert got == expected
 
@@ -252,20 +259,84 @@ def test_public_url_must_be_http(env: Env, value: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("variable", "attribute"),
+    ("variable", "section"),
     [
-        ("SIGNBACK_OKDOKUMENT_BASE_URL", "okdokument_base_url"),
-        ("SIGNBACK_FIRMA_BASE_URL", "firma_base_url"),
+        ("SIGNBACK_OKDOKUMENT_BASE_URL", OkdokumentSettings),
+        ("SIGNBACK_FIRMA_BASE_URL", FirmaSettings),
     ],
 )
 def test_provider_base_urls_are_checked_the_same_way(
-    env: Env, variable: str, attribute: str
+    env: Env, variable: str, section: type[FirmaSettings | OkdokumentSettings]
 ) -> None:
-    assert getattr(env(**{variable: "https://api.example/v1/"}), attribute) == (
-        "https://api.example/v1"
-    )
+    loaded = env(**{variable: "https://api.example/v1/"}).section(section)
+    assert loaded.base_url == "https://api.example/v1"
     with pytest.raises(ConfigurationError, match=variable):
         env(**{variable: "api.example"})
+
+
+@pytest.mark.parametrize(
+    ("variables", "section", "field", "expected"),
+    [
+        ({"SIGNBACK_OKDOKUMENT_API_KEY": "k-123"}, OkdokumentSettings, "api_key", "k-123"),
+        ({"SIGNBACK_OKDOKUMENT_TIMEOUT": "3.5"}, OkdokumentSettings, "timeout", 3.5),
+        (
+            {"SIGNBACK_OKDOKUMENT_CONFIRM_CALLBACKS": "false"},
+            OkdokumentSettings,
+            "confirm_callbacks",
+            False,
+        ),
+        ({"SIGNBACK_FIRMA_API_KEY": "f-123"}, FirmaSettings, "api_key", "f-123"),
+        ({"SIGNBACK_FIRMA_TIMEOUT": "4"}, FirmaSettings, "timeout", 4.0),
+        (
+            {"SIGNBACK_FIRMA_SIGNATURE_TOLERANCE_SECONDS": "60"},
+            FirmaSettings,
+            "signature_tolerance_seconds",
+            60.0,
+        ),
+        (
+            {"SIGNBACK_FIRMA_INSECURE_SKIP_VERIFICATION": "true"},
+            FirmaSettings,
+            "insecure_skip_verification",
+            True,
+        ),
+        ({"SIGNBACK_FIRMA_WRITES_PER_MINUTE": "90"}, FirmaSettings, "writes_per_minute", 90.0),
+        ({"SIGNBACK_FIRMA_READS_PER_MINUTE": "120"}, FirmaSettings, "reads_per_minute", 120.0),
+    ],
+)
+def test_provider_variables_keep_the_names_users_set(
+    env: Env,
+    variables: dict[str, str],
+    section: type[FirmaSettings | OkdokumentSettings],
+    field: str,
+    expected: object,
+) -> None:
+    """Each provider's settings moved into its own package; the variables did not change."""
+    value = getattr(env(**variables).section(section), field)
+    assert (value.get_secret_value() if hasattr(value, "get_secret_value") else value) == expected
+
+
+def test_core_and_provider_problems_come_in_one_message(env: Env) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        env(
+            SIGNBACK_ADMIN_TOKEN=None,
+            SIGNBACK_FIRMA_WRITES_PER_MINUTE="500",
+            SIGNBACK_OKDOKUMENT_BASE_URL="nowhere",
+        )
+    message = str(caught.value)
+    assert message.startswith("signback cannot start: ")
+    for name in (
+        "SIGNBACK_ADMIN_TOKEN is required but not set",
+        "SIGNBACK_FIRMA_WRITES_PER_MINUTE: ",
+        "SIGNBACK_OKDOKUMENT_BASE_URL: ",
+    ):
+        assert name in message
+    assert len(message.splitlines()) == 1
+
+
+def test_a_provider_variable_in_the_dotenv_file_is_read(env: Env, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("SIGNBACK_FIRMA_WEBHOOK_SECRETS=from-file\n")
+    secrets = env().section(FirmaSettings).webhook_secrets
+    assert [s.get_secret_value() for s in secrets] == ["from-file"]
 
 
 def test_a_dotenv_file_in_the_working_directory_is_read(env: Env, tmp_path: Path) -> None:

@@ -11,11 +11,11 @@ from collections.abc import Callable
 import pytest
 
 from receiver.intake.tokens import (
+    hook_token_for,
     looks_like_token,
     new_nonce,
     return_token_for,
     same_hash,
-    sendinfo_token_for,
     token_hash,
 )
 
@@ -36,10 +36,10 @@ def test_token_derivation_is_pinned() -> None:
     # keep giving the same URLs: these values must never change. The return token is the
     # token that, before the split, opened both routes: return links handed out stay valid.
     assert return_token_for(SECRET, NONCE) == "c6qqmRGAqqwY8R8uRoF7_pGKl1krHzBRWoCrDjcBxw8"
-    assert sendinfo_token_for(SECRET, NONCE) == "Hl4sId4mKh8uWwt10Pvsz8njyLbw_8xAFPtIBJ_16BE"
+    assert hook_token_for(SECRET, NONCE) == "Hl4sId4mKh8uWwt10Pvsz8njyLbw_8xAFPtIBJ_16BE"
 
 
-DERIVATIONS = [return_token_for, sendinfo_token_for]
+DERIVATIONS = [return_token_for, hook_token_for]
 
 
 @pytest.mark.parametrize("derive", DERIVATIONS)
@@ -147,18 +147,22 @@ def test_same_hash(a: str, b: str, expected: bool) -> None:
     assert same_hash(b, a) is expected
 
 
-@pytest.mark.parametrize("provider", ["okdokument", "firma"])
+@pytest.mark.parametrize("provider", ["okdokument", "firma", "gone"])
 def test_callback_urls_carry_one_token_each(provider: str) -> None:
     """What the API answers as ``callback_urls`` and the placeholders resolve to: the browser's
-    URL carries the return token, OKdokument's sendInfo URL the sendInfo token."""
+    URL carries the return token, OKdokument's sendInfo URL the hook token, Firma's webhook
+    URL none; a request of a provider no longer installed keeps its return URL."""
     from receiver.app import build_context
     from tests.conftest import SECRET_KEY, test_settings
 
     ctx = build_context(test_settings("sqlite:///unused.db", public_url="https://sb.example/"))
     urls = ctx.callback_urls(provider, NONCE)
-    assert urls.return_url == f"https://sb.example/return/{return_token_for(SECRET_KEY, NONCE)}"
-    if provider == "okdokument":
-        token = sendinfo_token_for(SECRET_KEY, NONCE)
-        assert urls.sendinfo_url == f"https://sb.example/hooks/okdokument/{token}"
-    else:
-        assert urls.sendinfo_url is None
+    back = f"https://sb.example/return/{return_token_for(SECRET_KEY, NONCE)}"
+    token = hook_token_for(SECRET_KEY, NONCE)
+    expected = {
+        "okdokument": {"sendinfo_url": f"https://sb.example/hooks/okdokument/{token}"},
+        "firma": {"webhook_url": "https://sb.example/hooks/firma"},
+        "gone": {},
+    }[provider]
+    assert urls == {"return_url": back, **expected}
+    assert next(iter(urls)) == "return_url"

@@ -20,6 +20,7 @@ from handlers.okdokument.operations import CONFIRM, confirm_document_state
 from handlers.okdokument.provider import registration_checker
 from handlers.okdokument.routes import check_document
 from handlers.okdokument.rules import confirm_before_acting
+from handlers.okdokument.settings import OkdokumentSettings
 from receiver.context import AppContext
 from receiver.errors import CallbackRejected, InvalidAction
 from receiver.events import EventKind, NormalizedEvent
@@ -272,7 +273,7 @@ def test_registration_needs_a_document_while_confirmation_is_on(
     confirm: bool, document_id: str | None, problems: list[str]
 ) -> None:
     settings = test_settings("sqlite:///unused.db", okdokument_confirm_callbacks=confirm)
-    check = registration_checker(settings)
+    check = registration_checker(settings.section(OkdokumentSettings))
     found = check(Registration(provider="okdokument", external_id="sr", document_id=document_id))
     assert [name for name, _ in found] == problems
     for _, message in found:

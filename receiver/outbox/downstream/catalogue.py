@@ -59,11 +59,10 @@ TYPES: Mapping[str, str] = {
 }
 WILDCARDS = (ALL_REQUEST_TYPES, ALL_OPERATIONAL_TYPES)
 
-# Where the fact came from, by inbox channel (docs/events.md, ``data.event.source``).
+# Where the fact came from, by inbox channel (docs/events.md, ``data.event.source``): the
+# core's own channels here; every other one is a provider's (a hook's, or what its API said
+# about a callback's claim, fed back by an operation), so the provider called signback.
 SOURCES: Mapping[str, str] = {
-    "sendinfo": "callback",
-    "webhook": "callback",
-    "confirmation": "callback",  # the provider's API confirmed a callback's claim
     "return": "browser",
     "reconcile": "reconcile",
     "signback": "signback",

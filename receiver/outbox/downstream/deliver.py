@@ -94,7 +94,7 @@ async def _send(ctx: AppContext, endpoint: LiveEndpoint, event_row: Row) -> Outc
     )
     try:
         response = await runtime.client(endpoint).request(
-            "POST", target_of(urlsplit(endpoint.url)), content=body, headers=headers
+            "POST", target_of(urlsplit(endpoint.url)), content=body, extra_headers=headers
         )
     except UnsafeAddress as exc:
         return await _failed(ctx, endpoint, Failed(f"refused: {exc}"))

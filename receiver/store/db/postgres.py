@@ -114,7 +114,7 @@ class PostgresDatabase(Database):
             # and /readyz reports the outage meanwhile.
             reconnect_timeout=0,
             # A checkout that waits longer than this fails. It must stay under the providers'
-            # deadlines (Firma: 5 s): during an outage a callback is refused with a 503, which
+            # deadlines (5 s for some): during an outage a callback is refused with a 503, which
             # the provider retries, instead of hanging until the provider gives up on us.
             timeout=CHECKOUT_TIMEOUT,
         )

@@ -1,19 +1,20 @@
-"""A credential of its own for the sendInfo URL, apart from the browser's return URL.
+"""A credential of its own for a request's hook URL, apart from the browser's return URL.
 
-Until now one token opened both ``/return/<token>`` (the signer's browser) and
-``/hooks/okdokument/<token>`` (OKdokument's sendInfo), so every signer held the credential
-that posts callbacks for their own request. Each request now has a sendInfo token of its
-own; ``token_hash`` keeps the return token's hash (the same token as before, so return links
-already handed out keep working).
+Until now one token opened both ``/return/<token>`` (the signer's browser) and the request's
+hook route (``/hooks/<provider>/<token>``, the provider's unsigned callback), so every
+signer held the credential that posts callbacks for their own request. Each request now has
+a hook token of its own (then called the sendInfo token, after the first provider's
+callback); ``token_hash`` keeps the return token's hash (the same token as before, so return
+links already handed out keep working).
 
-- ``sendinfo_hash``: SHA-256 of the sendInfo token, unique. NULL for rows written before
-  this revision: the token is derived from ``SIGNBACK_SECRET_KEY``, which a migration does
-  not know, so the app fills it in at start-up (``receiver/pipeline/sendinfo_split.py``) and queues
-  the PATCH that gives OKdokument the new sendInfo URL.
-- ``shared_token_retired_at``: when the return token stopped opening the sendInfo route.
-  NULL means it still does: a request registered before the split, whose OKdokument round
-  may still hold the old sendInfo URL. It is set once OKdokument has acknowledged the new
-  URL (or at start-up, for a request that has ended or is not OKdokument's), and at
+- ``sendinfo_hash``: SHA-256 of the hook token, unique. NULL for rows written before this
+  revision: the token is derived from ``SIGNBACK_SECRET_KEY``, which a migration does not
+  know, so the app fills it in at start-up (``receiver/pipeline/hook_token_split.py``) and
+  queues the call that gives the provider the new hook URL.
+- ``shared_token_retired_at``: when the return token stopped opening the hook route. NULL
+  means it still does: a request registered before the split, whose provider may still hold
+  the old hook URL. It is set once the provider has acknowledged the new URL (or at
+  start-up, for a request that has ended or whose provider has no hook-token URL), and at
   registration for every new request.
 
 Both columns are nullable without a default, so a process still running the previous

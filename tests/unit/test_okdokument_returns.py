@@ -1,4 +1,6 @@
-"""The signer's browser coming back (receiver/pipeline/processor.py normalize_return)."""
+"""The signer's browser coming back to OKdokument's result URL: the query is read by
+handlers/okdokument/returns.py, the event made by receiver/pipeline/processor.py
+normalize_return."""
 
 from __future__ import annotations
 
@@ -6,9 +8,16 @@ import urllib.parse
 
 import pytest
 
+from handlers.okdokument.returns import parse_return
+from receiver import NormalizedEvent
 from receiver.events import EventKind
-from receiver.pipeline.processor import normalize_return
+from receiver.pipeline import processor
 from receiver.providers import StoredCallback
+from receiver.providers.contract import ReturnFacts
+
+
+def normalize_return(callback: StoredCallback) -> NormalizedEvent:
+    return processor.normalize_return(callback, parse_return)
 
 
 def callback(query: str, provider: str = "okdokument") -> StoredCallback:
@@ -68,6 +77,38 @@ def test_query_parsing(query: str, details: dict[str, str], provider_type: str) 
 @pytest.mark.parametrize("provider", ["okdokument", "firma"])
 def test_provider_comes_from_the_callback(provider: str) -> None:
     assert normalize_return(callback("result=success", provider)).provider == provider
+
+
+def test_a_provider_that_reads_nothing_keeps_the_parameters_only() -> None:
+    event = processor.normalize_return(callback("result=close&ts=1700000000123", "firma"))
+    assert event.kind == EventKind.SIGNER_RETURNED
+    assert event.provider_type == "return:unknown"
+    assert event.details == {}
+    assert event.occurred_at is None
+    assert event.raw == {"result": "close", "ts": "1700000000123"}
+
+
+@pytest.mark.parametrize(
+    ("query", "retry"),
+    [
+        ("result=close", True),
+        ("result=success", False),
+        ("result=mobile", False),
+        ("result=CLOSE", False),
+        ("", False),
+        ("result=close&result=success", False),
+    ],
+)
+def test_close_sends_the_signer_to_the_retry_page(query: str, retry: bool) -> None:
+    assert parse_return(query).retry is retry
+
+
+def test_the_facts_make_the_event() -> None:
+    facts = ReturnFacts(result="done", occurred_at=1_700_000_000.5, details={"a": "b"}, raw={})
+    event = processor.normalize_return(callback(""), lambda _query: facts)
+    assert event.provider_type == "return:done"
+    assert event.occurred_at == 1_700_000_000.5
+    assert event.details == {"a": "b"}
 
 
 def test_raw_keeps_every_parameter() -> None:

@@ -29,7 +29,7 @@ from alembic import command
 
 from handlers.okdokument.fake import FakeOkdokument
 from receiver.app import build_context
-from receiver.pipeline.sendinfo_split import MOVE_KEY, split_shared_tokens
+from receiver.pipeline.hook_token_split import MOVE_KEY, split_shared_tokens
 from receiver.store.db import open_database
 from receiver.store.migrate import alembic_config, upgrade
 from tests.conftest import SECRET_KEY, test_settings
@@ -319,7 +319,7 @@ def test_upgrade_moves_open_requests_to_their_own_sendinfo_url(
         receiver.wait_for_state(request_id, "completed")
         calls = len(fake.calls)
     err = capsys.readouterr().err
-    assert any("sendInfo URL of its own" in line for line in err.splitlines())
+    assert any("hook URL of its own" in line for line in err.splitlines())
 
     # A second start finds nothing left to do.
     with serve(url, okd_url) as receiver:

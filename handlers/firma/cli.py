@@ -1,0 +1,77 @@
+"""Firma's commands: ``signback fake firma`` and ``signback simulate firma``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from receiver.cli import handles_config_errors, print_sent, run_simulation
+
+
+@click.command("firma")
+@click.option("--port", type=int, default=8082, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--api-key", default="fake-firma-key", show_default=True)
+@click.option("--secret", default=None, help="Webhook signing secret (default: the fake's own).")
+@click.option(
+    "--time-factor",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Scales Firma's webhook retry delays (0.001 = 1000 times faster).",
+)
+@click.option(
+    "--rate-window",
+    type=click.FloatRange(min=0.001),
+    default=60.0,
+    show_default=True,
+    help="Seconds Firma's per-minute rate limits apply to (shorter only for time-scaled tests).",
+)
+def fake(
+    port: int, host: str, api_key: str, secret: str | None, time_factor: float, rate_window: float
+) -> None:
+    """A Firma.dev emulator: signing requests, PATCH rules, rate limits, signed webhooks."""
+    from handlers.firma.fake import serve as serve_fake
+
+    kwargs: dict[str, Any] = {
+        "port": port,
+        "host": host,
+        "api_key": api_key,
+        "time_factor": time_factor,
+        "rate_window_seconds": rate_window,
+    }
+    if secret:
+        kwargs["secret"] = secret
+    serve_fake(**kwargs)
+
+
+@click.command("firma")
+@click.argument("request_id", type=int)
+@click.option("--event", "event_type", default="signing_request.completed", show_default=True)
+@click.option("--envelope", default="current", type=click.Choice(["current", "old"]))
+@click.option("--workspace", default=None, help="Send to /hooks/firma/WORKSPACE with its secret.")
+@click.option(
+    "--to",
+    "base_url",
+    default=None,
+    help="Base URL to send to (default SIGNBACK_PUBLIC_URL, e.g. your tunnel).",
+)
+@handles_config_errors
+def simulate(
+    request_id: int, event_type: str, envelope: str, workspace: str | None, base_url: str | None
+) -> None:
+    """A Firma webhook for REQUEST_ID, signed with your configured secret like Firma does."""
+    from handlers.firma.simulate import send
+
+    async def run(ctx: Any) -> list[Any]:
+        return await send(
+            ctx,
+            request_id,
+            event_type=event_type,
+            envelope=envelope,
+            workspace=workspace,
+            base_url=base_url,
+        )
+
+    print_sent(run_simulation(run))

@@ -1,0 +1,23 @@
+"""OKdokument's settings: ``SIGNBACK_OKDOKUMENT_*``."""
+
+from __future__ import annotations
+
+from pydantic import SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from receiver.settings import ProviderSettings, http_base_url
+
+
+class OkdokumentSettings(ProviderSettings):
+    model_config = SettingsConfigDict(env_prefix="SIGNBACK_OKDOKUMENT_")
+
+    base_url: str = "https://apidev.okdokument.com"  # production: https://api.okdokument.com
+    api_key: SecretStr | None = None  # needed to send PATCHes; callbacks come in without it
+    timeout: float = 10.0
+    # Rule (b): confirm an unsigned sendInfo claim with Document info before acting on it.
+    confirm_callbacks: bool = True
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return http_base_url(value)

@@ -1,0 +1,35 @@
+"""The provider boundary: what a provider package under ``handlers/`` implements
+(:mod:`receiver.providers.contract`) and how the core finds the installed ones
+(:mod:`receiver.providers.registry`). A provider imports what it implements from here."""
+
+from __future__ import annotations
+
+from receiver.providers.contract import (
+    Accepted,
+    Ack,
+    HookSpec,
+    MediaTypes,
+    Operation,
+    Provider,
+    ProviderPackage,
+    ProviderSettings,
+    ReturnFacts,
+    SecretHeader,
+    StoredCallback,
+    http_base_url,
+)
+
+__all__ = [
+    "Accepted",
+    "Ack",
+    "HookSpec",
+    "MediaTypes",
+    "Operation",
+    "Provider",
+    "ProviderPackage",
+    "ProviderSettings",
+    "ReturnFacts",
+    "SecretHeader",
+    "StoredCallback",
+    "http_base_url",
+]
