@@ -4,9 +4,8 @@ Why: at one uvicorn worker the callback intake is CPU-bound, and uvicorn's ASGI 
 is a large part of each callback's cost. For every request it builds a
 ``RequestResponseCycle``, runs the app through ``receive``/``send`` coroutines, checks
 every response header against two regular expressions and writes the head and the body
-separately. Behind signback's own router, a hook that does nothing costs the server 24.9 µs
-of CPU per request that way and 17.3 µs on this path (``python -m bench.asgi_cost``,
-December 2026); a real callback costs about 60 µs.
+separately. This path skips that machinery and costs the server markedly less CPU per
+callback (``python -m bench.asgi_cost`` measures it; docs/performance.md has the figures).
 
 What changes: a request is answered here, without ASGI, when it is a ``POST`` to a
 registered ``/hooks/...`` route with a ``Content-Length`` of at most 64 KiB (uvicorn's own

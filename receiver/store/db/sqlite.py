@@ -33,9 +33,8 @@ from receiver.store.db.wakeup import Wakeups
 log = get_logger("signback.sqlite")
 
 # A shared transaction (in_shared_transaction) waits this many event-loop turns for more
-# pieces before it starts: outbox results that arrive a few turns apart then share a commit.
-# Measured with 5,000 actions against the emulator: one turn 372-449 µs of CPU per action,
-# three 315-340, five 288-304.
+# pieces before it starts: outbox results that arrive a few turns apart then share a commit
+# (five turns cost the least CPU per action: docs/performance.md, "Figures behind choices").
 SHARED_GATHER_TURNS = 5
 
 

@@ -6,11 +6,9 @@ insert_new`): one multi-row statement, autocommitted. At light load a row commit
 at once; under load tens of them share a commit.
 
 They are written on the event loop thread, by the serving connection, like every other
-statement of the driver. A writer thread of its own (until December 2026) cost more than it
-saved: it needed the GIL to take each batch and again after each SQLite step, and the busy
-event loop let go of it only when it ran out of work, which was when every connection
-waited for that very batch. The loop and the thread took turns instead of working at the
-same time, and the loop sat idle a fifth of the time (docs/performance.md).
+statement of the driver. A writer thread of its own cost more than it saved: it needed the
+GIL for each batch and each SQLite step, so the loop and the thread took turns instead of
+working at the same time (docs/performance.md has the measurements).
 """
 
 from __future__ import annotations
