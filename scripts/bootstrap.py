@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -47,6 +48,19 @@ def pip(*args: str) -> None:
     )
 
 
+def remove_stale_metadata() -> None:
+    """Delete a ``signback.egg-info`` left in the checkout by an older install.
+
+    Older installs (``pip install -e .`` with build isolation) wrote it next to
+    pyproject.toml, and today's editable install no longer rewrites it. Python finds
+    distributions on ``sys.path`` in order, and the checkout comes first for pytest and
+    ``python -m``: a stale copy there hides the installed metadata, the provider entry points
+    with it, and no provider is found."""
+    stale = ROOT / "signback.egg-info"
+    if stale.is_dir():
+        shutil.rmtree(stale)
+
+
 def ensure_venv(extras: str = "") -> Path:
     """Create .venv if needed and install the locked set (with ``extras``) when it changed."""
     ensure_python()
@@ -63,6 +77,7 @@ def ensure_venv(extras: str = "") -> Path:
             flush=True,
         )
         pip("install", "--require-hashes", "--requirement", str(lock))
+        remove_stale_metadata()
         pip("install", "--no-deps", "--no-build-isolation", "--editable", ".")
         stamp.write_text(digest)
     return BIN

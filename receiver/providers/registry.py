@@ -97,7 +97,7 @@ def _discover(modules: str) -> Packages:
     if not found:
         raise ConfigurationError(
             f"no provider is installed: the {ENTRY_POINT_GROUP!r} entry points are missing "
-            "(reinstall signback: python3 scripts/run.py does) and "
-            f"{MODULES_VARIABLE} lists none"
+            "(reinstall signback: python3 scripts/run.py does; a stale signback.egg-info "
+            f"folder in the checkout hides them, delete it) and {MODULES_VARIABLE} lists none"
         )
     return found
