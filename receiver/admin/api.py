@@ -39,6 +39,7 @@ from receiver.errors import InvalidAction
 from receiver.logs import get_logger
 from receiver.metrics import CONTENT_TYPE
 from receiver.model import RequestState, SignatureRequest
+from receiver.outbox.downstream.catalogue import source_of
 from receiver.pipeline.registration import Registration, RegistrationRefused, register
 from receiver.providers import Provider
 from receiver.store import inbox, outbox, requests
@@ -196,6 +197,8 @@ def event_json(row: Row) -> dict[str, Any]:
     return {
         "inbox_id": int(row["id"]),
         "channel": row["channel"],
+        # callback | browser | reconcile | signback: as the downstream event says it.
+        "source": source_of(str(row["channel"])),
         "kind": row["kind"],
         "provider_type": row["provider_type"],
         "event_id": row["event_id"],

@@ -56,8 +56,9 @@ class Policy:
             return Next(read=False, at=None, interval=step)
         if queued:
             return Next(read=False, at=self._capped(now + step, created_at), interval=step)
-        if now - updated_at < step:
-            # Heard from recently: that was as good as a read. A step after it.
+        if updated_at > created_at and now - updated_at < step:
+            # Heard from recently (its state changed since the registration): that was as
+            # good as a read. A step after it.
             return Next(read=False, at=self._capped(updated_at + step, created_at), interval=step)
         longer = min(step * 2, self.max_interval)
         return Next(read=True, at=self._capped(now + longer, created_at), interval=longer)

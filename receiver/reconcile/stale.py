@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from receiver.outbox.downstream import catalogue
 from receiver.outbox.downstream import emit as downstream_emit
-from receiver.outbox.downstream import events as event_store
 from receiver.store import reconcile as store
 from receiver.store import requests
 
@@ -37,21 +35,8 @@ async def report_stale(ctx: AppContext) -> int:
             )
             for row in rows:
                 request = requests.from_row(row)
-                data = {
-                    "request": downstream_emit.request_data(request, previous_state=None),
-                    "stale": {
-                        "state": state,
-                        "silent_since": event_store.iso(request.updated_at),
-                        "threshold_seconds": threshold,
-                    },
-                }
-                await downstream_emit.emit(
-                    tx,
-                    event_type=catalogue.STALE,
-                    request=request,
-                    data=data,
-                    dedupe_key=f"stale:{request.id}:{state}",
-                    now=now,
+                await downstream_emit.stale(
+                    tx, request=request, state=state, threshold=threshold, now=now
                 )
                 await store.mark_stale(tx, request.id, state)
                 reported += 1
