@@ -4,6 +4,7 @@ each provider reads a finding (channel ``reconcile``)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import pytest
 
@@ -94,7 +95,7 @@ def test_a_finding_is_the_raw_answer_on_channel_reconcile() -> None:
     assert found.dedupe_key == "reconcile:3:finished"
 
 
-def stored(provider: str, body: dict[str, object]) -> StoredCallback:
+def stored(provider: str, body: Mapping[str, object]) -> StoredCallback:
     return StoredCallback(
         inbox_id=5,
         provider=provider,
