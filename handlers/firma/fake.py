@@ -1875,6 +1875,7 @@ def serve(
     secret: str = DEFAULT_SECRET,
     time_factor: float = 1.0,
     rate_window_seconds: float = 60.0,
+    drop_webhooks_percent: float = 0.0,
 ) -> None:
     """Run the emulator under uvicorn until interrupted (``signback fake firma --port N``).
 
@@ -1887,6 +1888,7 @@ def serve(
         secret=secret,
         time_factor=time_factor,
         rate_limits=RateLimits(window_seconds=rate_window_seconds),
+        drop_webhooks_percent=drop_webhooks_percent,
     )
     print(
         f"Fake Firma: API at http://{host}:{port}{API_BASE_PATH} (Authorization: {api_key}), "

@@ -1036,10 +1036,20 @@ def _opt_number(body: Mapping[str, Any], key: str) -> float | None:
 
 
 def serve(
-    port: int, host: str = "127.0.0.1", api_key: str = DEFAULT_API_KEY, time_factor: float = 1.0
+    port: int,
+    host: str = "127.0.0.1",
+    api_key: str = DEFAULT_API_KEY,
+    time_factor: float = 1.0,
+    drop_callbacks_percent: float = 0.0,
+    info_lag_seconds: float = 0.0,
 ) -> None:
     """Run the emulator until interrupted (``signback fake okdokument --port N``)."""
     import uvicorn
 
-    fake = FakeOkdokument(api_key=api_key, time_factor=time_factor)
+    fake = FakeOkdokument(
+        api_key=api_key,
+        time_factor=time_factor,
+        drop_callbacks_percent=drop_callbacks_percent,
+        info_lag_seconds=info_lag_seconds,
+    )
     uvicorn.run(create_app(fake), host=host, port=port)
