@@ -10,6 +10,8 @@ provider wait in the outbox at any time; the rest wait for a later look. The rea
 themselves go at the pace of the provider's read budget (the outbox defers the ones without
 a slot, without counting an attempt).
 
+Every STALE_EVERY looks it also reports the requests newly stale (receiver/reconcile/stale.py).
+
 At start, when the last heartbeat is older than ``SIGNBACK_RECONCILE_DOWNTIME_SECONDS``
 (callbacks may have been lost meanwhile), every open request is due at once.
 """
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 log = get_logger("signback.reconcile")
 
 HEARTBEAT_KEY = "worker:heartbeat"
+STALE_EVERY = 12  # looks between two searches for stale requests
 
 
 def readable(ctx: AppContext) -> list[Provider]:
@@ -81,6 +84,7 @@ class Reconciler:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.policy = Policy.from_settings(ctx.settings)
+        self.looks = 0
 
     async def run(self, stopping: asyncio.Event) -> None:
         settings = self.ctx.settings
@@ -131,7 +135,10 @@ class Reconciler:
         for provider in readable(self.ctx):
             q, m, e = await self.queue_due(provider.name)
             queued, moved, ended = queued + q, moved + m, ended + e
-        stale = await report_stale(self.ctx)
+        # Stale requests are looked for every STALE_EVERY looks (a minute at the default
+        # tick): the scan walks every open request of each state.
+        stale = await report_stale(self.ctx) if self.looks % STALE_EVERY == 0 else 0
+        self.looks += 1
         if queued or ended or stale:
             log.info("reconciler looked", queued=queued, moved=moved, ended=ended, stale=stale)
         return Look(queued, moved, ended, stale)
