@@ -4,19 +4,25 @@ info lagging behind a sendInfo claim, and ``errorsendinfo``)."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner, Result
 
 from handlers.okdokument.fake import FakeOkdokument
 from receiver.app import build_context, prepare_database
+from receiver.cli import main
 from receiver.context import AppContext
+from receiver.model import RequestState
 from receiver.pipeline.registration import Registration, register
 from receiver.reconcile.scheduler import HEARTBEAT_KEY, Reconciler
 from receiver.settings import Settings
-from receiver.store import kv
+from receiver.store import kv, requests
+from tests.conftest import ADMIN_TOKEN, SECRET_KEY
 from tests.downstream import DownstreamReceiver, add_endpoint, running_downstream
 from tests.harness import Receiver, running_okdokument, running_receiver, wait_until
 
@@ -93,9 +99,6 @@ async def test_the_schedule_queues_one_read_per_due_request_and_moves_on(
 
     # A request that ended is read no more.
     async with ctx.db.transaction() as tx:
-        from receiver.model import RequestState
-        from receiver.store import requests
-
         await requests.set_state(
             tx, okd.request.id, state=RequestState.COMPLETED, provider_status=None, now=clock.now
         )
@@ -172,8 +175,6 @@ def test_a_silent_request_is_listed_counted_and_reported_once(
         assert 'signback_stale_requests{provider="firma",state="registered"} 1.0' in metrics
 
         wait_until(lambda: receiver.events("/ops"), timeout=10, what="the stale event")
-        import time
-
         time.sleep(0.5)  # many more looks: still one event
         events = receiver.events("/ops")
         assert [e["type"] for e in events] == ["signature_request.stale"]
@@ -254,3 +255,39 @@ def test_errorsendinfo_points_okdokument_at_the_current_sendinfo_url(
         assert (
             okd.signature_requests["sr-err"].send_info_url == made["callback_urls"]["sendinfo_url"]
         )
+
+
+def cli(database_url: str, *args: str, **env: str) -> Result:
+    variables = {
+        "SIGNBACK_DATABASE_URL": database_url,
+        "SIGNBACK_ADMIN_TOKEN": ADMIN_TOKEN,
+        "SIGNBACK_SECRET_KEY": SECRET_KEY,
+        "SIGNBACK_LOG_LEVEL": "WARNING",
+        **env,
+    }
+    return CliRunner().invoke(main, list(args), env=variables, catch_exceptions=False)
+
+
+def test_the_cli_lists_stale_requests(database_url: str) -> None:
+    added = cli(database_url, "requests", "add", "--provider", "firma", "--id", "sr-quiet")
+    assert added.exit_code == 0, added.output
+    request_id = json.loads(added.stdout)["id"]
+    fresh = cli(database_url, "requests", "list", "--stale")
+    assert fresh.exit_code == 0, fresh.output
+    assert json.loads(fresh.stdout) == []
+    time.sleep(0.3)
+    quiet = cli(database_url, "requests", "list", "--stale", SIGNBACK_STALE_AFTER="registered=0.2")
+    assert [r["id"] for r in json.loads(quiet.stdout)] == [request_id]
+    other = cli(
+        database_url,
+        "requests",
+        "list",
+        "--stale",
+        "--provider",
+        "okdokument",
+        SIGNBACK_STALE_AFTER="registered=0.2",
+    )
+    assert json.loads(other.stdout) == []
+    refused = cli(database_url, "requests", "list", "--stale", "--state", "sent")
+    assert refused.exit_code == 2
+    assert "--stale lists open requests" in refused.output
