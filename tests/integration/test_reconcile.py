@@ -19,12 +19,19 @@ from receiver.cli import main
 from receiver.context import AppContext
 from receiver.model import RequestState
 from receiver.pipeline.registration import Registration, register
+from receiver.reconcile.manual import reconcile_now
 from receiver.reconcile.scheduler import HEARTBEAT_KEY, Reconciler
 from receiver.settings import Settings
 from receiver.store import kv, requests
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
 from tests.downstream import DownstreamReceiver, add_endpoint, running_downstream
-from tests.harness import Receiver, running_okdokument, running_receiver, wait_until
+from tests.harness import (
+    Receiver,
+    running_firma,
+    running_okdokument,
+    running_receiver,
+    wait_until,
+)
 
 T0 = 1_800_000_000.0
 
@@ -291,3 +298,46 @@ def test_the_cli_lists_stale_requests(database_url: str) -> None:
     refused = cli(database_url, "requests", "list", "--stale", "--state", "sent")
     assert refused.exit_code == 2
     assert "--stale lists open requests" in refused.output
+
+
+@pytest.mark.anyio
+async def test_the_same_state_read_twice_is_stored_once(
+    make_settings: Callable[..., Settings],
+) -> None:
+    from handlers.firma.fake import API_BASE_PATH, DEFAULT_API_KEY
+
+    with running_firma() as (firma_url, firma):
+        async with httpx.AsyncClient(base_url=f"{firma_url}/_fake") as control:
+            created = await control.post(
+                "/signing-requests",
+                json={"recipients": [{"first_name": "A", "email": "a@example.com"}]},
+            )
+        sr_id = created.json()["id"]
+        ctx = build_context(
+            make_settings(
+                firma_base_url=f"{firma_url}{API_BASE_PATH}", firma_api_key=DEFAULT_API_KEY
+            )
+        )
+        await prepare_database(ctx, serving=False)
+        await ctx.start_providers()
+        try:
+            made = await register(ctx, Registration("firma", sr_id))
+            first = await reconcile_now(ctx, request_id=made.request.id)
+            second = await reconcile_now(ctx, request_id=made.request.id)
+            dry = await reconcile_now(ctx, request_id=made.request.id, dry_run=True)
+            rows = await ctx.db.fetch_all(
+                "SELECT dedupe_key, state_after FROM inbox WHERE channel = 'reconcile'"
+            )
+        finally:
+            await ctx.close()
+            await ctx.db.close()
+    assert [(r.outcome, r.found, r.kind, r.state_after) for r in first] == [
+        ("found", "not_sent", "request.created", "draft")
+    ]
+    assert [(r.outcome, r.state_after) for r in second] == [("duplicate", "draft")]
+    assert [(r.outcome, r.state_after) for r in dry] == [("found", "draft")]
+    assert [(r["dedupe_key"], r["state_after"]) for r in rows] == [
+        (f"reconcile:{made.request.id}:not_sent", "draft")
+    ]
+    reads = [c for c in firma.calls if c["method"] == "GET"]
+    assert len(reads) == 3
