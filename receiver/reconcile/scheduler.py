@@ -85,6 +85,7 @@ class Reconciler:
         self.ctx = ctx
         self.policy = Policy.from_settings(ctx.settings)
         self.looks = 0
+        self._unconfigured: set[str] = set()
 
     async def run(self, stopping: asyncio.Event) -> None:
         settings = self.ctx.settings
@@ -128,11 +129,27 @@ class Reconciler:
         )
         return due
 
+    def scheduled(self) -> list[Provider]:
+        """The readable providers with a client (an API key): the others' reads could only
+        fail, so their requests wait (``signback reconcile`` says why)."""
+        providers = []
+        for provider in readable(self.ctx):
+            if provider.client is not None and provider.name not in self.ctx.clients:
+                if provider.name not in self._unconfigured:
+                    self._unconfigured.add(provider.name)
+                    log.warning(
+                        "not reading this provider's requests: its client is not configured",
+                        provider=provider.name,
+                    )
+                continue
+            providers.append(provider)
+        return providers
+
     async def look(self) -> Look:
         """Queue the due reads of every readable provider, and report stale requests."""
         await self.heartbeat()
         queued = moved = ended = 0
-        for provider in readable(self.ctx):
+        for provider in self.scheduled():
             q, m, e = await self.queue_due(provider.name)
             queued, moved, ended = queued + q, moved + m, ended + e
         # Stale requests are looked for every STALE_EVERY looks (a minute at the default

@@ -53,6 +53,7 @@ async def context(
         make_settings(reconcile_enabled=True, reconcile_downtime_seconds=600.0), clock=clock
     )
     await prepare_database(ctx, serving=False)
+    await ctx.start_providers()
     try:
         yield ctx, clock
     finally:
@@ -129,6 +130,19 @@ async def test_after_a_downtime_every_open_request_is_due_at_once(
     # A short pause (a restart) is no downtime: nothing is made due.
     clock.now = T0 + 60.0
     assert await Reconciler(ctx).after_downtime() == 0
+
+
+@pytest.mark.anyio
+async def test_a_provider_without_a_client_is_not_read(
+    context: tuple[AppContext, Clock],
+) -> None:
+    ctx, clock = context
+    await register(ctx, Registration("firma", "sr-1"))
+    await register(ctx, Registration("okdokument", "sr-2", document_id="doc-2"))
+    await ctx.clients.pop("okdokument").aclose()  # as without SIGNBACK_OKDOKUMENT_API_KEY
+    clock.now = T0 + 121.0
+    assert (await Reconciler(ctx).look()).queued == 1
+    assert [operation for _, operation, _ in await reads_queued(ctx)] == ["firma.reconcile"]
 
 
 @pytest.mark.anyio
