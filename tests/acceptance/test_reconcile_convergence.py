@@ -254,14 +254,14 @@ def test_every_lost_outcome_arrives_through_the_schedule(
         # The first reads find them out for signing; then the signers act, unheard of.
         wait_until(
             lambda: sum(s == "sent" for s in states(signback).values()) == 2 * PER_PROVIDER,
-            timeout=60,
+            timeout=180,
             interval=0.25,
             what="every request read as sent",
         )
         expected = finish_at_providers(firma_url, firma_ids, okd_url, [p[0] for p in okd_pairs])
         wait_until(
             lambda: states(signback) == expected,
-            timeout=90,
+            timeout=180,
             interval=0.25,
             what="every request in its final state",
         )
@@ -270,7 +270,7 @@ def test_every_lost_outcome_arrives_through_the_schedule(
             lambda: (
                 len([e for e in down.events("/signing") if e["type"] in FINAL_TYPES]) >= len(ids)
             ),
-            timeout=30,
+            timeout=60,
             interval=0.25,
             what="the final events delivered",
         )
@@ -371,7 +371,7 @@ def test_every_lost_outcome_arrives_through_signback_reconcile(
             lambda: (
                 len([e for e in down.events("/signing") if e["type"] in FINAL_TYPES]) >= len(ids)
             ),
-            timeout=30,
+            timeout=60,
             interval=0.25,
             what="the final events delivered",
         )
