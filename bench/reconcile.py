@@ -1,6 +1,7 @@
 """How fast the reconciler brings lost outcomes home, and what each costs.
 
     python -m bench.reconcile [--sizes 100,1000] [--postgres-url URL]
+    python -m bench --only reconcile     (as rows of the bench's report)
 
 For each size N: the OKdokument emulator (``signback fake okdokument``, its own process,
 dropping every sendInfo callback) holds N documents; signback (in this process, on a fresh
@@ -23,18 +24,24 @@ import asyncio
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from bench import stores
 from bench.procs import LOOPBACK, Procs, free_port, python_env
+from bench.report import Row, check, fmt_int
 from receiver.app import build_context, prepare_database
 from receiver.context import AppContext
 from receiver.logs import configure_logging
 from receiver.pipeline.registration import Registration, register
 from receiver.settings import load_settings
 from receiver.worker import Worker
+
+if TYPE_CHECKING:
+    from bench.scenarios import Bench
 
 API_KEY = "fake-okdokument-key"
 ADMIN_TOKEN = "bench-admin-token-0123456789"  # noqa: S105  # a scratch database's
@@ -125,6 +132,96 @@ async def run_one(url: str, okd_url: str, size: int, batch: int) -> tuple[float,
     return took, used, sum(1 for c in calls if c["method"] == "GET")
 
 
+@dataclass(frozen=True)
+class Measured:
+    dialect: str
+    size: int
+    seconds: float
+    cpu_seconds: float
+    reads: int
+
+    @property
+    def rate(self) -> float:
+        return self.size / self.seconds
+
+    @property
+    def cpu_ms(self) -> float:
+        return self.cpu_seconds / self.size * 1000
+
+
+def start_emulator(procs: Procs) -> str:
+    """The OKdokument emulator, dropping every sendInfo callback; its base URL."""
+    port = free_port()
+    fake = procs.python(
+        "fake-okdokument-reconcile",
+        [
+            "-m",
+            "receiver.cli",
+            "fake",
+            "okdokument",
+            "--port",
+            str(port),
+            "--drop-callbacks",
+            "100",
+        ],
+        python_env(),
+    )
+    url = f"http://{LOOPBACK}:{port}"
+    fake.wait_http(f"{url}/_fake/state")
+    return url
+
+
+def sweep(
+    okd_url: str,
+    databases: Sequence[tuple[str, Callable[[int], str]]],
+    sizes: Sequence[int],
+    batch: int,
+) -> list[Measured]:
+    """Each size on each database (``(dialect, size → a fresh migrated URL)``)."""
+    measured: list[Measured] = []
+    for size in sizes:
+        for dialect, fresh in databases:
+            took, used, reads = asyncio.run(run_one(fresh(size), okd_url, size, batch))
+            measured.append(Measured(dialect, size, took, used, reads))
+    return measured
+
+
+def scenario(bench: Bench) -> None:
+    """``python -m bench --only reconcile``: the sweep, as rows of the bench's report."""
+    configure_logging("WARNING", "json")
+    quick = bench.sizes.intake_s < 10
+    sizes = (100, 1000) if quick else (1000, 5000)
+    databases: list[tuple[str, Callable[[int], str]]] = [
+        ("sqlite", lambda size: bench.fresh_sqlite(f"reconcile-{size}"))
+    ]
+    if bench.config.postgres_version is not None:
+        databases.append(("postgresql", lambda _size: bench.fresh_postgres()))
+    okd_url = start_emulator(bench.procs)
+    bench.say(f"reconcile: {', '.join(str(s) for s in sizes)} open requests")
+    try:
+        measured = sweep(okd_url, databases, sizes, batch=500)
+    finally:
+        bench.drop_postgres()
+    for m in measured:
+        label = "SQLite" if m.dialect == "sqlite" else "PostgreSQL"
+        name = f"{m.size:,} open · {label}"
+        bench.rows.append(Row("reconcile", f"{name}: requests/s", fmt_int(m.rate), "", "", "", ""))
+        bench.rows.append(
+            Row("reconcile", f"{name}: CPU ms per request", f"{m.cpu_ms:.2f}", "", "", "", "")
+        )
+        bench.rows.append(
+            Row(
+                "reconcile",
+                f"{name}: reads per request",
+                f"{m.reads / m.size:.2f}",
+                "",
+                "",
+                "1.00",
+                check(m.reads == m.size, "a request read more than once"),
+            )
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.reconcile", description=__doc__)
     parser.add_argument("--sizes", default="100,1000", help="open requests, comma-separated")
@@ -137,45 +234,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--sizes are positive numbers, --batch too")
     with tempfile.TemporaryDirectory(prefix="signback-reconcile-") as scratch:
         procs = Procs(Path(scratch))
-        port = free_port()
-        fake = procs.python(
-            "fake-okdokument",
-            [
-                "-m",
-                "receiver.cli",
-                "fake",
-                "okdokument",
-                "--port",
-                str(port),
-                "--drop-callbacks",
-                "100",
-            ],
-            python_env(),
-        )
-        okd_url = f"http://{LOOPBACK}:{port}"
+        made: list[str] = []
+
+        def sqlite(size: int) -> str:
+            url = stores.sqlite_url(Path(scratch) / f"r{size}.db")
+            stores.migrate(url)
+            return url
+
+        def postgres(size: int) -> str:
+            name = f"signback_bench_reconcile_{size}"
+            made.append(name)
+            url = stores.create_postgres_database(args.postgres_url, name)
+            stores.migrate(url)
+            return url
+
+        databases: list[tuple[str, Callable[[int], str]]] = [("sqlite", sqlite)]
+        if args.postgres_url:
+            databases.append(("postgresql", postgres))
         try:
-            fake.wait_http(f"{okd_url}/_fake/state")
-            print("database    open requests   seconds   requests/s   CPU ms/request   reads")
-            for size in sizes:
-                urls = [("sqlite", stores.sqlite_url(Path(scratch) / f"r{size}.db"))]
-                if args.postgres_url:
-                    name = f"signback_bench_reconcile_{size}"
-                    urls.append(
-                        ("postgresql", stores.create_postgres_database(args.postgres_url, name))
-                    )
-                for dialect, url in urls:
-                    stores.migrate(url)
-                    try:
-                        took, used, reads = asyncio.run(run_one(url, okd_url, size, args.batch))
-                    finally:
-                        if dialect == "postgresql":
-                            stores.drop_postgres_database(args.postgres_url, url.rsplit("/", 1)[1])
-                    print(
-                        f"{dialect:<11} {size:>13,}   {took:>7.2f}   {size / took:>10,.0f}"
-                        f"   {used / size * 1000:>14.2f}   {reads:>5,}"
-                    )
+            okd_url = start_emulator(procs)
+            measured = sweep(okd_url, databases, sizes, args.batch)
         finally:
             procs.stop_all()
+            for name in made:
+                stores.drop_postgres_database(args.postgres_url, name)
+    print("database    open requests   seconds   requests/s   CPU ms/request   reads")
+    for m in measured:
+        print(
+            f"{m.dialect:<11} {m.size:>13,}   {m.seconds:>7.2f}   {m.rate:>10,.0f}"
+            f"   {m.cpu_ms:>14.2f}   {m.reads:>5,}"
+        )
     return 0
 
 
