@@ -18,7 +18,7 @@ from receiver.errors import InvalidAction
 from receiver.model import SignatureRequest
 from receiver.outbox.budgets import take_slot
 from receiver.outbox.outcomes import Failed, Outcome, Skipped, deferred, excerpt, from_response
-from receiver.providers.contract import Reading
+from receiver.providers import Reading
 
 
 async def read(ctx: AppContext, request: SignatureRequest) -> Reading | Outcome:

@@ -26,7 +26,7 @@ from receiver.outbox.outcomes import (
     excerpt,
     from_response,
 )
-from receiver.providers.contract import Reading
+from receiver.providers import Reading
 
 
 def reads(ctx: AppContext) -> Budget:
