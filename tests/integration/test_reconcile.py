@@ -4,6 +4,7 @@ info lagging behind a sendInfo claim, and ``errorsendinfo``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -355,3 +356,25 @@ async def test_the_same_state_read_twice_is_stored_once(
     ]
     reads = [c for c in firma.calls if c["method"] == "GET"]
     assert len(reads) == 3
+
+
+@pytest.mark.anyio
+async def test_workers_looking_at_once_queue_each_read_once(
+    context: tuple[AppContext, Clock], make_settings: Callable[..., Settings]
+) -> None:
+    ctx, clock = context
+    made = [await register(ctx, Registration("firma", f"sr-{i}")) for i in range(40)]
+    other = build_context(make_settings(reconcile_enabled=True), clock=clock)
+    await other.db.connect()
+    await other.start_providers()
+    try:
+        clock.now = T0 + 121.0
+        looks = await asyncio.gather(*(Reconciler(c).look() for c in (ctx, other, ctx, other)))
+    finally:
+        await other.close()
+        await other.db.close()
+    queued = await reads_queued(ctx)
+    assert sum(look.queued for look in looks) == len(made)
+    assert sorted(request_id for request_id, _, _ in queued) == sorted(m.request.id for m in made)
+    for one in made:
+        assert await schedule_of(ctx, one.request.id) == (T0 + 121.0 + 240.0, 240.0)
