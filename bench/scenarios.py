@@ -45,7 +45,17 @@ CHANNEL = {OKD: "sendinfo", FIRMA: "webhook"}
 NAME = {OKD: "OKdokument", FIRMA: "Firma"}
 FAKE_API_KEY = "fake-okdokument-key"
 QUIET_CORES = 0.3  # other load (cores) under which a run counts as undisturbed
-SCENARIOS = ("intake", "postgres", "e2e", "slow", "memory", "growth", "downstream", "profile")
+SCENARIOS = (
+    "intake",
+    "postgres",
+    "e2e",
+    "slow",
+    "memory",
+    "growth",
+    "downstream",
+    "reconcile",
+    "profile",
+)
 
 
 @dataclass(frozen=True)
@@ -1033,6 +1043,11 @@ class Bench:
 
     def scenario_downstream(self) -> None:
         downstream.scenario(self)
+
+    def scenario_reconcile(self) -> None:
+        from bench import reconcile
+
+        reconcile.scenario(self)
 
     # --- profiles ----------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""The ``signback`` command: serve, worker, migrate, requests, outbox, inbox, endpoints, fake,
-simulate."""
+"""The ``signback`` command: serve, worker, migrate, requests, reconcile, outbox, inbox,
+endpoints, fake, simulate."""
 
 from __future__ import annotations
 
@@ -376,19 +376,37 @@ def requests_add(
 @click.option("--state", default=None)
 @click.option("--provider", default=None)
 @click.option("--reference", default=None)
+@click.option(
+    "--stale",
+    is_flag=True,
+    help="Only open requests silent longer than expected in their state (SIGNBACK_STALE_AFTER).",
+)
 @click.option("--limit", default=50, show_default=True)
 @handles_config_errors
 def requests_list(
-    state: str | None, provider: str | None, reference: str | None, limit: int
+    state: str | None, provider: str | None, reference: str | None, stale: bool, limit: int
 ) -> None:
     """List requests, newest first."""
     from receiver.admin.api import request_json
+    from receiver.store import reconcile as reconcile_store
     from receiver.store import requests as store
 
+    if stale and (state is not None or reference is not None):
+        _fail("--stale lists open requests: it takes no --state or --reference")
+
     async def run(ctx: Any) -> list[dict[str, Any]]:
-        rows = await store.search(
-            ctx.db, state=state, provider=provider, reference=reference, limit=limit
-        )
+        if stale:
+            rows = await reconcile_store.stale(
+                ctx.db,
+                thresholds=ctx.settings.stale_after,
+                now=ctx.clock(),
+                provider=provider,
+                limit=limit,
+            )
+        else:
+            rows = await store.search(
+                ctx.db, state=state, provider=provider, reference=reference, limit=limit
+            )
         return [request_json(store.from_row(r)) for r in rows]
 
     _print_json(_run(_with_context(_settings(), run)))
@@ -408,6 +426,36 @@ def requests_show(request_id: int) -> None:
     if found is None:
         _fail(f"no request with id {request_id}")
     _print_json(found)
+
+
+# --- reconcile ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--request", "request_id", type=int, default=None, help="Only this request.")
+@click.option("--provider", type=ProviderName(), default=None, help="Only this provider's.")
+@click.option("--dry-run", is_flag=True, help="Read and say what it would do; store nothing.")
+@handles_config_errors
+def reconcile(request_id: int | None, provider: str | None, dry_run: bool) -> None:
+    """Ask the providers for the real state of open requests, now.
+
+    What a read finds goes down the same road as a callback (inbox, state machine, rules,
+    downstream events), before this command answers; it prints one entry per request.
+    Exit 0: every request was read; 1: a read failed (or the database could not answer);
+    2: a usage or configuration problem (an unknown request or provider)."""
+    from receiver.reconcile.manual import UnknownRequest, exit_code, reconcile_now
+
+    async def run(ctx: Any) -> list[Any]:
+        await ctx.start_providers()
+        return await reconcile_now(ctx, request_id=request_id, provider=provider, dry_run=dry_run)
+
+    try:
+        results = _run(_with_context(_settings(), run))
+    except UnknownRequest as exc:
+        _fail(f"signback reconcile: {exc}")
+        raise
+    _print_json([r.as_json() for r in results])
+    sys.exit(exit_code(results))
 
 
 # --- outbox and inbox ---------------------------------------------------------------------

@@ -100,6 +100,7 @@ class Metrics:
             self.registry,
         )
         self._queue_counts: dict[str, dict[str, int]] = {}
+        self._stale_counts: dict[tuple[str, str], int] = {}
         self._durations: dict[str, Histogram] = {}
         self.registry.register(self.queue_collector())
 
@@ -112,6 +113,10 @@ class Metrics:
 
     def set_queue_counts(self, inbox: dict[str, int], outbox: dict[str, int]) -> None:
         self._queue_counts = {"inbox": inbox, "outbox": outbox}
+
+    def set_stale_counts(self, counts: dict[tuple[str, str], int]) -> None:
+        """Requests silent longer than their state's threshold, by (provider, state)."""
+        self._stale_counts = counts
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -130,5 +135,14 @@ class Metrics:
                     for status, n in sorted(counts.items()):
                         family.add_metric([status], n)
                     yield family
+                stale = GaugeMetricFamily(
+                    "signback_stale_requests",
+                    "Open requests silent longer than their state's threshold"
+                    " (SIGNBACK_STALE_AFTER; read at scrape time)",
+                    labels=["provider", "state"],
+                )
+                for (provider, state), n in sorted(metrics._stale_counts.items()):
+                    stale.add_metric([provider, state], n)
+                yield stale
 
         return QueueCollector()

@@ -7,6 +7,7 @@ a log line or an error message.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
@@ -55,6 +56,47 @@ def http_base_url(value: str) -> str:
     if not value.lower().startswith(("http://", "https://")):
         raise ValueError("must start with http:// or https://")
     return value
+
+
+# How long a request may stay silent in each open state before it is stale (seconds).
+STALE_AFTER_DEFAULTS: Mapping[str, float] = {
+    "registered": 3600.0,  # the provider has said nothing an hour after registration
+    "draft": 7 * 24 * 3600.0,
+    "sent": 7 * 24 * 3600.0,
+    "viewed": 7 * 24 * 3600.0,
+    "partially_signed": 7 * 24 * 3600.0,
+}
+
+
+def parse_stale_after(value: Any) -> dict[str, float]:
+    """``"sent=86400,registered=600"`` (or a mapping) over the defaults; only open states,
+    positive seconds."""
+    merged = dict(STALE_AFTER_DEFAULTS)
+    if value is None or value == "":
+        return merged
+    items: Mapping[str, Any]
+    if isinstance(value, str):
+        pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError("write state=seconds pairs separated by commas (sent=86400,…)")
+        items = {k.strip(): v.strip() for k, v in pairs}
+    elif isinstance(value, Mapping):
+        items = value
+    else:
+        raise ValueError("write state=seconds pairs separated by commas (sent=86400,…)")
+    for state, seconds in items.items():
+        if state not in STALE_AFTER_DEFAULTS:
+            raise ValueError(
+                f"{state!r} is no open state; one of {', '.join(STALE_AFTER_DEFAULTS)}"
+            )
+        try:
+            number = float(seconds)
+        except (TypeError, ValueError):
+            raise ValueError(f"{state}: {seconds!r} is no number of seconds") from None
+        if not (math.isfinite(number) and number > 0):
+            raise ValueError(f"{state}: seconds must be positive")
+        merged[state] = number
+    return merged
 
 
 class Settings(BaseSettings):
@@ -137,6 +179,33 @@ class Settings(BaseSettings):
     endpoint_disable_after_seconds: float = Field(default=5 * 24 * 3600, gt=0)
     # After rotate-secret, the previous secret signs too for this long.
     endpoint_secret_overlap_seconds: float = Field(default=24 * 3600, ge=0)
+
+    # --- reconciliation (receiver/reconcile/, docs/reconcile.md) ---------------------------
+    # Ask the providers for each open request's real state on a schedule: first soon after
+    # registration, then twice as long each time up to the cap, until the request ends or is
+    # older than the maximum age. Off: only ``signback reconcile`` reads.
+    reconcile_enabled: bool = True
+    reconcile_first_delay_seconds: float = Field(default=120.0, gt=0)
+    reconcile_max_interval_seconds: float = Field(default=6 * 3600.0, gt=0)
+    reconcile_max_age_seconds: float = Field(default=30 * 24 * 3600.0, gt=0)
+    # A sendInfo claim Document info does not confirm yet, or a provider reporting that it
+    # could not call signback: a read this soon instead.
+    reconcile_soon_seconds: float = Field(default=30.0, gt=0)
+    # Down (no worker heartbeat) longer than this: every open request is due at start.
+    reconcile_downtime_seconds: float = Field(default=600.0, gt=0)
+    # Reads queued per provider at once (the rest wait for the next look).
+    reconcile_batch_size: int = Field(default=50, ge=1, le=10000)
+    # How often the worker looks for due reads and stale requests.
+    reconcile_tick_seconds: float = Field(default=5.0, gt=0)
+    # Silent longer than this in a state: stale ("state=seconds,…", over the defaults).
+    stale_after: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=lambda: dict(STALE_AFTER_DEFAULTS)
+    )
+
+    @field_validator("stale_after", mode="before")
+    @classmethod
+    def _stale_thresholds(cls, value: Any) -> Any:
+        return parse_stale_after(value)
 
     @field_validator("endpoint_allowed_hosts", mode="before")
     @classmethod

@@ -1,4 +1,5 @@
-"""The background side of signback: pipeline + outbox dispatcher + lease recovery."""
+"""The background side of signback: pipeline + outbox dispatcher + lease recovery +
+reconciler."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from receiver.loadshare import background_context
 from receiver.logs import get_logger
 from receiver.outbox.dispatcher import Dispatcher
 from receiver.pipeline.processor import Pipeline
+from receiver.reconcile.scheduler import Reconciler
 from receiver.store import inbox, outbox
 
 log = get_logger("signback.worker")
@@ -24,6 +26,7 @@ class Worker:
         self._rand = rand or random.Random()  # jitter, not security
         self.pipeline = Pipeline(ctx)
         self.dispatcher = Dispatcher(ctx, rand=self._rand)
+        self.reconciler = Reconciler(ctx)
         self.stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -33,11 +36,14 @@ class Worker:
             worker=self.ctx.worker_id,
             concurrency=self.ctx.settings.outbox_concurrency,
         )
-        await asyncio.gather(
+        loops = [
             self._supervised("pipeline", self.pipeline.run),
             self._supervised("outbox", self.dispatcher.run),
             self._supervised("lease recovery", lambda _stopping: self._recover_leases()),
-        )
+        ]
+        if self.ctx.settings.reconcile_enabled:
+            loops.append(self._supervised("reconciler", self.reconciler.run))
+        await asyncio.gather(*loops)
         log.info("worker stopped", worker=self.ctx.worker_id)
 
     async def _supervised(

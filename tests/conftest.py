@@ -84,6 +84,9 @@ def test_settings(database_url: str, **overrides: Any) -> Settings:
         "retry_base_delay": 0.01,
         "retry_max_delay": 0.05,
         "poll_interval": 0.05,
+        # The reconciler reads and reports on a schedule of its own: only the tests about it
+        # switch it on (with time-scaled settings), so that it adds no reads to the others.
+        "reconcile_enabled": False,
         "_env_file": None,
     }
     values.update(overrides)

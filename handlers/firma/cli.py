@@ -28,8 +28,21 @@ from receiver.cli import handles_config_errors, print_sent, run_simulation
     show_default=True,
     help="Seconds Firma's per-minute rate limits apply to (shorter only for time-scaled tests).",
 )
+@click.option(
+    "--drop-webhooks",
+    type=click.FloatRange(0, 100),
+    default=0.0,
+    show_default=True,
+    help="Percent of webhook deliveries lost on the way (Firma believes them delivered).",
+)
 def fake(
-    port: int, host: str, api_key: str, secret: str | None, time_factor: float, rate_window: float
+    port: int,
+    host: str,
+    api_key: str,
+    secret: str | None,
+    time_factor: float,
+    rate_window: float,
+    drop_webhooks: float,
 ) -> None:
     """A Firma.dev emulator: signing requests, PATCH rules, rate limits, signed webhooks."""
     from handlers.firma.fake import serve as serve_fake
@@ -40,6 +53,7 @@ def fake(
         "api_key": api_key,
         "time_factor": time_factor,
         "rate_window_seconds": rate_window,
+        "drop_webhooks_percent": drop_webhooks,
     }
     if secret:
         kwargs["secret"] = secret

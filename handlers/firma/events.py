@@ -34,6 +34,7 @@ __all__ = [
     "Envelope",
     "kind_of",
     "normalize",
+    "normalize_reading",
     "parse_envelope",
     "parse_timestamp",
 ]
@@ -318,6 +319,69 @@ def _recipient_details(recipient: Mapping[str, Any]) -> dict[str, str]:
     return details
 
 
+# What GET /signing-requests/{id} says (its ``status``) → the kind a reconcile finding is.
+STATUS_KINDS: Mapping[str, EventKind] = {
+    "draft": EventKind.REQUEST_CREATED,  # create's word for an unsent request
+    "not_sent": EventKind.REQUEST_CREATED,
+    "in_progress": EventKind.REQUEST_SENT,  # RECIPIENT_SIGNED once a recipient signed
+    "finished": EventKind.REQUEST_COMPLETED,
+    "declined": EventKind.REQUEST_DECLINED,
+    "cancelled": EventKind.REQUEST_CANCELLED,
+    "expired": EventKind.REQUEST_EXPIRED,
+    "deleted": EventKind.REQUEST_DELETED,
+}
+# When the request reached each final status, as the answer dates it.
+_STATUS_DATES: Mapping[str, str] = {
+    "finished": "date_finished",
+    "declined": "date_declined",
+    "cancelled": "date_cancelled",
+    "in_progress": "date_sent",
+}
+
+
+def signed_recipients(answer: Mapping[str, Any]) -> int:
+    """How many recipients of a signing request (GET's answer) have signed."""
+    recipients = answer.get("recipients")
+    if not isinstance(recipients, list):
+        return 0
+    return sum(1 for r in recipients if isinstance(r, dict) and r.get("signed_at"))
+
+
+def reading_state(answer: Mapping[str, Any]) -> str:
+    """The state a reconcile finding is keyed by: the status, and for a request out for
+    signing the number of signatures (each new one is news)."""
+    status = _text(answer.get("status")) or "unknown"
+    return f"{status}:{signed_recipients(answer)}" if status == "in_progress" else status
+
+
+def normalize_reading(callback: StoredCallback) -> NormalizedEvent:
+    """What Firma's API answered about a signing request (channel ``reconcile``: signback
+    asked, over its API key, so the answer is confirmed)."""
+    answer = jsonutil.loads(callback.body)
+    if not isinstance(answer, dict):
+        raise ValueError("Firma's signing request answer is not a JSON object")
+    status = _text(answer.get("status")) or ""
+    kind = STATUS_KINDS.get(status, EventKind.UNKNOWN)
+    signed = signed_recipients(answer)
+    if kind is EventKind.REQUEST_SENT and signed:
+        kind = EventKind.RECIPIENT_SIGNED
+    details: dict[str, Any] = {"status": status, "signed_recipients": signed}
+    if status in FIRMA_STATUSES:
+        details["provider_status"] = status
+    date_field = _STATUS_DATES.get(status)
+    request_id = answer.get("id")
+    return NormalizedEvent(
+        provider=PROVIDER,
+        kind=kind,
+        provider_type=f"reconcile:{status or 'unknown'}",
+        external_id=request_id if isinstance(request_id, str) and request_id else None,
+        occurred_at=parse_timestamp(answer.get(date_field)) if date_field else None,
+        confirmed=True,
+        details=details,
+        raw=answer,
+    )
+
+
 def normalize(callback: StoredCallback) -> NormalizedEvent:
     """A stored Firma webhook → the normalized event.
 
@@ -326,6 +390,8 @@ def normalize(callback: StoredCallback) -> NormalizedEvent:
     ``recipient_name`` for recipient events; ``status`` (the status the payload reports, for
     created/updated); ``provider_status`` (Firma's status word after this event, when known).
     """
+    if callback.channel == "reconcile":
+        return normalize_reading(callback)
     envelope = parse_envelope(callback.body)
     event_type = envelope.event_type
     data = envelope.payload.get("data")

@@ -17,7 +17,8 @@ What it emulates (see ``/work/shared/providers/firma.md`` and the PATCH referenc
   shortens the window for tests whose client scales its own budgets by the same factor;
 * webhooks: subscriptions, signed deliveries in the current or the older envelope, retries
   (immediately, +5 min, +1 h, scaled by ``time_factor``), no redirects, 5 s deadline, and the
-  signing-secret rotation grace period (``X-Firma-Signature-Old``).
+  signing-secret rotation grace period (``X-Firma-Signature-Old``); a share of them can be
+  lost on the way (``drop_webhooks_percent``, ``GET|POST /_fake/behaviour``).
 
 A control API under ``/_fake/`` (no auth) drives what only signers or Firma itself could do
 (view, sign, decline, expire, arbitrary events, redelivery, injected API failures) and shows
@@ -34,6 +35,7 @@ import hashlib
 import hmac
 import json
 import math
+import random
 import re
 import secrets
 import string
@@ -401,9 +403,11 @@ class DeliveryAttempt:
     error: str | None = None
     ok: bool = False
     done: bool = False  # False while the request is under way
+    dropped: bool = False  # lost on the way (FakeFirma.drop_webhooks_percent): never sent
 
     def to_json(self) -> JSONObject:
         return {
+            "dropped": self.dropped,
             "delivery_id": self.delivery_id,
             "event_id": self.event_id,
             "event_type": self.event_type,
@@ -645,8 +649,16 @@ class FakeFirma:
         workspace_id: str = "ws_fake",
         workspace_name: str = "Fake Workspace",
         webhook_transport: httpx.AsyncBaseTransport | None = None,
+        drop_webhooks_percent: float = 0.0,
+        seed: int | None = None,
     ) -> None:
         keys = (api_key,) if isinstance(api_key, str) else tuple(api_key)
+        if not 0 <= drop_webhooks_percent <= 100:
+            raise ConfigurationError("drop_webhooks_percent is between 0 and 100")
+        # The share of deliveries lost on the way: never sent, and Firma believes them
+        # delivered (no retry), as behind a proxy that swallowed them.
+        self.drop_webhooks_percent = float(drop_webhooks_percent)
+        self._random = random.Random(seed)  # which deliveries are dropped; not security
         if not keys or not all(keys):
             raise ConfigurationError("the fake Firma needs at least one non-empty API key")
         if not secret:
@@ -1386,6 +1398,10 @@ class FakeFirma:
             redelivery_of=redelivery_of,
         )
         self.deliveries.append(record)
+        if self._random.random() * 100 < self.drop_webhooks_percent:
+            record.dropped = record.ok = record.done = True
+            record.error = "dropped by the emulator"
+            return True
         timestamp = int(self.clock())
         headers = {
             "Content-Type": "application/json",
@@ -1652,6 +1668,26 @@ class FakeFirma:
             }
         )
 
+    async def control_behaviour(self, request: Request) -> Response:
+        """``GET``: the emulator's unreliability; ``POST {"drop_webhooks_percent": 0 to 100}``
+        sets it."""
+        if request.method == "POST":
+            body = await _json_object(request)
+            if isinstance(body, Response):
+                return body
+            value = body.get("drop_webhooks_percent")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 <= value <= 100
+            ):
+                return _validation_error({"drop_webhooks_percent": "a number from 0 to 100"})
+            self.drop_webhooks_percent = float(value)
+        dropped = sum(1 for d in self.deliveries if d.dropped)
+        return JSONResponse(
+            {"drop_webhooks_percent": self.drop_webhooks_percent, "dropped_deliveries": dropped}
+        )
+
     async def control_reset(self, request: Request) -> Response:
         await self.reset()
         return JSONResponse({"reset": True})
@@ -1798,6 +1834,7 @@ def create_app(fake: FakeFirma) -> Starlette:
         Route("/events", fake.control_events, methods=["GET"]),
         Route("/events", fake.control_event, methods=["POST"]),
         Route("/reset", fake.control_reset, methods=["POST"]),
+        Route("/behaviour", fake.control_behaviour, methods=["GET", "POST"]),
         Route("/rotate-secret", fake.control_rotate_secret, methods=["POST"]),
         Route("/end-rotation", fake.control_end_rotation, methods=["POST"]),
         Route("/failures", fake.control_add_failure, methods=["POST"]),
@@ -1838,6 +1875,7 @@ def serve(
     secret: str = DEFAULT_SECRET,
     time_factor: float = 1.0,
     rate_window_seconds: float = 60.0,
+    drop_webhooks_percent: float = 0.0,
 ) -> None:
     """Run the emulator under uvicorn until interrupted (``signback fake firma --port N``).
 
@@ -1850,6 +1888,7 @@ def serve(
         secret=secret,
         time_factor=time_factor,
         rate_limits=RateLimits(window_seconds=rate_window_seconds),
+        drop_webhooks_percent=drop_webhooks_percent,
     )
     print(
         f"Fake Firma: API at http://{host}:{port}{API_BASE_PATH} (Authorization: {api_key}), "

@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from handlers.firma import events, routes
+from handlers.firma import events, reconcile, routes
 from handlers.firma.client import FirmaClient, validate_properties
 from handlers.firma.operations import OPERATIONS
 from handlers.firma.repoint import repoint
@@ -74,4 +74,5 @@ def build(settings: FirmaSettings) -> Provider:
         validate_defaults=validate_defaults,
         repoint=repoint,
         start=warnings(settings),
+        reconcile=reconcile.read,
     )

@@ -7,6 +7,8 @@ Document-info API, about the document registered for the request (never one the 
 names). The confirmation comes back through the inbox on channel ``confirmation`` and is
 what moves the request's state. When Document info says ``errorsendinfo`` instead, the same
 channel brings a ``delivery.failed`` fact, with an event id of its own: it confirms nothing.
+On channel ``reconcile`` the body is Document info's own answer about the registered
+document, read by the reconciler: what it says is the document's state.
 """
 
 from __future__ import annotations
@@ -50,6 +52,19 @@ def normalize(callback: StoredCallback, *, confirm_claims: bool = True) -> Norma
     details: dict[str, Any] = {"document_state": state}
     if document_id := _text(payload, "id"):
         details["document_id"] = document_id
+    if callback.channel == "reconcile":
+        # Document info's answer, read by signback about the registered document (the
+        # reconciler checked that the answer is about it): confirmed. The row names the
+        # request; Document info names no signature request.
+        return NormalizedEvent(
+            provider=PROVIDER,
+            kind=kind,
+            provider_type=f"reconcile:{state or 'unknown'}",
+            external_id=None,
+            confirmed=True,
+            details=details,
+            raw=payload,
+        )
     if callback.channel == "confirmation":
         # Made by signback from Document info: the provider's own answer, so confirmed.
         confirms = _text(payload, "confirms")

@@ -20,11 +20,34 @@ from receiver.cli import handles_config_errors, print_sent, run_simulation
     show_default=True,
     help="Scales failure windows and delays (0.05 = 20 times faster).",
 )
-def fake(port: int, host: str, api_key: str, time_factor: float) -> None:
+@click.option(
+    "--drop-callbacks",
+    type=click.FloatRange(0, 100),
+    default=0.0,
+    show_default=True,
+    help="Percent of sendInfo callbacks lost on the way (OKdokument believes them delivered).",
+)
+@click.option(
+    "--info-lag",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds Document info answers the previous state after a change.",
+)
+def fake(
+    port: int, host: str, api_key: str, time_factor: float, drop_callbacks: float, info_lag: float
+) -> None:
     """An OKdokument emulator: the API, failure injection, and sign/cancel that call back."""
     from handlers.okdokument.fake import serve as serve_fake
 
-    serve_fake(port=port, host=host, api_key=api_key, time_factor=time_factor)
+    serve_fake(
+        port=port,
+        host=host,
+        api_key=api_key,
+        time_factor=time_factor,
+        drop_callbacks_percent=drop_callbacks,
+        info_lag_seconds=info_lag,
+    )
 
 
 @click.command("okdokument")

@@ -9,6 +9,9 @@ describe it, with the documented bodies and error shapes, plus a control API und
 - ``POST /_fake/failures``, ``GET /_fake/failures``, ``DELETE /_fake/failures``
 - ``POST /_fake/sign/{signatureRequestId}``, ``POST /_fake/cancel/{signatureRequestId}``
   finish the round: state change, the sendInfo callback, the browser redirect URL.
+- ``GET|POST /_fake/behaviour``: ``drop_callbacks_percent`` (0 to 100: sendInfo callbacks
+  lost on the way, the document keeping its state) and ``info_lag_seconds`` (Document info
+  answering the previous state for so long after a change); also constructor arguments.
 
 Where the docs are silent the emulator picks something plausible and says so in a comment
 marked "Docs silent". Nothing happens at import time: build a :class:`FakeOkdokument`, then
@@ -23,6 +26,7 @@ import binascii
 import contextlib
 import hmac
 import json
+import random
 import secrets
 import time
 import uuid
@@ -82,6 +86,10 @@ class FakeDocument:
     modified_ms: int  # last state change (metadata "modification")
     number: str  # metadata "number": a string of digits in the docs' example
     current_request_id: str | None = None  # the round that can be signed now
+    # The state before the last change, and when it changed (emulated monotonic seconds):
+    # Document info may lag behind a callback (FakeOkdokument.info_lag_seconds).
+    previous_state: str | None = None
+    changed_at: float = 0.0
 
 
 @dataclass
@@ -193,9 +201,17 @@ class FakeOkdokument:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         callback_transport: httpx.AsyncBaseTransport | None = None,
         time_factor: float = 1.0,
+        drop_callbacks_percent: float = 0.0,
+        info_lag_seconds: float = 0.0,
+        seed: int | None = None,
     ) -> None:
         if not time_factor > 0:
             raise ValueError(f"time_factor must be positive: {time_factor}")
+        self.set_behaviour(
+            drop_callbacks_percent=drop_callbacks_percent, info_lag_seconds=info_lag_seconds
+        )
+        self._random = random.Random(seed)  # which callbacks are dropped; not security
+        self.dropped_callbacks = 0
         self._api_key = api_key.encode()
         self.clock = clock
         self.time_factor = time_factor
@@ -221,6 +237,36 @@ class FakeOkdokument:
         self.calls.clear()
         self.failures.clear()
         self.created_requests = 0
+
+    def set_behaviour(
+        self, *, drop_callbacks_percent: float | None = None, info_lag_seconds: float | None = None
+    ) -> None:
+        """How unreliable the emulated OKdokument is. ``drop_callbacks_percent`` (0 to 100): the
+        share of sendInfo callbacks lost on the way (never sent, and OKdokument believes
+        them delivered: the document keeps its state, as behind a proxy that swallowed
+        them). ``info_lag_seconds`` (emulated): for so long after a state change, Document
+        info still answers the state before it."""
+        if drop_callbacks_percent is not None:
+            if not 0 <= drop_callbacks_percent <= 100:
+                raise ValueError("drop_callbacks_percent is between 0 and 100")
+            self.drop_callbacks_percent = float(drop_callbacks_percent)
+        if info_lag_seconds is not None:
+            if not info_lag_seconds >= 0:
+                raise ValueError("info_lag_seconds must not be negative")
+            self.info_lag_seconds = float(info_lag_seconds)
+
+    def behaviour(self) -> dict[str, Any]:
+        return {
+            "drop_callbacks_percent": self.drop_callbacks_percent,
+            "info_lag_seconds": self.info_lag_seconds,
+            "dropped_callbacks": self.dropped_callbacks,
+        }
+
+    def drops_callback(self) -> bool:
+        """Whether the next sendInfo callback is lost (and counted)."""
+        dropped = self._random.random() * 100 < self.drop_callbacks_percent
+        self.dropped_callbacks += dropped
+        return dropped
 
     def key_matches(self, presented: str | None) -> bool:
         if presented is None:
@@ -281,14 +327,27 @@ class FakeOkdokument:
         return sr
 
     def set_state(self, doc: FakeDocument, state: str) -> None:
+        if state != doc.state:
+            doc.previous_state = doc.state
+            doc.changed_at = self.monotonic()
         doc.state = state
         doc.modified_ms = self.now_ms()
+
+    def reported_state(self, doc: FakeDocument) -> str:
+        """The state Document info answers: the one before the last change while the lag
+        lasts."""
+        lagging = (
+            self.info_lag_seconds > 0
+            and doc.previous_state is not None
+            and self.monotonic() - doc.changed_at < self.info_lag_seconds
+        )
+        return doc.previous_state if lagging and doc.previous_state else doc.state
 
     def metadata(self, doc: FakeDocument) -> dict[str, Any]:
         modification = datetime.fromtimestamp(doc.modified_ms / 1000, tz=UTC)
         return {
             "filename": doc.filename,
-            "state": doc.state,
+            "state": self.reported_state(doc),
             # Docs silent on the time zone of "modification"; the fake uses UTC.
             "modification": modification.strftime("%Y-%m-%d %H:%M:%S"),
             "id": doc.document_id,
@@ -840,11 +899,12 @@ def create_app(fake: FakeOkdokument) -> Starlette:
 
         sendinfo_status: int | None = None
         sendinfo_error: str | None = None
+        sendinfo_dropped = sr.send_info_url is not None and fake.drops_callback()
         redirect_url: str | None = None
         redirect_status: int | None = None
         redirect_error: str | None = None
         async with outbound_client() as client:
-            if sr.send_info_url is not None:
+            if sr.send_info_url is not None and not sendinfo_dropped:
                 # Exactly the documented shape and key order, compact like the docs' example;
                 # no authorization of any kind (the docs require the endpoint to work without).
                 payload = json.dumps(
@@ -886,12 +946,28 @@ def create_app(fake: FakeOkdokument) -> Starlette:
             {
                 "sendinfo_status": sendinfo_status,
                 "sendinfo_error": sendinfo_error,
+                "sendinfo_dropped": sendinfo_dropped,
                 "document_state": doc.state,
                 "redirect_url": redirect_url,
                 "redirect_status": redirect_status,
                 "redirect_error": redirect_error,
             }
         )
+
+    async def show_behaviour(request: Request) -> Response:
+        return JSONResponse(fake.behaviour())
+
+    async def set_behaviour(request: Request) -> Response:
+        try:
+            body = await _control_json(request)
+            drop = _opt_number(body, "drop_callbacks_percent")
+            lag = _opt_number(body, "info_lag_seconds")
+            fake.set_behaviour(drop_callbacks_percent=drop, info_lag_seconds=lag)
+        except _Invalid as exc:
+            return _control_error(400, exc.message)
+        except ValueError as exc:
+            return _control_error(400, str(exc))
+        return JSONResponse(fake.behaviour())
 
     async def sign(request: Request) -> Response:
         return await finish_round(request, state="signed")
@@ -931,6 +1007,8 @@ def create_app(fake: FakeOkdokument) -> Starlette:
         Route("/_fake/failures", add_failure, methods=["POST"]),
         Route("/_fake/failures", list_failures, methods=["GET"]),
         Route("/_fake/failures", clear_failures, methods=["DELETE"]),
+        Route("/_fake/behaviour", show_behaviour, methods=["GET"]),
+        Route("/_fake/behaviour", set_behaviour, methods=["POST"]),
         Route("/_fake/sign/{signatureRequestId}", sign, methods=["POST"]),
         Route("/_fake/cancel/{signatureRequestId}", cancel, methods=["POST"]),
     ]
@@ -958,10 +1036,20 @@ def _opt_number(body: Mapping[str, Any], key: str) -> float | None:
 
 
 def serve(
-    port: int, host: str = "127.0.0.1", api_key: str = DEFAULT_API_KEY, time_factor: float = 1.0
+    port: int,
+    host: str = "127.0.0.1",
+    api_key: str = DEFAULT_API_KEY,
+    time_factor: float = 1.0,
+    drop_callbacks_percent: float = 0.0,
+    info_lag_seconds: float = 0.0,
 ) -> None:
     """Run the emulator until interrupted (``signback fake okdokument --port N``)."""
     import uvicorn
 
-    fake = FakeOkdokument(api_key=api_key, time_factor=time_factor)
+    fake = FakeOkdokument(
+        api_key=api_key,
+        time_factor=time_factor,
+        drop_callbacks_percent=drop_callbacks_percent,
+        info_lag_seconds=info_lag_seconds,
+    )
     uvicorn.run(create_app(fake), host=host, port=port)

@@ -22,6 +22,7 @@ from receiver.outbox.outcomes import (
     from_response,
 )
 from receiver.providers import Operation
+from receiver.reconcile.scheduler import read_soon
 
 PATCH = "okdokument.patch_signature_request"
 CONFIRM = "okdokument.confirm_document_state"
@@ -74,7 +75,9 @@ async def confirm_document_state(
     the claim. ``errorsendinfo`` (OKdokument could not deliver a sendInfo callback) is
     recorded as a ``delivery.failed`` fact and the question is asked again later, under the
     outbox's retry policy: Document info can lag behind the callback. Any other state means
-    the claim is not confirmed: the action is skipped, saying why.
+    the claim is not confirmed: the action is skipped, saying why. Whenever the claim is not
+    confirmed, the reconciler reads the document soon (``SIGNBACK_RECONCILE_SOON_SECONDS``):
+    what Document info says then goes down the callbacks' road, confirmed.
     """
     claimed = str(payload.get("claimed_state", ""))
     confirms = str(payload.get("confirms", ""))
@@ -114,6 +117,10 @@ async def confirm_document_state(
         "confirms": confirms,
         "claimed_state": claimed,
     }
+    if actual != claimed:
+        # Document info lags behind the callback, or OKdokument could not call us: the
+        # reconciler reads the document soon, and what it finds is what counts.
+        await read_soon(ctx, request.id)
     if actual == "errorsendinfo":
         return Failed(
             f"not confirmed yet: OKdokument says the document is 'errorsendinfo' (it could "
@@ -127,7 +134,8 @@ async def confirm_document_state(
     if actual != claimed:
         return Skipped(
             f"not confirmed: OKdokument says the document is {_short(actual)}, the "
-            f"callback claimed {claimed!r}; nothing was acted on",
+            f"callback claimed {claimed!r}; nothing was acted on (a reconcile read of the "
+            "document follows soon)",
             status_code=200,
             response_excerpt=excerpt(response),
         )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 
-from handlers.okdokument import adapter, routes
+from handlers.okdokument import adapter, reconcile, routes
 from handlers.okdokument.client import OkdokumentClient
 from handlers.okdokument.operations import OPERATIONS
 from handlers.okdokument.returns import parse_return
@@ -75,4 +75,5 @@ def build(settings: OkdokumentSettings) -> Provider:
         repoint=repoint,
         point_hook_url=point_hook_url,
         check_registration=registration_checker(settings),
+        reconcile=reconcile.read,
     )

@@ -64,3 +64,15 @@ def retry_page(event: NormalizedEvent, request: SignatureRequest) -> Iterator[Ac
     if event.kind is EventKind.SIGNER_RETURNED and event.details.get("result") != "close":
         return
     yield Action(PATCH, {"resulturl": request.retry_url}, key="retry-page")
+
+
+@rule(EventKind.DELIVERY_FAILED, provider="okdokument")
+def repoint_after_errorsendinfo(
+    event: NormalizedEvent, request: SignatureRequest
+) -> Iterator[Action]:
+    """(d) The reconciler found the document in ``errorsendinfo``: OKdokument could not call
+    the sendInfo URL. Point it at signback's current one (filled in at send time: if the
+    public URL changed, this is the new one; if not, the PATCH changes nothing)."""
+    if event.provider_type != "reconcile:errorsendinfo":
+        return
+    yield Action(PATCH, {"sendInfoURL": "{signback.sendinfo_url}"}, key="repoint-errorsendinfo")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from receiver.settings import ProviderSettings, http_base_url
@@ -16,6 +16,9 @@ class OkdokumentSettings(ProviderSettings):
     timeout: float = 10.0
     # Rule (b): confirm an unsigned sendInfo claim with Document info before acting on it.
     confirm_callbacks: bool = True
+    # The reconciler's Document info reads per minute (OKdokument documents no limit; this
+    # keeps signback polite, shared by every process on the database).
+    reads_per_minute: float = Field(default=120.0, gt=0)
 
     @field_validator("base_url")
     @classmethod

@@ -39,9 +39,11 @@ from receiver.errors import InvalidAction
 from receiver.logs import get_logger
 from receiver.metrics import CONTENT_TYPE
 from receiver.model import RequestState, SignatureRequest
+from receiver.outbox.downstream.catalogue import source_of
 from receiver.pipeline.registration import Registration, RegistrationRefused, register
 from receiver.providers import Provider
 from receiver.store import inbox, outbox, requests
+from receiver.store import reconcile as reconcile_store
 from receiver.store.db.base import Row
 from receiver.store.statuses import ActionStatus, InboxStatus
 from receiver.store.storable import json_problem, text_problem
@@ -195,6 +197,8 @@ def event_json(row: Row) -> dict[str, Any]:
     return {
         "inbox_id": int(row["id"]),
         "channel": row["channel"],
+        # callback | browser | reconcile | signback: as the downstream event says it.
+        "source": source_of(str(row["channel"])),
         "kind": row["kind"],
         "provider_type": row["provider_type"],
         "event_id": row["event_id"],
@@ -387,15 +391,31 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
         if state is not None and state not in {s.value for s in RequestState}:
             return error(422, f"unknown state {state!r}", allowed=[s.value for s in RequestState])
         before = _whole_number(request, "before_id")
-        rows = await requests.search(
-            ctx.db,
-            state=state,
-            provider=_choice(request, "provider", providers),
-            reference=_text_filter(request, "reference", 200),
-            # Past the largest id, every row is before it: no bound at all.
-            before_id=before if before is not None and before <= MAX_ROW_ID else None,
-            limit=_int_param(request, "limit", 50, low=1, high=500),
-        )
+        # Past the largest id, every row is before it: no bound at all.
+        before_id = before if before is not None and before <= MAX_ROW_ID else None
+        provider = _choice(request, "provider", providers)
+        limit = _int_param(request, "limit", 50, low=1, high=500)
+        if _choice(request, "stale", ("true", "false")) == "true":
+            # Silent longer than expected for their state (SIGNBACK_STALE_AFTER).
+            if state is not None or request.query_params.get("reference") is not None:
+                raise ParameterError("stale=true lists open requests: no state or reference")
+            rows = await reconcile_store.stale(
+                ctx.db,
+                thresholds=ctx.settings.stale_after,
+                now=ctx.clock(),
+                provider=provider,
+                before_id=before_id,
+                limit=limit,
+            )
+        else:
+            rows = await requests.search(
+                ctx.db,
+                state=state,
+                provider=provider,
+                reference=_text_filter(request, "reference", 200),
+                before_id=before_id,
+                limit=limit,
+            )
         items = [request_json(requests.from_row(r)) for r in rows]
         return ApiJSON({"items": items, "next_before_id": items[-1]["id"] if items else None})
 
@@ -445,6 +465,11 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
 
     async def metrics(_: Request) -> Response:
         ctx.metrics.set_queue_counts(await inbox.counts(ctx.db), await outbox.counts(ctx.db))
+        ctx.metrics.set_stale_counts(
+            await reconcile_store.stale_counts(
+                ctx.db, thresholds=ctx.settings.stale_after, now=ctx.clock()
+            )
+        )
         return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
 
     async def stats(_: Request) -> Response:

@@ -34,6 +34,7 @@ from receiver.outbox.downstream.lanes import EndpointLanes
 from receiver.outbox.lanes import LaneClass, ProviderLanes
 from receiver.outbox.outcomes import Deferred, Failed, GiveUp, Outcome
 from receiver.outbox.retry import Decision, DecisionStatus, RetryPolicy
+from receiver.reconcile import operation as reconcile_operation
 from receiver.store import inbox, outbox, requests
 from receiver.store.db.base import Row, Transaction
 from receiver.store.statuses import ActionStatus, AttemptOutcome
@@ -410,6 +411,8 @@ class Dispatcher:
         provider_name = operation_name.split(".", 1)[0]
         provider = ctx.providers.get(provider_name)
         operation = provider.operations.get(operation_name) if provider else None
+        if operation is None and provider is not None:
+            operation = reconcile_operation.find(provider, operation_name)
         if operation is None:
             return GiveUp(f"unknown operation {operation_name!r}")
         if row["request_id"] is None:

@@ -15,6 +15,7 @@ from receiver.intake.tokens import new_nonce, token_hash
 from receiver.jsonutil import dumps
 from receiver.logs import get_logger
 from receiver.model import SignatureRequest
+from receiver.reconcile.scheduler import first_read
 from receiver.store import inbox, outbox, requests
 
 log = get_logger("signback.registration")
@@ -57,6 +58,15 @@ class Registered:
     actions: int = 0
 
 
+def _schedule(ctx: AppContext, provider: str, now: float) -> dict[str, float | None]:
+    """The first read of the request's reconciliation schedule (receiver/reconcile/)."""
+    first = first_read(ctx, provider, now)
+    return {
+        "next_reconcile_at": None if first is None else first[0],
+        "reconcile_interval": None if first is None else first[1],
+    }
+
+
 async def register(ctx: AppContext, data: Registration) -> Registered:
     """Store the request (or find it registered already). Raises RegistrationRefused, before
     anything is stored, when its provider needs more (every caller gets the same rules)."""
@@ -88,6 +98,7 @@ async def register(ctx: AppContext, data: Registration) -> Registered:
             hook_hash=token_hash(ctx.hook_token(nonce)),
             token_nonce=nonce,
             now=now,
+            **_schedule(ctx, data.provider, now),
         )
         if row is None:
             existing = await requests.by_external_id(tx, data.provider, data.external_id)

@@ -59,6 +59,26 @@ class Operation(Protocol):
     ) -> Outcome: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What a provider's API answered about one request's real state (the reconciler's
+    read): the answer's bytes, untouched, and the state in the provider's own words."""
+
+    body: bytes  # stored as the inbox row's body (channel "reconcile"), normalized later
+    # The provider's state ("finished", "signed", "in_progress:1" …): with the request, the
+    # finding's dedupe key, so that reading the same state twice stores it once.
+    state: str
+    status_code: int = 200  # the answer's status, for the attempt log
+
+
+# Reads the provider's real state of one request (never trusting anything a callback said:
+# a provider's own id of the request, or the document registered with it). Returns the
+# Reading, or an Outcome for a read that did not happen or failed (Deferred while its rate
+# budget has no slot, Throttled on a 429, Failed, GiveUp, Skipped). Takes a slot of the
+# provider's read budget first, the one its operations share.
+ReconcileRead = Callable[["AppContext", SignatureRequest], Awaitable["Reading | Outcome"]]
+
+
 # Settings: ProviderSettings (the base of a provider's settings class, with its own env
 # prefix) and http_base_url (a base-URL validator) live beside the core's settings, in
 # receiver.settings, and are re-exported here.
@@ -247,6 +267,10 @@ class Provider:
     point_hook_url: Callable[[SignatureRequest, str], Action] | None = None
     # Called once at start-up (warnings about its configuration, …).
     start: Callable[[AppContext], Awaitable[None]] | None = None
+    # The reconciler's read of one request's real state (receiver/reconcile/): run as the
+    # outbox action ``<name>.reconcile``; what it finds is normalized by ``normalize`` on
+    # channel "reconcile". None: this provider is never asked.
+    reconcile: ReconcileRead | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -327,6 +351,8 @@ __all__ = [
     "ProviderClient",
     "ProviderPackage",
     "ProviderSettings",
+    "Reading",
+    "ReconcileRead",
     "ReturnFacts",
     "SecretHeader",
     "StoredCallback",

@@ -16,6 +16,17 @@ COLUMNS = (
 )
 
 
+TERMINAL_STATES = frozenset(
+    {
+        RequestState.COMPLETED,
+        RequestState.DECLINED,
+        RequestState.CANCELLED,
+        RequestState.EXPIRED,
+        RequestState.DELETED,
+    }
+)
+
+
 def match_key(provider: str, external_id: str) -> str:
     """The lock key that serializes matching events with registering the request."""
     return f"match:{provider}:{external_id}"
@@ -54,6 +65,8 @@ async def insert(
     hook_hash: str,
     token_nonce: str,
     now: float,
+    next_reconcile_at: float | None = None,
+    reconcile_interval: float | None = None,
 ) -> Row | None:
     """Insert; None when (provider, external_id) is already registered.
 
@@ -63,9 +76,10 @@ async def insert(
     return await tx.fetch_one(
         "INSERT INTO signature_requests (provider, external_id, document_id, reference, state,"
         " return_url, retry_url, metadata, defaults, token_hash, sendinfo_hash,"
-        " shared_token_retired_at, token_nonce, created_at, updated_at) VALUES (:provider,"
-        " :external_id, :document_id, :reference, :state, :return_url, :retry_url, :metadata,"
-        " :defaults, :token_hash, :sendinfo_hash, :now, :token_nonce, :now, :now)"
+        " shared_token_retired_at, token_nonce, created_at, updated_at, next_reconcile_at,"
+        " reconcile_interval) VALUES (:provider, :external_id, :document_id, :reference,"
+        " :state, :return_url, :retry_url, :metadata, :defaults, :token_hash, :sendinfo_hash,"
+        " :now, :token_nonce, :now, :now, :next_reconcile_at, :reconcile_interval)"
         f" ON CONFLICT DO NOTHING RETURNING {COLUMNS}",
         {
             "provider": provider,
@@ -81,6 +95,8 @@ async def insert(
             "sendinfo_hash": hook_hash,
             "token_nonce": token_nonce,
             "now": now,
+            "next_reconcile_at": next_reconcile_at,
+            "reconcile_interval": reconcile_interval,
         },
     )
 
@@ -171,10 +187,13 @@ async def set_state(
     provider_status: str | None,
     now: float,
 ) -> None:
+    # A request that ended is read no more: its reconciliation schedule ends with it.
+    ended = state in TERMINAL_STATES
     await tx.execute(
         "UPDATE signature_requests SET state = :state,"
         " provider_status = COALESCE(:provider_status, provider_status), updated_at = :now"
-        " WHERE id = :id",
+        + (", next_reconcile_at = NULL" if ended else "")
+        + " WHERE id = :id",
         {"state": state.value, "provider_status": provider_status, "now": now, "id": request_id},
     )
 

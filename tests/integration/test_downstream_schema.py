@@ -109,6 +109,8 @@ async def test_every_type_in_the_catalogue_is_valid(database_url: str) -> None:
             )
             disabled = await emit.endpoint_disabled(tx, endpoint=endpoint, reason="410", now=NOW)
             tested = await emit.test_event(tx, endpoint=endpoint, now=NOW)
+            stale = await emit.stale(tx, request=request, state="sent", threshold=60.0, now=NOW)
+            assert stale is not None
             assert dead is not None
             assert disabled is not None
             assert tested is not None

@@ -120,6 +120,18 @@ def test_defaults(env: Env) -> None:
             [],
             id="out-of-range",
         ),
+        pytest.param(
+            {"SIGNBACK_STALE_AFTER": "completed=60"},
+            ["SIGNBACK_STALE_AFTER: ", "'completed' is no open state"],
+            [],
+            id="stale-after-a-final-state",
+        ),
+        pytest.param(
+            {"SIGNBACK_RECONCILE_FIRST_DELAY_SECONDS": "0"},
+            ["SIGNBACK_RECONCILE_FIRST_DELAY_SECONDS: "],
+            [],
+            id="reconcile-delay",
+        ),
     ],
 )
 def test_bad_configuration_names_the_variable(

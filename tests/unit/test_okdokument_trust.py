@@ -87,11 +87,36 @@ def info(answers: dict[str, Any]) -> Iterator[tuple[DocumentInfo, str]]:
         yield document_info, base
 
 
+class ScheduleWrites:
+    """The one write the confirmation makes itself: bringing the request's next reconcile
+    read forward (receiver/store/reconcile.py ``read_soon``), recorded instead of stored."""
+
+    def __init__(self) -> None:
+        self.soon: list[dict[str, Any]] = []
+
+    async def execute(self, sql: str, params: dict[str, Any]) -> int:
+        assert sql.startswith("UPDATE signature_requests SET next_reconcile_at")
+        self.soon.append(params)
+        return 1
+
+
 @pytest.fixture
-async def ctx(info: tuple[DocumentInfo, str]) -> AsyncIterator[AppContext]:
+def writes() -> ScheduleWrites:
+    return ScheduleWrites()
+
+
+@pytest.fixture
+async def ctx(info: tuple[DocumentInfo, str], writes: ScheduleWrites) -> AsyncIterator[AppContext]:
     client = OkdokumentClient(info[1], "key")
-    # The operation reads only its client and the clock: the rest of a context is not the point.
-    yield cast(AppContext, SimpleNamespace(clients={"okdokument": client}, clock=lambda: 1000.0))
+    # The operation reads its client, the clock and the reconcile settings, and may ask for a
+    # read soon: the rest of a context is not the point.
+    settings = test_settings("sqlite:///unused.db", reconcile_soon_seconds=30.0)
+    yield cast(
+        AppContext,
+        SimpleNamespace(
+            clients={"okdokument": client}, clock=lambda: 1000.0, settings=settings, db=writes
+        ),
+    )
     await client.aclose()
 
 
@@ -127,11 +152,15 @@ def test_the_confirm_rule_does_not_take_the_document_from_the_body() -> None:
     ],
 )
 async def test_confirmation_asks_about_the_registered_document_only(
-    ctx: AppContext, info: tuple[DocumentInfo, str], payload: dict[str, Any]
+    ctx: AppContext,
+    info: tuple[DocumentInfo, str],
+    payload: dict[str, Any],
+    writes: ScheduleWrites,
 ) -> None:
     outcome = await confirm_document_state(ctx, REQUEST, payload)
     assert info[0].asked == [REGISTERED]
     assert isinstance(outcome, Done)
+    assert writes.soon == []  # confirmed: nothing to read
     (fact,) = outcome.follow_up
     assert fact.channel == "confirmation"
     assert fact.dedupe_key == "confirmation:inbox-5"
@@ -170,7 +199,7 @@ async def test_an_answer_about_another_document_confirms_nothing(
 
 
 async def test_errorsendinfo_records_a_fact_and_leaves_the_claim_open(
-    ctx: AppContext, answers: dict[str, Any]
+    ctx: AppContext, answers: dict[str, Any], writes: ScheduleWrites
 ) -> None:
     answers["body"] = metadata("errorsendinfo")
     outcome = await confirm_document_state(
@@ -189,11 +218,13 @@ async def test_errorsendinfo_records_a_fact_and_leaves_the_claim_open(
     last = policy.decide(outcome, attempts=3, created_at=0, now=1, rand=0.5)
     assert last.status == "dead"
     assert "errorsendinfo" in last.reason
+    # And the reconciler reads the document soon, its backoff starting over.
+    assert writes.soon == [{"at": 1030.0, "interval": 30.0, "id": REQUEST.id}]
 
 
 @pytest.mark.parametrize("actual", ["tosign", "canceled", "tags", "", 5])
 async def test_only_the_claimed_state_confirms(
-    ctx: AppContext, answers: dict[str, Any], actual: Any
+    ctx: AppContext, answers: dict[str, Any], actual: Any, writes: ScheduleWrites
 ) -> None:
     answers["body"] = metadata(actual)
     outcome = await confirm_document_state(
@@ -202,6 +233,8 @@ async def test_only_the_claimed_state_confirms(
     assert isinstance(outcome, Skipped)
     assert not outcome.follow_up
     assert outcome.message.startswith("not confirmed: OKdokument says the document is")
+    # Document info may lag behind the callback: a reconcile read soon, not a retry.
+    assert writes.soon == [{"at": 1030.0, "interval": 30.0, "id": REQUEST.id}]
 
 
 @pytest.mark.parametrize(

@@ -215,6 +215,29 @@ async def action_dead(
     )
 
 
+async def stale(
+    tx: Transaction, *, request: SignatureRequest, state: str, threshold: float, now: float
+) -> Emitted | None:
+    """``signature_request.stale``: nothing heard of an open request for longer than its
+    state's threshold. Once per request and state (the dedupe key)."""
+    data = {
+        "request": request_data(request, previous_state=None),
+        "stale": {
+            "state": state,
+            "silent_since": event_store.iso(request.updated_at),
+            "threshold_seconds": threshold,
+        },
+    }
+    return await emit(
+        tx,
+        event_type=catalogue.STALE,
+        request=request,
+        data=data,
+        dedupe_key=f"stale:{request.id}:{state}",
+        now=now,
+    )
+
+
 async def endpoint_disabled(
     tx: Transaction, *, endpoint: Endpoint, reason: str, now: float
 ) -> Emitted | None:

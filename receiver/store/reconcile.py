@@ -1,0 +1,184 @@
+"""The reconciler's columns of ``signature_requests`` (migration 0009): each open request's
+next read at its provider, the current step of its backoff, and the state it was last
+reported stale in. See receiver/reconcile/."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from receiver.store.db.base import Database, Row, Transaction, in_list
+from receiver.store.requests import COLUMNS
+
+OPEN_STATES = ("registered", "draft", "sent", "viewed", "partially_signed")
+_OPEN = "('registered', 'draft', 'sent', 'viewed', 'partially_signed')"
+# The outbox actions that read a request's state at its provider ("<provider>.reconcile").
+RECONCILE_SUFFIX = ".reconcile"
+_ACTIVE_READ = (
+    "EXISTS (SELECT 1 FROM outbox o WHERE o.request_id = r.id"
+    " AND o.status IN ('pending', 'in_flight') AND o.operation = :operation)"
+)
+
+
+async def due(
+    tx: Transaction, *, provider: str, operation: str, now: float, limit: int, lock: str
+) -> list[Row]:
+    """The provider's requests whose next read is due, earliest first, with whether a read
+    of theirs is queued already (``queued``). ``lock``: ``{skip_locked}`` rendered, so that
+    two workers looking at once share the rows out."""
+    return await tx.fetch_all(
+        "SELECT r.id, r.state, r.created_at, r.updated_at, r.next_reconcile_at,"
+        f" r.reconcile_interval, {_ACTIVE_READ} AS queued FROM signature_requests r"
+        " WHERE r.next_reconcile_at IS NOT NULL AND r.next_reconcile_at <= :now"
+        " AND r.provider = :provider ORDER BY r.next_reconcile_at, r.id LIMIT :limit"
+        f" {lock}",
+        {"provider": provider, "operation": operation, "now": now, "limit": limit},
+    )
+
+
+async def queued_reads(db: Database | Transaction, operation: str) -> int:
+    """How many reads of this operation wait in the outbox or are running."""
+    # The lane and the statuses lead the outbox's due index: the done rows are not walked.
+    row = await db.fetch_one(
+        "SELECT COUNT(*) AS n FROM outbox WHERE lane = 'provider'"
+        " AND status IN ('pending', 'in_flight') AND operation = :operation",
+        {"operation": operation},
+    )
+    return 0 if row is None else int(row["n"])
+
+
+async def reschedule(
+    tx: Transaction, request_id: int, *, at: float | None, interval: float | None
+) -> None:
+    """The next read (None: none, the schedule is over) and the backoff's step."""
+    await tx.execute(
+        "UPDATE signature_requests SET next_reconcile_at = :at, reconcile_interval = :interval"
+        " WHERE id = :id",
+        {"at": at, "interval": interval, "id": request_id},
+    )
+
+
+async def read_soon(
+    db: Database | Transaction, request_id: int, *, at: float, interval: float
+) -> bool:
+    """Bring an open request's next read forward to ``at`` (never later than it was), and
+    start its backoff over at ``interval``. False: the request has ended."""
+    changed = await db.execute(
+        "UPDATE signature_requests SET next_reconcile_at = CASE WHEN next_reconcile_at IS NULL"
+        " OR next_reconcile_at > :at THEN :at ELSE next_reconcile_at END,"
+        f" reconcile_interval = :interval WHERE id = :id AND state IN {_OPEN}",
+        {"at": at, "interval": interval, "id": request_id},
+    )
+    return changed > 0
+
+
+async def all_due(
+    tx: Transaction, *, providers: Sequence[str], now: float, created_after: float
+) -> int:
+    """Every open request of these providers (younger than the schedule's maximum age) is
+    due now: after a downtime, when callbacks may have been lost."""
+    if not providers:
+        return 0
+    names, params = in_list(providers, prefix="p_")
+    return await tx.execute(
+        "UPDATE signature_requests SET next_reconcile_at = :now"
+        f" WHERE state IN {_OPEN} AND provider IN {names} AND created_at > :after"
+        " AND (next_reconcile_at IS NULL OR next_reconcile_at > :now)",
+        {**params, "now": now, "after": created_after},
+    )
+
+
+def _stale_clause(thresholds: Mapping[str, float], now: float) -> tuple[str, dict[str, Any]]:
+    """``(state = s AND updated_at < now - t) OR …`` over the open states."""
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    for index, state in enumerate(OPEN_STATES):
+        if state not in thresholds:
+            continue
+        clauses.append(f"(state = :st_{index} AND updated_at < :cut_{index})")
+        params[f"st_{index}"] = state
+        params[f"cut_{index}"] = now - thresholds[state]
+    return ("(" + " OR ".join(clauses) + ")") if clauses else "(1 = 0)", params
+
+
+async def newly_stale(
+    tx: Transaction, *, state: str, cutoff: float, limit: int, lock: str
+) -> list[Row]:
+    """Requests silent in ``state`` since before ``cutoff`` and not yet reported in it."""
+    return await tx.fetch_all(
+        f"SELECT {COLUMNS} FROM signature_requests WHERE state = :state"
+        " AND updated_at < :cutoff AND (stale_state IS NULL OR stale_state <> :state)"
+        f" ORDER BY id LIMIT :limit {lock}",
+        {"state": state, "cutoff": cutoff, "limit": limit},
+    )
+
+
+async def mark_stale(tx: Transaction, request_id: int, state: str) -> None:
+    await tx.execute(
+        "UPDATE signature_requests SET stale_state = :state WHERE id = :id",
+        {"state": state, "id": request_id},
+    )
+
+
+async def stale(
+    db: Database,
+    *,
+    thresholds: Mapping[str, float],
+    now: float,
+    provider: str | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> list[Row]:
+    """Open requests silent longer than their state's threshold, newest first."""
+    clause, params = _stale_clause(thresholds, now)
+    where = [clause]
+    if provider is not None:
+        where.append("provider = :provider")
+        params["provider"] = provider
+    if before_id is not None:
+        where.append("id < :before_id")
+        params["before_id"] = before_id
+    params["limit"] = limit
+    return await db.fetch_all(
+        f"SELECT {COLUMNS} FROM signature_requests WHERE {' AND '.join(where)}"
+        " ORDER BY id DESC LIMIT :limit",
+        params,
+    )
+
+
+async def stale_counts(
+    db: Database, *, thresholds: Mapping[str, float], now: float
+) -> dict[tuple[str, str], int]:
+    """Stale requests by (provider, state), for the gauge."""
+    clause, params = _stale_clause(thresholds, now)
+    rows = await db.fetch_all(
+        f"SELECT provider, state, COUNT(*) AS n FROM signature_requests WHERE {clause}"
+        " GROUP BY provider, state",
+        params,
+    )
+    return {(str(r["provider"]), str(r["state"])): int(r["n"]) for r in rows}
+
+
+async def open_requests(
+    db: Database,
+    *,
+    providers: Iterable[str],
+    request_id: int | None = None,
+    after_id: int = 0,
+    limit: int = 100,
+) -> list[Row]:
+    """Open requests of these providers (or the one asked for, whatever its state), oldest
+    first: what ``signback reconcile`` reads."""
+    names, params = in_list(sorted(providers), prefix="p_")
+    if not params:
+        return []
+    if request_id is not None:
+        return await db.fetch_all(
+            f"SELECT {COLUMNS} FROM signature_requests WHERE id = :id AND provider IN {names}",
+            {**params, "id": request_id},
+        )
+    return await db.fetch_all(
+        f"SELECT {COLUMNS} FROM signature_requests WHERE state IN {_OPEN}"
+        f" AND provider IN {names} AND id > :after ORDER BY id LIMIT :limit",
+        {**params, "after": after_id, "limit": limit},
+    )
