@@ -16,6 +16,10 @@ class OkdokumentSettings(ProviderSettings):
     timeout: float = 10.0
     # Rule (b): confirm an unsigned sendInfo claim with Document info before acting on it.
     confirm_callbacks: bool = True
+    # The archive (docs/archive.md): once the signed PDF is archived and read back intact,
+    # delete the document at OKdokument (its documented flow is download, then delete).
+    # Off by default. Not for multi-round signing: later rounds need the document.
+    delete_after_archive: bool = False
 
     @field_validator("base_url")
     @classmethod

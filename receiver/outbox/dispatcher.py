@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 
 from receiver import jsonutil
+from receiver.archive import ARCHIVE_OPERATION
+from receiver.archive.step import archive_request
 from receiver.backoff import MAX_LOOP_DELAY, Backoff
 from receiver.context import AppContext, CallbackUrls
 from receiver.errors import InvalidAction
@@ -45,6 +47,10 @@ log = get_logger("signback.outbox")
 # in at send time, so the outbox never stores a callback token and URLs always use the
 # current public address.
 PLACEHOLDER_MARK = "{signback."
+
+
+# The core's own operations that act on a request (besides the providers' and deliveries).
+CORE_OPERATIONS = {ARCHIVE_OPERATION: archive_request}  # receiver/archive/step.py
 
 
 # After an attempt that was made: the action's status, and the attempt log's outcome.
@@ -409,7 +415,9 @@ class Dispatcher:
             return await deliver(ctx, row)
         provider_name = operation_name.split(".", 1)[0]
         provider = ctx.providers.get(provider_name)
-        operation = provider.operations.get(operation_name) if provider else None
+        operation = CORE_OPERATIONS.get(operation_name) or (
+            provider.operations.get(operation_name) if provider else None
+        )
         if operation is None:
             return GiveUp(f"unknown operation {operation_name!r}")
         if row["request_id"] is None:

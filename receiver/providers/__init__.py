@@ -7,6 +7,9 @@ from __future__ import annotations
 from receiver.providers.contract import (
     Accepted,
     Ack,
+    DocumentNotReady,
+    DocumentRef,
+    DocumentSource,
     HookSpec,
     MediaTypes,
     Operation,
@@ -22,6 +25,9 @@ from receiver.providers.contract import (
 __all__ = [
     "Accepted",
     "Ack",
+    "DocumentNotReady",
+    "DocumentRef",
+    "DocumentSource",
     "HookSpec",
     "MediaTypes",
     "Operation",

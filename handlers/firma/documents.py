@@ -1,0 +1,151 @@
+"""Firma's final documents, for the archive (receiver/archive/).
+
+- ``signed.pdf``: the final signed PDF with its completion certificate. Firma hands out a
+  pre-signed link to it: ``GET /signing-requests/{id}/download`` answers
+  ``{download_url, expires_at}``, a fresh link on every call, or ``503`` with
+  ``Retry-After`` while the PDF is still being generated (waited out: the archive action is
+  ``Throttled``, not failed). A link that has expired (or is refused with a 403) is
+  replaced by a fresh one once per attempt. The link is its own credential: the API key
+  is never sent with it, and it is followed only to the API's host or
+  SIGNBACK_FIRMA_DOWNLOAD_HOSTS.
+- ``audit-trail.json``: ``GET /signing-requests/{id}/audit`` (SIGNBACK_FIRMA_ARCHIVE_AUDIT_TRAIL).
+
+Every API call takes a slot of the shared read budget first (handlers/firma/budgets.py),
+like the outbox's other Firma calls; following the pre-signed link is not an API call.
+docs/archive.md has the sources of these calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from handlers.firma import budgets
+from handlers.firma.client import FirmaClient, provider_message, retry_after_seconds
+from handlers.firma.settings import FirmaSettings
+from receiver.context import AppContext
+from receiver.errors import InvalidAction
+from receiver.model import SignatureRequest
+from receiver.outbox.budgets import take_slot
+from receiver.outbox.outcomes import Failed, GiveUp, deferred, excerpt, from_response
+from receiver.outbox.provider_http import host_allowed
+from receiver.providers.contract import DocumentNotReady, DocumentRef, DocumentSource
+
+CHUNK_BYTES = 64 * 1024
+SIGNED = DocumentRef("signed.pdf", "signed", "application/pdf", "download")
+AUDIT_TRAIL = DocumentRef("audit-trail.json", "audit_trail", "application/json", "audit")
+# What a storage service answers for a pre-signed link that expired or was revoked.
+EXPIRED_LINK_STATUSES = frozenset({400, 401, 403, 410})
+
+
+def _client(ctx: AppContext) -> FirmaClient:
+    client = ctx.clients.get("firma")
+    if not isinstance(client, FirmaClient):
+        raise InvalidAction("SIGNBACK_FIRMA_API_KEY is not set: cannot download from Firma")
+    return client
+
+
+async def _read_slot(ctx: AppContext) -> None:
+    waiting = await take_slot(ctx.db, budgets.reads(ctx), clock=ctx.clock)
+    if waiting is not None:
+        raise DocumentNotReady(deferred(waiting, "waiting for a slot under Firma's read limit"))
+
+
+def _not_ready(answer: httpx.Response, ctx: AppContext) -> DocumentNotReady:
+    """A Firma answer that gave no file, as the archive action's outcome."""
+    now = ctx.clock()
+    if answer.status_code == 404:
+        return DocumentNotReady(
+            GiveUp(
+                f"Firma has no such document: {provider_message(answer)}",
+                status_code=404,
+                response_excerpt=excerpt(answer),
+            )
+        )
+    return DocumentNotReady(
+        from_response(
+            answer,
+            now=now,
+            message=provider_message,
+            retry_after=retry_after_seconds(answer, now=now),
+        )
+    )
+
+
+def _link_of(answer: httpx.Response | Any) -> str | None:
+    try:
+        body = answer.json()
+    except ValueError:
+        return None
+    url = body.get("download_url") if isinstance(body, dict) else None
+    return url if isinstance(url, str) and url else None
+
+
+@contextlib.asynccontextmanager
+async def fetch(
+    ctx: AppContext, request: SignatureRequest, ref: DocumentRef
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    client = _client(ctx)
+    if ref.locator == AUDIT_TRAIL.locator:
+        await _read_slot(ctx)
+        async with client.stream_audit(request.external_id) as answer:
+            if answer.status_code != 200:
+                await answer.aread()
+                raise _not_ready(answer, ctx)
+            yield answer.aiter_bytes(CHUNK_BYTES)
+        return
+    refused: int | None = None
+    for _ in range(2):  # a link refused as expired is replaced once per attempt
+        await _read_slot(ctx)
+        link = await client.download_link(request.external_id)
+        if link.status_code != 200:
+            now = ctx.clock()
+            if link.status_code == 404:
+                raise DocumentNotReady(GiveUp(f"Firma: {provider_message(link)}", status_code=404))
+            raise DocumentNotReady(
+                from_response(
+                    link,
+                    now=now,
+                    message=provider_message,
+                    retry_after=retry_after_seconds(link, now=now),
+                )
+            )
+        url = _link_of(link)
+        if url is None:
+            raise DocumentNotReady(
+                Failed("Firma's download answer has no download_url", status_code=200)
+            )
+        if not host_allowed(url, [client.base_host, *client.download_hosts]):
+            host = urlsplit(url).hostname
+            raise DocumentNotReady(
+                GiveUp(
+                    f"Firma's download link points to {host!r}: not in "
+                    "SIGNBACK_FIRMA_DOWNLOAD_HOSTS"
+                )
+            )
+        async with client.stream_link(url) as answer:
+            if answer.status_code in EXPIRED_LINK_STATUSES:
+                refused = answer.status_code
+                continue  # an expired link: ask for a fresh one
+            if answer.status_code != 200:
+                await answer.aread()
+                raise _not_ready(answer, ctx)
+            yield answer.aiter_bytes(CHUNK_BYTES)
+            return
+    raise DocumentNotReady(
+        Failed(
+            f"Firma's download link was refused ({refused}) even when fresh; trying again later",
+            status_code=refused,
+        )
+    )
+
+
+def source(settings: FirmaSettings) -> DocumentSource:
+    def documents(ctx: AppContext, request: SignatureRequest) -> list[DocumentRef]:
+        return [SIGNED, AUDIT_TRAIL] if settings.archive_audit_trail else [SIGNED]
+
+    return DocumentSource(documents=documents, fetch=fetch)
