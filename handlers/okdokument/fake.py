@@ -38,6 +38,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from receiver.archive.pdf import make_pdf
+
 __all__ = [
     "DEFAULT_API_KEY",
     "FailurePlan",
@@ -654,6 +656,13 @@ def create_app(fake: FakeOkdokument) -> Starlette:
             headers={"Content-Disposition": f'attachment; filename="{doc.filename}"'},
         )
 
+    async def delete_document(request: Request, raw: bytes) -> Response:
+        # The wiki lists "Delete document"; its page could not be read. Answered like
+        # Delete Signature Request (docs/archive.md).
+        doc = _document(request.path_params["documentId"])
+        del fake.documents[doc.document_id]
+        return JSONResponse({"message": "msg.deleted", "result": doc.document_id})
+
     async def list_flat(request: Request, raw: bytes) -> Response:
         state = request.query_params.get("state")
         if not state:
@@ -837,6 +846,15 @@ def create_app(fake: FakeOkdokument) -> Starlette:
                 409, f"document {doc.document_id} is {doc.state}, not open for {request_id}"
             )
         fake.set_state(doc, state)
+        if state == "signed":
+            # What OKdokument's Download document then serves: the signed PDF (generated).
+            doc.content = make_pdf(
+                [
+                    f"Signed document (OKdokument emulator): {doc.filename}",
+                    f"Document {doc.document_id}",
+                    f"Signed in round {request_id} at {int(fake.clock())}",
+                ]
+            )
 
         sendinfo_status: int | None = None
         sendinfo_error: str | None = None
@@ -915,6 +933,7 @@ def create_app(fake: FakeOkdokument) -> Starlette:
             methods=["GET"],
         ),
         Route("/JSON/document/{documentId:path}", api(download_document), methods=["GET"]),
+        Route("/JSON/document/{documentId:path}", api(delete_document), methods=["DELETE"]),
         Route("/JSON/list/flat", api(list_flat), methods=["GET"]),
         Route("/JSON/counter", api(counter), methods=["GET"]),
         # Open document is the one API call without a key (docs).
