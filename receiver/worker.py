@@ -6,6 +6,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 
+from receiver.archive import retention
 from receiver.backoff import MAX_LOOP_DELAY, Backoff, sleep_or_stop
 from receiver.context import AppContext
 from receiver.errors import one_line
@@ -37,6 +38,11 @@ class Worker:
             self._supervised("pipeline", self.pipeline.run),
             self._supervised("outbox", self.dispatcher.run),
             self._supervised("lease recovery", lambda _stopping: self._recover_leases()),
+            *(
+                [self._supervised("retention", lambda stopping: retention.run(self.ctx, stopping))]
+                if retention.enabled(self.ctx)
+                else []
+            ),
         )
         log.info("worker stopped", worker=self.ctx.worker_id)
 
