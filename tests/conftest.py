@@ -84,6 +84,10 @@ def test_settings(database_url: str, **overrides: Any) -> Settings:
         "retry_base_delay": 0.01,
         "retry_max_delay": 0.05,
         "poll_interval": 0.05,
+        # The archive downloads every completed request's documents: extra provider calls
+        # and files most tests are not about. The archive's own tests switch it on, with a
+        # directory of their own (tests/integration/test_archive_flow.py).
+        "archive_enabled": False,
         "_env_file": None,
     }
     values.update(overrides)

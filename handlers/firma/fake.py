@@ -705,6 +705,7 @@ class FakeFirma:
         self.download_link_seconds = download_link_seconds
         self.download_chunk_delay = download_chunk_delay
         self.final_document_padding = final_document_padding
+        self.expire_next_links = 0  # links handed out already expired (a slow client)
         self.final_documents: dict[str, bytes] = {}
         self.download_links: dict[str, tuple[str, float]] = {}  # token → (request id, expiry)
         self.downloads: list[JSONObject] = []  # every use of a link, with its status
@@ -1785,6 +1786,9 @@ class FakeFirma:
             )
         token = secrets.token_urlsafe(24)
         expires = now + self.download_link_seconds
+        if self.expire_next_links > 0:  # as if the client took longer than the link lives
+            self.expire_next_links -= 1
+            expires = now - 1
         self.download_links[token] = (sr.id, expires)
         return JSONResponse(
             {
@@ -1863,7 +1867,8 @@ class FakeFirma:
 
     async def control_downloads(self, request: Request) -> Response:
         """Set the download behaviour (``generation_seconds``, ``link_seconds``,
-        ``chunk_delay``, ``padding``: any of them), and show every use of a link."""
+        ``chunk_delay``, ``padding``, ``expire_next``: the next links handed out are expired
+        already; any of them), and show every use of a link."""
         if request.method == "POST":
             body = await _json_object(request)
             if isinstance(body, Response):
@@ -1873,18 +1878,21 @@ class FakeFirma:
                 ("link_seconds", "download_link_seconds"),
                 ("chunk_delay", "download_chunk_delay"),
                 ("padding", "final_document_padding"),
+                ("expire_next", "expire_next_links"),
             ):
                 value = body.get(key)
                 if value is not None:
                     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                         return _validation_error({key: "Expected a number >= 0"})
-                    setattr(self, attribute, int(value) if key == "padding" else float(value))
+                    whole = key in ("padding", "expire_next")
+                    setattr(self, attribute, int(value) if whole else float(value))
         return JSONResponse(
             {
                 "generation_seconds": self.document_generation_seconds,
                 "link_seconds": self.download_link_seconds,
                 "chunk_delay": self.download_chunk_delay,
                 "padding": self.final_document_padding,
+                "expire_next": self.expire_next_links,
                 "downloads": self.downloads,
             }
         )

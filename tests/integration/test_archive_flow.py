@@ -1,0 +1,201 @@
+"""The archive end to end over real HTTP: signback and the provider emulators under uvicorn
+on loopback, SQLite and PostgreSQL. A completed request's signed PDF (and Firma's audit
+trail) is downloaded by the archive action, listed with the SHA-256 of the emulator's own
+bytes, and downloadable through the API, the signed link and the CLI. The emulator's 503
+while generating is waited out, an expired link is replaced by a fresh one, and the read
+budget is respected."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from handlers.firma.fake import API_BASE_PATH, DEFAULT_API_KEY, FakeFirma
+from receiver.archive import links
+from receiver.cli import main as cli_main
+from receiver.settings import Settings
+from tests.harness import NO_KEEPALIVE, Receiver, running_firma, running_receiver, wait_until
+
+PDF = base64.b64encode(b"%PDF-1.4\n%%EOF\n").decode()
+
+
+def client(base_url: str, **headers: str) -> httpx.Client:
+    return httpx.Client(base_url=base_url, headers=headers, timeout=10.0, limits=NO_KEEPALIVE)
+
+
+class Stack:
+    def __init__(self, receiver: Receiver, firma_url: str, fake: FakeFirma) -> None:
+        self.receiver = receiver
+        self.fake = fake
+        self.admin = receiver.admin()
+        self.api = client(firma_url + API_BASE_PATH, authorization=DEFAULT_API_KEY)
+        self.control = client(firma_url + "/_fake")
+        hook = self.api.post(
+            "/webhooks",
+            json={"url": receiver.url + "/hooks/firma", "events": ["signing_request.completed"]},
+        )
+        assert hook.status_code == 201, hook.text
+        fake.secret = "firma-test-secret"
+
+    def close(self) -> None:
+        for each in (self.admin, self.api, self.control):
+            each.close()
+
+    def completed_request(self) -> tuple[int, str]:
+        """A signing request created, registered, sent and signed by its one signer."""
+        created = self.api.post(
+            "/signing-requests",
+            json={
+                "name": "NDA - Acme",
+                "document": PDF,
+                "recipients": [{"first_name": "Alice", "email": "alice@example.com"}],
+            },
+        ).json()
+        sr_id = str(created["id"])
+        registered = self.receiver.register(provider="firma", signing_request_id=sr_id)
+        assert self.api.post(f"/signing-requests/{sr_id}/send").status_code == 200
+        assert self.control.post(f"/signing-requests/{sr_id}/complete").status_code == 200
+        return int(registered["id"]), sr_id
+
+    def documents(self, request_id: int, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+        def probe() -> list[dict[str, Any]] | None:
+            answer = self.admin.get(f"/api/requests/{request_id}/documents")
+            assert answer.status_code == 200, answer.text
+            items: list[dict[str, Any]] = answer.json()["items"]
+            return items if len(items) >= count else None
+
+        return wait_until(probe, timeout=timeout, what=f"{count} archived documents")
+
+    def archive_action(self, request_id: int) -> dict[str, Any]:
+        actions = self.receiver.show(request_id)["actions"]
+        found = [a for a in actions if a["operation"] == "signback.archive"]
+        assert len(found) == 1, actions
+        return found[0]
+
+
+@pytest.fixture
+def stack(make_settings: Callable[..., Settings], tmp_path: Path) -> Iterator[Stack]:
+    with running_firma() as (firma_url, fake):
+        with running_receiver(
+            make_settings,
+            firma_base_url=firma_url + API_BASE_PATH,
+            firma_webhook_secrets=["firma-test-secret"],
+            archive_enabled=True,
+            archive_dir=str(tmp_path / "archive"),
+        ) as receiver:
+            built = Stack(receiver, firma_url, fake)
+            try:
+                yield built
+            finally:
+                built.close()
+
+
+def test_completed_request_is_archived_with_its_checksum(stack: Stack, tmp_path: Path) -> None:
+    request_id, sr_id = stack.completed_request()
+    items = {d["name"]: d for d in stack.documents(request_id, 2)}
+    pdf = stack.fake.final_documents[sr_id]  # the emulator's own bytes
+    signed = items["signed.pdf"]
+    assert signed["kind"] == "signed"
+    assert signed["size"] == len(pdf)
+    assert signed["sha256"] == hashlib.sha256(pdf).hexdigest()
+    assert items["audit-trail.json"]["kind"] == "audit_trail"
+
+    # Through the API (admin token), streamed, with the checksum in a header.
+    answer = stack.admin.get(f"/api/requests/{request_id}/documents/signed.pdf")
+    assert answer.status_code == 200
+    assert answer.content == pdf
+    assert answer.headers["x-checksum-sha256"] == signed["sha256"]
+    assert answer.headers["content-type"] == "application/pdf"
+    # Through the signed link, without any token.
+    with client(stack.receiver.url) as anonymous:
+        via_link = anonymous.get(signed["download_url"])
+        assert via_link.status_code == 200
+        assert hashlib.sha256(via_link.content).hexdigest() == signed["sha256"]
+        # Tampered, or for another file: 403; the API without the token: 401.
+        query = parse_qs(urlsplit(signed["download_url"]).query)
+        forged = f"/archive/{request_id}/audit-trail.json?expires={query['expires'][0]}"
+        assert anonymous.get(f"{forged}&sig={query['sig'][0]}").status_code == 403
+        assert anonymous.get(f"/api/requests/{request_id}/documents/signed.pdf").status_code == 401
+        # A genuine link past its time: 410.
+        settings = stack.receiver.settings
+        old = links.link_path(links.link_key(settings), request_id, "signed.pdf", int(time.time()) - 5)
+        gone = anonymous.get(old)
+        assert gone.status_code == 410
+        assert "expired" in gone.json()["error"]
+    # One object per document and version, named by its checksum, and nothing partial left.
+    stored = sorted(p for p in (tmp_path / "archive").rglob("*") if p.is_file())
+    assert [p.name for p in stored] == sorted(
+        f"{d['sha256']}-{d['name']}" for d in items.values()
+    )
+    # The archive action is done; the audit trail is the emulator's.
+    assert stack.archive_action(request_id)["status"] == "done"
+    trail = stack.admin.get(f"/api/requests/{request_id}/documents/audit-trail.json").json()
+    assert trail["signing_request_id"] == sr_id
+    assert [e["action"] for e in trail["events"]][-1] == "completed"
+
+
+def test_generation_503_is_waited_out_and_expired_links_refreshed(stack: Stack) -> None:
+    # The PDF takes 1.5 s to "generate" (503 + Retry-After meanwhile), and the first link
+    # Firma hands out has expired before it is used.
+    setup = stack.control.post("/downloads", json={"generation_seconds": 1.5, "expire_next": 1})
+    assert setup.status_code == 200
+    request_id, sr_id = stack.completed_request()
+    items = {d["name"]: d for d in stack.documents(request_id, 2)}
+    assert items["signed.pdf"]["sha256"] == hashlib.sha256(
+        stack.fake.final_documents[sr_id]
+    ).hexdigest()
+    action = stack.archive_action(request_id)
+    outcomes = [a["outcome"] for a in action["attempt_log"]]
+    # The 503s were waited out as asked, not counted: the action is done on its first
+    # counted attempt, with no failure on the way.
+    assert "throttled" in outcomes
+    assert outcomes[-1] == "ok"
+    assert "retry" not in outcomes
+    assert action["attempts"] == 1
+    downloads = stack.control.get("/downloads").json()["downloads"]
+    assert [d["status"] for d in downloads] == [400, 200]  # the expired link, then a fresh one
+    calls = stack.control.get("/calls").json()["calls"]
+    link_calls = [c for c in calls if c["path"].endswith(f"/{sr_id}/download")]
+    assert [c["status"] for c in link_calls][-2:] == [200, 200]
+    assert 503 in [c["status"] for c in link_calls]
+
+
+def test_cli_lists_and_writes_a_document(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    request_id, sr_id = stack.completed_request()
+    stack.documents(request_id, 2)
+    settings = stack.receiver.settings
+    env = {
+        "SIGNBACK_DATABASE_URL": settings.database_url,
+        "SIGNBACK_ADMIN_TOKEN": settings.admin_token.get_secret_value(),
+        "SIGNBACK_SECRET_KEY": settings.secret_key.get_secret_value(),
+        "SIGNBACK_PUBLIC_URL": settings.public_url,
+        "SIGNBACK_ARCHIVE_DIR": str(tmp_path / "archive"),
+        "SIGNBACK_LOG_FORMAT": "json",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)  # no .env here
+    runner = CliRunner()
+    listed = runner.invoke(cli_main, ["documents", "list", str(request_id)])
+    assert listed.exit_code == 0, listed.output
+    names = {d["name"]: d for d in json.loads(listed.stdout)["items"]}
+    assert set(names) == {"signed.pdf", "audit-trail.json"}
+    target = tmp_path / "copy.pdf"
+    got = runner.invoke(
+        cli_main, ["documents", "get", str(request_id), "signed.pdf", "-o", str(target)]
+    )
+    assert got.exit_code == 0, got.output
+    assert target.read_bytes() == stack.fake.final_documents[sr_id]
+    missing = runner.invoke(cli_main, ["documents", "get", str(request_id), "nope.pdf"])
+    assert missing.exit_code == 1
+    assert "no archived file" in missing.output
