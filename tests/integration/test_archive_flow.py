@@ -85,19 +85,21 @@ class Stack:
 
 @pytest.fixture
 def stack(make_settings: Callable[..., Settings], tmp_path: Path) -> Iterator[Stack]:
-    with running_firma() as (firma_url, fake):
-        with running_receiver(
+    with (
+        running_firma() as (firma_url, fake),
+        running_receiver(
             make_settings,
             firma_base_url=firma_url + API_BASE_PATH,
             firma_webhook_secrets=["firma-test-secret"],
             archive_enabled=True,
             archive_dir=str(tmp_path / "archive"),
-        ) as receiver:
-            built = Stack(receiver, firma_url, fake)
-            try:
-                yield built
-            finally:
-                built.close()
+        ) as receiver,
+    ):
+        built = Stack(receiver, firma_url, fake)
+        try:
+            yield built
+        finally:
+            built.close()
 
 
 def test_completed_request_is_archived_with_its_checksum(stack: Stack, tmp_path: Path) -> None:
@@ -128,15 +130,14 @@ def test_completed_request_is_archived_with_its_checksum(stack: Stack, tmp_path:
         assert anonymous.get(f"/api/requests/{request_id}/documents/signed.pdf").status_code == 401
         # A genuine link past its time: 410.
         settings = stack.receiver.settings
-        old = links.link_path(links.link_key(settings), request_id, "signed.pdf", int(time.time()) - 5)
+        key = links.link_key(settings)
+        old = links.link_path(key, request_id, "signed.pdf", int(time.time()) - 5)
         gone = anonymous.get(old)
         assert gone.status_code == 410
         assert "expired" in gone.json()["error"]
     # One object per document and version, named by its checksum, and nothing partial left.
     stored = sorted(p for p in (tmp_path / "archive").rglob("*") if p.is_file())
-    assert [p.name for p in stored] == sorted(
-        f"{d['sha256']}-{d['name']}" for d in items.values()
-    )
+    assert [p.name for p in stored] == sorted(f"{d['sha256']}-{d['name']}" for d in items.values())
     # The archive action is done; the audit trail is the emulator's.
     assert stack.archive_action(request_id)["status"] == "done"
     trail = stack.admin.get(f"/api/requests/{request_id}/documents/audit-trail.json").json()
@@ -151,9 +152,10 @@ def test_generation_503_is_waited_out_and_expired_links_refreshed(stack: Stack) 
     assert setup.status_code == 200
     request_id, sr_id = stack.completed_request()
     items = {d["name"]: d for d in stack.documents(request_id, 2)}
-    assert items["signed.pdf"]["sha256"] == hashlib.sha256(
-        stack.fake.final_documents[sr_id]
-    ).hexdigest()
+    assert (
+        items["signed.pdf"]["sha256"]
+        == hashlib.sha256(stack.fake.final_documents[sr_id]).hexdigest()
+    )
     action = stack.archive_action(request_id)
     outcomes = [a["outcome"] for a in action["attempt_log"]]
     # The 503s were waited out as asked, not counted: the action is done on its first
@@ -170,7 +172,9 @@ def test_generation_503_is_waited_out_and_expired_links_refreshed(stack: Stack) 
     assert 503 in [c["status"] for c in link_calls]
 
 
-def test_cli_lists_and_writes_a_document(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_lists_and_writes_a_document(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     request_id, sr_id = stack.completed_request()
     stack.documents(request_id, 2)
     settings = stack.receiver.settings
