@@ -77,7 +77,7 @@ class Stack:
         return wait_until(probe, timeout=timeout, what=f"{count} archived documents")
 
     def archive_action(self, request_id: int) -> dict[str, Any]:
-        actions = self.receiver.show(request_id)["actions"]
+        actions: list[dict[str, Any]] = self.receiver.show(request_id)["actions"]
         found = [a for a in actions if a["operation"] == "signback.archive"]
         assert len(found) == 1, actions
         return found[0]
