@@ -706,6 +706,7 @@ class FakeFirma:
         self.download_chunk_delay = download_chunk_delay
         self.final_document_padding = final_document_padding
         self.expire_next_links = 0  # links handed out already expired (a slow client)
+        self.break_next_downloads = 0  # downloads cut off after their first chunk
         self.final_documents: dict[str, bytes] = {}
         self.download_links: dict[str, tuple[str, float]] = {}  # token → (request id, expiry)
         self.downloads: list[JSONObject] = []  # every use of a link, with its status
@@ -1845,11 +1846,17 @@ class FakeFirma:
         document = self.final_document(sr)
         record["status"] = 200
         delay = self.download_chunk_delay
+        broken = self.break_next_downloads > 0
+        if broken:
+            self.break_next_downloads -= 1
+            record["broken"] = True
 
         async def chunks() -> AsyncIterator[bytes]:
             for start in range(0, len(document), DOWNLOAD_CHUNK_BYTES):
                 if delay and start:
                     await asyncio.sleep(delay)
+                if broken and start:  # the connection drops in the middle of the body
+                    raise ConnectionAbortedError("the emulator cut this download short")
                 yield document[start : start + DOWNLOAD_CHUNK_BYTES]
 
         return StreamingResponse(
@@ -1868,7 +1875,8 @@ class FakeFirma:
     async def control_downloads(self, request: Request) -> Response:
         """Set the download behaviour (``generation_seconds``, ``link_seconds``,
         ``chunk_delay``, ``padding``, ``expire_next``: the next links handed out are expired
-        already; any of them), and show every use of a link."""
+        already, ``break_next``: the next downloads stop after their first chunk; any of
+        them), and show every use of a link."""
         if request.method == "POST":
             body = await _json_object(request)
             if isinstance(body, Response):
@@ -1879,12 +1887,13 @@ class FakeFirma:
                 ("chunk_delay", "download_chunk_delay"),
                 ("padding", "final_document_padding"),
                 ("expire_next", "expire_next_links"),
+                ("break_next", "break_next_downloads"),
             ):
                 value = body.get(key)
                 if value is not None:
                     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                         return _validation_error({key: "Expected a number >= 0"})
-                    whole = key in ("padding", "expire_next")
+                    whole = key in ("padding", "expire_next", "break_next")
                     setattr(self, attribute, int(value) if whole else float(value))
         return JSONResponse(
             {
@@ -1893,6 +1902,7 @@ class FakeFirma:
                 "chunk_delay": self.download_chunk_delay,
                 "padding": self.final_document_padding,
                 "expire_next": self.expire_next_links,
+                "break_next": self.break_next_downloads,
                 "downloads": self.downloads,
             }
         )

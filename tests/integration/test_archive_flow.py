@@ -203,3 +203,29 @@ def test_cli_lists_and_writes_a_document(
     missing = runner.invoke(cli_main, ["documents", "get", str(request_id), "nope.pdf"])
     assert missing.exit_code == 1
     assert "no archived file" in missing.output
+
+
+def test_a_download_cut_short_records_nothing_and_is_retried(stack: Stack, tmp_path: Path) -> None:
+    # The first download of the PDF breaks off after its first chunk (the connection drops
+    # mid-body); the next attempt gets it whole.
+    stack.control.post("/downloads", json={"padding": 100_000, "break_next": 1})
+    request_id, sr_id = stack.completed_request()
+
+    def first_attempt() -> dict[str, Any] | None:
+        action = stack.archive_action(request_id)
+        return action if action["attempt_log"] else None
+
+    failed = wait_until(first_attempt, what="the archive action's first attempt")
+    assert failed["attempt_log"][0]["outcome"] == "retry"
+    assert "could not reach the provider" in failed["attempt_log"][0]["error"]
+    items = {d["name"]: d for d in stack.documents(request_id, 2)}
+    pdf = stack.fake.final_documents[sr_id]
+    assert items["signed.pdf"]["sha256"] == hashlib.sha256(pdf).hexdigest()
+    downloads = stack.control.get("/downloads").json()["downloads"]
+    assert [d.get("broken", False) for d in downloads] == [True, False]
+    # Only whole files under their final names; the broken one left nothing behind.
+    files = sorted(p.relative_to(tmp_path) for p in (tmp_path / "archive").rglob("*"))
+    assert [f.name for f in files if f.suffix == ".partial"] == []
+    assert sorted(f.name for f in files if f.parent.name == str(request_id)) == sorted(
+        f"{d['sha256']}-{d['name']}" for d in items.values()
+    )
