@@ -1,7 +1,7 @@
 """Stream a download to a file with a bounded buffer, hashing and measuring as it goes.
 
 The bytes go to a temporary file in the storage's spool directory (for local storage, the
-archive directory's own ``.partial/``, so that the final rename stays on one file system)
+archive directory's own ``.spool/``, so that the final rename stays on one file system)
 one chunk at a time: memory holds one chunk, whatever the file's size. The file is synced
 before anyone may rename or upload it, so a file that reaches its final name is whole. A
 download cut short (an exception, a killed process) leaves at most a ``.partial`` file that

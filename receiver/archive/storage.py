@@ -3,7 +3,7 @@
 Both take a file already spooled and synced (receiver/archive/spool.py) and make it
 appear under its final key whole or not at all:
 
-- :class:`LocalStorage` renames the spooled file (spooled in ``<dir>/.partial/``, the same
+- :class:`LocalStorage` renames the spooled file (spooled in ``<dir>/.spool/``, the same
   file system) to its key and syncs the directory, so a crash leaves either no file or the
   whole file at the key;
 - :class:`S3Storage` uploads it with boto3 (a multipart upload for large files, which S3
@@ -66,7 +66,7 @@ class LocalStorage:
 
     @property
     def spool_dir(self) -> Path:
-        return self.root / ".partial"
+        return self.root / ".spool"
 
     def path_of(self, key: str) -> Path:
         return self.root / _safe_key(key)
@@ -174,7 +174,7 @@ def storage_from_settings(settings: Settings) -> Storage:
     if settings.archive_url:
         spool = Path(settings.archive_dir) if settings.archive_dir else default_dir(settings)
         try:
-            return S3Storage(settings.archive_url, spool / ".partial")
+            return S3Storage(settings.archive_url, spool / ".spool")
         except ImportError:
             raise ConfigurationError(
                 "SIGNBACK_ARCHIVE_URL is an s3:// URL but boto3 is not installed"
