@@ -63,14 +63,6 @@ REOPENABLE_STATES = frozenset({"signed", "canceled", "errorsendinfo"})
 SIGN_RESULTS = frozenset({"success", "mobile"})
 CALLBACK_TIMEOUT = 10.0
 
-# The smallest thing a PDF viewer will open; used for seeded documents.
-_MINIMAL_PDF = (
-    b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
-    b"2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
-    b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 595 842]>>endobj\n"
-    b"trailer<</Root 1 0 R>>\n%%EOF\n"
-)
-
 
 @dataclass
 class FakeDocument:
@@ -760,7 +752,9 @@ def create_app(fake: FakeOkdokument) -> Starlette:
             return _control_error(400, f"{exc.message} {exc.value or ''}".strip())
         doc = fake.documents.get(document_id) if document_id else None
         if doc is None:
-            doc = fake.new_document(filename, _MINIMAL_PDF, document_id=document_id)
+            # A small real PDF, generated (receiver/archive/pdf.py), naming the document.
+            content = make_pdf([f"Document {document_id or filename} (OKdokument emulator)"])
+            doc = fake.new_document(filename, content, document_id=document_id)
         sr = fake.new_round(
             doc,
             signature_request_id=request_id,
@@ -847,13 +841,15 @@ def create_app(fake: FakeOkdokument) -> Starlette:
             )
         fake.set_state(doc, state)
         if state == "signed":
-            # What OKdokument's Download document then serves: the signed PDF (generated).
-            doc.content = make_pdf(
-                [
-                    f"Signed document (OKdokument emulator): {doc.filename}",
-                    f"Document {doc.document_id}",
-                    f"Signed in round {request_id} at {int(fake.clock())}",
-                ]
+            # What Download document then serves: the document with the round's signature
+            # appended, as a PDF signature is (an incremental update after the original).
+            separator = b"" if doc.content.endswith(b"\n") else b"\n"
+            doc.content += (
+                separator
+                + (
+                    f"% Signed (OKdokument emulator) in round {request_id} at "
+                    f"{int(fake.clock())}\n%%EOF\n"
+                ).encode()
             )
 
         sendinfo_status: int | None = None

@@ -82,11 +82,21 @@ class ProviderHttpClient:
         self._http = LeanHttpClient(
             base_url, headers, timeout=timeout, proxy=proxy_from_environment(base_url)
         )
-        self._fixed_headers = {**fixed, "User-Agent": USER_AGENT}
-        self._timeout = timeout
         # Streamed downloads (the archive's documents) go through httpx: the lean client
         # reads whole answers, which a document of many megabytes must not be. Made on first
-        # use; proxies come from the environment as for the lean client.
+        # use (by a closure, so the key is in no attribute); proxies come from the
+        # environment as for the lean client.
+        streaming_headers = {**fixed, "User-Agent": USER_AGENT}
+
+        def streaming(credentials: bool) -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                headers=streaming_headers if credentials else {"User-Agent": USER_AGENT},
+                follow_redirects=False,  # a redirect could carry the key elsewhere
+                timeout=httpx.Timeout(timeout),
+                trust_env=True,
+            )
+
+        self._new_streaming = streaming
         self._streams: httpx.AsyncClient | None = None
         self._links: httpx.AsyncClient | None = None
 
@@ -97,12 +107,7 @@ class ProviderHttpClient:
     def _streaming(self, *, credentials: bool) -> httpx.AsyncClient:
         current = self._streams if credentials else self._links
         if current is None:
-            current = httpx.AsyncClient(
-                headers=self._fixed_headers if credentials else {"User-Agent": USER_AGENT},
-                follow_redirects=False,  # a redirect could carry the key elsewhere
-                timeout=httpx.Timeout(self._timeout),
-                trust_env=True,
-            )
+            current = self._new_streaming(credentials)
             if credentials:
                 self._streams = current
             else:
