@@ -7,6 +7,7 @@ budget is respected."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -21,7 +22,8 @@ import pytest
 from click.testing import CliRunner
 
 from handlers.firma.fake import API_BASE_PATH, DEFAULT_API_KEY, FakeFirma
-from receiver.archive import links
+from receiver.app import build_context
+from receiver.archive import links, retention
 from receiver.cli import main as cli_main
 from receiver.settings import Settings
 from tests.harness import NO_KEEPALIVE, Receiver, running_firma, running_receiver, wait_until
@@ -229,3 +231,67 @@ def test_a_download_cut_short_records_nothing_and_is_retried(stack: Stack, tmp_p
     assert sorted(f.name for f in files if f.parent.name == str(request_id)) == sorted(
         f"{d['sha256']}-{d['name']}" for d in items.values()
     )
+
+
+def test_unknown_and_malformed_addresses_get_clear_answers(stack: Stack) -> None:
+    request_id, _ = stack.completed_request()
+    stack.documents(request_id, 2)
+    for path, status in [
+        ("/api/requests/999999/documents", 404),
+        ("/api/requests/abc/documents", 404),
+        ("/api/requests/" + "9" * 40 + "/documents", 404),
+        (f"/api/requests/{request_id}/documents/nope.pdf", 404),
+        ("/api/requests/999999/documents/signed.pdf", 404),
+    ]:
+        answer = stack.admin.get(path)
+        assert answer.status_code == status, (path, answer.text)
+        assert answer.json()["error"]
+    with client(stack.receiver.url) as anonymous:
+        for path in [
+            f"/archive/{request_id}/signed.pdf",
+            f"/archive/{request_id}/signed.pdf?expires=abc&sig=x",
+            f"/archive/{request_id}/signed.pdf?expires=99999999999&sig=" + "0" * 64,
+            "/archive/abc/signed.pdf?expires=1&sig=x",
+        ]:
+            answer = anonymous.get(path)
+            assert answer.status_code == 403, (path, answer.text)
+            assert answer.json()["error"]
+
+
+def test_retention_purges_old_files_and_bodies_but_keeps_the_record(
+    stack: Stack, tmp_path: Path
+) -> None:
+    request_id, _ = stack.completed_request()
+    items = {d["name"]: d for d in stack.documents(request_id, 2)}
+    before = stack.receiver.show(request_id)
+    settings = stack.receiver.settings.model_copy(
+        update={"archive_retention_days": 1.0, "inbox_retention_days": 1.0}
+    )
+
+    async def purge(days_later: float) -> retention.Purged:
+        ctx = build_context(settings)
+        ctx.clock = lambda: time.time() + days_later * 86400
+        await ctx.db.connect()
+        try:
+            return await retention.purge_once(ctx)
+        finally:
+            await ctx.db.close()
+
+    assert asyncio.run(purge(0.5)) == retention.Purged(files=0, bodies=0, partials=0)
+    purged = asyncio.run(purge(2))
+    assert purged.files == 2
+    assert purged.bodies >= 2  # the registration's entry and the completed webhook, at least
+    assert [p for p in (tmp_path / "archive").rglob("*") if p.is_file()] == []
+    listed = {d["name"]: d for d in stack.documents(request_id, 2)}
+    assert listed["signed.pdf"]["sha256"] == items["signed.pdf"]["sha256"]  # the record stays
+    assert listed["signed.pdf"]["purged_at"]
+    assert "download_url" not in listed["signed.pdf"]
+    gone = stack.admin.get(f"/api/requests/{request_id}/documents/signed.pdf")
+    assert gone.status_code == 410
+    with client(stack.receiver.url) as anonymous:
+        assert anonymous.get(items["signed.pdf"]["download_url"]).status_code == 410
+    # The timeline keeps its normalized facts; only the raw bodies are gone.
+    after = stack.receiver.show(request_id)
+    assert after["timeline"] == before["timeline"]
+    assert after["state"] == "completed"
+    assert asyncio.run(purge(3)) == retention.Purged(files=0, bodies=0, partials=0)
