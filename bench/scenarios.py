@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from bench import downstream, load, profile, stores
+from bench import archive, downstream, load, profile, stores
 from bench.load import WrkOptions, WrkResult
 from bench.procs import (
     CLOCK_TICKS,
@@ -45,7 +45,17 @@ CHANNEL = {OKD: "sendinfo", FIRMA: "webhook"}
 NAME = {OKD: "OKdokument", FIRMA: "Firma"}
 FAKE_API_KEY = "fake-okdokument-key"
 QUIET_CORES = 0.3  # other load (cores) under which a run counts as undisturbed
-SCENARIOS = ("intake", "postgres", "e2e", "slow", "memory", "growth", "downstream", "profile")
+SCENARIOS = (
+    "intake",
+    "postgres",
+    "e2e",
+    "slow",
+    "memory",
+    "growth",
+    "downstream",
+    "archive",
+    "profile",
+)
 
 
 @dataclass(frozen=True)
@@ -1033,6 +1043,9 @@ class Bench:
 
     def scenario_downstream(self) -> None:
         downstream.scenario(self)
+
+    def scenario_archive(self) -> None:
+        archive.scenario(self)
 
     # --- profiles ----------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ describe it, with the documented bodies and error shapes, plus a control API und
 ``/_fake/`` (no key) that plays the signer's part and injects failures:
 
 - ``GET  /_fake/calls``, ``POST /_fake/reset``, ``GET /_fake/state``
-- ``POST /_fake/signature-requests`` seeds a document and a signature request
+- ``POST /_fake/signature-requests`` seeds a document (a generated PDF; ``padding`` makes it
+  larger) and a signature request
 - ``POST /_fake/failures``, ``GET /_fake/failures``, ``DELETE /_fake/failures``
 - ``POST /_fake/sign/{signatureRequestId}``, ``POST /_fake/cancel/{signatureRequestId}``
   finish the round: state change, the sendInfo callback, the browser redirect URL.
@@ -744,6 +745,12 @@ def create_app(fake: FakeOkdokument) -> Starlette:
             ):
                 if value is not None and (not isinstance(value, str) or not value):
                     raise _Invalid(400, f"{name} must be a non-empty string")
+            # Filler bytes that make the generated PDF larger (the archive's bench).
+            padding = body.get("padding", 0)
+            if isinstance(padding, bool) or not isinstance(padding, int):
+                raise _Invalid(400, "padding must be a whole number of bytes")
+            if not 0 <= padding <= MAX_FILE_BYTES:
+                raise _Invalid(400, f"padding must be between 0 and {MAX_FILE_BYTES}")
             if request_id is not None and request_id in fake.signature_requests:
                 return _control_error(409, f"signature request {request_id} exists")
             send_info_url = _send_info_url(body)
@@ -753,7 +760,9 @@ def create_app(fake: FakeOkdokument) -> Starlette:
         doc = fake.documents.get(document_id) if document_id else None
         if doc is None:
             # A small real PDF, generated (receiver/archive/pdf.py), naming the document.
-            content = make_pdf([f"Document {document_id or filename} (OKdokument emulator)"])
+            content = make_pdf(
+                [f"Document {document_id or filename} (OKdokument emulator)"], padding=padding
+            )
             doc = fake.new_document(filename, content, document_id=document_id)
         sr = fake.new_round(
             doc,

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from receiver.archive.views import document_json
 from receiver.events import EventKind, NormalizedEvent
 from receiver.model import RequestState, SignatureRequest
 from receiver.outbox.downstream import catalogue, emit
@@ -15,7 +16,6 @@ from receiver.outbox.downstream import endpoints as endpoint_store
 from receiver.outbox.downstream.events import body_for
 from receiver.pipeline.states import Transition
 from receiver.providers import StoredCallback
-from receiver.archive.views import document_json
 from receiver.store.db import open_database
 from receiver.store.documents import Document
 from tests.conftest import test_settings
