@@ -21,7 +21,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from handlers.firma.fake import API_BASE_PATH, DEFAULT_API_KEY, FakeFirma
+from handlers.firma.fake import API_BASE_PATH, DEFAULT_API_KEY, FakeFirma, RateLimits
 from receiver.app import build_context
 from receiver.archive import links, retention
 from receiver.cli import main as cli_main
@@ -295,3 +295,43 @@ def test_retention_purges_old_files_and_bodies_but_keeps_the_record(
     assert after["timeline"] == before["timeline"]
     assert after["state"] == "completed"
     assert asyncio.run(purge(3)) == retention.Purged(files=0, bodies=0, partials=0)
+
+
+def test_many_archives_keep_within_firma_read_limit(
+    make_sqlite_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Twelve completions at once, two reads each (the download link, the audit trail),
+    against an emulator that allows 20 reads a (shortened, 1 s) minute: signback's read
+    budget (15 a window, shared through the database with every other Firma read) paces
+    them, so Firma never answers 429, and every file is archived."""
+    window = 1.0
+    limits = RateLimits(read=20, window_seconds=window)
+    with (
+        running_firma(rate_limits=limits) as (firma_url, fake),
+        running_receiver(
+            make_sqlite_settings,
+            app_options={"rate_window_seconds": window},
+            firma_base_url=firma_url + API_BASE_PATH,
+            firma_webhook_secrets=["firma-test-secret"],
+            firma_reads_per_minute=15,
+            archive_enabled=True,
+            archive_dir=str(tmp_path / "archive"),
+        ) as receiver,
+    ):
+        stack = Stack(receiver, firma_url, fake)
+        try:
+            completed = [stack.completed_request() for _ in range(12)]
+            for request_id, sr_id in completed:
+                items = {d["name"]: d for d in stack.documents(request_id, 2, timeout=30)}
+                assert (
+                    items["signed.pdf"]["sha256"]
+                    == hashlib.sha256(fake.final_documents[sr_id]).hexdigest()
+                )
+            calls = stack.control.get("/calls").json()["calls"]
+        finally:
+            stack.close()
+    reads = sorted(c["time"] for c in calls if c["method"] == "GET")
+    assert len(reads) >= 24
+    assert [c for c in calls if c["status"] == 429] == []
+    busiest = max(sum(1 for t in reads if start <= t < start + window) for start in reads)
+    assert busiest <= limits.read
