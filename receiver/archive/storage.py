@@ -107,11 +107,18 @@ class S3Storage:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self._spool_dir = spool_dir
-        if client is None:
-            import boto3  # only when an s3:// archive is configured
-
-            client = boto3.client("s3")
         self._client = client
+        if client is None:
+            import boto3  # noqa: F401  # only when an s3:// archive is configured: fail early
+
+    async def _s3(self) -> Any:
+        """The boto3 client, made on first use in a thread (reading boto3's service models
+        takes a while: not on the event loop). Thread-safe once made."""
+        if self._client is None:
+            import boto3
+
+            self._client = await asyncio.to_thread(boto3.client, "s3")
+        return self._client
 
     @property
     def description(self) -> str:
@@ -122,9 +129,10 @@ class S3Storage:
         return self._spool_dir
 
     async def put(self, spooled: Spooled, key: str, *, media_type: str) -> None:
+        s3 = await self._s3()
         try:
             await asyncio.to_thread(
-                self._client.upload_file,
+                s3.upload_file,
                 str(spooled.path),
                 self.bucket,
                 self.prefix + _safe_key(key),
@@ -137,9 +145,10 @@ class S3Storage:
     async def read(self, key: str) -> AsyncIterator[bytes]:
         from botocore.exceptions import ClientError
 
+        s3 = await self._s3()
         try:
             answer = await asyncio.to_thread(
-                self._client.get_object, Bucket=self.bucket, Key=self.prefix + _safe_key(key)
+                s3.get_object, Bucket=self.bucket, Key=self.prefix + _safe_key(key)
             )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
@@ -153,8 +162,9 @@ class S3Storage:
             body.close()
 
     async def delete(self, key: str) -> None:
+        s3 = await self._s3()
         await asyncio.to_thread(
-            self._client.delete_object, Bucket=self.bucket, Key=self.prefix + _safe_key(key)
+            s3.delete_object, Bucket=self.bucket, Key=self.prefix + _safe_key(key)
         )
 
 

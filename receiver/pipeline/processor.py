@@ -319,7 +319,9 @@ class Pipeline:
         if self._rules_apply(event, transition):
             actions = ctx.rules.actions_for(event, request)
         # --- archive (issue 18): a confirmed completion queues the download of its files.
-        actions = [*actions, *archive_actions(ctx, event, request, transition)]
+        archiving = archive_actions(ctx, event, request, transition)
+        if archiving:
+            actions = [*actions, *archiving]
         # ---
         stored = await outbox.insert_actions(
             tx, request.id, actions, now=now, source_inbox_id=callback.inbox_id
