@@ -335,3 +335,36 @@ def test_many_archives_keep_within_firma_read_limit(
     assert [c for c in calls if c["status"] == 429] == []
     busiest = max(sum(1 for t in reads if start <= t < start + window) for start in reads)
     assert busiest <= limits.read
+
+
+def test_a_download_longer_than_the_lease_keeps_its_claim(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A PDF that takes about three leases to download: the claim is renewed meanwhile, so
+    the action is not handed to another worker, and the file is downloaded once."""
+    with (
+        running_firma(download_chunk_delay=0.25, final_document_padding=200_000) as (url, fake),
+        running_receiver(
+            make_settings,
+            firma_base_url=url + API_BASE_PATH,
+            firma_webhook_secrets=["firma-test-secret"],
+            firma_archive_audit_trail=False,
+            lease_seconds=1.0,
+            archive_enabled=True,
+            archive_dir=str(tmp_path / "archive"),
+        ) as receiver,
+    ):
+        stack = Stack(receiver, url, fake)
+        try:
+            request_id, sr_id = stack.completed_request()
+            started = time.monotonic()
+            (document,) = stack.documents(request_id, 1, timeout=30)
+            took = time.monotonic() - started
+            action = stack.archive_action(request_id)
+            downloads = stack.control.get("/downloads").json()["downloads"]
+        finally:
+            stack.close()
+    assert took > 2.5  # well past the one-second lease
+    assert document["sha256"] == hashlib.sha256(fake.final_documents[sr_id]).hexdigest()
+    assert [a["outcome"] for a in action["attempt_log"]] == ["ok"]  # never interrupted
+    assert [d["status"] for d in downloads] == [200]  # downloaded once
