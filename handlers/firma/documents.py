@@ -33,7 +33,12 @@ from receiver.model import SignatureRequest
 from receiver.outbox.budgets import take_slot
 from receiver.outbox.outcomes import Failed, GiveUp, deferred, excerpt, from_response
 from receiver.outbox.provider_http import host_allowed
-from receiver.providers.contract import DocumentNotReady, DocumentRef, DocumentSource
+from receiver.providers.contract import (
+    DocumentMissing,
+    DocumentNotReady,
+    DocumentRef,
+    DocumentSource,
+)
 
 CHUNK_BYTES = 64 * 1024
 SIGNED = DocumentRef("signed.pdf", "signed", "application/pdf", "download")
@@ -93,6 +98,11 @@ async def fetch(
     if ref.locator == AUDIT_TRAIL.locator:
         await _read_slot(ctx)
         async with client.stream_audit(request.external_id) as answer:
+            if answer.status_code in (403, 404):
+                # Evidence this key may not read, or an API without the audit trail: the
+                # signed PDF is what matters; archive it without.
+                await answer.aread()
+                raise DocumentMissing(f"HTTP {answer.status_code}: {provider_message(answer)}")
             if answer.status_code != 200:
                 await answer.aread()
                 raise _not_ready(answer, ctx)

@@ -28,7 +28,12 @@ from receiver.logs import get_logger
 from receiver.model import SignatureRequest
 from receiver.outbox.downstream import emit as downstream_emit
 from receiver.outbox.outcomes import Done, Failed, GiveUp, Outcome, Skipped
-from receiver.providers.contract import DocumentNotReady, DocumentRef, DocumentSource
+from receiver.providers.contract import (
+    DocumentMissing,
+    DocumentNotReady,
+    DocumentRef,
+    DocumentSource,
+)
 from receiver.store import documents, outbox
 
 log = get_logger("signback.archive")
@@ -60,6 +65,7 @@ async def archive_request(
     storage = storage_of(ctx)
     have = {d.name for d in await documents.for_request(ctx.db, request.id)}
     archived: list[str] = []
+    missing: list[str] = []
     for ref in refs:
         if ref.name in have:
             continue
@@ -67,6 +73,10 @@ async def archive_request(
             stored = await _archive_one(ctx, request, source, ref, storage)
         except DocumentNotReady as exc:
             return exc.outcome
+        except DocumentMissing as exc:
+            log.warning("document not available", request=request.id, name=ref.name, why=str(exc))
+            missing.append(f"{ref.name}: not available ({exc})")
+            continue
         except NotAcceptable as exc:
             if ref.media_type == PDF and "not a PDF" in str(exc):
                 # Possibly an error page served with a 200: worth another try later.
@@ -77,7 +87,7 @@ async def archive_request(
         have.add(ref.name)
     await _after_archive(ctx, request, source)
     what = ", ".join(archived) if archived else "nothing new"
-    return Done(response_excerpt=f"archived {what} ({storage.description})")
+    return Done(response_excerpt="; ".join([f"archived {what} ({storage.description})", *missing]))
 
 
 async def _archive_one(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from receiver.providers.contract import (
     Accepted,
     Ack,
+    DocumentMissing,
     DocumentNotReady,
     DocumentRef,
     DocumentSource,
@@ -25,6 +26,7 @@ from receiver.providers.contract import (
 __all__ = [
     "Accepted",
     "Ack",
+    "DocumentMissing",
     "DocumentNotReady",
     "DocumentRef",
     "DocumentSource",

@@ -236,6 +236,12 @@ class DocumentNotReady(Exception):
         self.outcome = outcome
 
 
+class DocumentMissing(Exception):
+    """Raised by ``fetch`` when the provider has no such file for this request and never
+    will (evidence it does not keep, or that the key may not read): the archive goes on
+    with the other files, and the action says which one was missing."""
+
+
 # (ctx, request, ref) → an async context manager giving the file's bytes in chunks. It
 # takes the provider's rate-budget slots, fetches a fresh link when a link has expired, and
 # raises DocumentNotReady (or httpx's transport errors) when there is nothing to stream.
@@ -382,6 +388,7 @@ __all__ = [
     "Accepted",
     "Ack",
     "DocumentFetch",
+    "DocumentMissing",
     "DocumentNotReady",
     "DocumentRef",
     "DocumentSource",

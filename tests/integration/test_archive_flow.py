@@ -20,13 +20,17 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from click.testing import CliRunner
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from handlers.firma.fake import API_BASE_PATH, DEFAULT_API_KEY, FakeFirma, RateLimits
+from handlers.firma.fake import create_app as create_firma_app
 from receiver.app import build_context
 from receiver.archive import links, retention
 from receiver.cli import main as cli_main
 from receiver.settings import Settings
 from tests.harness import NO_KEEPALIVE, Receiver, running_firma, running_receiver, wait_until
+from tests.servers import running_server
 
 PDF = base64.b64encode(b"%PDF-1.4\n%%EOF\n").decode()
 
@@ -368,3 +372,40 @@ def test_a_download_longer_than_the_lease_keeps_its_claim(
     assert document["sha256"] == hashlib.sha256(fake.final_documents[sr_id]).hexdigest()
     assert [a["outcome"] for a in action["attempt_log"]] == ["ok"]  # never interrupted
     assert [d["status"] for d in downloads] == [200]  # downloaded once
+
+
+class FirmaWithoutAuditTrail(FakeFirma):
+    """An API version (or a key) without the audit trail: 404 there."""
+
+    async def audit_trail(self, request: Request, body: Any) -> Response:
+        return JSONResponse({"error": "Endpoint not found", "code": "NOT_FOUND"}, 404)
+
+
+def test_evidence_the_provider_does_not_have_does_not_hold_the_pdf_back(
+    make_sqlite_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    fake = FirmaWithoutAuditTrail()
+    with (
+        running_server(create_firma_app(fake)) as url,
+        running_receiver(
+            make_sqlite_settings,
+            firma_base_url=url + API_BASE_PATH,
+            firma_webhook_secrets=["firma-test-secret"],
+            archive_enabled=True,
+            archive_dir=str(tmp_path / "archive"),
+        ) as receiver,
+    ):
+        stack = Stack(receiver, url, fake)
+        try:
+            request_id, sr_id = stack.completed_request()
+            (document,) = stack.documents(request_id, 1)
+            action = wait_until(
+                lambda: (a := stack.archive_action(request_id))["status"] == "done" and a,
+                what="the archive action done",
+            )
+        finally:
+            stack.close()
+    assert document["name"] == "signed.pdf"
+    assert document["sha256"] == hashlib.sha256(fake.final_documents[sr_id]).hexdigest()
+    excerpt = action["attempt_log"][-1]["response_excerpt"]
+    assert "audit-trail.json: not available (HTTP 404" in excerpt
