@@ -4,7 +4,9 @@
   pre-signed link to it: ``GET /signing-requests/{id}/download`` answers
   ``{download_url, expires_at}``, a fresh link on every call, or ``503`` with
   ``Retry-After`` while the PDF is still being generated (waited out: the archive action is
-  ``Throttled``, not failed). A link that has expired (or is refused with a 403) is
+  ``Throttled``, not failed). Where that endpoint does not exist (``404``), the signing
+  request's own ``final_document_download_url`` (``GET /signing-requests/{id}``, a link
+  that "expires after 1 hour") serves instead. A link that has expired (or is refused with a 403) is
   replaced by a fresh one once per attempt. The link is its own credential: the API key
   is never sent with it, and it is followed only to the API's host or
   SIGNBACK_FIRMA_DOWNLOAD_HOSTS.
@@ -43,6 +45,8 @@ from receiver.providers.contract import (
 CHUNK_BYTES = 64 * 1024
 SIGNED = DocumentRef("signed.pdf", "signed", "application/pdf", "download")
 AUDIT_TRAIL = DocumentRef("audit-trail.json", "audit_trail", "application/json", "audit")
+# How long to wait for a final document link Firma does not have yet.
+FINAL_LINK_WAIT_SECONDS = 30.0
 # What a storage service answers for a pre-signed link that expired or was revoked.
 EXPIRED_LINK_STATUSES = frozenset({400, 401, 403, 410})
 
@@ -81,13 +85,59 @@ def _not_ready(answer: httpx.Response, ctx: AppContext) -> DocumentNotReady:
     )
 
 
-def _link_of(answer: httpx.Response | Any) -> str | None:
+def _link_of(answer: httpx.Response | Any, field: str) -> str | None:
     try:
         body = answer.json()
     except ValueError:
         return None
-    url = body.get("download_url") if isinstance(body, dict) else None
+    url = body.get(field) if isinstance(body, dict) else None
     return url if isinstance(url, str) and url else None
+
+
+def _refused(answer: Any, ctx: AppContext) -> DocumentNotReady:
+    now = ctx.clock()
+    if answer.status_code == 404:
+        return DocumentNotReady(GiveUp(f"Firma: {provider_message(answer)}", status_code=404))
+    return DocumentNotReady(
+        from_response(
+            answer,
+            now=now,
+            message=provider_message,
+            retry_after=retry_after_seconds(answer, now=now),
+        )
+    )
+
+
+async def _fresh_link(ctx: AppContext, client: FirmaClient, request: SignatureRequest) -> str:
+    """A fresh pre-signed link to the final PDF: from the download endpoint, or, where the
+    API has none (404), from the signing request's ``final_document_download_url``."""
+    await _read_slot(ctx)
+    answer = await client.download_link(request.external_id)
+    if answer.status_code == 200:
+        url = _link_of(answer, "download_url")
+        if url is None:
+            raise DocumentNotReady(
+                Failed("Firma's download answer has no download_url", status_code=200)
+            )
+        return url
+    if answer.status_code != 404:
+        raise _refused(answer, ctx)
+    await _read_slot(ctx)
+    current = await client.get_signing_request(request.external_id)
+    if current.status_code != 200:
+        raise _refused(current, ctx)
+    url = _link_of(current, "final_document_download_url")
+    if url is None:
+        # "Only available when the signing request is finished and the certificate has
+        # been generated": not yet.
+        raise DocumentNotReady(
+            Failed(
+                "Firma has no final document link yet (the certificate is not generated)",
+                status_code=200,
+                retry_after=FINAL_LINK_WAIT_SECONDS,
+            )
+        )
+    return url
 
 
 @contextlib.asynccontextmanager
@@ -110,25 +160,7 @@ async def fetch(
         return
     refused: int | None = None
     for _ in range(2):  # a link refused as expired is replaced once per attempt
-        await _read_slot(ctx)
-        link = await client.download_link(request.external_id)
-        if link.status_code != 200:
-            now = ctx.clock()
-            if link.status_code == 404:
-                raise DocumentNotReady(GiveUp(f"Firma: {provider_message(link)}", status_code=404))
-            raise DocumentNotReady(
-                from_response(
-                    link,
-                    now=now,
-                    message=provider_message,
-                    retry_after=retry_after_seconds(link, now=now),
-                )
-            )
-        url = _link_of(link)
-        if url is None:
-            raise DocumentNotReady(
-                Failed("Firma's download answer has no download_url", status_code=200)
-            )
+        url = await _fresh_link(ctx, client, request)
         if not host_allowed(url, [client.base_host, *client.download_hosts]):
             host = urlsplit(url).hostname
             raise DocumentNotReady(

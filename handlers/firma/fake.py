@@ -907,7 +907,8 @@ class FakeFirma:
                 "generated_on": _iso(sr.finished_at) if finished else None,
                 "has_error": False,
             },
-            "final_document_download_url": f"{document_url}?final=true" if finished else None,
+            # A fresh pre-signed link to the final PDF, once it is generated (1 hour).
+            "final_document_download_url": self._final_link(sr, origin) if finished else None,
             "final_document_download_error": None,
             "language": sr.language,
             "completion_title": sr.completion_title,
@@ -1764,6 +1765,24 @@ class FakeFirma:
             self.final_documents[sr.id] = found
         return found
 
+    def _new_link(self, sr: SigningRequest, origin: str) -> tuple[str, float]:
+        now = self.clock()
+        token = secrets.token_urlsafe(24)
+        expires = now + self.download_link_seconds
+        if self.expire_next_links > 0:  # as if the client took longer than the link lives
+            self.expire_next_links -= 1
+            expires = now - 1
+        self.download_links[token] = (sr.id, expires)
+        return f"{origin}{STORAGE_BASE_PATH}/{token}", expires
+
+    def _final_link(self, sr: SigningRequest, origin: str) -> str | None:
+        generated_at = (
+            None if sr.finished_at is None else sr.finished_at + (self.document_generation_seconds)
+        )
+        if generated_at is None or self.clock() < generated_at:
+            return None  # "only available when … the certificate has been generated"
+        return self._new_link(sr, origin)[0]
+
     async def download_signing_request(self, request: Request, body: Any) -> Response:
         sr = self.signing_requests.get(request.path_params["id"])
         if sr is None:
@@ -1785,18 +1804,8 @@ class FakeFirma:
                 message="Retry after the Retry-After interval",
                 headers={"Retry-After": str(max(1, math.ceil(ready_at - now)))},
             )
-        token = secrets.token_urlsafe(24)
-        expires = now + self.download_link_seconds
-        if self.expire_next_links > 0:  # as if the client took longer than the link lives
-            self.expire_next_links -= 1
-            expires = now - 1
-        self.download_links[token] = (sr.id, expires)
-        return JSONResponse(
-            {
-                "download_url": f"{_origin(request)}{STORAGE_BASE_PATH}/{token}",
-                "expires_at": _iso(expires),
-            }
-        )
+        link, expires = self._new_link(sr, _origin(request))
+        return JSONResponse({"download_url": link, "expires_at": _iso(expires)})
 
     async def audit_trail(self, request: Request, body: Any) -> Response:
         sr = self.signing_requests.get(request.path_params["id"])

@@ -409,3 +409,38 @@ def test_evidence_the_provider_does_not_have_does_not_hold_the_pdf_back(
     assert document["sha256"] == hashlib.sha256(fake.final_documents[sr_id]).hexdigest()
     excerpt = action["attempt_log"][-1]["response_excerpt"]
     assert "audit-trail.json: not available (HTTP 404" in excerpt
+
+
+class FirmaWithoutDownloadEndpoint(FakeFirma):
+    """An API version without ``/download``: the final PDF only through the signing
+    request's ``final_document_download_url``."""
+
+    async def download_signing_request(self, request: Request, body: Any) -> Response:
+        return JSONResponse({"error": "Endpoint not found", "code": "NOT_FOUND"}, 404)
+
+
+def test_the_final_document_url_serves_where_there_is_no_download_endpoint(
+    make_sqlite_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    fake = FirmaWithoutDownloadEndpoint()
+    fake.expire_next_links = 1  # and the first link has expired by the time it is used
+    with (
+        running_server(create_firma_app(fake)) as url,
+        running_receiver(
+            make_sqlite_settings,
+            firma_base_url=url + API_BASE_PATH,
+            firma_webhook_secrets=["firma-test-secret"],
+            firma_archive_audit_trail=False,
+            archive_enabled=True,
+            archive_dir=str(tmp_path / "archive"),
+        ) as receiver,
+    ):
+        stack = Stack(receiver, url, fake)
+        try:
+            request_id, sr_id = stack.completed_request()
+            (document,) = stack.documents(request_id, 1)
+            downloads = stack.control.get("/downloads").json()["downloads"]
+        finally:
+            stack.close()
+    assert document["sha256"] == hashlib.sha256(fake.final_documents[sr_id]).hexdigest()
+    assert [d["status"] for d in downloads] == [400, 200]
