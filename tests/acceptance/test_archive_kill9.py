@@ -3,7 +3,8 @@ is ever recorded. A real ``signback serve`` process on a SQLite file, the Firma 
 uvicorn serving a generated PDF slowly; after the kill, the database has no document row and
 the archive has no file under a final name (a ``.partial`` at most). After a restart the
 action comes back (its attempt logged ``interrupted``) and the document is archived whole,
-with the SHA-256 of the emulator's bytes, downloadable through the signed link."""
+with the SHA-256 of the emulator's bytes, downloadable through the API and the signed
+link."""
 
 from __future__ import annotations
 
@@ -113,6 +114,9 @@ def test_kill_9_during_a_download_leaves_no_partial_archive(tmp_path: Path) -> N
         assert document["size"] == len(pdf)
         with httpx.Client(timeout=10) as anonymous:
             assert anonymous.get(document["download_url"]).content == pdf
+        through_api = admin.get(f"/api/requests/{request_id}/documents/signed.pdf")
+        assert through_api.status_code == 200
+        assert through_api.content == pdf
         action = next(
             a
             for a in admin.get(f"/api/requests/{request_id}").json()["actions"]
