@@ -1917,9 +1917,15 @@ class FakeFirma:
         )
 
     async def control_document(self, request: Request) -> Response:
+        """The uploaded document; with ``?final=true``, the final signed PDF (what the
+        download links serve), once the request is finished."""
         sr = self.signing_requests.get(request.path_params["id"])
         if sr is None:
             return _not_found()
+        if request.query_params.get("final") == "true":
+            if sr.status != FINISHED:
+                return _error(409, "Signing request is not completed", "NOT_COMPLETED")
+            return Response(self.final_document(sr), media_type="application/pdf")
         return Response(sr.document, media_type="application/pdf")
 
 
