@@ -30,7 +30,12 @@ STALE_PARTIAL_SECONDS = 6 * 3600
 
 
 class NotAcceptable(Exception):
-    """What was downloaded cannot be archived as it is (too large, not what was promised)."""
+    """What was downloaded cannot be archived as it is (too large, not what was promised).
+    ``may_pass``: another download may be fine (an error page served with a 200)."""
+
+    def __init__(self, message: str, *, may_pass: bool = False) -> None:
+        super().__init__(message)
+        self.may_pass = may_pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +67,15 @@ async def spool(
             if len(head) < len(PDF_MAGIC):
                 head += chunk[: len(PDF_MAGIC) - len(head)]
                 if media_type == PDF and len(head) == len(PDF_MAGIC) and head != PDF_MAGIC:
-                    raise NotAcceptable(f"not a PDF: it starts with {head!r}, not %PDF-")
+                    raise NotAcceptable(
+                        f"not a PDF: it starts with {head!r}, not %PDF-", may_pass=True
+                    )
             digest.update(chunk)
             handle.write(chunk)  # to the page cache: microseconds for a chunk
         if media_type == PDF and head != PDF_MAGIC:
-            raise NotAcceptable(f"not a PDF: {size} bytes, without %PDF- at the start")
+            raise NotAcceptable(
+                f"not a PDF: {size} bytes, without %PDF- at the start", may_pass=True
+            )
         handle.flush()
         await asyncio.to_thread(os.fsync, handle.fileno())  # the slow part, off the loop
         done = True

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from receiver.archive.spool import PDF, NotAcceptable, spool
+from receiver.archive.spool import NotAcceptable, spool
 from receiver.archive.storage import Storage, object_key, storage_from_settings
 from receiver.archive.views import document_json
 from receiver.context import AppContext
@@ -78,10 +78,9 @@ async def archive_request(
             missing.append(f"{ref.name}: not available ({exc})")
             continue
         except NotAcceptable as exc:
-            if ref.media_type == PDF and "not a PDF" in str(exc):
-                # Possibly an error page served with a 200: worth another try later.
-                return Failed(f"{ref.name}: {exc}")
-            return GiveUp(f"{ref.name}: {exc}")
+            # Not a PDF may be an error page served with a 200: worth another try later.
+            # Too large stays too large.
+            return (Failed if exc.may_pass else GiveUp)(f"{ref.name}: {exc}")
         if stored:
             archived.append(ref.name)
         have.add(ref.name)

@@ -59,19 +59,20 @@ async def test_spool_hashes_and_measures_a_stream(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "media_type", "max_bytes", "problem"),
+    ("data", "media_type", "max_bytes", "problem", "may_pass"),
     [
-        (b"<html>error</html>" * 10, PDF, 10**6, "not a PDF"),
-        (b"%PD", PDF, 10**6, "not a PDF"),
-        (b"%PDF-" + b"x" * 5000, PDF, 4096, "larger than"),
-        (b"{}" * 3000, "application/json", 4096, "larger than"),
+        (b"<html>error</html>" * 10, PDF, 10**6, "not a PDF", True),
+        (b"%PD", PDF, 10**6, "not a PDF", True),
+        (b"%PDF-" + b"x" * 5000, PDF, 4096, "larger than", False),
+        (b"{}" * 3000, "application/json", 4096, "larger than", False),
     ],
 )
 async def test_spool_refuses_and_leaves_nothing(
-    tmp_path: Path, data: bytes, media_type: str, max_bytes: int, problem: str
+    tmp_path: Path, data: bytes, media_type: str, max_bytes: int, problem: str, may_pass: bool
 ) -> None:
-    with pytest.raises(NotAcceptable, match=problem):
+    with pytest.raises(NotAcceptable, match=problem) as refused:
         await spool(chunks_of(data, 1000), tmp_path, media_type=media_type, max_bytes=max_bytes)
+    assert refused.value.may_pass is may_pass
     assert os.listdir(tmp_path) == []
 
 
