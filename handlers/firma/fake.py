@@ -21,7 +21,7 @@ What it emulates (see ``/work/shared/providers/firma.md`` and the PATCH referenc
   (``document_generation_seconds`` after completion), links that expire
   (``download_link_seconds``, or at once with ``POST /_fake/download-links/expire``),
   slow downloads (``download_chunk_delay``); ``GET /signing-requests/{id}/audit``, the
-  audit trail;
+  audit trail; ``GET /_fake/documents/{id}?final=true`` shows the final PDF;
 * webhooks: subscriptions, signed deliveries in the current or the older envelope, retries
   (immediately, +5 min, +1 h, scaled by ``time_factor``), no redirects, 5 s deadline, and the
   signing-secret rotation grace period (``X-Firma-Signature-Old``).
