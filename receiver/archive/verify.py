@@ -1,6 +1,6 @@
 """Is a request's archive whole? Read back from the storage and checked against the record.
 
-Used before anything destroys the provider's copy (OKdokument's optional delete after
+Used before anything destroys the provider's copy (a provider's optional delete after
 archiving): each recorded file is read back from the storage and its size and SHA-256
 compared with the row. Nothing is trusted that was not read back.
 """

@@ -256,8 +256,8 @@ class DocumentSource:
     """How a provider's final documents are fetched; the archive (receiver/archive/) does
     the rest (streaming to storage, checksums, the record, the event), for every provider."""
 
-    # The files a completed request has at this provider (none: nothing to archive, e.g. an
-    # OKdokument request registered without its documentId). Pure and quick.
+    # The files a completed request has at this provider (none: nothing to archive, e.g. a
+    # request registered without the provider's document id). Pure and quick.
     documents: Callable[[AppContext, SignatureRequest], Sequence[DocumentRef]]
     fetch: DocumentFetch
     # Actions to queue once every file of the request is archived (e.g. deleting the
