@@ -78,3 +78,41 @@ def documents_get(request_id: int, name: str, output: str) -> None:
     problem = cli._run(cli._with_context(cli._settings(), work))
     if problem is not None:
         cli._fail(problem, code=1)
+
+
+@documents.command("archive")
+@click.argument("request_ids", type=int, nargs=-1, required=True)
+def documents_archive(request_ids: tuple[int, ...]) -> None:
+    """Queue the archive action for completed requests (e.g. completed before the archive
+    existed); a running worker archives them. Once per request, like the pipeline's."""
+    from receiver import cli
+    from receiver.archive import ARCHIVE_KEY, ARCHIVE_OPERATION
+    from receiver.model import Action, RequestState
+    from receiver.store import outbox, requests
+
+    async def work(ctx: Any) -> list[str]:
+        problems: list[str] = []
+        for request_id in request_ids:
+            row = await requests.get(ctx.db, request_id)
+            if row is None:
+                problems.append(f"{request_id}: no such request")
+                continue
+            request = requests.from_row(row)
+            provider = ctx.providers.get(request.provider)
+            if request.state is not RequestState.COMPLETED:
+                problems.append(f"{request_id}: is {request.state.value}, not completed")
+                continue
+            if provider is None or provider.documents is None:
+                problems.append(f"{request_id}: {request.provider} has no documents to archive")
+                continue
+            action = Action(ARCHIVE_OPERATION, {}, key=ARCHIVE_KEY)
+            async with ctx.db.transaction() as tx:
+                queued = await outbox.insert_actions(
+                    tx, request_id, [action], now=ctx.clock(), source_inbox_id=None
+                )
+            click.echo(f"{request_id}: {'queued' if queued else 'already queued before'}")
+        return problems
+
+    problems = cli._run(cli._with_context(cli._settings(), work))
+    if problems:
+        cli._fail("\n".join(problems), code=1)

@@ -444,3 +444,52 @@ def test_the_final_document_url_serves_where_there_is_no_download_endpoint(
             stack.close()
     assert document["sha256"] == hashlib.sha256(fake.final_documents[sr_id]).hexdigest()
     assert [d["status"] for d in downloads] == [400, 200]
+
+
+def test_requests_completed_without_the_archive_can_be_queued_later(
+    make_settings: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Completed while the archive was off (or before it existed): ``signback documents
+    archive`` queues the action, the running worker archives the files."""
+    with (
+        running_firma() as (url, fake),
+        running_receiver(
+            make_settings,
+            firma_base_url=url + API_BASE_PATH,
+            firma_webhook_secrets=["firma-test-secret"],
+            archive_enabled=False,
+            archive_dir=str(tmp_path / "archive"),
+        ) as receiver,
+    ):
+        stack = Stack(receiver, url, fake)
+        try:
+            request_id, sr_id = stack.completed_request()
+            receiver.wait_for_state(request_id, "completed")
+            open_one = receiver.register(provider="firma", signing_request_id="sr-open")
+            assert stack.admin.get(f"/api/requests/{request_id}/documents").json() == {"items": []}
+            settings = receiver.settings
+            for name, value in {
+                "SIGNBACK_DATABASE_URL": settings.database_url,
+                "SIGNBACK_ADMIN_TOKEN": settings.admin_token.get_secret_value(),
+                "SIGNBACK_SECRET_KEY": settings.secret_key.get_secret_value(),
+                "SIGNBACK_ARCHIVE_DIR": str(tmp_path / "archive"),
+                "SIGNBACK_LOG_FORMAT": "json",
+            }.items():
+                monkeypatch.setenv(name, value)
+            monkeypatch.chdir(tmp_path)
+            runner = CliRunner()
+            queued = runner.invoke(cli_main, ["documents", "archive", str(request_id)])
+            assert queued.exit_code == 0, queued.output
+            assert f"{request_id}: queued" in queued.stdout
+            items = {d["name"]: d for d in stack.documents(request_id, 2)}
+            again = runner.invoke(cli_main, ["documents", "archive", str(request_id)])
+            assert f"{request_id}: already queued before" in again.stdout
+            refused = runner.invoke(
+                cli_main, ["documents", "archive", str(open_one["id"]), "999999"]
+            )
+            assert refused.exit_code == 1
+            assert f"{open_one['id']}: is registered, not completed" in refused.output
+            assert "999999: no such request" in refused.output
+        finally:
+            stack.close()
+    assert items["signed.pdf"]["sha256"] == hashlib.sha256(fake.final_documents[sr_id]).hexdigest()
