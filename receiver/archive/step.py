@@ -126,6 +126,8 @@ async def _archive_one(
             )
     if document is None:
         return False
+    ctx.metrics.archived.inc(request.provider, ref.kind)
+    ctx.metrics.archived_bytes.inc(request.provider, amount=spooled.size)
     log.info(
         "document archived",
         request=request.id,

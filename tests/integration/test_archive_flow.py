@@ -144,6 +144,11 @@ def test_completed_request_is_archived_with_its_checksum(stack: Stack, tmp_path:
     # One object per document and version, named by its checksum, and nothing partial left.
     stored = sorted(p for p in (tmp_path / "archive").rglob("*") if p.is_file())
     assert [p.name for p in stored] == sorted(f"{d['sha256']}-{d['name']}" for d in items.values())
+    # Counted in the metrics.
+    metrics = stack.admin.get("/metrics").text
+    assert 'signback_archived_files_total{kind="signed",provider="firma"} 1.0' in metrics
+    total = float(signed["size"] + items["audit-trail.json"]["size"])
+    assert f'signback_archived_bytes_total{{provider="firma"}} {total}' in metrics
     # The archive action is done; the audit trail is the emulator's.
     assert stack.archive_action(request_id)["status"] == "done"
     trail = stack.admin.get(f"/api/requests/{request_id}/documents/audit-trail.json").json()
