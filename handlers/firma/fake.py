@@ -2055,6 +2055,8 @@ def serve(
     secret: str = DEFAULT_SECRET,
     time_factor: float = 1.0,
     rate_window_seconds: float = 60.0,
+    document_generation_seconds: float = 0.0,
+    download_link_seconds: float = DOWNLOAD_LINK_SECONDS,
 ) -> None:
     """Run the emulator under uvicorn until interrupted (``signback fake firma --port N``).
 
@@ -2067,6 +2069,8 @@ def serve(
         secret=secret,
         time_factor=time_factor,
         rate_limits=RateLimits(window_seconds=rate_window_seconds),
+        document_generation_seconds=document_generation_seconds,
+        download_link_seconds=download_link_seconds,
     )
     print(
         f"Fake Firma: API at http://{host}:{port}{API_BASE_PATH} (Authorization: {api_key}), "

@@ -45,7 +45,18 @@ def test_completed_request_archived_through_real_processes(tmp_path: Path) -> No
     env_fake = {k: v for k, v in os.environ.items() if not k.startswith("SIGNBACK_")}
     fake = Process(
         "fake-firma",
-        ["fake", "firma", "--port", str(fake_port), "--api-key", API_KEY, "--secret", SECRET],
+        [
+            "fake",
+            "firma",
+            "--port",
+            str(fake_port),
+            "--api-key",
+            API_KEY,
+            "--secret",
+            SECRET,
+            "--generation-seconds",
+            "2",
+        ],
         env_fake,
         tmp_path / "fake-firma.log",
     )
@@ -69,7 +80,7 @@ def test_completed_request_archived_through_real_processes(tmp_path: Path) -> No
         serve.wait_http(f"{url}/readyz")
         hook = {"url": f"{url}/hooks/firma", "events": ["signing_request.completed"]}
         assert api.post("/webhooks", json=hook).status_code == 201
-        downloads = {"generation_seconds": 2, "expire_next": 1, "padding": 150_000}
+        downloads = {"expire_next": 1, "padding": 150_000}
         assert control.post("/downloads", json=downloads).status_code == 200
         created = api.post(
             "/signing-requests",
