@@ -64,27 +64,6 @@ async def _read_slot(ctx: AppContext) -> None:
         raise DocumentNotReady(deferred(waiting, "waiting for a slot under Firma's read limit"))
 
 
-def _not_ready(answer: httpx.Response, ctx: AppContext) -> DocumentNotReady:
-    """A Firma answer that gave no file, as the archive action's outcome."""
-    now = ctx.clock()
-    if answer.status_code == 404:
-        return DocumentNotReady(
-            GiveUp(
-                f"Firma has no such document: {provider_message(answer)}",
-                status_code=404,
-                response_excerpt=excerpt(answer),
-            )
-        )
-    return DocumentNotReady(
-        from_response(
-            answer,
-            now=now,
-            message=provider_message,
-            retry_after=retry_after_seconds(answer, now=now),
-        )
-    )
-
-
 def _link_of(answer: httpx.Response | Any, field: str) -> str | None:
     try:
         body = answer.json()
@@ -95,9 +74,18 @@ def _link_of(answer: httpx.Response | Any, field: str) -> str | None:
 
 
 def _refused(answer: Any, ctx: AppContext) -> DocumentNotReady:
+    """An answer that gave no file or link, as the archive action's outcome: a 404 is final
+    (no such request or file), a 429 or a 503 with Retry-After waits as asked, the rest is
+    retried or final by the retry policy's rules."""
     now = ctx.clock()
     if answer.status_code == 404:
-        return DocumentNotReady(GiveUp(f"Firma: {provider_message(answer)}", status_code=404))
+        return DocumentNotReady(
+            GiveUp(
+                f"Firma: {provider_message(answer)}",
+                status_code=404,
+                response_excerpt=excerpt(answer),
+            )
+        )
     return DocumentNotReady(
         from_response(
             answer,
@@ -155,7 +143,7 @@ async def fetch(
                 raise DocumentMissing(f"HTTP {answer.status_code}: {provider_message(answer)}")
             if answer.status_code != 200:
                 await answer.aread()
-                raise _not_ready(answer, ctx)
+                raise _refused(answer, ctx)
             yield answer.aiter_bytes(CHUNK_BYTES)
         return
     refused: int | None = None
@@ -175,7 +163,7 @@ async def fetch(
                 continue  # an expired link: ask for a fresh one
             if answer.status_code != 200:
                 await answer.aread()
-                raise _not_ready(answer, ctx)
+                raise _refused(answer, ctx)
             yield answer.aiter_bytes(CHUNK_BYTES)
             return
     raise DocumentNotReady(
