@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from bench import downstream, load, profile, stores
+from bench import archive, downstream, load, profile, stores
 from bench.load import WrkOptions, WrkResult
 from bench.procs import (
     CLOCK_TICKS,
@@ -54,6 +54,7 @@ SCENARIOS = (
     "growth",
     "downstream",
     "reconcile",
+    "archive",
     "profile",
 )
 
@@ -1048,6 +1049,9 @@ class Bench:
         from bench import reconcile
 
         reconcile.scenario(self)
+
+    def scenario_archive(self) -> None:
+        archive.scenario(self)
 
     # --- profiles ----------------------------------------------------------------------------
 

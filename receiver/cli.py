@@ -607,6 +607,12 @@ from receiver.admin.endpoints_cli import endpoints as _endpoints  # noqa: E402
 
 main.add_command(_endpoints)
 
+# --- the archive (receiver/archive/cli.py) ------------------------------------------------
+
+from receiver.archive.cli import documents as _documents  # noqa: E402
+
+main.add_command(_documents)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -99,6 +99,18 @@ class Metrics:
             ["reason"],
             self.registry,
         )
+        self.archived = Tally(
+            "signback_archived_files_total",
+            "Files archived (receiver/archive/), by provider and kind (signed, audit_trail, …)",
+            ["provider", "kind"],
+            self.registry,
+        )
+        self.archived_bytes = Tally(
+            "signback_archived_bytes_total",
+            "Bytes of the files archived, by provider",
+            ["provider"],
+            self.registry,
+        )
         self._queue_counts: dict[str, dict[str, int]] = {}
         self._stale_counts: dict[tuple[str, str], int] = {}
         self._durations: dict[str, Histogram] = {}

@@ -207,6 +207,40 @@ class Settings(BaseSettings):
     def _stale_thresholds(cls, value: Any) -> Any:
         return parse_stale_after(value)
 
+    # --- the archive (receiver/archive/, docs/archive.md) -----------------------------------
+    # Download and keep each completed request's signed document (and the provider's
+    # evidence) through an outbox action.
+    archive_enabled: bool = True
+    # Where the files go: a local directory (default: "archive" next to the SQLite file; with
+    # PostgreSQL "./archive" under the working directory) ...
+    archive_dir: str | None = None
+    # ... or an S3-compatible bucket, s3://bucket/prefix (endpoint and credentials from the
+    # usual AWS_* variables, AWS_ENDPOINT_URL included). Wins over archive_dir.
+    archive_url: str | None = None
+    # The largest file archived; a larger one is refused (the action is dead, saying why).
+    archive_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    # Signs the download links handed out (API, downstream events). Unset: derived from
+    # SIGNBACK_SECRET_KEY (HMAC with a label of its own), so links need no new secret.
+    archive_link_secret: SecretStr | None = Field(default=None, min_length=32)
+    # How long a signed download link works.
+    archive_link_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    # Retention, run by the worker; unset (the default): kept for ever.
+    # Archived files older than this are deleted from the storage (their rows stay).
+    archive_retention_days: float | None = Field(default=None, gt=0)
+    # Raw bodies of processed callbacks older than this are emptied (their normalized facts
+    # and the timeline stay).
+    inbox_retention_days: float | None = Field(default=None, gt=0)
+
+    @field_validator("archive_url")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not value.startswith("s3://") or not value[5:].split("/", 1)[0]:
+            raise ValueError("must be s3://bucket or s3://bucket/prefix")
+        return value
+
     @field_validator("endpoint_allowed_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: Any) -> Any:

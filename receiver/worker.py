@@ -7,6 +7,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 
+from receiver.archive import retention
 from receiver.backoff import MAX_LOOP_DELAY, Backoff, sleep_or_stop
 from receiver.context import AppContext
 from receiver.errors import one_line
@@ -43,6 +44,10 @@ class Worker:
         ]
         if self.ctx.settings.reconcile_enabled:
             loops.append(self._supervised("reconciler", self.reconciler.run))
+        if retention.enabled(self.ctx):
+            loops.append(
+                self._supervised("retention", lambda stopping: retention.run(self.ctx, stopping))
+            )
         await asyncio.gather(*loops)
         log.info("worker stopped", worker=self.ctx.worker_id)
 

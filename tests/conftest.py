@@ -87,6 +87,10 @@ def test_settings(database_url: str, **overrides: Any) -> Settings:
         # The reconciler reads and reports on a schedule of its own: only the tests about it
         # switch it on (with time-scaled settings), so that it adds no reads to the others.
         "reconcile_enabled": False,
+        # The archive downloads every completed request's documents: extra provider calls
+        # and files most tests are not about. The archive's own tests switch it on, with a
+        # directory of their own (tests/integration/test_archive_flow.py).
+        "archive_enabled": False,
         "_env_file": None,
     }
     values.update(overrides)

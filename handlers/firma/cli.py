@@ -35,6 +35,20 @@ from receiver.cli import handles_config_errors, print_sent, run_simulation
     show_default=True,
     help="Percent of webhook deliveries lost on the way (Firma believes them delivered).",
 )
+@click.option(
+    "--generation-seconds",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="How long after completion the final PDF is 'being generated' (503 + Retry-After).",
+)
+@click.option(
+    "--link-seconds",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    help="How long a pre-signed download link works.",
+)
 def fake(
     port: int,
     host: str,
@@ -43,8 +57,11 @@ def fake(
     time_factor: float,
     rate_window: float,
     drop_webhooks: float,
+    generation_seconds: float,
+    link_seconds: float,
 ) -> None:
-    """A Firma.dev emulator: signing requests, PATCH rules, rate limits, signed webhooks."""
+    """A Firma.dev emulator: signing requests, PATCH rules, rate limits, signed webhooks,
+    final PDFs behind expiring links (POST /_fake/downloads changes them while it runs)."""
     from handlers.firma.fake import serve as serve_fake
 
     kwargs: dict[str, Any] = {
@@ -54,6 +71,8 @@ def fake(
         "time_factor": time_factor,
         "rate_window_seconds": rate_window,
         "drop_webhooks_percent": drop_webhooks,
+        "document_generation_seconds": generation_seconds,
+        "download_link_seconds": link_seconds,
     }
     if secret:
         kwargs["secret"] = secret

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -263,11 +264,13 @@ class FirmaClient(ProviderHttpClient):
         api_key: str,
         *,
         timeout: float = 10.0,
+        download_hosts: Sequence[str] = (),
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigurationError(f"the Firma base URL must be an http(s) URL: {base_url!r}")
         super().__init__(base_url, {"Authorization": _api_key(api_key)}, timeout=timeout)
+        self.download_hosts = tuple(download_hosts)
 
     async def patch_signing_request(
         self, signing_request_id: str, properties: Mapping[str, Any]
@@ -284,6 +287,27 @@ class FirmaClient(ProviderHttpClient):
     async def get_signing_request(self, signing_request_id: str) -> HttpAnswer:
         """``GET /signing-requests/{id}``: the request with its current ``status``."""
         return await self._request("GET", f"signing-requests/{_segment(signing_request_id)}")
+
+    async def download_link(self, signing_request_id: str) -> HttpAnswer:
+        """``GET /signing-requests/{id}/download``: ``{download_url, expires_at}``, a fresh
+        pre-signed link on every call; ``503`` with ``Retry-After`` while the final PDF is
+        still being generated."""
+        path = f"signing-requests/{_segment(signing_request_id)}/download"
+        return await self._request("GET", path)
+
+    @contextlib.asynccontextmanager
+    async def stream_audit(self, signing_request_id: str) -> AsyncIterator[httpx.Response]:
+        """``GET /signing-requests/{id}/audit``, streamed: the audit trail (admin and signer
+        actions, chronological)."""
+        async with self._stream(f"signing-requests/{_segment(signing_request_id)}/audit") as a:
+            yield a
+
+    @contextlib.asynccontextmanager
+    async def stream_link(self, url: str) -> AsyncIterator[httpx.Response]:
+        """A pre-signed download link, streamed: only to the API's host or one of
+        ``download_hosts``, and without the API key."""
+        async with self._stream_link(url, self.download_hosts) as answer:
+            yield answer
 
 
 # --------------------------------------------------------------------------------------------

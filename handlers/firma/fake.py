@@ -15,6 +15,13 @@ What it emulates (see ``/work/shared/providers/firma.md`` and the PATCH referenc
   ``X-RateLimit-Limit``, ``-Remaining``, ``-Reset``) and body; every call the limiter saw is
   logged per key and bucket (``GET /_fake/rate-limits``). ``RateLimits(window_seconds=…)``
   shortens the window for tests whose client scales its own budgets by the same factor;
+* the final documents: ``GET /signing-requests/{id}/download`` gives a fresh pre-signed
+  link (``{download_url, expires_at}``) to a small generated PDF (with the signers and
+  the completion), ``503`` with ``Retry-After`` while it is "being generated"
+  (``document_generation_seconds`` after completion), links that expire
+  (``download_link_seconds``, or at once with ``POST /_fake/download-links/expire``),
+  slow downloads (``download_chunk_delay``); ``GET /signing-requests/{id}/audit``, the
+  audit trail; ``GET /_fake/documents/{id}?final=true`` shows the final PDF;
 * webhooks: subscriptions, signed deliveries in the current or the older envelope, retries
   (immediately, +5 min, +1 h, scaled by ``time_factor``), no redirects, 5 s deadline, and the
   signing-secret rotation grace period (``X-Firma-Signature-Old``); a share of them can be
@@ -53,10 +60,11 @@ from urllib.parse import urlsplit
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
 from handlers.firma import signature
+from receiver.archive.pdf import make_pdf
 from receiver.errors import ConfigurationError
 
 API_BASE_PATH = "/functions/v1/signing-request-api"
@@ -71,6 +79,10 @@ DEFAULT_RETRY_DELAYS: tuple[float, ...] = (0.0, 300.0, 3600.0)
 DELIVERY_TIMEOUT_SECONDS = 5.0  # Firma wants an answer within 5 s
 AUTO_DISABLE_AFTER = 50  # consecutive failed attempts before Firma disables a webhook
 DOCUMENT_URL_TTL_SECONDS = 7 * 24 * 3600  # "initial URLs are valid for 7 days"
+# Where the emulator's pre-signed download links point (Firma's are storage URLs).
+STORAGE_BASE_PATH = "/_storage/v1/object/sign"
+DOWNLOAD_LINK_SECONDS = 3600.0  # "URL expires after 1 hour"
+DOWNLOAD_CHUNK_BYTES = 16 * 1024
 
 Clock = Callable[[], float]
 Envelope = Literal["current", "old"]
@@ -651,6 +663,10 @@ class FakeFirma:
         webhook_transport: httpx.AsyncBaseTransport | None = None,
         drop_webhooks_percent: float = 0.0,
         seed: int | None = None,
+        document_generation_seconds: float = 0.0,
+        download_link_seconds: float = DOWNLOAD_LINK_SECONDS,
+        download_chunk_delay: float = 0.0,
+        final_document_padding: int = 0,
     ) -> None:
         keys = (api_key,) if isinstance(api_key, str) else tuple(api_key)
         if not 0 <= drop_webhooks_percent <= 100:
@@ -694,6 +710,18 @@ class FakeFirma:
         self.calls: list[JSONObject] = []
         self.deliveries: list[DeliveryAttempt] = []
         self.failures: list[FailureRule] = []
+        # The final documents: how long after completion the PDF is "being generated" (503),
+        # how long a download link works, a pause between the chunks of a download (slow
+        # downloads), and filler bytes that make the PDF larger.
+        self.document_generation_seconds = document_generation_seconds
+        self.download_link_seconds = download_link_seconds
+        self.download_chunk_delay = download_chunk_delay
+        self.final_document_padding = final_document_padding
+        self.expire_next_links = 0  # links handed out already expired (a slow client)
+        self.break_next_downloads = 0  # downloads cut off after their first chunk
+        self.final_documents: dict[str, bytes] = {}
+        self.download_links: dict[str, tuple[str, float]] = {}  # token → (request id, expiry)
+        self.downloads: list[JSONObject] = []  # every use of a link, with its status
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -743,6 +771,9 @@ class FakeFirma:
         self.deliveries.clear()
         self.failures.clear()
         self.rate_limiter.reset()
+        self.final_documents.clear()
+        self.download_links.clear()
+        self.downloads.clear()
 
     # -- the API pipeline: record, auth, injected failures, rate limit, handler ---------------
 
@@ -888,7 +919,8 @@ class FakeFirma:
                 "generated_on": _iso(sr.finished_at) if finished else None,
                 "has_error": False,
             },
-            "final_document_download_url": f"{document_url}?final=true" if finished else None,
+            # A fresh pre-signed link to the final PDF, once it is generated (1 hour).
+            "final_document_download_url": self._final_link(sr, origin) if finished else None,
             "final_document_download_error": None,
             "language": sr.language,
             "completion_title": sr.completion_title,
@@ -1748,10 +1780,188 @@ class FakeFirma:
         self.failures.clear()
         return JSONResponse({"failures": []})
 
-    async def control_document(self, request: Request) -> Response:
+    # -- final documents ---------------------------------------------------------------------
+
+    def final_document(self, sr: SigningRequest) -> bytes:
+        """The signed PDF (with its "certificate"): generated once per request."""
+        found = self.final_documents.get(sr.id)
+        if found is None:
+            lines = [
+                f"Signed document (Firma emulator): {sr.name}",
+                f"Signing request {sr.id}",
+                f"Completed {_iso(sr.finished_at)}",
+                *(
+                    f"Signed by {r.display_name} <{r.email}> at {_iso(r.signed_at)}"
+                    for r in sr.recipients
+                    if r.signed_at is not None
+                ),
+                "Certificate of completion: this document was signed electronically.",
+            ]
+            found = make_pdf(lines, padding=self.final_document_padding)
+            self.final_documents[sr.id] = found
+        return found
+
+    def _new_link(self, sr: SigningRequest, origin: str) -> tuple[str, float]:
+        now = self.clock()
+        token = secrets.token_urlsafe(24)
+        expires = now + self.download_link_seconds
+        if self.expire_next_links > 0:  # as if the client took longer than the link lives
+            self.expire_next_links -= 1
+            expires = now - 1
+        self.download_links[token] = (sr.id, expires)
+        return f"{origin}{STORAGE_BASE_PATH}/{token}", expires
+
+    def _final_link(self, sr: SigningRequest, origin: str) -> str | None:
+        generated_at = (
+            None if sr.finished_at is None else sr.finished_at + (self.document_generation_seconds)
+        )
+        if generated_at is None or self.clock() < generated_at:
+            return None  # "only available when … the certificate has been generated"
+        return self._new_link(sr, origin)[0]
+
+    async def download_signing_request(self, request: Request, body: Any) -> Response:
         sr = self.signing_requests.get(request.path_params["id"])
         if sr is None:
             return _not_found()
+        if sr.status != FINISHED or sr.finished_at is None:
+            return _error(
+                409,
+                "Signing request is not completed",
+                "NOT_COMPLETED",
+                message="The final document exists once every signer has signed",
+            )
+        now = self.clock()
+        ready_at = sr.finished_at + self.document_generation_seconds
+        if now < ready_at:
+            return _error(
+                503,
+                "Document is being generated",
+                "DOCUMENT_GENERATING",
+                message="Retry after the Retry-After interval",
+                headers={"Retry-After": str(max(1, math.ceil(ready_at - now)))},
+            )
+        link, expires = self._new_link(sr, _origin(request))
+        return JSONResponse({"download_url": link, "expires_at": _iso(expires)})
+
+    async def audit_trail(self, request: Request, body: Any) -> Response:
+        sr = self.signing_requests.get(request.path_params["id"])
+        if sr is None:
+            return _not_found()
+        entries: list[JSONObject] = [
+            {"action": "created", "actor": "admin", "timestamp": _iso(sr.created_at)}
+        ]
+        if sr.sent_at is not None:
+            entries.append({"action": "sent", "actor": "admin", "timestamp": _iso(sr.sent_at)})
+        for r in sorted(sr.recipients, key=lambda r: r.signed_at or 0):
+            if r.signed_at is not None:
+                entries.append(
+                    {
+                        "action": "signed",
+                        "actor": r.email,
+                        "ip_address": "203.0.113.7",
+                        "timestamp": _iso(r.signed_at),
+                    }
+                )
+        if sr.finished_at is not None:
+            entries.append(
+                {"action": "completed", "actor": "system", "timestamp": _iso(sr.finished_at)}
+            )
+        return JSONResponse({"signing_request_id": sr.id, "events": entries})
+
+    async def storage_object(self, request: Request) -> Response:
+        """A pre-signed link: no API key, valid until it expires (then 400, as storage
+        services answer an expired signed URL), unknown tokens 403."""
+        token = request.path_params["token"]
+        found = self.download_links.get(token)
+        record: JSONObject = {"time": self.clock(), "request_id": found[0] if found else None}
+        self.downloads.append(record)
+        if found is None:
+            record["status"] = 403
+            return JSONResponse({"error": "Unauthorized", "message": "invalid signature"}, 403)
+        request_id, expires = found
+        if self.clock() > expires:
+            record["status"] = 400
+            return JSONResponse(
+                {"statusCode": "400", "error": "InvalidJWT", "message": "exp claim failed"}, 400
+            )
+        sr = self.signing_requests.get(request_id)
+        if sr is None:
+            record["status"] = 404
+            return JSONResponse({"error": "not_found", "message": "Object not found"}, 404)
+        document = self.final_document(sr)
+        record["status"] = 200
+        delay = self.download_chunk_delay
+        broken = self.break_next_downloads > 0
+        if broken:
+            self.break_next_downloads -= 1
+            record["broken"] = True
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(document), DOWNLOAD_CHUNK_BYTES):
+                if delay and start:
+                    await asyncio.sleep(delay)
+                if broken and start:  # the connection drops in the middle of the body
+                    raise ConnectionAbortedError("the emulator cut this download short")
+                yield document[start : start + DOWNLOAD_CHUNK_BYTES]
+
+        return StreamingResponse(
+            chunks(),
+            media_type="application/pdf",
+            headers={"content-length": str(len(document))},
+        )
+
+    async def control_expire_links(self, request: Request) -> Response:
+        """Every link handed out so far expires now."""
+        now = self.clock()
+        for token, (request_id, _) in list(self.download_links.items()):
+            self.download_links[token] = (request_id, now - 1)
+        return JSONResponse({"expired": len(self.download_links)})
+
+    async def control_downloads(self, request: Request) -> Response:
+        """Set the download behaviour (``generation_seconds``, ``link_seconds``,
+        ``chunk_delay``, ``padding``, ``expire_next``: the next links handed out are expired
+        already, ``break_next``: the next downloads stop after their first chunk; any of
+        them), and show every use of a link."""
+        if request.method == "POST":
+            body = await _json_object(request)
+            if isinstance(body, Response):
+                return body
+            for key, attribute in (
+                ("generation_seconds", "document_generation_seconds"),
+                ("link_seconds", "download_link_seconds"),
+                ("chunk_delay", "download_chunk_delay"),
+                ("padding", "final_document_padding"),
+                ("expire_next", "expire_next_links"),
+                ("break_next", "break_next_downloads"),
+            ):
+                value = body.get(key)
+                if value is not None:
+                    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                        return _validation_error({key: "Expected a number >= 0"})
+                    whole = key in ("padding", "expire_next", "break_next")
+                    setattr(self, attribute, int(value) if whole else float(value))
+        return JSONResponse(
+            {
+                "generation_seconds": self.document_generation_seconds,
+                "link_seconds": self.download_link_seconds,
+                "chunk_delay": self.download_chunk_delay,
+                "padding": self.final_document_padding,
+                "expire_next": self.expire_next_links,
+                "break_next": self.break_next_downloads,
+                "downloads": self.downloads,
+            }
+        )
+
+    async def control_document(self, request: Request) -> Response:
+        """The uploaded document; with ``?final=true``, the final signed PDF (what the
+        download links serve), once the request is finished."""
+        sr = self.signing_requests.get(request.path_params["id"])
+        if sr is None:
+            return _not_found()
+        if request.query_params.get("final") == "true":
+            if sr.status != FINISHED:
+                return _error(409, "Signing request is not completed", "NOT_COMPLETED")
+            return Response(self.final_document(sr), media_type="application/pdf")
         return Response(sr.document, media_type="application/pdf")
 
 
@@ -1818,6 +2028,10 @@ def create_app(fake: FakeFirma) -> Starlette:
         Route("/signing-requests/{id}", api(fake.delete_signing_request), methods=["DELETE"]),
         Route("/signing-requests/{id}/send", api(fake.send_signing_request), methods=["POST"]),
         Route("/signing-requests/{id}/cancel", api(fake.cancel_signing_request), methods=["POST"]),
+        Route(
+            "/signing-requests/{id}/download", api(fake.download_signing_request), methods=["GET"]
+        ),
+        Route("/signing-requests/{id}/audit", api(fake.audit_trail), methods=["GET"]),
         Route("/webhooks", api(fake.list_webhooks), methods=["GET"]),
         Route("/webhooks", api(fake.create_webhook), methods=["POST"]),
         Route("/webhooks/{id}", api(fake.get_webhook), methods=["GET"]),
@@ -1840,6 +2054,8 @@ def create_app(fake: FakeFirma) -> Starlette:
         Route("/failures", fake.control_add_failure, methods=["POST"]),
         Route("/failures", fake.control_clear_failures, methods=["DELETE"]),
         Route("/documents/{id}", fake.control_document, methods=["GET"]),
+        Route("/download-links/expire", fake.control_expire_links, methods=["POST"]),
+        Route("/downloads", fake.control_downloads, methods=["GET", "POST"]),
         Route("/signing-requests/{id}/view", fake.control_view, methods=["POST"]),
         Route(
             "/signing-requests/{id}/recipient-signed",
@@ -1863,6 +2079,7 @@ def create_app(fake: FakeFirma) -> Starlette:
         routes=[
             Mount(API_BASE_PATH, routes=api_routes),
             Mount(CONTROL_BASE_PATH, routes=control_routes),
+            Route(f"{STORAGE_BASE_PATH}/{{token}}", fake.storage_object, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
@@ -1876,6 +2093,8 @@ def serve(
     time_factor: float = 1.0,
     rate_window_seconds: float = 60.0,
     drop_webhooks_percent: float = 0.0,
+    document_generation_seconds: float = 0.0,
+    download_link_seconds: float = DOWNLOAD_LINK_SECONDS,
 ) -> None:
     """Run the emulator under uvicorn until interrupted (``signback fake firma --port N``).
 
@@ -1889,6 +2108,8 @@ def serve(
         time_factor=time_factor,
         rate_limits=RateLimits(window_seconds=rate_window_seconds),
         drop_webhooks_percent=drop_webhooks_percent,
+        document_generation_seconds=document_generation_seconds,
+        download_link_seconds=download_link_seconds,
     )
     print(
         f"Fake Firma: API at http://{host}:{port}{API_BASE_PATH} (Authorization: {api_key}), "

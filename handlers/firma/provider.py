@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from handlers.firma import events, reconcile, routes
+from handlers.firma import documents, events, reconcile, routes
 from handlers.firma.client import FirmaClient, validate_properties
 from handlers.firma.operations import OPERATIONS
 from handlers.firma.repoint import repoint
@@ -56,7 +56,10 @@ def client_factory(settings: FirmaSettings) -> Callable[[AppContext], FirmaClien
         if settings.api_key is None:
             return None
         return FirmaClient(
-            settings.base_url, settings.api_key.get_secret_value(), timeout=settings.timeout
+            settings.base_url,
+            settings.api_key.get_secret_value(),
+            timeout=settings.timeout,
+            download_hosts=settings.download_hosts,
         )
 
     return make
@@ -75,4 +78,5 @@ def build(settings: FirmaSettings) -> Provider:
         repoint=repoint,
         start=warnings(settings),
         reconcile=reconcile.read,
+        documents=documents.source(settings),
     )

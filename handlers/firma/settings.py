@@ -29,6 +29,21 @@ class FirmaSettings(ProviderSettings):
     # jitter between a slot's start and the call's arrival at Firma.
     writes_per_minute: float = Field(default=100.0, gt=0, le=120)
     reads_per_minute: float = Field(default=150.0, gt=0, le=200)
+    # The archive (docs/archive.md). Hosts Firma's pre-signed download links may point to
+    # (besides the API's own host), comma-separated, "*.example.com" for the names under it:
+    # the archive follows a link only there, and never sends the API key with it.
+    download_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*.firma.dev", "*.supabase.co"]
+    )
+    # Archive the audit trail (GET /signing-requests/{id}/audit) beside the signed PDF.
+    archive_audit_trail: bool = True
+
+    @field_validator("download_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("base_url")
     @classmethod

@@ -9,10 +9,13 @@ errors, timeouts) propagate as ``httpx`` exceptions.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote
+
+import httpx
 
 from receiver.outbox.provider_http import HttpAnswer, ProviderHttpClient
 
@@ -91,6 +94,17 @@ class OkdokumentClient(ProviderHttpClient):
     async def document_metadata(self, document_id: str) -> HttpAnswer:
         """``GET /JSON/document/metadata/{documentId}``: the document's current state."""
         return await self._request("GET", f"/JSON/document/metadata/{_segment(document_id)}")
+
+    @contextlib.asynccontextmanager
+    async def stream_document(self, document_id: str) -> AsyncIterator[httpx.Response]:
+        """``GET /JSON/document/{documentId}``, streamed: the document's PDF bytes."""
+        async with self._stream(f"/JSON/document/{_segment(document_id)}") as answer:
+            yield answer
+
+    async def delete_document(self, document_id: str) -> HttpAnswer:
+        """``DELETE /JSON/document/{documentId}``: the wiki's "Delete document" (its page
+        could not be read; the path follows Download document's, see docs/archive.md)."""
+        return await self._request("DELETE", f"/JSON/document/{_segment(document_id)}")
 
     async def delete_signature_request(self, signature_request_id: str) -> HttpAnswer:
         """``DELETE /JSON/signatureRequest/{signatureRequestId}``."""

@@ -5,7 +5,8 @@ describe it, with the documented bodies and error shapes, plus a control API und
 ``/_fake/`` (no key) that plays the signer's part and injects failures:
 
 - ``GET  /_fake/calls``, ``POST /_fake/reset``, ``GET /_fake/state``
-- ``POST /_fake/signature-requests`` seeds a document and a signature request
+- ``POST /_fake/signature-requests`` seeds a document (a generated PDF; ``padding`` makes it
+  larger) and a signature request
 - ``POST /_fake/failures``, ``GET /_fake/failures``, ``DELETE /_fake/failures``
 - ``POST /_fake/sign/{signatureRequestId}``, ``POST /_fake/cancel/{signatureRequestId}``
   finish the round: state change, the sendInfo callback, the browser redirect URL.
@@ -42,6 +43,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from receiver.archive.pdf import make_pdf
+
 __all__ = [
     "DEFAULT_API_KEY",
     "FailurePlan",
@@ -64,14 +67,6 @@ UPLOAD_STATES = frozenset({"tosign", "tags", "tostamp"})
 REOPENABLE_STATES = frozenset({"signed", "canceled", "errorsendinfo"})
 SIGN_RESULTS = frozenset({"success", "mobile"})
 CALLBACK_TIMEOUT = 10.0
-
-# The smallest thing a PDF viewer will open; used for seeded documents.
-_MINIMAL_PDF = (
-    b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
-    b"2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
-    b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 595 842]>>endobj\n"
-    b"trailer<</Root 1 0 R>>\n%%EOF\n"
-)
 
 
 @dataclass
@@ -713,6 +708,13 @@ def create_app(fake: FakeOkdokument) -> Starlette:
             headers={"Content-Disposition": f'attachment; filename="{doc.filename}"'},
         )
 
+    async def delete_document(request: Request, raw: bytes) -> Response:
+        # The wiki lists "Delete document"; its page could not be read. Answered like
+        # Delete Signature Request (docs/archive.md).
+        doc = _document(request.path_params["documentId"])
+        del fake.documents[doc.document_id]
+        return JSONResponse({"message": "msg.deleted", "result": doc.document_id})
+
     async def list_flat(request: Request, raw: bytes) -> Response:
         state = request.query_params.get("state")
         if not state:
@@ -802,6 +804,12 @@ def create_app(fake: FakeOkdokument) -> Starlette:
             ):
                 if value is not None and (not isinstance(value, str) or not value):
                     raise _Invalid(400, f"{name} must be a non-empty string")
+            # Filler bytes that make the generated PDF larger (the archive's bench).
+            padding = body.get("padding", 0)
+            if isinstance(padding, bool) or not isinstance(padding, int):
+                raise _Invalid(400, "padding must be a whole number of bytes")
+            if not 0 <= padding <= MAX_FILE_BYTES:
+                raise _Invalid(400, f"padding must be between 0 and {MAX_FILE_BYTES}")
             if request_id is not None and request_id in fake.signature_requests:
                 return _control_error(409, f"signature request {request_id} exists")
             send_info_url = _send_info_url(body)
@@ -810,7 +818,11 @@ def create_app(fake: FakeOkdokument) -> Starlette:
             return _control_error(400, f"{exc.message} {exc.value or ''}".strip())
         doc = fake.documents.get(document_id) if document_id else None
         if doc is None:
-            doc = fake.new_document(filename, _MINIMAL_PDF, document_id=document_id)
+            # A small real PDF, generated (receiver/archive/pdf.py), naming the document.
+            content = make_pdf(
+                [f"Document {document_id or filename} (OKdokument emulator)"], padding=padding
+            )
+            doc = fake.new_document(filename, content, document_id=document_id)
         sr = fake.new_round(
             doc,
             signature_request_id=request_id,
@@ -896,6 +908,17 @@ def create_app(fake: FakeOkdokument) -> Starlette:
                 409, f"document {doc.document_id} is {doc.state}, not open for {request_id}"
             )
         fake.set_state(doc, state)
+        if state == "signed":
+            # What Download document then serves: the document with the round's signature
+            # appended, as a PDF signature is (an incremental update after the original).
+            separator = b"" if doc.content.endswith(b"\n") else b"\n"
+            doc.content += (
+                separator
+                + (
+                    f"% Signed (OKdokument emulator) in round {request_id} at "
+                    f"{int(fake.clock())}\n%%EOF\n"
+                ).encode()
+            )
 
         sendinfo_status: int | None = None
         sendinfo_error: str | None = None
@@ -991,6 +1014,7 @@ def create_app(fake: FakeOkdokument) -> Starlette:
             methods=["GET"],
         ),
         Route("/JSON/document/{documentId:path}", api(download_document), methods=["GET"]),
+        Route("/JSON/document/{documentId:path}", api(delete_document), methods=["DELETE"]),
         Route("/JSON/list/flat", api(list_flat), methods=["GET"]),
         Route("/JSON/counter", api(counter), methods=["GET"]),
         # Open document is the one API call without a key (docs).

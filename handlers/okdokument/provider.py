@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 
-from handlers.okdokument import adapter, reconcile, routes
+from handlers.okdokument import adapter, documents, reconcile, routes
 from handlers.okdokument.client import OkdokumentClient
 from handlers.okdokument.operations import OPERATIONS
 from handlers.okdokument.returns import parse_return
@@ -70,10 +70,11 @@ def build(settings: OkdokumentSettings) -> Provider:
         hooks=routes.HOOKS,
         urls=URLS,
         parse_return=parse_return,
-        operations=OPERATIONS,
+        operations={**OPERATIONS, documents.DELETE_DOCUMENT: documents.delete_document},
         client=client_factory(settings),
         repoint=repoint,
         point_hook_url=point_hook_url,
         check_registration=registration_checker(settings),
         reconcile=reconcile.read,
+        documents=documents.source(settings),
     )

@@ -19,6 +19,10 @@ class OkdokumentSettings(ProviderSettings):
     # The reconciler's Document info reads per minute (OKdokument documents no limit; this
     # keeps signback polite, shared by every process on the database).
     reads_per_minute: float = Field(default=120.0, gt=0)
+    # The archive (docs/archive.md): once the signed PDF is archived and read back intact,
+    # delete the document at OKdokument (its documented flow is download, then delete).
+    # Off by default. Not for multi-round signing: later rounds need the document.
+    delete_after_archive: bool = False
 
     @field_validator("base_url")
     @classmethod

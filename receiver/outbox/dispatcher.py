@@ -16,12 +16,14 @@ import functools
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import httpx
 
 from receiver import jsonutil
+from receiver.archive import ARCHIVE_OPERATION
+from receiver.archive.step import archive_request
 from receiver.backoff import MAX_LOOP_DELAY, Backoff
 from receiver.context import AppContext, CallbackUrls
 from receiver.errors import InvalidAction
@@ -46,6 +48,13 @@ log = get_logger("signback.outbox")
 # in at send time, so the outbox never stores a callback token and URLs always use the
 # current public address.
 PLACEHOLDER_MARK = "{signback."
+
+
+# The core's own operations that act on a request (besides the providers' and deliveries).
+CORE_OPERATIONS = {ARCHIVE_OPERATION: archive_request}  # receiver/archive/step.py
+# Operations that may outlast a lease (a download of many megabytes): their claim is
+# renewed while they run, so that it does not come back to another worker meanwhile.
+LONG_OPERATIONS = frozenset({ARCHIVE_OPERATION})
 
 
 # After an attempt that was made: the action's status, and the attempt log's outcome.
@@ -403,6 +412,36 @@ class Dispatcher:
                 )
                 await backoff.sleep(delay)
 
+    @contextlib.asynccontextmanager
+    async def _lease_renewed(self, action_id: int) -> AsyncIterator[None]:
+        """Renew the action's lease every third of a lease while the block runs."""
+        lease = self.ctx.settings.lease_seconds
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(lease / 3)
+                try:
+                    kept = await outbox.extend_lease(
+                        self.ctx.db,
+                        action_id,
+                        worker=self.ctx.worker_id,
+                        lease_seconds=lease,
+                        now=self.ctx.clock(),
+                    )
+                except Exception as exc:  # the database is away: the next renewal may work
+                    log.warning("could not renew a lease", action=action_id, error=str(exc))
+                    continue
+                if not kept:
+                    return  # no longer ours: the result will be discarded anyway
+
+        renewing = asyncio.create_task(renew(), name=f"lease-{action_id}")
+        try:
+            yield
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+
     async def _attempt(self, row: Row, request_row: Row | _Unknown | None) -> Outcome:
         ctx = self.ctx
         operation_name = str(row["operation"])
@@ -410,7 +449,9 @@ class Dispatcher:
             return await deliver(ctx, row)
         provider_name = operation_name.split(".", 1)[0]
         provider = ctx.providers.get(provider_name)
-        operation = provider.operations.get(operation_name) if provider else None
+        operation = CORE_OPERATIONS.get(operation_name) or (
+            provider.operations.get(operation_name) if provider else None
+        )
         if operation is None and provider is not None:
             operation = reconcile_operation.find(provider, operation_name)
         if operation is None:
@@ -441,6 +482,9 @@ class Dispatcher:
             if PLACEHOLDER_MARK in text:  # the callback tokens are derived only when needed
                 urls = ctx.callback_urls(request.provider, str(request_row["token_nonce"]))
                 payload = resolve_placeholders(payload, urls, ctx.url_names)
+            if operation_name in LONG_OPERATIONS:
+                async with self._lease_renewed(int(row["id"])):
+                    return await operation(ctx, request, payload)
             return await operation(ctx, request, payload)
         except InvalidAction as exc:
             return GiveUp(str(exc))

@@ -22,6 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 from receiver import jsonutil
+from receiver.archive.trigger import archive_actions
 from receiver.backoff import MAX_LOOP_DELAY, Backoff
 from receiver.context import AppContext
 from receiver.events import EventKind, NormalizedEvent
@@ -317,6 +318,11 @@ class Pipeline:
         actions = []
         if self._rules_apply(event, transition):
             actions = ctx.rules.actions_for(event, request)
+        # --- archive (issue 18): a confirmed completion queues the download of its files.
+        archiving = archive_actions(ctx, event, request, transition)
+        if archiving:
+            actions = [*actions, *archiving]
+        # ---
         stored = await outbox.insert_actions(
             tx, request.id, actions, now=now, source_inbox_id=callback.inbox_id
         )

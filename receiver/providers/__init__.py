@@ -7,6 +7,10 @@ from __future__ import annotations
 from receiver.providers.contract import (
     Accepted,
     Ack,
+    DocumentMissing,
+    DocumentNotReady,
+    DocumentRef,
+    DocumentSource,
     HookSpec,
     MediaTypes,
     Operation,
@@ -24,6 +28,10 @@ from receiver.providers.contract import (
 __all__ = [
     "Accepted",
     "Ack",
+    "DocumentMissing",
+    "DocumentNotReady",
+    "DocumentRef",
+    "DocumentSource",
     "HookSpec",
     "MediaTypes",
     "Operation",

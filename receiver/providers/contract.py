@@ -17,7 +17,8 @@ from __future__ import annotations
 import functools
 import re
 import string
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -221,6 +222,70 @@ def placeholder(name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Documents: what the archive (receiver/archive/) downloads for a completed request
+
+_DOCUMENT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,79}")
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentRef:
+    """One file a provider keeps for a completed request, to be archived."""
+
+    # The file's name in the archive, unique per request: lower-case letters, digits, ".",
+    # "_", "-" (e.g. "signed.pdf", "audit-trail.json"). Also its name in the API's URLs.
+    name: str
+    kind: str  # "signed" (the signed document), or evidence ("audit_trail", "certificate")
+    media_type: str = "application/pdf"  # a PDF is checked to start with %PDF-
+    locator: str = ""  # the provider's own handle for it, handed back to ``fetch``
+
+    def __post_init__(self) -> None:
+        if not _DOCUMENT_NAME.fullmatch(self.name) or ".." in self.name:
+            raise ValueError(f"a document name is [a-z0-9._-], not {self.name!r}")
+
+
+class DocumentNotReady(Exception):
+    """Raised by a :class:`DocumentSource`'s ``fetch`` when there is nothing to download now.
+
+    ``outcome`` is what the archive action reports: ``Throttled`` for a provider that says
+    when to come back (a ``503`` with ``Retry-After`` while the PDF is being generated: not
+    counted as an attempt), ``Deferred`` for our own rate budget, ``Failed`` for an error that
+    may pass, ``GiveUp`` for one that cannot (the document is gone)."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.message or f"HTTP {outcome.status_code}")
+        self.outcome = outcome
+
+
+class DocumentMissing(Exception):
+    """Raised by ``fetch`` when the provider has no such file for this request and never
+    will (evidence it does not keep, or that the key may not read): the archive goes on
+    with the other files, and the action says which one was missing."""
+
+
+# (ctx, request, ref) → an async context manager giving the file's bytes in chunks. It
+# takes the provider's rate-budget slots, fetches a fresh link when a link has expired, and
+# raises DocumentNotReady (or httpx's transport errors) when there is nothing to stream.
+DocumentFetch = Callable[
+    ["AppContext", SignatureRequest, DocumentRef],
+    AbstractAsyncContextManager[AsyncIterator[bytes]],
+]
+
+
+@dataclass(frozen=True)
+class DocumentSource:
+    """How a provider's final documents are fetched; the archive (receiver/archive/) does
+    the rest (streaming to storage, checksums, the record, the event), for every provider."""
+
+    # The files a completed request has at this provider (none: nothing to archive, e.g. a
+    # request registered without the provider's document id). Pure and quick.
+    documents: Callable[[AppContext, SignatureRequest], Sequence[DocumentRef]]
+    fetch: DocumentFetch
+    # Actions to queue once every file of the request is archived (e.g. deleting the
+    # provider's copy); keyed, so they are queued once.
+    after_archive: Callable[[AppContext, SignatureRequest], Sequence[Action]] | None = None
+
+
+# --------------------------------------------------------------------------------------------
 # The provider at run time, and the package that builds it
 
 
@@ -271,6 +336,8 @@ class Provider:
     # outbox action ``<name>.reconcile``; what it finds is normalized by ``normalize`` on
     # channel "reconcile". None: this provider is never asked.
     reconcile: ReconcileRead | None = None
+    # Its final documents, for the archive (None: it keeps none signback can fetch).
+    documents: DocumentSource | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -344,6 +411,11 @@ __all__ = [
     "RETURN_URL",
     "Accepted",
     "Ack",
+    "DocumentFetch",
+    "DocumentMissing",
+    "DocumentNotReady",
+    "DocumentRef",
+    "DocumentSource",
     "HookSpec",
     "MediaTypes",
     "Operation",

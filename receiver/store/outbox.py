@@ -220,6 +220,19 @@ async def release(db: Database, action_ids: Sequence[int], *, worker: str, now: 
     return released
 
 
+async def extend_lease(
+    db: Database, action_id: int, *, worker: str, lease_seconds: float, now: float
+) -> bool:
+    """Keep a claim for another lease (an action still working, e.g. a long download);
+    False when the claim is no longer this worker's."""
+    changed = await db.execute(
+        "UPDATE outbox SET lease_expires_at = :lease, updated_at = :now"
+        " WHERE id = :id AND status = 'in_flight' AND claimed_by = :worker",
+        {"id": action_id, "worker": worker, "lease": now + lease_seconds, "now": now},
+    )
+    return changed == 1
+
+
 async def recover_expired(db: Database, *, now: float) -> int:
     """A crashed worker's claims come back after their lease; the attempt it may have made
     is logged as ``interrupted`` (the call may or may not have reached the provider)."""

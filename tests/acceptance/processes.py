@@ -45,6 +45,8 @@ def signback_env(database_url: str, port: int, **extra: str) -> dict[str, str]:
             "SIGNBACK_POLL_INTERVAL": "0.2",
             "SIGNBACK_RETRY_BASE_DELAY": "0.2",
             "SIGNBACK_RETRY_MAX_DELAY": "2",
+            # Off unless a test is about the archive (it passes its own directory).
+            "SIGNBACK_ARCHIVE_ENABLED": "false",
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from receiver.archive.views import document_json
 from receiver.events import EventKind, NormalizedEvent
 from receiver.model import RequestState, SignatureRequest
 from receiver.outbox.downstream import catalogue, emit
@@ -16,6 +17,8 @@ from receiver.outbox.downstream.events import body_for
 from receiver.pipeline.states import Transition
 from receiver.providers import StoredCallback
 from receiver.store.db import open_database
+from receiver.store.documents import Document
+from tests.conftest import test_settings
 from tests.downstream import SCHEMA, VALIDATOR, schema_errors
 
 pytestmark = pytest.mark.anyio
@@ -111,6 +114,26 @@ async def test_every_type_in_the_catalogue_is_valid(database_url: str) -> None:
             tested = await emit.test_event(tx, endpoint=endpoint, now=NOW)
             stale = await emit.stale(tx, request=request, state="sent", threshold=60.0, now=NOW)
             assert stale is not None
+            archived_file = Document(
+                id=9,
+                request_id=request.id,
+                name="signed.pdf",
+                kind="signed",
+                media_type="application/pdf",
+                size=1234,
+                sha256="ab" * 32,
+                storage_key=f"firma/{request.id}/{'ab' * 32}-signed.pdf",
+                archived_at=NOW,
+                purged_at=None,
+            )
+            archived = await emit.document_archived(
+                tx,
+                request=request,
+                document=document_json(test_settings(database_url), archived_file, now=NOW),
+                document_id=archived_file.id,
+                now=NOW,
+            )
+            assert archived is not None
             assert dead is not None
             assert disabled is not None
             assert tested is not None

@@ -308,6 +308,8 @@ def test_the_admin_api_never_answers_5xx_and_what_it_stores_renders(
             route=st.sampled_from(
                 [
                     ("GET", "/api/requests/{}"),
+                    ("GET", "/api/requests/{}/documents"),
+                    ("GET", "/api/requests/{}/documents/signed.pdf"),
                     ("POST", "/api/outbox/{}/retry"),
                     ("POST", "/api/inbox/{}/retry"),
                     ("GET", "/api/endpoints/{}"),

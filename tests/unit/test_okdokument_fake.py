@@ -217,7 +217,9 @@ async def test_multi_round_signing(fake: FakeOkdokument, http: httpx.AsyncClient
 
     pdf = await http.get(f"/JSON/document/{document_id}", headers=AUTH)
     assert pdf.headers["content-type"] == "application/pdf"
-    assert pdf.content == b"%PDF-1.4 two rounds"
+    # Each round's signature is appended to the document, as a PDF signature is.
+    assert pdf.content.startswith(b"%PDF-1.4 two rounds\n% Signed (OKdokument emulator) in")
+    assert pdf.content.count(b"% Signed (OKdokument emulator) in round") == 2
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,7 @@ STATE_TYPES: Mapping[RequestState, str] = {
 SIGNER_RETURNED = "signature_request.signer_returned"
 DELIVERY_FAILED = "signature_request.delivery_failed"
 STALE = "signature_request.stale"
+DOCUMENT_ARCHIVED = "signature_request.document_archived"
 ACTION_DEAD = "signback.action.dead"
 ENDPOINT_DISABLED = "signback.endpoint.disabled"
 TEST = "signback.test"
@@ -55,6 +56,7 @@ TYPES: Mapping[str, str] = {
     SIGNER_RETURNED: "the signer's browser came back to signback's return URL",
     DELIVERY_FAILED: "the provider says it could not deliver a callback to signback",
     STALE: "nothing heard of an open request for longer than expected in its state",
+    DOCUMENT_ARCHIVED: "a file of the request (signed PDF, evidence) is in signback's archive",
     ACTION_DEAD: "an outbound call to a provider was given up (dead)",
     ENDPOINT_DISABLED: "an endpoint was disabled (410 Gone, or failing for too long)",
     TEST: "a test event asked for with POST /api/endpoints/{id}/test",

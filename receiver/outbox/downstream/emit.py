@@ -181,6 +181,30 @@ async def for_processed_event(
     )
 
 
+async def document_archived(
+    tx: Transaction,
+    *,
+    request: SignatureRequest,
+    document: Mapping[str, Any],
+    document_id: int,
+    now: float,
+) -> Emitted | None:
+    """``signature_request.document_archived``: a file is whole in the archive (in the
+    transaction that records it). ``document``: its API view, with a signed download link."""
+    data = {
+        "request": request_data(request, previous_state=None),
+        "document": dict(document),
+    }
+    return await emit(
+        tx,
+        event_type=catalogue.DOCUMENT_ARCHIVED,
+        request=request,
+        data=data,
+        dedupe_key=f"document-archived:{document_id}",
+        now=now,
+    )
+
+
 async def action_dead(
     tx: Transaction,
     *,
