@@ -243,12 +243,15 @@ async def rotate(ctx: AppContext, endpoint_id: int) -> tuple[Endpoint, str] | No
         current = await endpoint_store.get(tx, endpoint_id)
         if current is None:
             return None
+        # A current secret this key cannot open (SIGNBACK_SECRET_KEY changed) is not kept to
+        # sign during the overlap: it could not, and the rotation is how to recover.
+        keep = runtime.box.readable(current.sealed_secret)
         endpoint = await endpoint_store.rotate(
             tx,
             endpoint_id,
             sealed_secret=runtime.box.seal(secret),
-            sealed_previous=current.sealed_secret,
-            previous_until=now + ctx.settings.endpoint_secret_overlap_seconds,
+            sealed_previous=current.sealed_secret if keep else None,
+            previous_until=now + ctx.settings.endpoint_secret_overlap_seconds if keep else None,
             now=now,
         )
     runtime.invalidate()
