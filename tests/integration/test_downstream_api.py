@@ -171,7 +171,10 @@ def test_bad_input_is_refused_with_reasons(make_settings: Callable[..., Settings
     ("url", "problem"),
     [
         ("http://127.0.0.1:8080/hooks", "127.0.0.1 is a loopback address"),
-        ("http://localhost:8080/hooks", "localhost resolves to 127.0.0.1 is a loopback address"),
+        (
+            "http://localhost:8080/hooks",
+            "localhost resolves to 127.0.0.1, which is a loopback address",
+        ),
         ("http://10.1.2.3/hooks", "10.1.2.3 is a private address"),
         ("http://169.254.169.254/latest", "169.254.169.254 is a link-local address"),
         ("http://[::1]/hooks", "::1 is a loopback address"),

@@ -129,6 +129,23 @@ def test_address_rules(address: str, problem: str | None) -> None:
     assert address_problem(ipaddress.ip_address(address)) == problem
 
 
+async def test_a_refusal_at_send_time_reads_as_one_sentence() -> None:
+    """The name, the address it resolved to and what that is; a literal is not said to
+    resolve to itself."""
+    strict = OutboundPolicy()
+    with pytest.raises(UnsafeAddress) as named:
+        await strict.resolve("localhost", 80)
+    assert str(named.value).startswith(
+        "localhost resolves to 127.0.0.1, which is a loopback address (deliveries go to"
+    )
+    with pytest.raises(UnsafeAddress) as literal:
+        await strict.resolve("127.0.0.1", 80)
+    assert str(literal.value).startswith("127.0.0.1 is a loopback address (deliveries go to")
+    with pytest.raises(UnsafeAddress) as mapped:
+        await strict.resolve("::ffff:10.0.0.1", 80)
+    assert str(mapped.value).startswith("10.0.0.1 is a private address (")
+
+
 async def test_resolution_checks_every_address() -> None:
     strict = OutboundPolicy()
     with pytest.raises(UnsafeAddress, match=r"localhost resolves to .* loopback"):

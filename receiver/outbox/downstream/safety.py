@@ -38,12 +38,19 @@ class UnsafeAddress(Exception):
 
 def address_problem(address: Address) -> str | None:
     """Why no delivery may go to ``address`` by default, or None for a public address."""
+    refused = refused_address(address)
+    return None if refused is None else f"{refused[0]} is {refused[1]}"
+
+
+def refused_address(address: Address) -> tuple[Address, str] | None:
+    """The address that is refused (``address``, or the IPv4 address inside it) and what it
+    is (``"a loopback address"``), or None for a public address."""
     if isinstance(address, ipaddress.IPv6Address):
         for embedded in (address.ipv4_mapped, address.sixtofour):
             if embedded is not None:
-                return address_problem(embedded)
+                return refused_address(embedded)
         if address.teredo is not None:
-            return address_problem(address.teredo[1])
+            return refused_address(address.teredo[1])
     for flag, what in (
         ("is_loopback", "a loopback"),
         ("is_link_local", "a link-local"),
@@ -53,9 +60,9 @@ def address_problem(address: Address) -> str | None:
         ("is_reserved", "a reserved"),
     ):
         if getattr(address, flag):
-            return f"{address} is {what} address"
+            return address, f"{what} address"
     if not address.is_global:
-        return f"{address} is not a public address"
+        return address, "not a public address"
     return None
 
 
@@ -155,13 +162,21 @@ class OutboundPolicy:
                 raise UnsafeAddress(f"host {host} does not resolve")
         if not self.allow_private:
             for text in addresses:
-                problem = address_problem(ipaddress.ip_address(text.split("%", 1)[0]))
-                if problem is not None:
+                refused = refused_address(ipaddress.ip_address(text.split("%", 1)[0]))
+                if refused is not None:
                     # Every address is checked: a name with one public and one private
                     # address must not reach the private one on a retry.
+                    address, what = refused
+                    found = (
+                        f"{address} is {what}"
+                        if literal is not None
+                        else f"{host} resolves to {text}, which is {what}"
+                        if str(address) == text
+                        else f"{host} resolves to {text}, which holds {address}: {what}"
+                    )
                     raise UnsafeAddress(
-                        f"{host} resolves to {problem} (deliveries go to public addresses"
-                        " only unless SIGNBACK_ENDPOINT_ALLOW_PRIVATE=true)"
+                        f"{found} (deliveries go to public addresses only unless"
+                        " SIGNBACK_ENDPOINT_ALLOW_PRIVATE=true)"
                     )
         return addresses
 
