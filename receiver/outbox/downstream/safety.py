@@ -77,6 +77,20 @@ def host_allowed(host: str, allowed: Sequence[str]) -> bool:
     return False
 
 
+def host_name_problem(host: str) -> str | None:
+    """Why ``host`` cannot be a DNS name (an empty or over-long label, or over 253
+    characters), or None. Caught here, the mistake gets a 422 rather than a dead delivery
+    that says only that the name does not resolve."""
+    labels = host.removesuffix(".").split(".")
+    if len(host.removesuffix(".")) > 253:
+        return "must have a host name of at most 253 characters"
+    if any(not label for label in labels):
+        return f"host {host} has an empty label (two dots in a row, or a leading dot)"
+    if any(len(label) > 63 for label in labels):
+        return f"host {host} has a label longer than 63 characters"
+    return None
+
+
 def ip_literal(host: str) -> Address | None:
     try:
         return ipaddress.ip_address(host)
@@ -106,6 +120,10 @@ class OutboundPolicy:
             return "must start with http:// or https://"
         if not parts.hostname:
             return "must name a host"
+        if parts.port == 0:
+            return "must not use port 0 (no server listens there)"
+        if ip_literal(parts.hostname) is None and (problem := host_name_problem(parts.hostname)):
+            return problem
         if parts.username is not None or parts.password is not None:
             return (
                 "must not carry credentials (user:password@): the signature proves "
