@@ -230,3 +230,20 @@ def test_the_secret_is_never_logged(
     assert "endpoint created" in output
     for secret in (created["secret"], rotated["secret"]):
         assert secret.removeprefix("whsec_") not in output
+
+
+def test_a_replay_of_an_unknown_request_is_refused(make_settings: Callable[..., Settings]) -> None:
+    """An id signback never saw is a mistake to report, not an empty window; a known
+    request with nothing to send is a 202 that queued nothing."""
+    with (
+        running_receiver(make_settings, endpoint_allow_private=True) as signback,
+        admin_client(signback.url) as admin,
+    ):
+        created = admin.post("/api/endpoints", json={"url": "http://127.0.0.1:9/x"}).json()
+        base = f"/api/endpoints/{created['id']}"
+        refused = fields(admin.post(f"{base}/replay", json={"request_id": 999}))
+        assert refused == {"request_id": "no request with id 999"}
+        known = signback.register(provider="firma", signatureRequestId="sr-quiet")
+        quiet = admin.post(f"{base}/replay", json={"request_id": known["id"]})
+        assert quiet.status_code == 202, quiet.text
+        assert quiet.json()["queued"] == 0

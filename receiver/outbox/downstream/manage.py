@@ -25,6 +25,7 @@ from receiver.outbox.downstream.endpoints import Endpoint, EndpointStatus
 from receiver.outbox.downstream.runtime import downstream
 from receiver.outbox.downstream.secrets import new_secret
 from receiver.store import outbox
+from receiver.store import requests as request_store
 from receiver.store.db.base import Row
 from receiver.store.statuses import ActionStatus
 from receiver.store.storable import text_problem
@@ -271,6 +272,14 @@ class Replay:
     queued: int  # deliveries queued
     events: int  # events looked at
     truncated: bool  # more events matched than one replay queues (REPLAY_LIMIT)
+
+
+async def unknown_request(ctx: AppContext, done: Replay, request_id: int | None) -> Problems:
+    """A replay of a request signback has neither a row nor any event of is a mistake in
+    the id (a 422), not an empty window."""
+    if request_id is None or done.events or await request_store.get(ctx.db, request_id):
+        return []
+    return [{"field": "request_id", "message": f"no request with id {request_id}"}]
 
 
 async def replay(
