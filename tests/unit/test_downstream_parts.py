@@ -168,6 +168,15 @@ async def test_a_refusal_at_send_time_reads_as_one_sentence() -> None:
     assert str(mapped.value).startswith("10.0.0.1 is a private address (")
 
 
+@pytest.mark.parametrize("host", ["a..example.com", f"{'a' * 64}.example.com"])
+async def test_a_host_name_no_dns_can_hold_is_refused_at_send_time(host: str) -> None:
+    """An endpoint stored before such names were refused at creation: each delivery is a
+    refusal (recorded on the endpoint), not an internal error with a traceback."""
+    for policy in (OutboundPolicy(), OutboundPolicy(allow_private=True)):
+        with pytest.raises(UnsafeAddress, match="is not a valid host name"):
+            await policy.resolve(host, 80)
+
+
 async def test_resolution_checks_every_address() -> None:
     strict = OutboundPolicy()
     with pytest.raises(UnsafeAddress, match=r"localhost resolves to .* loopback"):

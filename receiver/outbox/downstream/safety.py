@@ -175,6 +175,10 @@ class OutboundPolicy:
                 )
             except OSError as exc:
                 raise UnsafeAddress(f"host {host} does not resolve: {exc}") from exc
+            except UnicodeError as exc:
+                # The idna codec's refusal of a name no DNS can hold (an endpoint stored
+                # before url_problem checked its labels): a refusal, not a crash.
+                raise UnsafeAddress(f"host {host} is not a valid host name ({exc})") from exc
             addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
             if not addresses:
                 raise UnsafeAddress(f"host {host} does not resolve")
