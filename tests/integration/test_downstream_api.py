@@ -247,3 +247,27 @@ def test_a_replay_of_an_unknown_request_is_refused(make_settings: Callable[..., 
         quiet = admin.post(f"{base}/replay", json={"request_id": known["id"]})
         assert quiet.status_code == 202, quiet.text
         assert quiet.json()["queued"] == 0
+
+
+def test_a_patch_with_null_is_refused_not_ignored(make_settings: Callable[..., Settings]) -> None:
+    with (
+        running_receiver(make_settings, endpoint_allow_private=True) as signback,
+        admin_client(signback.url) as admin,
+    ):
+        created = admin.post(
+            "/api/endpoints",
+            json={"url": "http://127.0.0.1:9/x", "kinds": ["signature_request.completed"]},
+        ).json()
+        base = f"/api/endpoints/{created['id']}"
+        refused = fields(admin.patch(base, json={"kinds": None, "url": None, "status": None}))
+        assert refused == {
+            "kinds": "must not be null: leave it out to keep it (an empty list means the default)",
+            "status": "must not be null: leave it out to keep it",
+            "url": "must not be null: leave it out to keep it",
+        }
+        unchanged = admin.get(base).json()
+        assert (unchanged["url"], unchanged["kinds"]) == (
+            "http://127.0.0.1:9/x",
+            ["signature_request.completed"],
+        )
+        assert admin.patch(base, json={"kinds": []}).json()["kinds"] == []

@@ -78,9 +78,16 @@ def endpoint_problems(
             for e in exc.errors(include_url=False, include_input=False)
         ]
     fields = parsed.model_dump(exclude_unset=patch)
-    if patch:
-        fields = {k: v for k, v in fields.items() if v is not None}
     problems: Problems = []
+    if patch:
+        # null is no value: it used to leave the field unchanged without a word, so that
+        # {"kinds": null} looked like going back to the default and was not.
+        for name in sorted(k for k, v in fields.items() if v is None):
+            hint = " (an empty list means the default)" if name in ("kinds", "providers") else ""
+            problems.append(
+                {"field": name, "message": f"must not be null: leave it out to keep it{hint}"}
+            )
+        fields = {k: v for k, v in fields.items() if v is not None}
     if "url" in fields:
         problem = downstream(ctx).policy.url_problem(fields["url"])
         if problem is not None:
