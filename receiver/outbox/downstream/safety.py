@@ -189,13 +189,12 @@ class OutboundPolicy:
                     # Every address is checked: a name with one public and one private
                     # address must not reach the private one on a retry.
                     address, what = refused
-                    found = (
-                        f"{address} is {what}"
-                        if literal is not None
-                        else f"{host} resolves to {text}, which is {what}"
-                        if str(address) == text
-                        else f"{host} resolves to {text}, which holds {address}: {what}"
-                    )
+                    if literal is not None:  # not "127.0.0.1 resolves to 127.0.0.1"
+                        found = f"{address} is {what}"
+                    elif str(address) == text:
+                        found = f"{host} resolves to {text}, which is {what}"
+                    else:  # an IPv4 address inside an IPv6 one
+                        found = f"{host} resolves to {text}, which holds {address}: {what}"
                     raise UnsafeAddress(
                         f"{found} (deliveries go to public addresses only unless"
                         " SIGNBACK_ENDPOINT_ALLOW_PRIVATE=true)"
