@@ -17,11 +17,6 @@ import click
 from receiver.errors import ConfigurationError
 from receiver.settings import Settings, database_url_from_env, load_settings, redact_url
 from receiver.store.statuses import ActionStatus, InboxStatus
-from receiver.store.storable import INT64_MAX
-
-# A row id as both databases hold it: a larger number is refused as an argument (exit code
-# 2) rather than failing in the SQLite driver with a traceback.
-ROW_ID = click.IntRange(1, INT64_MAX)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -400,7 +395,7 @@ def requests_list(
 
 
 @requests.command("show")
-@click.argument("request_id", type=ROW_ID)
+@click.argument("request_id", type=int)
 @handles_config_errors
 def requests_show(request_id: int) -> None:
     """A request with its timeline and outbox actions (and their attempts)."""
@@ -441,7 +436,7 @@ def outbox_list(status: str | None, limit: int) -> None:
 
 
 @outbox.command("retry")
-@click.argument("action_id", type=ROW_ID)
+@click.argument("action_id", type=int)
 @handles_config_errors
 def outbox_retry(action_id: int) -> None:
     """Re-queue a dead or skipped action (a running worker picks it up)."""
@@ -481,7 +476,7 @@ def inbox_list(status: str | None, provider: str | None, limit: int) -> None:
 
 
 @inbox.command("retry")
-@click.argument("inbox_id", type=ROW_ID)
+@click.argument("inbox_id", type=int)
 @handles_config_errors
 def inbox_retry(inbox_id: int) -> None:
     from receiver.store import inbox as store
