@@ -7,7 +7,8 @@ class SignbackError(Exception):
     """Something went wrong in signback."""
 
     def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or (self.__doc__ or "").strip())
+        # A docstring wrapped over lines reads as one sentence, without its indentation.
+        super().__init__(message or " ".join((self.__doc__ or "").split()))
 
     @property
     def message(self) -> str:

@@ -149,6 +149,9 @@ def routes(ctx: AppContext, admin: Callable[[Endpoint], Endpoint]) -> list[BaseR
         if problems:
             return error(422, "invalid replay", fields=problems)
         done = await manage.replay(ctx, endpoint, **window)
+        problems = await manage.unknown_request(ctx, done, window["request_id"])
+        if problems:
+            return error(422, "invalid replay", fields=problems)
         return ApiJSON(
             {"queued": done.queued, "events": done.events, "truncated": done.truncated},
             status_code=202,

@@ -271,6 +271,9 @@ def endpoints_replay(
         if problems:
             return problems
         done = await manage.replay(ctx, endpoint, **window)
+        problems = await manage.unknown_request(ctx, done, window["request_id"])
+        if problems:
+            return problems
         return {"queued": done.queued, "events": done.events, "truncated": done.truncated}
 
     answer = _call(run)

@@ -163,6 +163,11 @@ class LeanResponse:
         return f"<LeanResponse [{self.status_code}]>"
 
 
+def is_interim(status: int) -> bool:
+    """A 1xx answer other than 101 (which we never ask for: no Upgrade is sent)."""
+    return 100 <= status < 200 and status != 101
+
+
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection; one request at a time."""
 
@@ -240,6 +245,10 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if is_interim(self.parser.get_status_code()):
+            # A 1xx (100 Continue, 103 Early Hints) is not the answer: the final one follows
+            # on the same connection (RFC 9110 15.2: a client must read any number of them).
+            return
         self.keep_alive = self.parser.should_keep_alive()
         self._finish()
 

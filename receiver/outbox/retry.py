@@ -87,10 +87,23 @@ class RetryPolicy:
             delay = self.backoff(attempts, rand)
         retry_at = now + delay
         if retry_at - created_at > self.max_age_seconds:
-            age = int(now - created_at)
-            reason = f"gave up after {age} s and {attempts} attempts; {what}"
-            return Decision(DecisionStatus.DEAD, reason=reason)
+            return self._too_old(
+                what, attempts=attempts, created_at=created_at, now=now, wait=delay
+            )
         return Decision(DecisionStatus.RETRY, retry_at=retry_at, reason=what)
+
+    def _too_old(
+        self, what: str, *, attempts: int, created_at: float, now: float, wait: float
+    ) -> Decision:
+        reason = f"gave up after {int(now - created_at)} s and {attempts} attempts; {what}"
+        if now - created_at < self.max_age_seconds:
+            # Not old yet: the wait (often the other side's Retry-After) is what passes the
+            # limit, and "gave up after 0 s" alone would not say so.
+            reason += (
+                f" (the next try, {int(wait)} s away, would pass the age limit of"
+                f" {int(self.max_age_seconds)} s)"
+            )
+        return Decision(DecisionStatus.DEAD, reason=reason)
 
     def _throttled(
         self,
@@ -109,10 +122,8 @@ class RetryPolicy:
         wait = max(asked, self.base_delay) * (1.0 + 0.25 * rand)
         retry_at = now + wait
         if retry_at - created_at > self.max_age_seconds:
-            age = int(now - created_at)
-            return Decision(
-                DecisionStatus.DEAD,
-                reason=f"gave up after {age} s and {attempts} attempts; throttled: {what}",
+            return self._too_old(
+                f"throttled: {what}", attempts=attempts, created_at=created_at, now=now, wait=wait
             )
         return Decision(DecisionStatus.THROTTLED, retry_at=retry_at, reason=f"throttled: {what}")
 

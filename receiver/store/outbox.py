@@ -101,16 +101,28 @@ async def claim(
 
 
 async def claim_lanes(
-    db: Database, limits: Mapping[str, int], *, now: float, lease_seconds: float, worker: str
+    db: Database,
+    limits: Mapping[str, int],
+    *,
+    now: float,
+    lease_seconds: float,
+    worker: str,
+    total: int | None = None,
 ) -> list[Row]:
     """Claim up to ``limits[lane]`` due head-of-line actions of each lane, in one transaction.
-    One statement per lane: each walks its own lane's part of the due index in claim order."""
+    One statement per lane: each walks its own lane's part of the due index in claim order.
+
+    ``total`` caps the claim as a whole: the lanes are asked in their order, each for at most
+    what is left of it, and what a lane does not take stays for the next ones (a lane with
+    nothing due never holds back the lanes after it)."""
     rows: list[Row] = []
+    left = total
     sql = db.render(CLAIM_SQL)
     async with db.transaction() as tx:
-        for lane, limit in limits.items():
+        for lane, room in limits.items():
+            limit = room if left is None else min(room, left)
             if limit > 0:
-                rows += await tx.fetch_all(
+                claimed = await tx.fetch_all(
                     sql,
                     {
                         "lease": now + lease_seconds,
@@ -120,6 +132,11 @@ async def claim_lanes(
                         "lane": lane,
                     },
                 )
+                rows += claimed
+                if left is not None:
+                    left -= len(claimed)
+                    if left <= 0:
+                        break
     return sorted(rows, key=lambda r: (float(r["due_at"]), int(r["id"])))
 
 

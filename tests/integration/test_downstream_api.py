@@ -171,7 +171,10 @@ def test_bad_input_is_refused_with_reasons(make_settings: Callable[..., Settings
     ("url", "problem"),
     [
         ("http://127.0.0.1:8080/hooks", "127.0.0.1 is a loopback address"),
-        ("http://localhost:8080/hooks", "localhost resolves to 127.0.0.1 is a loopback address"),
+        (
+            "http://localhost:8080/hooks",
+            "localhost resolves to 127.0.0.1, which is a loopback address",
+        ),
         ("http://10.1.2.3/hooks", "10.1.2.3 is a private address"),
         ("http://169.254.169.254/latest", "169.254.169.254 is a link-local address"),
         ("http://[::1]/hooks", "::1 is a loopback address"),
@@ -227,3 +230,44 @@ def test_the_secret_is_never_logged(
     assert "endpoint created" in output
     for secret in (created["secret"], rotated["secret"]):
         assert secret.removeprefix("whsec_") not in output
+
+
+def test_a_replay_of_an_unknown_request_is_refused(make_settings: Callable[..., Settings]) -> None:
+    """An id signback never saw is a mistake to report, not an empty window; a known
+    request with nothing to send is a 202 that queued nothing."""
+    with (
+        running_receiver(make_settings, endpoint_allow_private=True) as signback,
+        admin_client(signback.url) as admin,
+    ):
+        created = admin.post("/api/endpoints", json={"url": "http://127.0.0.1:9/x"}).json()
+        base = f"/api/endpoints/{created['id']}"
+        refused = fields(admin.post(f"{base}/replay", json={"request_id": 999}))
+        assert refused == {"request_id": "no request with id 999"}
+        known = signback.register(provider="firma", signatureRequestId="sr-quiet")
+        quiet = admin.post(f"{base}/replay", json={"request_id": known["id"]})
+        assert quiet.status_code == 202, quiet.text
+        assert quiet.json()["queued"] == 0
+
+
+def test_a_patch_with_null_is_refused_not_ignored(make_settings: Callable[..., Settings]) -> None:
+    with (
+        running_receiver(make_settings, endpoint_allow_private=True) as signback,
+        admin_client(signback.url) as admin,
+    ):
+        created = admin.post(
+            "/api/endpoints",
+            json={"url": "http://127.0.0.1:9/x", "kinds": ["signature_request.completed"]},
+        ).json()
+        base = f"/api/endpoints/{created['id']}"
+        refused = fields(admin.patch(base, json={"kinds": None, "url": None, "status": None}))
+        assert refused == {
+            "kinds": "must not be null: leave it out to keep it (an empty list means the default)",
+            "status": "must not be null: leave it out to keep it",
+            "url": "must not be null: leave it out to keep it",
+        }
+        unchanged = admin.get(base).json()
+        assert (unchanged["url"], unchanged["kinds"]) == (
+            "http://127.0.0.1:9/x",
+            ["signature_request.completed"],
+        )
+        assert admin.patch(base, json={"kinds": []}).json()["kinds"] == []

@@ -81,3 +81,10 @@ def test_the_endpoints_commands(database_url: str) -> None:
         missing = run(database_url, command, endpoint_id)
         assert missing.exit_code == 1, command
         assert f"no endpoint with id {endpoint_id}" in missing.output
+
+
+def test_a_replay_of_an_unknown_request_is_refused(database_url: str) -> None:
+    created = answer(run(database_url, "add", "--url", "http://127.0.0.1:9/x"))
+    refused = run(database_url, "replay", str(created["id"]), "--request-id", "999")
+    assert refused.exit_code == 2
+    assert "request_id: no request with id 999" in refused.output

@@ -206,6 +206,38 @@ def test_answers_ended_by_close_and_broken_answers(loop: str) -> None:
         run(loop, main)
 
 
+@pytest.mark.parametrize("loop", LOOPS)
+def test_interim_1xx_answers_are_skipped_for_the_final_one(loop: str) -> None:
+    """A server (or a proxy in front of an endpoint) may send ``100 Continue`` or ``103 Early
+    Hints`` before its answer; the answer is the final one, and a 1xx alone is no answer (the
+    call times out). The deliveries used to take the 100 for the answer and retry a delivery
+    the endpoint had accepted."""
+    replies = {
+        b"/continue": b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+        b"/hints": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"
+        b"HTTP/1.1 204 No Content\r\nconnection: close\r\nx-final: yes\r\n\r\n",
+        b"/only": b"HTTP/1.1 100 Continue\r\n\r\n",
+    }
+    with raw_server(replies, linger=2.0) as base:
+
+        async def main() -> None:
+            client = LeanHttpClient(base, {}, timeout=1)
+            try:
+                answer = await client.request("POST", "continue", json={"a": 1})
+                assert (answer.status_code, answer.text) == (200, "ok")
+                answer = await client.request("POST", "hints", json={"a": 1})
+                assert answer.status_code == 204
+                assert answer.headers["x-final"] == "yes"
+                assert "link" not in answer.headers  # the interim answer's headers are not kept
+                with pytest.raises(httpx.ReadTimeout):
+                    await client.request("POST", "only", json={"a": 1})
+            finally:
+                await client.aclose()
+
+        run(loop, main)
+
+
 TLS_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "tls"
 CERT, KEY = str(TLS_DIR / "localhost.crt"), str(TLS_DIR / "localhost.key")
 
@@ -248,11 +280,26 @@ def test_calls_stay_under_the_base_url(path: str) -> None:
 
 
 @contextlib.contextmanager
-def raw_server(replies: dict[bytes, bytes]) -> Iterator[str]:
-    """Answers each connection's first request line with a canned reply, then hangs up."""
+def raw_server(replies: dict[bytes, bytes], linger: float = 0.0) -> Iterator[str]:
+    """Answers each connection's first request line with a canned reply, then hangs up
+    (after ``linger`` seconds, each connection in a thread of its own: so that a reply that
+    is no full answer is not ended by the close)."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     stop = threading.Event()
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            target = data.split(b" ", 2)[1] if data.count(b" ") >= 2 else b""
+            conn.sendall(replies.get(target, b"HTTP/1.1 404 Not Found\r\n\r\n"))
+            if linger:
+                stop.wait(linger)
 
     def serve() -> None:
         listener.settimeout(0.2)
@@ -261,15 +308,10 @@ def raw_server(replies: dict[bytes, bytes]) -> Iterator[str]:
                 conn, _ = listener.accept()
             except TimeoutError:
                 continue
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                target = data.split(b" ", 2)[1] if data.count(b" ") >= 2 else b""
-                conn.sendall(replies.get(target, b"HTTP/1.1 404 Not Found\r\n\r\n"))
+            if linger:
+                threading.Thread(target=answer, args=(conn,), daemon=True).start()
+            else:
+                answer(conn)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()

@@ -160,7 +160,9 @@ def test_max_age(age: float, rand: float, retry_after: float | None, expected: s
     assert status == expected
     if expected == "dead":
         assert retry_at is None
-        assert reason == f"gave up after {int(age)} s and 1 attempts; HTTP 500"
+        assert reason.startswith(f"gave up after {int(age)} s and 1 attempts; HTTP 500")
+        # Younger than the limit: the wait is what passes it, and the reason says so.
+        assert ("would pass the age limit of 86400 s" in reason) == (age < 86_400)
 
 
 @pytest.mark.parametrize("status_code", [None, 200, 409, 429, 500, 503])
@@ -266,7 +268,21 @@ def test_max_age_is_the_backstop_for_throttles(
     status, _, reason = decide(Throttled(429, retry_after=retry_after), age=age, rand=0.0)
     assert status == expected
     if expected == "dead":
-        assert reason == f"gave up after {int(age)} s and 1 attempts; throttled: HTTP 429"
+        assert reason == (
+            f"gave up after {int(age)} s and 1 attempts; throttled: HTTP 429"
+            f" (the next try, {int(retry_after)} s away, would pass the age limit of 86400 s)"
+        )
+
+
+def test_a_retry_after_past_the_age_limit_says_so() -> None:
+    """An endpoint answering ``429`` with ``Retry-After: 999999999`` on the first attempt:
+    the delivery is given up at once, and the reason names the wait, not only "0 s"."""
+    status, _, reason = decide(Throttled(429, retry_after=999_999_999.0), age=0.0, rand=0.0)
+    assert status == "dead"
+    assert reason == (
+        "gave up after 0 s and 1 attempts; throttled: HTTP 429 (the next try, 999999999 s"
+        " away, would pass the age limit of 86400 s)"
+    )
 
 
 def test_a_give_up_with_429_is_still_final() -> None:

@@ -129,6 +129,54 @@ def test_address_rules(address: str, problem: str | None) -> None:
     assert address_problem(ipaddress.ip_address(address)) == problem
 
 
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://127.0.0.1:0/hooks", "must not use port 0 (no server listens there)"),
+        ("http://a..example.com/", "host a..example.com has an empty label"),
+        ("http://.example.com/", "host .example.com has an empty label"),
+        (f"http://{'a' * 64}.example.com/", "has a label longer than 63 characters"),
+        (f"http://{'abcdefgh.' * 30}com/", "must have a host name of at most 253 characters"),
+        ("http://example.com./hooks", None),  # a fully qualified name
+        (f"http://{'a' * 63}.example.com/", None),
+        ("http://127.0.0.1:1/hooks", None),
+        ("http://[::1]:8080/hooks", None),
+    ],
+)
+def test_urls_that_can_never_be_reached_are_refused(url: str, problem: str | None) -> None:
+    found = OutboundPolicy(allow_private=True).url_problem(url)
+    if problem is None:
+        assert found is None
+    else:
+        assert problem in (found or ""), found
+
+
+async def test_a_refusal_at_send_time_reads_as_one_sentence() -> None:
+    """The name, the address it resolved to and what that is; a literal is not said to
+    resolve to itself."""
+    strict = OutboundPolicy()
+    with pytest.raises(UnsafeAddress) as named:
+        await strict.resolve("localhost", 80)
+    assert str(named.value).startswith(
+        "localhost resolves to 127.0.0.1, which is a loopback address (deliveries go to"
+    )
+    with pytest.raises(UnsafeAddress) as literal:
+        await strict.resolve("127.0.0.1", 80)
+    assert str(literal.value).startswith("127.0.0.1 is a loopback address (deliveries go to")
+    with pytest.raises(UnsafeAddress) as mapped:
+        await strict.resolve("::ffff:10.0.0.1", 80)
+    assert str(mapped.value).startswith("10.0.0.1 is a private address (")
+
+
+@pytest.mark.parametrize("host", ["a..example.com", f"{'a' * 64}.example.com"])
+async def test_a_host_name_no_dns_can_hold_is_refused_at_send_time(host: str) -> None:
+    """An endpoint stored before such names were refused at creation: each delivery is a
+    refusal (recorded on the endpoint), not an internal error with a traceback."""
+    for policy in (OutboundPolicy(), OutboundPolicy(allow_private=True)):
+        with pytest.raises(UnsafeAddress, match="is not a valid host name"):
+            await policy.resolve(host, 80)
+
+
 async def test_resolution_checks_every_address() -> None:
     strict = OutboundPolicy()
     with pytest.raises(UnsafeAddress, match=r"localhost resolves to .* loopback"):

@@ -201,8 +201,8 @@ async def rotate(
     endpoint_id: int,
     *,
     sealed_secret: str,
-    sealed_previous: str,
-    previous_until: float,
+    sealed_previous: str | None,
+    previous_until: float | None,
     now: float,
 ) -> Endpoint | None:
     row = await tx.fetch_one(

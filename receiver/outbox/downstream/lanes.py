@@ -72,17 +72,22 @@ class EndpointLanes:
         return lanes
 
     async def claim(self, free: int, busy: Mapping[str, int], *, now: float) -> list[Row]:
-        limits: dict[str, int] = {}
-        for lane, room in await self._open_lanes(busy):
-            if free <= 0:
-                break
-            limits[lane] = min(room, free)
-            free -= limits[lane]
-        if not limits:
+        # Every open lane is asked, in turn order, for at most what is left of ``free``: a
+        # lane's room is not set aside before it is known to have anything due. (Set aside,
+        # it kept all but the first lanes from being asked at all, so that with more enabled
+        # endpoints than SIGNBACK_ENDPOINT_CONCURRENCY / …_PER_ENDPOINT, a delivery to the
+        # others waited for its lane's turn at the front: a poll interval per turn.)
+        limits = dict(await self._open_lanes(busy))
+        if not limits or free <= 0:
             return []
         ctx = self.ctx
         rows = await outbox.claim_lanes(
-            ctx.db, limits, now=now, lease_seconds=ctx.settings.lease_seconds, worker=ctx.worker_id
+            ctx.db,
+            limits,
+            now=now,
+            lease_seconds=ctx.settings.lease_seconds,
+            worker=ctx.worker_id,
+            total=free,
         )
         # The events in one query rather than one per delivery. Should it fail, each
         # delivery reads its own (deliver.py).

@@ -25,6 +25,7 @@ from receiver.outbox.downstream.endpoints import Endpoint, EndpointStatus
 from receiver.outbox.downstream.runtime import downstream
 from receiver.outbox.downstream.secrets import new_secret
 from receiver.store import outbox
+from receiver.store import requests as request_store
 from receiver.store.db.base import Row
 from receiver.store.statuses import ActionStatus
 from receiver.store.storable import text_problem
@@ -77,9 +78,16 @@ def endpoint_problems(
             for e in exc.errors(include_url=False, include_input=False)
         ]
     fields = parsed.model_dump(exclude_unset=patch)
-    if patch:
-        fields = {k: v for k, v in fields.items() if v is not None}
     problems: Problems = []
+    if patch:
+        # null is no value: it used to leave the field unchanged without a word, so that
+        # {"kinds": null} looked like going back to the default and was not.
+        for name in sorted(k for k, v in fields.items() if v is None):
+            hint = " (an empty list means the default)" if name in ("kinds", "providers") else ""
+            problems.append(
+                {"field": name, "message": f"must not be null: leave it out to keep it{hint}"}
+            )
+        fields = {k: v for k, v in fields.items() if v is not None}
     if "url" in fields:
         problem = downstream(ctx).policy.url_problem(fields["url"])
         if problem is not None:
@@ -243,12 +251,15 @@ async def rotate(ctx: AppContext, endpoint_id: int) -> tuple[Endpoint, str] | No
         current = await endpoint_store.get(tx, endpoint_id)
         if current is None:
             return None
+        # A current secret this key cannot open (SIGNBACK_SECRET_KEY changed) is not kept to
+        # sign during the overlap: it could not, and the rotation is how to recover.
+        keep = runtime.box.readable(current.sealed_secret)
         endpoint = await endpoint_store.rotate(
             tx,
             endpoint_id,
             sealed_secret=runtime.box.seal(secret),
-            sealed_previous=current.sealed_secret,
-            previous_until=now + ctx.settings.endpoint_secret_overlap_seconds,
+            sealed_previous=current.sealed_secret if keep else None,
+            previous_until=now + ctx.settings.endpoint_secret_overlap_seconds if keep else None,
             now=now,
         )
     runtime.invalidate()
@@ -268,6 +279,14 @@ class Replay:
     queued: int  # deliveries queued
     events: int  # events looked at
     truncated: bool  # more events matched than one replay queues (REPLAY_LIMIT)
+
+
+async def unknown_request(ctx: AppContext, done: Replay, request_id: int | None) -> Problems:
+    """A replay of a request signback has neither a row nor any event of is a mistake in
+    the id (a 422), not an empty window."""
+    if request_id is None or done.events or await request_store.get(ctx.db, request_id):
+        return []
+    return [{"field": "request_id", "message": f"no request with id {request_id}"}]
 
 
 async def replay(

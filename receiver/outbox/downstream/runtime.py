@@ -107,10 +107,16 @@ class Downstream:
         unreadable = False
         try:
             key = key_bytes(self.box.open(endpoint.sealed_secret))
-            if endpoint.sealed_previous_secret:
-                previous = key_bytes(self.box.open(endpoint.sealed_previous_secret))
         except (SecretUnreadable, ValueError):
             unreadable = True
+        if endpoint.sealed_previous_secret:
+            # A previous secret sealed under an earlier SIGNBACK_SECRET_KEY (the key changed,
+            # then the secret was rotated, as the docs advise) cannot sign; the current one
+            # still does, so the deliveries go on with one signature.
+            try:
+                previous = key_bytes(self.box.open(endpoint.sealed_previous_secret))
+            except (SecretUnreadable, ValueError):
+                previous = None
         return LiveEndpoint(
             id=endpoint.id,
             url=endpoint.url,

@@ -38,12 +38,19 @@ class UnsafeAddress(Exception):
 
 def address_problem(address: Address) -> str | None:
     """Why no delivery may go to ``address`` by default, or None for a public address."""
+    refused = refused_address(address)
+    return None if refused is None else f"{refused[0]} is {refused[1]}"
+
+
+def refused_address(address: Address) -> tuple[Address, str] | None:
+    """The address that is refused (``address``, or the IPv4 address inside it) and what it
+    is (``"a loopback address"``), or None for a public address."""
     if isinstance(address, ipaddress.IPv6Address):
         for embedded in (address.ipv4_mapped, address.sixtofour):
             if embedded is not None:
-                return address_problem(embedded)
+                return refused_address(embedded)
         if address.teredo is not None:
-            return address_problem(address.teredo[1])
+            return refused_address(address.teredo[1])
     for flag, what in (
         ("is_loopback", "a loopback"),
         ("is_link_local", "a link-local"),
@@ -53,9 +60,9 @@ def address_problem(address: Address) -> str | None:
         ("is_reserved", "a reserved"),
     ):
         if getattr(address, flag):
-            return f"{address} is {what} address"
+            return address, f"{what} address"
     if not address.is_global:
-        return f"{address} is not a public address"
+        return address, "not a public address"
     return None
 
 
@@ -68,6 +75,20 @@ def host_allowed(host: str, allowed: Sequence[str]) -> bool:
         elif host == pattern:
             return True
     return False
+
+
+def host_name_problem(host: str) -> str | None:
+    """Why ``host`` cannot be a DNS name (an empty or over-long label, or over 253
+    characters), or None. Caught here, the mistake gets a 422 rather than a dead delivery
+    that says only that the name does not resolve."""
+    labels = host.removesuffix(".").split(".")
+    if len(host.removesuffix(".")) > 253:
+        return "must have a host name of at most 253 characters"
+    if any(not label for label in labels):
+        return f"host {host} has an empty label (two dots in a row, or a leading dot)"
+    if any(len(label) > 63 for label in labels):
+        return f"host {host} has a label longer than 63 characters"
+    return None
 
 
 def ip_literal(host: str) -> Address | None:
@@ -99,6 +120,10 @@ class OutboundPolicy:
             return "must start with http:// or https://"
         if not parts.hostname:
             return "must name a host"
+        if parts.port == 0:
+            return "must not use port 0 (no server listens there)"
+        if ip_literal(parts.hostname) is None and (problem := host_name_problem(parts.hostname)):
+            return problem
         if parts.username is not None or parts.password is not None:
             return (
                 "must not carry credentials (user:password@): the signature proves "
@@ -150,18 +175,29 @@ class OutboundPolicy:
                 )
             except OSError as exc:
                 raise UnsafeAddress(f"host {host} does not resolve: {exc}") from exc
+            except UnicodeError as exc:
+                # The idna codec's refusal of a name no DNS can hold (an endpoint stored
+                # before url_problem checked its labels): a refusal, not a crash.
+                raise UnsafeAddress(f"host {host} is not a valid host name ({exc})") from exc
             addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
             if not addresses:
                 raise UnsafeAddress(f"host {host} does not resolve")
         if not self.allow_private:
             for text in addresses:
-                problem = address_problem(ipaddress.ip_address(text.split("%", 1)[0]))
-                if problem is not None:
+                refused = refused_address(ipaddress.ip_address(text.split("%", 1)[0]))
+                if refused is not None:
                     # Every address is checked: a name with one public and one private
                     # address must not reach the private one on a retry.
+                    address, what = refused
+                    if literal is not None:  # not "127.0.0.1 resolves to 127.0.0.1"
+                        found = f"{address} is {what}"
+                    elif str(address) == text:
+                        found = f"{host} resolves to {text}, which is {what}"
+                    else:  # an IPv4 address inside an IPv6 one
+                        found = f"{host} resolves to {text}, which holds {address}: {what}"
                     raise UnsafeAddress(
-                        f"{host} resolves to {problem} (deliveries go to public addresses"
-                        " only unless SIGNBACK_ENDPOINT_ALLOW_PRIVATE=true)"
+                        f"{found} (deliveries go to public addresses only unless"
+                        " SIGNBACK_ENDPOINT_ALLOW_PRIVATE=true)"
                     )
         return addresses
 

@@ -30,8 +30,9 @@ _AAD = b"signback endpoint secret"
 
 
 class SecretUnreadable(SignbackError):
-    """The endpoint's stored secret cannot be decrypted (was SIGNBACK_SECRET_KEY changed?
-    Rotate the endpoint's secret)."""
+    """The endpoint's stored secret cannot be decrypted: SIGNBACK_SECRET_KEY changed since
+    it was made. Rotate the endpoint's secret (rotate-secret), then re-send its dead
+    deliveries (retry-dead)."""
 
 
 def new_secret() -> str:
@@ -68,6 +69,14 @@ class SecretBox:
             return self._aead.decrypt(raw[:12], raw[12:], _AAD).decode()
         except (InvalidTag, ValueError) as exc:
             raise SecretUnreadable() from exc
+
+    def readable(self, stored: str) -> bool:
+        """Whether this key opens ``stored`` (False after ``SIGNBACK_SECRET_KEY`` changed)."""
+        try:
+            self.open(stored)
+        except SecretUnreadable:
+            return False
+        return True
 
     def __repr__(self) -> str:
         return "SecretBox(…)"
