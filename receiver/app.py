@@ -143,6 +143,7 @@ def create_app(
         await ctx.start_providers()
         await split_quietly(ctx)
         await repoint_quietly(ctx)
+        ctx.rejections.start()
         worker = Worker(ctx) if with_worker else None
         if worker is not None:
             worker.start()
@@ -165,6 +166,7 @@ def create_app(
         finally:
             if worker is not None:
                 await worker.stop()
+            await ctx.rejections.stop()
             await ctx.close()
             await ctx.db.close()
             log.info("signback stopped")

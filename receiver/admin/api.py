@@ -313,6 +313,7 @@ def _text_filter(request: Request, name: str, max_chars: int) -> str | None:
 
 def routes(ctx: AppContext) -> list[BaseRoute]:
     from receiver.admin.endpoints import routes as endpoint_routes
+    from receiver.admin.rejections import routes as rejection_routes
 
     admin_token = ctx.settings.admin_token.get_secret_value().encode()
 
@@ -467,4 +468,5 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
         Route("/api/stats", admin(stats), methods=["GET"]),
         Route("/metrics", admin(metrics), methods=["GET"]),
         *endpoint_routes(ctx, admin),  # downstream endpoints (receiver/admin/endpoints.py)
+        *rejection_routes(ctx, admin),  # the rejection log (receiver/admin/rejections.py)
     ]
