@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from receiver.admin import api
 from receiver.clock import Clock, system_clock
+from receiver.console import routes as console
 from receiver.context import AppContext
 from receiver.errors import ConfigurationError, one_line
 from receiver.intake import pages
@@ -171,7 +172,7 @@ def create_app(
             await ctx.db.close()
             log.info("signback stopped")
 
-    routes = [*web.routes(ctx), *api.routes(ctx)]
+    routes = [*web.routes(ctx), *api.routes(ctx), *console.routes(ctx)]
     specs = {name: provider.hook_specs(ctx) for name, provider in ctx.providers.items()}
     hooks = [hook for name, found in specs.items() for hook in router_hooks(ctx, name, found)]
     groups = RouteGroups(provider.hook_prefix for provider in ctx.providers.values())

@@ -1,0 +1,312 @@
+"""The console's reads, each bounded so that a page costs the same on a store of millions.
+
+- No ``COUNT(*)`` over a big table: counts go through an index and stop at a bound
+  (:func:`bounded_count`, shown as "10,000+"); the total of requests is the largest id.
+- Lists page by keyset (``id <`` the last one shown), never by offset.
+- Times map to ids: inbox rows and requests get growing ids as time goes on, so "since 10:00"
+  is "from the first id received at 10:00 or later", found by a binary search over the
+  primary key (:func:`first_id_at`) - a few dozen probes, not a scan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from receiver.model import RequestState
+from receiver.outbox.downstream import LANE_PREFIX
+from receiver.store import outbox, requests
+from receiver.store.db.base import Database, Row, in_list
+
+COUNT_BOUND = 10_000
+TERMINAL = frozenset(
+    {
+        RequestState.COMPLETED,
+        RequestState.DECLINED,
+        RequestState.CANCELLED,
+        RequestState.EXPIRED,
+        RequestState.DELETED,
+    }
+)
+OPEN_STATES = tuple(s for s in RequestState if s not in TERMINAL)
+STALE_AFTER_SECONDS = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Count:
+    value: int
+    more: bool  # the count stopped at its bound: there are more
+
+    def __str__(self) -> str:
+        return f"{self.value:,}+" if self.more else f"{self.value:,}"
+
+
+async def bounded_count(
+    db: Database, source: str, params: dict[str, Any], bound: int = COUNT_BOUND
+) -> Count:
+    """Rows of ``source`` (``table WHERE …``, served by an index), counted up to ``bound``."""
+    row = await db.fetch_one(
+        f"SELECT COUNT(*) AS n FROM (SELECT 1 AS x FROM {source} LIMIT :bound) AS b",
+        {**params, "bound": bound + 1},
+    )
+    n = 0 if row is None else int(row["n"])
+    return Count(min(n, bound), n > bound)
+
+
+async def largest_id(db: Database, table: str) -> int:
+    row = await db.fetch_one(f"SELECT MAX(id) AS id FROM {table}")
+    return 0 if row is None or row["id"] is None else int(row["id"])
+
+
+async def first_ids_at(
+    db: Database, table: str, column: str, moments: Sequence[float]
+) -> list[int]:
+    """For each moment, the first id whose ``column`` (a time that grows with the id) is at
+    or after it (``MAX(id) + 1`` when none is). One binary search per moment, all run
+    together: each step is one statement of one primary-key probe per moment."""
+    bounds = await db.fetch_one(f"SELECT MIN(id) AS lo, MAX(id) AS hi FROM {table}")
+    if bounds is None or bounds["lo"] is None:
+        return [1 for _ in moments]
+    low = [int(bounds["lo"])] * len(moments)
+    high = [int(bounds["hi"]) + 1] * len(moments)
+    probe = f"(SELECT {column} FROM {table} WHERE id >= :m{{i}} ORDER BY id LIMIT 1)"
+    while any(lo < hi for lo, hi in zip(low, high, strict=True)):
+        open_ = [i for i, (lo, hi) in enumerate(zip(low, high, strict=True)) if lo < hi]
+        params = {f"m{i}": (low[i] + high[i]) // 2 for i in open_}
+        sql = "SELECT " + ", ".join(f"{probe.format(i=i)} AS t{i}" for i in open_)
+        row = await db.fetch_one(sql, params) or {}
+        for i in open_:
+            seen = row.get(f"t{i}")
+            mid = params[f"m{i}"]
+            if seen is not None and float(seen) >= moments[i]:
+                high[i] = mid
+            else:
+                low[i] = mid + 1
+    return low
+
+
+# --- overview ---------------------------------------------------------------------------
+
+
+async def requests_by_state(db: Database) -> list[tuple[str, Count]]:
+    return [
+        (
+            state.value,
+            await bounded_count(db, "signature_requests WHERE state = :state", {"state": state}),
+        )
+        for state in RequestState
+    ]
+
+
+async def callbacks_per_minute(
+    db: Database, *, now: float, hours: int = 3, bucket_minutes: int = 5
+) -> list[tuple[float, float]]:
+    """(bucket start, inbox rows per minute in it) over the last ``hours``: the difference
+    of the first ids at the bucket edges (an estimate: ids skipped by a refused insert count
+    too)."""
+    step = bucket_minutes * 60
+    end = (now // step + 1) * step
+    edges = [end - step * k for k in range(hours * 60 // bucket_minutes, -1, -1)]
+    ids = await first_ids_at(db, "inbox", "received_at", edges)
+    return [(edges[k], max(0, ids[k + 1] - ids[k]) / bucket_minutes) for k in range(len(edges) - 1)]
+
+
+async def lanes(db: Database) -> list[tuple[str, str]]:
+    """Every outbox lane (name, label): the provider calls and each endpoint's deliveries."""
+    rows = await db.fetch_all("SELECT id, url FROM endpoints ORDER BY id")
+    return [("provider", "provider calls")] + [
+        (f"{LANE_PREFIX}{r['id']}", f"deliveries to endpoint {r['id']}") for r in rows
+    ]
+
+
+@dataclass(frozen=True)
+class LaneHealth:
+    lane: str
+    label: str
+    pending: Count
+    next_due: float | None
+    dead: Count
+
+
+async def lane_health(db: Database) -> list[LaneHealth]:
+    found = []
+    for lane, label in await lanes(db):
+        pending = await bounded_count(
+            db, "outbox WHERE lane = :lane AND status = 'pending'", {"lane": lane}
+        )
+        dead = await bounded_count(
+            db, "outbox WHERE lane = :lane AND status = 'dead'", {"lane": lane}
+        )
+        due = await db.fetch_one(
+            "SELECT due_at FROM outbox WHERE lane = :lane AND status = 'pending'"
+            " ORDER BY due_at, id LIMIT 1",
+            {"lane": lane},
+        )
+        found.append(
+            LaneHealth(lane, label, pending, None if due is None else float(due["due_at"]), dead)
+        )
+    return found
+
+
+async def inbox_queue(db: Database) -> tuple[Count, Count, float | None, Count]:
+    """Pending and processing callbacks, when the oldest pending one came, failed ones."""
+    pending = await bounded_count(db, "inbox WHERE status = 'pending'", {})
+    processing = await bounded_count(db, "inbox WHERE status = 'processing'", {})
+    failed = await bounded_count(db, "inbox WHERE status = 'failed'", {})
+    oldest = await db.fetch_one(
+        "SELECT received_at FROM inbox WHERE status = 'pending' ORDER BY id LIMIT 1"
+    )
+    return pending, processing, None if oldest is None else float(oldest["received_at"]), failed
+
+
+async def failing_endpoints(db: Database) -> list[Row]:
+    return await db.fetch_all(
+        "SELECT id, url, status, disabled_reason, last_failure_at, last_failure, failing_since"
+        " FROM endpoints WHERE status <> 'deleted'"
+        " AND (failing_since IS NOT NULL OR status = 'disabled') ORDER BY id"
+    )
+
+
+async def stale_requests(db: Database, *, now: float, per_state: int = 5) -> list[Row]:
+    """Open requests not updated for a week: the oldest few of each open state (through
+    the state index; the oldest ids are the likeliest to be stale)."""
+    found: list[Row] = []
+    for state in OPEN_STATES:
+        rows = await db.fetch_all(
+            f"SELECT {requests.COLUMNS} FROM signature_requests WHERE state = :state"
+            " ORDER BY id LIMIT :limit",
+            {"state": state, "limit": per_state},
+        )
+        found += [r for r in rows if float(r["updated_at"]) < now - STALE_AFTER_SECONDS]
+    return found
+
+
+# --- requests ---------------------------------------------------------------------------
+
+
+async def search_requests(
+    db: Database,
+    *,
+    state: str | None,
+    provider: str | None,
+    reference: str | None,
+    external_id: str | None,
+    since: float | None,
+    until: float | None,
+    before_id: int | None,
+    limit: int,
+) -> list[Row]:
+    """Newest first. Each filter has an index (state; reference; provider id with the
+    provider); a date range becomes an id range (:func:`first_ids_at`)."""
+    clauses: list[str] = []
+    params: dict[str, Any] = {"limit": limit}
+    for name, value in (
+        ("state", state),
+        ("provider", provider),
+        ("reference", reference),
+        ("external_id", external_id),
+    ):
+        if value is not None:
+            clauses.append(f"{name} = :{name}")
+            params[name] = value
+    if since is not None or until is not None:
+        first, after = await first_ids_at(
+            db,
+            "signature_requests",
+            "created_at",
+            [since if since is not None else 0.0, until if until is not None else 1e18],
+        )
+        clauses.append("id >= :first AND id < :after")
+        params.update(first=first, after=after)
+    if before_id is not None:
+        clauses.append("id < :before_id")
+        params["before_id"] = before_id
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    return await db.fetch_all(
+        f"SELECT {requests.COLUMNS} FROM signature_requests {where} ORDER BY id DESC LIMIT :limit",
+        params,
+    )
+
+
+# --- a request's story ------------------------------------------------------------------
+
+
+async def events_for(db: Database, request_id: int) -> list[Row]:
+    return await db.fetch_all(
+        "SELECT id, public_id, type, created_at, source_inbox_id FROM events"
+        " WHERE request_id = :id ORDER BY id LIMIT 500",
+        {"id": request_id},
+    )
+
+
+async def inbox_row(db: Database, inbox_id: int) -> Row | None:
+    return await db.fetch_one(
+        "SELECT id, provider, channel, received_at, status, kind, provider_type, event_id,"
+        " occurred_at, state_before, state_after, note, error, external_id, request_id, body,"
+        " headers, query FROM inbox WHERE id = :id",
+        {"id": inbox_id},
+    )
+
+
+# --- failures ---------------------------------------------------------------------------
+
+
+async def dead_actions(
+    db: Database, *, lane: str, before: tuple[float, int] | None, limit: int
+) -> list[Row]:
+    """A lane's dead actions, latest due first, through the due index (lane, status,
+    due_at, id); keyset on (due_at, id)."""
+    params: dict[str, Any] = {"lane": lane, "limit": limit}
+    keyset = ""
+    if before is not None:
+        keyset = " AND (due_at < :due OR (due_at = :due AND id < :id))"
+        params.update(due=before[0], id=before[1])
+    return await db.fetch_all(
+        f"SELECT {outbox.ACTION_COLUMNS} FROM outbox WHERE lane = :lane AND status = 'dead'"
+        f"{keyset} ORDER BY due_at DESC, id DESC LIMIT :limit",
+        params,
+    )
+
+
+BULK_RETRY_LIMIT = 1000  # dead actions one bulk retry re-queues at most
+
+
+async def retry_dead(
+    db: Database, *, lane: str, operation: str | None, now: float, limit: int = BULK_RETRY_LIMIT
+) -> int:
+    """Re-queue a lane's dead actions (of one operation, if given), at most ``limit``."""
+    params: dict[str, Any] = {"lane": lane, "now": now, "limit": limit}
+    only = ""
+    if operation:
+        only = " AND operation = :operation"
+        params["operation"] = operation
+    async with db.transaction() as tx:
+        changed = await tx.execute(
+            "UPDATE outbox SET status = 'pending', due_at = :now, updated_at = :now"
+            " WHERE id IN (SELECT id FROM outbox WHERE lane = :lane AND status = 'dead'"
+            f"{only} ORDER BY due_at, id LIMIT :limit)",
+            params,
+        )
+        if changed:
+            tx.notify_on_commit(outbox.OUTBOX_CHANNEL)
+    return changed
+
+
+async def failed_callbacks(db: Database, *, limit: int = 50) -> list[Row]:
+    return await db.fetch_all(
+        "SELECT id, provider, channel, received_at, status, error, request_id, external_id"
+        " FROM inbox WHERE status = 'failed' ORDER BY id DESC LIMIT :limit",
+        {"limit": limit},
+    )
+
+
+async def requests_by_id(db: Database, ids: set[int]) -> dict[int, Row]:
+    if not ids:
+        return {}
+    names, params = in_list(sorted(ids))
+    rows = await db.fetch_all(
+        f"SELECT id, provider, external_id, reference FROM signature_requests WHERE id IN {names}",
+        params,
+    )
+    return {int(r["id"]): r for r in rows}

@@ -1,0 +1,284 @@
+"""The console over real HTTP (signback under uvicorn, SQLite and PostgreSQL), and the
+rejection log behind its Failures page and GET /api/rejections.
+
+The browser-driven tests are tests/acceptance/test_console_browser.py; these check what a
+browser does not show: the cookie's flags, the refusals of forms posted without their CSRF
+token or by a viewer, that no secret reaches a page, and the rejection log's bounds.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from handlers.firma.signature import sign
+from receiver.app import create_app
+from receiver.settings import Settings
+from tests.conftest import ADMIN_TOKEN, SECRET_KEY
+from tests.harness import NO_KEEPALIVE, Receiver, running_receiver, wait_until
+
+VIEWER_TOKEN = "test-viewer-token-0123456789"
+FIRMA_SECRET = "firma-test-secret"  # tests/conftest.py's
+# Connection refused at once: every provider call fails, so with one attempt allowed the
+# registration's action is dead straight away (a real failure, through the dispatcher).
+NOWHERE = "http://127.0.0.1:9"
+
+
+def hidden(html: str, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]*)"', html)
+    assert found, f"no hidden field {name!r} in the page"
+    return found.group(1)
+
+
+@contextmanager
+def console(receiver: Receiver, token: str = ADMIN_TOKEN) -> Iterator[httpx.Client]:
+    """A client signed in to the console with ``token``, as a browser would."""
+    with httpx.Client(base_url=receiver.url, timeout=10.0, limits=NO_KEEPALIVE) as client:
+        form = client.get("/console/signin")
+        assert form.status_code == 200
+        answer = client.post(
+            "/console/signin",
+            data={"signin": hidden(form.text, "signin"), "token": token, "next": "/console"},
+        )
+        assert answer.status_code == 303, answer.text
+        assert answer.headers["location"] == "/console"
+        yield client
+
+
+@pytest.fixture
+def receiver(make_settings: Callable[..., Settings]) -> Iterator[Receiver]:
+    with running_receiver(
+        make_settings,
+        okdokument_base_url=NOWHERE,
+        outbox_max_attempts=1,
+        viewer_token=VIEWER_TOKEN,
+    ) as running:
+        yield running
+
+
+def dead_request(receiver: Receiver, reference: str = "order-42") -> tuple[dict[str, Any], int]:
+    """A registered OKdokument request whose first action (pointing its URLs at signback)
+    died: the provider could not be reached."""
+    registered = receiver.register(
+        provider="okdokument",
+        signatureRequestId=f"sr-{reference}",
+        documentId=f"doc-{reference}",
+        reference=reference,
+    )
+    actions = receiver.wait_for_actions(registered["id"], settled=1)
+    assert actions[0]["status"] == "dead", actions
+    return registered, int(actions[0]["id"])
+
+
+def action_status(receiver: Receiver, request_id: int, action_id: int) -> str:
+    actions = receiver.show(request_id)["actions"]
+    return str(next(a["status"] for a in actions if a["id"] == action_id))
+
+
+def test_signing_in_gives_a_strict_cookie_and_every_page_renders_without_secrets(
+    receiver: Receiver,
+) -> None:
+    registered, action_id = dead_request(receiver)
+    with console(receiver) as client:
+        cookie = client.cookies.jar
+        (session,) = [c for c in cookie if c.name == "signback_console"]
+        assert session.path == "/console"
+        assert not session.secure  # plain http here; https: see the test below
+        assert session.has_nonstandard_attr("HttpOnly")
+        assert str(session.get_nonstandard_attr("SameSite")).lower() == "strict"
+        pages = {
+            "/console": "Requests by state",
+            "/console/requests?reference=order-42": f"/console/requests/{registered['id']}",
+            f"/console/requests/{registered['id']}": "rule decision: okdokument.",
+            "/console/failures": f"/console/actions/{action_id}/retry",
+            "/console/endpoints": "No endpoint yet",
+        }
+        timeline = client.get(f"/console/requests/{registered['id']}").text
+        inbox_id = re.search(r"/console/callbacks/(\d+)", timeline)
+        assert inbox_id, "the timeline links its callbacks"
+        pages[f"/console/callbacks/{inbox_id.group(1)}"] = "Headers"
+        for path, expected in pages.items():
+            page = client.get(path)
+            assert page.status_code == 200, (path, page.text[:500])
+            assert expected in page.text, path
+            assert "content-security-policy" in page.headers
+            assert page.headers["cache-control"] == "no-store"
+            for secret in (ADMIN_TOKEN, SECRET_KEY, FIRMA_SECRET, VIEWER_TOKEN):
+                assert secret not in page.text, (path, "shows a secret")
+            for url in registered["callback_urls"].values():  # they carry the tokens
+                assert url.rsplit("/", 1)[-1] not in page.text, (path, "shows a token")
+
+
+def test_a_form_without_its_csrf_token_is_refused_and_with_it_retries(
+    receiver: Receiver,
+) -> None:
+    registered, action_id = dead_request(receiver)
+    with console(receiver) as client:
+        refused = client.post(f"/console/actions/{action_id}/retry", data={})
+        assert refused.status_code == 403
+        assert "CSRF token" in refused.text
+        forged = client.post(f"/console/actions/{action_id}/retry", data={"csrf": "0" * 64})
+        assert forged.status_code == 403
+        assert action_status(receiver, registered["id"], action_id) == "dead"
+
+        csrf = hidden(client.get("/console/failures").text, "csrf")
+        done = client.post(f"/console/actions/{action_id}/retry", data={"csrf": csrf})
+        assert done.status_code == 303
+        assert "re-queued" in client.get(done.headers["location"]).text
+    # Re-queued for one more attempt, which fails again (the provider is still away).
+    wait_until(
+        lambda: len(receiver.show(registered["id"])["actions"][0]["attempt_log"]) == 2,
+        what="the retried attempt",
+    )
+
+
+def test_the_sign_in_form_needs_its_own_token_and_the_right_admin_token(
+    receiver: Receiver,
+) -> None:
+    with httpx.Client(base_url=receiver.url, timeout=10.0, limits=NO_KEEPALIVE) as client:
+        assert client.get("/console").status_code == 303  # to the sign-in page
+        assert client.post("/console/failures/retry", data={}).status_code == 401
+        form = client.get("/console/signin")
+        without = client.post("/console/signin", data={"token": ADMIN_TOKEN})
+        assert without.status_code == 403
+        wrong = client.post(
+            "/console/signin", data={"signin": hidden(form.text, "signin"), "token": "x" * 30}
+        )
+        assert wrong.status_code == 401
+        assert "not the admin token" in wrong.text
+        assert client.get("/console").status_code == 303  # still signed out
+        # An open redirect through ?next= is not possible.
+        form = client.get("/console/signin?next=https://evil.example/")
+        assert hidden(form.text, "next") == "/console"
+
+
+def test_a_viewer_sees_every_page_but_no_form_and_cannot_change_anything(
+    receiver: Receiver,
+) -> None:
+    registered, action_id = dead_request(receiver)
+    with console(receiver, VIEWER_TOKEN) as client:
+        page = client.get("/console/failures")
+        assert page.status_code == 200
+        assert f"/console/actions/{action_id}/retry" not in page.text
+        assert "read-only" in page.text
+        csrf = hidden(page.text, "csrf")  # the sign-out form's: a valid token
+        refused = client.post(f"/console/actions/{action_id}/retry", data={"csrf": csrf})
+        assert refused.status_code == 403
+        assert "read-only" in refused.text
+        assert action_status(receiver, registered["id"], action_id) == "dead"
+        signed_out = client.post("/console/signout", data={"csrf": csrf})
+        assert signed_out.status_code == 303
+        assert client.get("/console").status_code == 303
+
+
+def test_the_cookie_is_secure_over_https(make_settings: Callable[..., Settings]) -> None:
+    app = create_app(make_settings(), run_worker=False)
+    transport = httpx.ASGITransport(app=app)
+
+    async def sign_in() -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="https://console.test") as c:
+            form = await c.get("/console/signin")
+            return await c.post(
+                "/console/signin",
+                data={"signin": hidden(form.text, "signin"), "token": ADMIN_TOKEN},
+            )
+
+    import asyncio
+
+    answer = asyncio.run(sign_in())
+    assert answer.status_code == 303
+    cookie = answer.headers["set-cookie"].lower()
+    assert "secure" in cookie
+    assert "httponly" in cookie
+    assert "samesite=strict" in cookie
+
+
+def rejections(receiver: Receiver, **params: Any) -> list[dict[str, Any]]:
+    with receiver.admin() as client:
+        answer = client.get("/api/rejections", params=params)
+    assert answer.status_code == 200, answer.text
+    items: list[dict[str, Any]] = answer.json()["items"]
+    return items
+
+
+def test_forged_firma_callbacks_are_logged_with_the_reason_and_no_secret(
+    receiver: Receiver,
+) -> None:
+    body = b'{"id":"evt_1","type":"signing_request.completed","data":{}}'
+    skewed = int(time.time()) - 1000
+    forged = sign("not-the-secret", body, skewed)
+    with receiver.client() as client:
+        answer = client.post(
+            "/hooks/firma",
+            content=body,
+            headers={
+                "content-type": "application/json",
+                "x-firma-signature": forged,
+                "x-firma-signature-old": sign("older-wrong-secret", body, skewed),
+                "authorization": "Bearer something-secret-0123",
+            },
+        )
+        assert answer.status_code == 401
+        assert (
+            client.post(
+                "/hooks/firma", content=b"x", headers={"content-type": "text/plain"}
+            ).status_code
+            == 415
+        )
+
+    found = wait_until(lambda: len(rows := rejections(receiver)) >= 2 and rows, what="the log")
+    media, signature = found  # newest first
+    assert media["status"] == 415
+    assert media["body_length"] == 1  # as declared: refused before the body was read
+    assert media["body_head"] is None
+    assert signature["status"] == 401
+    assert signature["route"] == "/hooks/firma"
+    assert signature["provider"] == "firma"
+    assert signature["remote"] == "127.0.0.1"
+    assert "does not match" in signature["reason"]
+    details = signature["details"]
+    assert details["secrets_tried"] == 1
+    assert details["old_header_present"] is True
+    assert 995 <= details["timestamp_skew_seconds"] <= 1100
+    assert details["current_header"] == "no match"
+    assert signature["body_length"] == len(body)
+    assert signature["body_head"] == body.decode()
+    headers = signature["headers"]
+    assert headers["x-firma-signature"] == f"t={skewed},v1=[redacted]"
+    assert "something-secret" not in str(signature)
+    assert forged.split("v1=")[1] not in str(signature)
+    assert rejections(receiver, status=415) == [media]
+    assert rejections(receiver, before_id=media["id"]) == [signature]
+
+    with console(receiver) as client:
+        page = client.get("/console/failures").text
+    assert "timestamp skew seconds" in page
+    assert "old header present" in page
+    assert forged.split("v1=")[1] not in page
+
+
+def test_the_rejection_log_keeps_only_its_newest_rows(
+    make_settings: Callable[..., Settings],
+) -> None:
+    with running_receiver(make_settings, rejection_log_rows=5) as receiver:
+        with receiver.client() as client:
+            for n in range(12):
+                client.post(
+                    "/hooks/firma",
+                    content=b'{"n": %d}' % n,
+                    headers={"content-type": "application/json", "x-firma-signature": "t=1"},
+                )
+
+        def kept() -> list[dict[str, Any]] | None:
+            rows = rejections(receiver, limit=50)
+            return rows if rows and rows[0]["body_head"] == '{"n": 11}' else None
+
+        rows = wait_until(kept, what="the last refusal in the log")
+        assert len(rows) == 5
+        assert [r["body_head"] for r in rows] == [f'{{"n": {n}}}' for n in range(11, 6, -1)]
