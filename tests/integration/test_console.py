@@ -232,7 +232,11 @@ def test_forged_firma_callbacks_are_logged_with_the_reason_and_no_secret(
             == 415
         )
 
-    found = wait_until(lambda: len(rows := rejections(receiver)) >= 2 and rows, what="the log")
+    def logged() -> list[dict[str, Any]] | None:
+        rows = rejections(receiver)
+        return rows if len(rows) >= 2 else None
+
+    found = wait_until(logged, what="both refusals in the log")
     media, signature = found  # newest first
     assert media["status"] == 415
     assert media["body_length"] == 1  # as declared: refused before the body was read
