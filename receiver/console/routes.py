@@ -440,7 +440,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             metadata=jsonutil.dumps_view(jsonutil.loads_object(row["metadata"])).decode(),
             entries=entries,
             documents=await timeline.document_rows(ctx, row),
-            documents_available=await timeline.DOCUMENT_TABLE.present(ctx.db, ctx.clock()),
+            documents_available=await timeline.has_documents(ctx),
             message=request.query_params.get("done"),
         )
 
@@ -471,7 +471,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
 
     async def download(request: Request, view: View, _: dict[str, str]) -> Response:
         document_id = _id(request.path_params["id"])
-        if document_id is None or not await timeline.DOCUMENT_TABLE.present(ctx.db, ctx.clock()):
+        if document_id is None or not await timeline.has_documents(ctx):
             return problem(404, "No such document.", view)
         row = await documents.get(ctx.db, document_id)
         if row is None:

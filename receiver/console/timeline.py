@@ -9,6 +9,7 @@ block keyed by ``Entry.kind``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ from receiver.console import documents
 from receiver.context import AppContext
 from receiver.outbox.downstream import endpoint_of_lane
 from receiver.store import inbox, outbox
-from receiver.store.db.base import Row
+from receiver.store.db.base import Database, Row
 
 # Inbox channels that are not callbacks from a provider.
 RECONCILE_CHANNEL = "reconcile"  # what reconciliation found by asking the provider
@@ -145,7 +146,15 @@ async def events(ctx: AppContext, request: Row) -> list[Entry]:
     ]
 
 
-DOCUMENT_TABLE = documents.DocumentTable()
+# One per database (per app): whether it has the archive's table.
+_DOCUMENT_TABLES: weakref.WeakKeyDictionary[Database, documents.DocumentTable] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def has_documents(ctx: AppContext) -> bool:
+    table = _DOCUMENT_TABLES.setdefault(ctx.db, documents.DocumentTable())
+    return await table.present(ctx.db, ctx.clock())
 
 
 async def archived(ctx: AppContext, request: Row) -> list[Entry]:
@@ -182,6 +191,6 @@ async def build(ctx: AppContext, request: Row) -> list[Entry]:
 
 async def document_rows(ctx: AppContext, request: Row) -> list[Row]:
     """The request's archived documents, when the store has the archive's table."""
-    if not await DOCUMENT_TABLE.present(ctx.db, ctx.clock()):
+    if not await has_documents(ctx):
         return []
     return await documents.for_request(ctx.db, int(request["id"]))
