@@ -118,7 +118,9 @@ def ago(value: object, now: float) -> str:
 
 
 def shown(value: object) -> object:
-    """Any stored value as a page can show it (lone surrogates, NaN …)."""
+    """Any stored value as a page can show it (lone surrogates, NaN …); yes/no for a flag."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     return renderable(value)
 
 

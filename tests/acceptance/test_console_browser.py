@@ -196,7 +196,7 @@ def test_forged_callbacks_show_among_the_refusals_with_their_reason(
     wait_until(shown, what="the refusal on the page")
     expect(refused).to_contain_text("x-firma-signature: signature does not match")
     expect(refused).to_contain_text("secrets tried: 1")
-    expect(refused).to_contain_text("old header present: False")
+    expect(refused).to_contain_text("old header present: no")
     expect(refused).to_contain_text("timestamp skew seconds: 6")  # 600 s, give or take
     refused.get_by_text("Headers and body").click()
     expect(refused).to_contain_text("v1=[redacted]")
