@@ -19,7 +19,12 @@ import pytest
 
 from handlers.firma.signature import sign
 from receiver.app import create_app
+from receiver.errors import CallbackRejected
+from receiver.intake.rejections import RejectionLog
+from receiver.intake.router import Callback
 from receiver.settings import Settings
+from receiver.store import rejections as stored_rejections
+from receiver.store.db import open_database
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
 from tests.harness import NO_KEEPALIVE, Receiver, running_receiver, wait_until
 
@@ -286,3 +291,23 @@ def test_the_rejection_log_keeps_only_its_newest_rows(
         rows = wait_until(kept, what="the last refusal in the log")
         assert len(rows) == 5
         assert [r["body_head"] for r in rows] == [f'{{"n": {n}}}' for n in range(11, 6, -1)]
+
+
+@pytest.mark.anyio
+async def test_a_flood_keeps_at_most_a_buffer_of_refusals_per_flush(database_url: str) -> None:
+    db = open_database(database_url)
+    await db.connect()
+    try:
+        log = RejectionLog(db, dict, cap=100, clock=time.time, buffer=3)
+        call = Callback(
+            method="POST", path="/hooks/firma", param=None, headers={}, query="", body=b""
+        )
+        for n in range(10):
+            log.record(CallbackRejected(f"refused {n}", 400), provider="firma", call=call)
+        assert log.dropped == 7
+        assert await log.flush() == 3
+        assert log.dropped == 0
+        rows = await stored_rejections.search(db, limit=50)
+        assert [r["reason"] for r in rows] == ["refused 2", "refused 1", "refused 0"]
+    finally:
+        await db.close()
