@@ -311,3 +311,31 @@ async def test_a_flood_keeps_at_most_a_buffer_of_refusals_per_flush(database_url
         assert [r["reason"] for r in rows] == ["refused 2", "refused 1", "refused 0"]
     finally:
         await db.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "says"),
+    [
+        ("/console/requests?from=2026-13-01", 400, "from must be a date"),
+        ("/console/requests?before=abc", 400, "before must be an id"),
+        ("/console/requests?state=nope", 400, "state must be one of"),
+        ("/console/requests?provider=acme", 400, "provider must be one of"),
+        ("/console/requests?reference=a%00b", 400, "reference"),
+        ("/console/requests?reference=" + "x" * 201, 400, "at most 200"),
+        ("/console/requests/abc", 404, "No such request"),
+        ("/console/requests/" + "9" * 40, 404, "No such request"),
+        ("/console/callbacks/0", 404, "No such callback"),
+        ("/console/documents/1", 404, "No such document"),
+        ("/console/failures?lane=bogus", 400, "lane must be one of"),
+        ("/console/failures?due=nan&before=5", 400, "due must be a number"),
+        ("/console/failures?refused_before=-1", 400, "refused_before must be an id"),
+        ("/console/nothing", 404, ""),
+    ],
+)
+def test_bad_input_is_a_4xx_page_with_the_reason(
+    receiver: Receiver, path: str, status: int, says: str
+) -> None:
+    with console(receiver) as client:
+        page = client.get(path)
+    assert page.status_code == status, page.text[:300]
+    assert says in page.text
