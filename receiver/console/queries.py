@@ -196,11 +196,18 @@ async def search_requests(
     until: float | None,
     before_id: int | None,
     limit: int,
+    providers: Sequence[str] = (),
 ) -> list[Row]:
     """Newest first. Each filter has an index (state; reference; provider id with the
-    provider); a date range becomes an id range (:func:`first_ids_at`)."""
+    provider); a date range becomes an id range (:func:`first_ids_at`). A provider id
+    without a provider is looked up under each of ``providers`` (the installed ones): the
+    unique index leads with the provider, and without it the search would scan the table."""
     clauses: list[str] = []
     params: dict[str, Any] = {"limit": limit}
+    if external_id is not None and provider is None and providers:
+        names, values = in_list(providers, prefix="p_")
+        clauses.append(f"provider IN {names}")
+        params.update(values)
     for name, value in (
         ("state", state),
         ("provider", provider),

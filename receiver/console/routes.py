@@ -413,6 +413,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             until=_date(params, "to", end=True),
             before_id=_before(params),
             limit=PAGE,
+            providers=providers,
         )
         kept = {k: v for k, v in params.items() if k != "before" and v}
         following = None
