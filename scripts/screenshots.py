@@ -79,6 +79,8 @@ def story(url: str) -> int:
         json={"url": "http://127.0.0.1:9/erp/hooks", "description": "ERP (down for maintenance)"},
     )
     assert answer.status_code == 201, answer.text
+    endpoint = answer.json()["id"]
+    assert admin.post(f"/api/endpoints/{endpoint}/test").status_code == 202  # it fails
     shown = 0
     for n, reference in enumerate(["order-1041", "order-1042", "order-1043", "order-1044"]):
         answer = admin.post(
