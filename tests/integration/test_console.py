@@ -339,3 +339,38 @@ def test_bad_input_is_a_4xx_page_with_the_reason(
         page = client.get(path)
     assert page.status_code == status, page.text[:300]
     assert says in page.text
+
+
+def test_endpoint_forms_test_rotate_and_retry_through_manage(
+    make_settings: Callable[..., Settings],
+) -> None:
+    with running_receiver(
+        make_settings, endpoint_allow_private=True, endpoint_max_attempts=1
+    ) as receiver:
+        with receiver.admin() as admin:
+            created = admin.post("/api/endpoints", json={"url": f"{NOWHERE}/hooks"})
+        assert created.status_code == 201, created.text
+        endpoint = created.json()["id"]
+        with console(receiver) as client:
+            csrf = hidden(client.get("/console/endpoints").text, "csrf")
+            tested = client.post(f"/console/endpoints/{endpoint}/test", data={"csrf": csrf})
+            assert tested.status_code == 303
+            assert "test event queued" in client.get(tested.headers["location"]).text
+
+            def dead() -> bool:
+                return "1 dead" in client.get("/console/endpoints").text
+
+            wait_until(dead, what="the test delivery to die")
+            page = client.get("/console/endpoints").text
+            assert "could not reach the endpoint" in page
+            retried = client.post(f"/console/endpoints/{endpoint}/retry", data={"csrf": csrf})
+            assert "1 dead deliveries re-queued" in client.get(retried.headers["location"]).text
+
+            rotated = client.post(f"/console/endpoints/{endpoint}/rotate", data={"csrf": csrf})
+            assert rotated.status_code == 200
+            shown = re.search(r'id="secret" class="mono wide" value="([^"]+)"', rotated.text)
+            assert shown, "the new secret is shown once"
+            secret = shown.group(1)
+            assert secret.startswith("whsec_")
+            assert rotated.headers["cache-control"] == "no-store"
+            assert secret not in client.get("/console/endpoints").text  # shown once only
