@@ -35,10 +35,12 @@ REASON_CHARS = 2000
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 # One refusal as the intake hands it over: time, route, provider, status, reason, details,
-# remote address, headers (not yet redacted), body (None: never read), declared length.
+# remote address, headers (not yet redacted), the body's first bytes (None: never read; only
+# those are kept, so that a flood of large bodies holds no memory), its length or the
+# declared one.
 Pending = tuple[
     float, str, str | None, int, str, Mapping[str, object], str | None, Mapping[str, str],
-    bytes | None, str | None,
+    bytes | None, int | None,
 ]  # fmt: skip
 
 
@@ -104,14 +106,14 @@ class RejectionLog:
                 exc.details,
                 call.client,
                 call.headers,
-                body,
-                call.headers.get("content-length"),
+                None if body is None else body[:BODY_HEAD_BYTES],
+                _length(body, call.headers.get("content-length")),
             )
         )
 
     def rows(self, pending: list[Pending]) -> list[dict[str, Any]]:
         out = []
-        for at, path, provider, status, reason, details, remote, headers, body, declared in pending:
+        for at, path, provider, status, reason, details, remote, headers, head, length in pending:
             out.append(
                 {
                     "received_at": at,
@@ -122,8 +124,8 @@ class RejectionLog:
                     "details": jsonutil.dumps_view(dict(details)).decode(),
                     "remote": None if remote is None else storable(remote, 64),
                     "headers": jsonutil.dumps_view(self.redact(headers)).decode(),
-                    "body_length": _length(body, declared),
-                    "body_head": None if body is None else body_head(body),
+                    "body_length": length,
+                    "body_head": None if head is None else body_head(head),
                 }
             )
         return out
