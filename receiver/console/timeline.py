@@ -23,7 +23,7 @@ from receiver.store.db.base import Database, Row
 
 # Inbox channels that are not callbacks from a provider.
 RECONCILE_CHANNEL = "reconcile"  # what reconciliation found by asking the provider
-SIGNBACK_CHANNEL = "signback"  # signback's own entries (registration, confirmations)
+SIGNBACK_CHANNEL = "signback"  # signback's own entries (registration, checks with the provider)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-// The console's only script: times in the viewer's zone, confirmations. Pages work without it.
+// The console's only script: times in the viewer's zone, a question before a bulk change. Pages work without it.
 "use strict";
 (function () {
   var format = new Intl.DateTimeFormat(undefined, {
