@@ -114,7 +114,7 @@ async def callbacks_per_minute(
 
 async def lanes(db: Database) -> list[tuple[str, str]]:
     """Every outbox lane (name, label): the provider calls and each endpoint's deliveries."""
-    rows = await db.fetch_all("SELECT id, url FROM endpoints ORDER BY id")
+    rows = await db.fetch_all("SELECT id FROM endpoints WHERE status <> 'deleted' ORDER BY id")
     return [("provider", "provider calls")] + [
         (f"{LANE_PREFIX}{r['id']}", f"deliveries to endpoint {r['id']}") for r in rows
     ]
