@@ -357,19 +357,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres-url", help="also (or only, with --no-sqlite) on PostgreSQL")
     parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument("--docs", type=Path, help="write the tables to this Markdown file")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        help="the SQLite file to fill, kept afterwards; filled already: used as it is",
+    )
     args = parser.parse_args(argv)
     out = []
     with tempfile.TemporaryDirectory(prefix="signback-console-") as scratch:
         runs: list[tuple[str, Any]] = []
         if not args.no_sqlite:
-            runs.append(
-                (
-                    "SQLite",
-                    lambda: fill_sqlite(
-                        Path(scratch) / "store.db", requests=args.requests, events=args.events
-                    ),
+            path: Path = args.store or Path(scratch) / "store.db"
+            if path.exists():  # filled by an earlier run: used as it is
+                runs.append(("SQLite", lambda: stores.sqlite_url(path)))
+            else:
+                runs.append(
+                    (
+                        "SQLite",
+                        lambda: fill_sqlite(path, requests=args.requests, events=args.events),
+                    )
                 )
-            )
         if args.postgres_url:
             runs.append(
                 (
