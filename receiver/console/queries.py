@@ -60,43 +60,101 @@ async def largest_id(db: Database, table: str) -> int:
 
 
 async def first_ids_at(
-    db: Database, table: str, column: str, moments: Sequence[float]
+    db: Database, table: str, column: str, moments: Sequence[float], *, fan: int = 8
 ) -> list[int]:
     """For each moment, the first id whose ``column`` (a time that grows with the id) is at
-    or after it (``MAX(id) + 1`` when none is). One binary search per moment, all run
-    together: each step is one statement of one primary-key probe per moment."""
+    or after it (``MAX(id) + 1`` when none is). A search over the primary key for all the
+    moments together, ``fan`` probes per moment and step: each step is one statement of
+    primary-key probes, and a table of millions takes about seven."""
     bounds = await db.fetch_one(f"SELECT MIN(id) AS lo, MAX(id) AS hi FROM {table}")
     if bounds is None or bounds["lo"] is None:
         return [1 for _ in moments]
     low = [int(bounds["lo"])] * len(moments)
     high = [int(bounds["hi"]) + 1] * len(moments)
-    probe = f"(SELECT {column} FROM {table} WHERE id >= :m{{i}} ORDER BY id LIMIT 1)"
-    while any(lo < hi for lo, hi in zip(low, high, strict=True)):
-        open_ = [i for i, (lo, hi) in enumerate(zip(low, high, strict=True)) if lo < hi]
-        params = {f"m{i}": (low[i] + high[i]) // 2 for i in open_}
-        sql = "SELECT " + ", ".join(f"{probe.format(i=i)} AS t{i}" for i in open_)
-        row = await db.fetch_one(sql, params) or {}
-        for i in open_:
-            seen = row.get(f"t{i}")
-            mid = params[f"m{i}"]
-            if seen is not None and float(seen) >= moments[i]:
-                high[i] = mid
-            else:
-                low[i] = mid + 1
-    return low
+    while True:
+        probes: dict[str, int] = {}
+        for i, (lo, hi) in enumerate(zip(low, high, strict=True)):
+            if lo < hi:
+                points = sorted({lo + (hi - lo) * k // (fan + 1) for k in range(1, fan + 1)})
+                probes.update({f"p{i}_{n}": point for n, point in enumerate(points)})
+        if not probes:
+            return low
+        sql = "SELECT " + ", ".join(
+            f"(SELECT {column} FROM {table} WHERE id >= :{name} ORDER BY id LIMIT 1) AS {name}"
+            for name in probes
+        )
+        row = await db.fetch_one(sql, probes) or {}
+        for i, (lo, hi) in enumerate(zip(low, high, strict=True)):
+            if lo >= hi:
+                continue
+            # The answer is above each probe whose first row is older than the moment, and
+            # at or below the first probe whose first row is not (or that has no row at or
+            # after it): narrow [lo, hi) to that gap. Probes lie in [lo, hi), so it shrinks.
+            new_lo, new_hi = lo, hi
+            for n in range(fan):
+                name = f"p{i}_{n}"
+                if name not in probes:
+                    break
+                seen = row.get(name)
+                if seen is None or float(seen) >= moments[i]:
+                    new_hi = probes[name]
+                    break
+                new_lo = probes[name] + 1
+            low[i], high[i] = new_lo, new_hi
 
 
 # --- overview ---------------------------------------------------------------------------
 
 
-async def requests_by_state(db: Database) -> list[tuple[str, Count]]:
-    return [
-        (
-            state.value,
-            await bounded_count(db, "signature_requests WHERE state = :state", {"state": state}),
-        )
-        for state in RequestState
+def _bounded(source: str) -> str:
+    """A scalar subquery: the rows of ``source`` (``table WHERE …``) counted up to
+    ``:bound`` (the caller passes COUNT_BOUND + 1)."""
+    return f"(SELECT COUNT(*) FROM (SELECT 1 AS x FROM {source} LIMIT :bound) AS b)"
+
+
+@dataclass(frozen=True)
+class Numbers:
+    total_requests: int  # the largest id: about the number of requests
+    by_state: list[tuple[str, Count]]
+    inbox_pending: Count
+    inbox_processing: Count
+    inbox_failed: Count
+    oldest_pending: float | None
+    refused_last_hour: int
+
+
+def _count(value: object) -> Count:
+    n = int(value or 0)  # type: ignore[call-overload]
+    return Count(min(n, COUNT_BOUND), n > COUNT_BOUND)
+
+
+async def overview_numbers(db: Database, *, now: float) -> Numbers:
+    """Every count of the overview in one statement (one round trip): each through an
+    index, each bounded; the rejection log is bounded itself."""
+    states = list(RequestState)
+    columns = [
+        f"{_bounded(f'signature_requests WHERE state = :s{i}')} AS s{i}" for i in range(len(states))
     ]
+    columns += [
+        "(SELECT MAX(id) FROM signature_requests) AS total",
+        _bounded("inbox WHERE status = 'pending'") + " AS pending",
+        _bounded("inbox WHERE status = 'processing'") + " AS processing",
+        _bounded("inbox WHERE status = 'failed'") + " AS failed",
+        "(SELECT received_at FROM inbox WHERE status = 'pending' ORDER BY id LIMIT 1) AS oldest",
+        "(SELECT COUNT(*) FROM rejections WHERE received_at >= :hour) AS refused",
+    ]
+    params: dict[str, Any] = {f"s{i}": state.value for i, state in enumerate(states)}
+    params.update(bound=COUNT_BOUND + 1, hour=now - 3600)
+    row = await db.fetch_one("SELECT " + ", ".join(columns), params) or {}
+    return Numbers(
+        total_requests=int(row.get("total") or 0),
+        by_state=[(state.value, _count(row.get(f"s{i}"))) for i, state in enumerate(states)],
+        inbox_pending=_count(row.get("pending")),
+        inbox_processing=_count(row.get("processing")),
+        inbox_failed=_count(row.get("failed")),
+        oldest_pending=None if row.get("oldest") is None else float(row["oldest"]),
+        refused_last_hour=int(row.get("refused") or 0),
+    )
 
 
 async def callbacks_per_minute(
@@ -130,34 +188,29 @@ class LaneHealth:
 
 
 async def lane_health(db: Database) -> list[LaneHealth]:
-    found = []
-    for lane, label in await lanes(db):
-        pending = await bounded_count(
-            db, "outbox WHERE lane = :lane AND status = 'pending'", {"lane": lane}
+    """Each lane's pending and dead actions (bounded) and next due time: one statement."""
+    found = await lanes(db)
+    columns = []
+    params: dict[str, Any] = {"bound": COUNT_BOUND + 1}
+    for i, (lane, _) in enumerate(found):
+        params[f"l{i}"] = lane
+        columns += [
+            _bounded(f"outbox WHERE lane = :l{i} AND status = 'pending'") + f" AS p{i}",
+            _bounded(f"outbox WHERE lane = :l{i} AND status = 'dead'") + f" AS d{i}",
+            f"(SELECT due_at FROM outbox WHERE lane = :l{i} AND status = 'pending'"
+            f" ORDER BY due_at, id LIMIT 1) AS n{i}",
+        ]
+    row = await db.fetch_one("SELECT " + ", ".join(columns), params) or {}
+    return [
+        LaneHealth(
+            lane,
+            label,
+            _count(row.get(f"p{i}")),
+            None if row.get(f"n{i}") is None else float(row[f"n{i}"]),
+            _count(row.get(f"d{i}")),
         )
-        dead = await bounded_count(
-            db, "outbox WHERE lane = :lane AND status = 'dead'", {"lane": lane}
-        )
-        due = await db.fetch_one(
-            "SELECT due_at FROM outbox WHERE lane = :lane AND status = 'pending'"
-            " ORDER BY due_at, id LIMIT 1",
-            {"lane": lane},
-        )
-        found.append(
-            LaneHealth(lane, label, pending, None if due is None else float(due["due_at"]), dead)
-        )
-    return found
-
-
-async def inbox_queue(db: Database) -> tuple[Count, Count, float | None, Count]:
-    """Pending and processing callbacks, when the oldest pending one came, failed ones."""
-    pending = await bounded_count(db, "inbox WHERE status = 'pending'", {})
-    processing = await bounded_count(db, "inbox WHERE status = 'processing'", {})
-    failed = await bounded_count(db, "inbox WHERE status = 'failed'", {})
-    oldest = await db.fetch_one(
-        "SELECT received_at FROM inbox WHERE status = 'pending' ORDER BY id LIMIT 1"
-    )
-    return pending, processing, None if oldest is None else float(oldest["received_at"]), failed
+        for i, (lane, label) in enumerate(found)
+    ]
 
 
 async def failing_endpoints(db: Database) -> list[Row]:
@@ -170,16 +223,16 @@ async def failing_endpoints(db: Database) -> list[Row]:
 
 async def stale_requests(db: Database, *, now: float, per_state: int = 5) -> list[Row]:
     """Open requests not updated for a week: the oldest few of each open state (through
-    the state index; the oldest ids are the likeliest to be stale)."""
-    found: list[Row] = []
-    for state in OPEN_STATES:
-        rows = await db.fetch_all(
-            f"SELECT {requests.COLUMNS} FROM signature_requests WHERE state = :state"
-            " ORDER BY id LIMIT :limit",
-            {"state": state, "limit": per_state},
-        )
-        found += [r for r in rows if float(r["updated_at"]) < now - STALE_AFTER_SECONDS]
-    return found
+    the state index; the oldest ids are the likeliest to be stale), in one statement."""
+    parts = [
+        f"SELECT * FROM (SELECT {requests.COLUMNS} FROM signature_requests"
+        f" WHERE state = :s{i} ORDER BY id LIMIT :limit) AS o{i}"
+        for i in range(len(OPEN_STATES))
+    ]
+    params: dict[str, Any] = {f"s{i}": state.value for i, state in enumerate(OPEN_STATES)}
+    params["limit"] = per_state
+    rows = await db.fetch_all(" UNION ALL ".join(parts), params)
+    return [r for r in rows if float(r["updated_at"]) < now - STALE_AFTER_SECONDS]
 
 
 # --- requests ---------------------------------------------------------------------------

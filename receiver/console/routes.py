@@ -382,23 +382,16 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
 
     async def overview(request: Request, view: View, _: dict[str, str]) -> Response:
         now = ctx.clock()
-        pending, processing, oldest, failed = await queries.inbox_queue(ctx.db)
         return render(
             "overview.html",
             view=view,
             now=now,
-            total=await queries.largest_id(ctx.db, "signature_requests"),
-            by_state=await queries.requests_by_state(ctx.db),
+            numbers=await queries.overview_numbers(ctx.db, now=now),
             rate=await queries.callbacks_per_minute(ctx.db, now=now),
-            inbox_pending=pending,
-            inbox_processing=processing,
-            inbox_oldest=oldest,
-            inbox_failed=failed,
             lanes=await queries.lane_health(ctx.db),
             failing=await queries.failing_endpoints(ctx.db),
             stale=await queries.stale_requests(ctx.db, now=now),
             stale_days=queries.STALE_AFTER_SECONDS // 86400,
-            refused_hour=await rejections.since(ctx.db, after=now - 3600),
         )
 
     async def request_list(request: Request, view: View, _: dict[str, str]) -> Response:

@@ -8,6 +8,8 @@ token or by a viewer, that no secret reaches a page, and the rejection log's bou
 
 from __future__ import annotations
 
+import bisect
+import random
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +21,7 @@ import pytest
 
 from handlers.firma.signature import sign
 from receiver.app import create_app
+from receiver.console import queries
 from receiver.errors import CallbackRejected
 from receiver.intake.rejections import RejectionLog
 from receiver.intake.router import Callback
@@ -374,3 +377,39 @@ def test_endpoint_forms_test_rotate_and_retry_through_manage(
             assert secret.startswith("whsec_")
             assert rotated.headers["cache-control"] == "no-store"
             assert secret not in client.get("/console/endpoints").text  # shown once only
+
+
+@pytest.mark.anyio
+async def test_a_time_maps_to_the_first_id_at_or_after_it(database_url: str) -> None:
+    """The console's search over the primary key (queries.first_ids_at), with gaps in the
+    ids and moments before, between and after the rows."""
+    db = open_database(database_url)
+    await db.connect()
+    try:
+        chance = random.Random(7)
+        times = sorted(chance.uniform(0, 1000) for _ in range(700))
+        ids = [1 + n * 3 for n in range(len(times))]  # gaps, as rolled-back inserts leave
+        async with db.transaction() as tx:
+            for row_id, moment in zip(ids, times, strict=True):
+                await tx.execute(
+                    "INSERT INTO rejections (id, received_at, route, status, reason)"
+                    " VALUES (:id, :t, '/hooks/x', 400, 'x')",
+                    {"id": row_id, "t": moment},
+                )
+        moments = [
+            -5.0,
+            times[0],
+            times[100],
+            999.99,
+            1000.5,
+            *(chance.uniform(0, 1000) for _ in range(40)),
+        ]
+        found = await queries.first_ids_at(db, "rejections", "received_at", moments)
+        for moment, position in zip(moments, found, strict=True):
+            k = bisect.bisect_left(times, moment)
+            # Any position after the last older row and at most the first newer one is it.
+            earliest = ids[k - 1] + 1 if k else ids[0]
+            latest = ids[k] if k < len(ids) else ids[-1] + 1
+            assert earliest <= position <= latest, (moment, position)
+    finally:
+        await db.close()
