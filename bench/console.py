@@ -229,17 +229,47 @@ def fill_sqlite(path: Path, *, requests: int, events: int) -> str:
     return url
 
 
+_GIVEN = object()  # a ``?`` of an INSERT: the row's next value
+
+
+def _insert_parts(sql: str) -> tuple[str, list[str], list[object]]:
+    """``INSERT INTO t (a, b) VALUES (?, 'x')`` → ``t``, ``[a, b]``, ``[_GIVEN, "x"]``."""
+    found = re.fullmatch(r"INSERT INTO (\w+) \(([^)]*)\) VALUES \((.*)\)", sql.strip(), re.S)
+    assert found, sql
+    values: list[object] = []
+    for item in re.findall(r"'(?:[^']|'')*'|[^,]+", found.group(3)):
+        item = item.strip()
+        if item == "?":
+            values.append(_GIVEN)
+        elif item.startswith("'"):
+            values.append(item[1:-1].replace("''", "'"))
+        elif item.upper() == "NULL":
+            values.append(None)
+        else:
+            values.append(float(item) if "." in item else int(item))
+    return found.group(1), [c.strip() for c in found.group(2).split(",")], values
+
+
 def fill_postgres(admin_url: str, *, requests: int, events: int) -> str:
     url = stores.create_postgres_database(admin_url, "signback_bench_console")
     stores.migrate(url)
 
     class Cursor:
+        """The fill's INSERTs as COPY (a hundred times faster than row by row): the
+        statement gives the table, the columns and the constants between the ``?``s."""
+
         def __init__(self, pg: psycopg.Connection[Any]) -> None:
             self.pg = pg
 
         def executemany(self, sql: str, rows: list[tuple[object, ...]]) -> None:
-            with self.pg.cursor() as cur:
-                cur.executemany(sql.replace("%", "%%").replace("?", "%s"), rows)
+            table, columns, values = _insert_parts(sql)
+            with (
+                self.pg.cursor() as cur,
+                cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
+            ):
+                for row in rows:
+                    given = iter(row)
+                    copy.write_row([next(given) if v is _GIVEN else v for v in values])
 
     with psycopg.connect(url) as pg:
         fill(Cursor(pg), requests=requests, events=events, commit=pg.commit)

@@ -79,11 +79,16 @@ async def first_ids_at(
                 probes.update({f"p{i}_{n}": point for n, point in enumerate(points)})
         if not probes:
             return low
-        sql = "SELECT " + ", ".join(
-            f"(SELECT {column} FROM {table} WHERE id >= :{name} ORDER BY id LIMIT 1) AS {name}"
-            for name in probes
+        # One subquery over a list of probes (not one subquery per probe: PostgreSQL
+        # plans each of those apart, which took longer than running them).
+        names = list(probes)
+        listed = ", ".join(f"({n}, :{name})" for n, name in enumerate(names))
+        rows = await db.fetch_all(
+            f"SELECT p.column1 AS k, (SELECT {column} FROM {table} WHERE id >= p.column2"
+            f" ORDER BY id LIMIT 1) AS t FROM (VALUES {listed}) AS p",
+            probes,
         )
-        row = await db.fetch_one(sql, probes) or {}
+        row = {names[int(r["k"])]: r["t"] for r in rows}
         for i, (lo, hi) in enumerate(zip(low, high, strict=True)):
             if lo >= hi:
                 continue
