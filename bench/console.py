@@ -250,8 +250,18 @@ def _insert_parts(sql: str) -> tuple[str, list[str], list[object]]:
     return found.group(1), [c.strip() for c in found.group(2).split(",")], values
 
 
+PG_NAME = "signback_bench_console"
+
+
+def _kept_postgres(admin_url: str) -> str | None:
+    """The URL of a database kept by an earlier ``--keep-postgres`` run, if there is one."""
+    with psycopg.connect(admin_url, autocommit=True) as pg:
+        found = pg.execute("SELECT 1 FROM pg_database WHERE datname = %s", [PG_NAME]).fetchone()
+    return f"{admin_url.rpartition('/')[0]}/{PG_NAME}" if found else None
+
+
 def fill_postgres(admin_url: str, *, requests: int, events: int) -> str:
-    url = stores.create_postgres_database(admin_url, "signback_bench_console")
+    url = stores.create_postgres_database(admin_url, PG_NAME)
     stores.migrate(url)
 
     class Cursor:
@@ -388,6 +398,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument("--docs", type=Path, help="write the tables to this Markdown file")
     parser.add_argument(
+        "--keep-postgres",
+        action="store_true",
+        help=f"keep the database {PG_NAME} (and use it as it is when it exists)",
+    )
+    parser.add_argument(
         "--store",
         type=Path,
         help="the SQLite file to fill, kept afterwards; filled already: used as it is",
@@ -408,10 +423,13 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
         if args.postgres_url:
+            kept = _kept_postgres(args.postgres_url) if args.keep_postgres else None
             runs.append(
                 (
                     "PostgreSQL",
-                    lambda: fill_postgres(
+                    (lambda: kept)
+                    if kept
+                    else lambda: fill_postgres(
                         args.postgres_url, requests=args.requests, events=args.events
                     ),
                 )
@@ -427,8 +445,8 @@ def main(argv: list[str] | None = None) -> int:
             text = report(label, args.requests, args.events, seconds, rows)
             print(text, flush=True)
             out.append(text)
-            if label == "PostgreSQL":
-                stores.drop_postgres_database(args.postgres_url, "signback_bench_console")
+            if label == "PostgreSQL" and not args.keep_postgres:
+                stores.drop_postgres_database(args.postgres_url, PG_NAME)
     if args.docs:
         stamp = dt.date.today().isoformat()
         write_docs(
