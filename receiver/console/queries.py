@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,15 @@ TERMINAL = frozenset(
 )
 OPEN_STATES = tuple(s for s in RequestState if s not in TERMINAL)
 STALE_AFTER_SECONDS = 7 * 24 * 3600
+
+
+def number_or_none(value: object) -> float | None:
+    """A stored time as a number; None for one that is not (text in an SQLite column)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,7 @@ async def first_ids_at(
                 if name not in probes:
                     break
                 seen = row.get(name)
-                if seen is None or float(seen) >= moments[i]:
+                if seen is None or (number_or_none(seen) or float("-inf")) >= moments[i]:
                     new_hi = probes[name]
                     break
                 new_lo = probes[name] + 1
@@ -157,7 +167,7 @@ async def overview_numbers(db: Database, *, now: float) -> Numbers:
         inbox_pending=_count(row.get("pending")),
         inbox_processing=_count(row.get("processing")),
         inbox_failed=_count(row.get("failed")),
-        oldest_pending=None if row.get("oldest") is None else float(row["oldest"]),
+        oldest_pending=number_or_none(row.get("oldest")),
         refused_last_hour=int(row.get("refused") or 0),
     )
 
@@ -211,7 +221,7 @@ async def lane_health(db: Database) -> list[LaneHealth]:
             lane,
             label,
             _count(row.get(f"p{i}")),
-            None if row.get(f"n{i}") is None else float(row[f"n{i}"]),
+            number_or_none(row.get(f"n{i}")),
             _count(row.get(f"d{i}")),
         )
         for i, (lane, label) in enumerate(found)
@@ -237,7 +247,7 @@ async def stale_requests(db: Database, *, now: float, per_state: int = 5) -> lis
     params: dict[str, Any] = {f"s{i}": state.value for i, state in enumerate(OPEN_STATES)}
     params["limit"] = per_state
     rows = await db.fetch_all(" UNION ALL ".join(parts), params)
-    return [r for r in rows if float(r["updated_at"]) < now - STALE_AFTER_SECONDS]
+    return [r for r in rows if (number_or_none(r["updated_at"]) or now) < now - STALE_AFTER_SECONDS]
 
 
 # --- requests ---------------------------------------------------------------------------

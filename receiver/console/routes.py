@@ -503,10 +503,11 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             before = (due, before_id)
         dead = await queries.dead_actions(ctx.db, lane=lane, before=before, limit=PAGE)
         following = None
-        if len(dead) == PAGE:
+        due_last = queries.number_or_none(dead[-1]["due_at"]) if dead else None
+        if len(dead) == PAGE and due_last is not None:
             last = dead[-1]
             following = "?" + urllib.parse.urlencode(
-                {"lane": lane, "due": repr(float(last["due_at"])), "before": last["id"]}
+                {"lane": lane, "due": repr(due_last), "before": last["id"]}
             )
         refused = await rejections.search(
             ctx.db, before_id=_before(params, "refused_before"), limit=PAGE

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import random
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -413,3 +414,36 @@ async def test_a_time_maps_to_the_first_id_at_or_after_it(database_url: str) -> 
             assert earliest <= position <= latest, (moment, position)
     finally:
         await db.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_odd_stored_rows_still_render(receiver: Receiver) -> None:
+    """Rows as an older version, a hand edit or a provider's bytes may leave them."""
+    registered, action_id = dead_request(receiver)
+    path = receiver.settings.database_url.split("///", 1)[1]
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "UPDATE inbox SET body = ?, headers = 'not json', received_at = 'soon',"
+            " occurred_at = 1e300 WHERE request_id = ?",
+            (b"\xff\xfe\x00<script>alert(1)</script>", registered["id"]),
+        )
+        conn.execute(
+            "UPDATE outbox SET payload = '[1, 2', due_at = 'never' WHERE id = ?", (action_id,)
+        )
+        conn.execute(
+            "INSERT INTO rejections (received_at, route, status, reason, details, headers)"
+            " VALUES ('x', '/hooks/x', 400, '<b>bold</b>', '{nope', '[]')"
+        )
+    with console(receiver) as client:
+        story = client.get(f"/console/requests/{registered['id']}")
+        assert story.status_code == 200
+        inbox_id = re.search(r"/console/callbacks/(\d+)", story.text)
+        assert inbox_id
+        body = client.get(f"/console/callbacks/{inbox_id.group(1)}")
+        assert body.status_code == 200
+        assert "<script>alert" not in body.text  # escaped
+        assert "&lt;script&gt;" in body.text
+        failures = client.get("/console/failures")
+        assert failures.status_code == 200
+        assert "&lt;b&gt;bold&lt;/b&gt;" in failures.text
+        assert client.get("/console").status_code == 200
