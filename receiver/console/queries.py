@@ -76,7 +76,11 @@ async def first_ids_at(
     or after it (``MAX(id) + 1`` when none is). A search over the primary key for all the
     moments together, ``fan`` probes per moment and step: each step is one statement of
     primary-key probes, and a table of millions takes about seven."""
-    bounds = await db.fetch_one(f"SELECT MIN(id) AS lo, MAX(id) AS hi FROM {table}")
+    # Two subqueries: SQLite reads MIN or MAX alone from the index's end, but scans the
+    # whole table for both in one SELECT.
+    bounds = await db.fetch_one(
+        f"SELECT (SELECT MIN(id) FROM {table}) AS lo, (SELECT MAX(id) FROM {table}) AS hi"
+    )
     if bounds is None or bounds["lo"] is None:
         return [1 for _ in moments]
     low = [int(bounds["lo"])] * len(moments)
