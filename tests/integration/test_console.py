@@ -8,6 +8,7 @@ token or by a viewer, that no secret reaches a page, and the rejection log's bou
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import random
 import re
@@ -27,6 +28,7 @@ from receiver.errors import CallbackRejected
 from receiver.intake.rejections import RejectionLog
 from receiver.intake.router import Callback
 from receiver.settings import Settings
+from receiver.store import inbox
 from receiver.store import rejections as stored_rejections
 from receiver.store.db import open_database
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
@@ -197,8 +199,6 @@ def test_the_cookie_is_secure_over_https(make_settings: Callable[..., Settings])
                 "/console/signin",
                 data={"signin": hidden(form.text, "signin"), "token": ADMIN_TOKEN},
             )
-
-    import asyncio
 
     answer = asyncio.run(sign_in())
     assert answer.status_code == 303
@@ -447,3 +447,44 @@ def test_odd_stored_rows_still_render(receiver: Receiver) -> None:
         assert failures.status_code == 200
         assert "&lt;b&gt;bold&lt;/b&gt;" in failures.text
         assert client.get("/console").status_code == 200
+
+
+def test_reconciliation_findings_show_on_the_timeline(receiver: Receiver) -> None:
+    """Reconciliation (another stage) stores what it learns from the provider as inbox rows
+    of the channel ``reconcile``: the timeline shows them as findings."""
+    registered = receiver.register(
+        provider="okdokument", signatureRequestId="sr-rec", documentId="doc-rec", reference="r"
+    )
+
+    async def store_finding() -> None:
+        db = open_database(receiver.settings.database_url)
+        await db.connect()
+        try:
+            params = inbox.insert_params(
+                provider="okdokument",
+                channel="reconcile",
+                dedupe_key="reconcile:sr-rec:1",
+                received_at=time.time(),
+                body=b'{"state": "signed"}',
+                headers={},
+                query="",
+                request_id=registered["id"],
+                external_id="sr-rec",
+            )
+            async with db.transaction() as tx:
+                await tx.execute(
+                    inbox.INSERT_SQL,
+                    {**params, "status": "processed"},
+                )
+                await tx.execute(
+                    "UPDATE inbox SET provider_type = 'document info: signed',"
+                    " kind = 'request.completed' WHERE dedupe_key = 'reconcile:sr-rec:1'"
+                )
+        finally:
+            await db.close()
+
+    asyncio.run(store_finding())
+    with console(receiver) as client:
+        page = client.get(f"/console/requests/{registered['id']}").text
+    assert "reconciliation finding: document info: signed" in page
+    assert "k-finding" in page
