@@ -10,17 +10,13 @@ cached and never framed.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jinja2
-from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -30,10 +26,22 @@ from receiver.console import documents, queries, timeline
 from receiver.console.session import (
     COOKIE,
     SIGNIN_COOKIE,
-    Session,
     Sessions,
     signin_ok,
     signin_token,
+)
+from receiver.console.web import (
+    SECURITY_HEADERS,
+    BadInput,
+    Refused,
+    View,
+    before_param,
+    choice_param,
+    date_param,
+    make_environment,
+    row_id,
+    safe_next,
+    text_param,
 )
 from receiver.context import AppContext
 from receiver.logs import get_logger
@@ -42,7 +50,7 @@ from receiver.outbox.downstream import LANE_PREFIX, manage
 from receiver.outbox.downstream import endpoints as endpoint_store
 from receiver.store import inbox, outbox, rejections
 from receiver.store import requests as request_store
-from receiver.store.storable import renderable, text_problem
+from receiver.store.storable import renderable
 
 log = get_logger("signback.console")
 
@@ -52,159 +60,6 @@ STATIC_FILES = {p.name: p for p in STATIC.iterdir() if p.is_file()} if STATIC.is
 MAX_FORM_BYTES = 64 * 1024
 PAGE = 50
 BODY_VIEW_BYTES = 256 * 1024
-MAX_ID = 2**63 - 1
-
-SECURITY_HEADERS = {
-    "content-security-policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';"
-        " form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "x-frame-options": "DENY",
-    "x-content-type-options": "nosniff",
-    "referrer-policy": "same-origin",
-    "cache-control": "no-store",
-}
-
-
-class BadInput(Exception):
-    """A parameter the page cannot take: a 400 page with the reason."""
-
-
-class Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-# --- rendering helpers --------------------------------------------------------------------
-
-
-def iso(value: object) -> str | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        moment = dt.datetime.fromtimestamp(float(value), tz=dt.UTC)  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError, OSError):
-        return None
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def when(value: object) -> Markup:
-    """A stored time as ``<time>``: UTC in the text (the script shows it in the viewer's
-    zone) and on hover."""
-    stamp = iso(value)
-    if stamp is None:
-        return Markup("<span class='none'>-</span>")
-    utc = stamp.replace("T", " ").replace("Z", " UTC")
-    return Markup('<time datetime="{0}" title="{1}">{1}</time>').format(stamp, utc)
-
-
-def ago(value: object, now: float) -> str:
-    try:
-        seconds = now - float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return "-"
-    if not math.isfinite(seconds):
-        return "-"
-    late = seconds >= 0
-    seconds = abs(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            text = f"{seconds / size:.0f} {unit}"
-            break
-    else:
-        text = f"{seconds:.0f} s"
-    return f"{text} ago" if late else f"in {text}"
-
-
-def shown(value: object) -> object:
-    """Any stored value as a page can show it (lone surrogates, NaN …); yes/no for a flag."""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return renderable(value)
-
-
-def make_environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(HERE / "templates"),
-        autoescape=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["when"] = when
-    env.filters["shown"] = shown
-    env.globals["ago"] = ago
-    return env
-
-
-@dataclass
-class View:
-    """What every page's template gets besides its own values."""
-
-    session: Session
-    csrf: str
-    path: str
-
-
-# --- parameters ---------------------------------------------------------------------------
-
-
-def _id(raw: str | None) -> int | None:
-    if raw is None or not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
-        return None
-    value = int(raw)
-    return value if 0 < value <= MAX_ID else None
-
-
-def _text(params: Mapping[str, str], name: str, limit: int = 200) -> str | None:
-    value = params.get(name, "").strip()
-    if not value:
-        return None
-    if len(value) > limit:
-        raise BadInput(f"{name} must be at most {limit} characters")
-    if problem := text_problem(value):
-        raise BadInput(f"{name} {problem}")
-    return value
-
-
-def _choice(params: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
-    value = params.get(name, "")
-    if not value:
-        return None
-    if value not in allowed:
-        raise BadInput(f"{name} must be one of {', '.join(allowed)}")
-    return value
-
-
-def _date(params: Mapping[str, str], name: str, *, end: bool = False) -> float | None:
-    """``YYYY-MM-DD`` (UTC): its start, or with ``end`` the start of the next day."""
-    value = params.get(name, "").strip()
-    if not value:
-        return None
-    try:
-        day = dt.date.fromisoformat(value)
-    except ValueError:
-        raise BadInput(f"{name} must be a date such as 2026-12-01") from None
-    start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()
-    return start + 86400 if end else start
-
-
-def _before(params: Mapping[str, str], name: str = "before") -> int | None:
-    raw = params.get(name)
-    if raw is None or raw == "":
-        return None
-    value = _id(raw)
-    if value is None:
-        raise BadInput(f"{name} must be an id")
-    return value
-
-
-def _safe_next(value: str | None) -> str:
-    """Where to go after signing in: a console path only (no open redirect)."""
-    if value and value.startswith("/console") and "//" not in value and "\\" not in value:
-        return value
-    return "/console"
-
 
 # --- the routes ---------------------------------------------------------------------------
 
@@ -312,7 +167,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             "signin.html",
             view=None,
             signin=token,
-            next=_safe_next(request.query_params.get("next")),
+            next=safe_next(request.query_params.get("next")),
             message=None,
             viewer=ctx.settings.viewer_token is not None,
         )
@@ -341,7 +196,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
                 401,
                 view=None,
                 signin=token,
-                next=_safe_next(form.get("next")),
+                next=safe_next(form.get("next")),
                 message="That token is not the admin token (nor the viewer token).",
                 viewer=ctx.settings.viewer_token is not None,
             )
@@ -350,7 +205,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
         session, cookie = sessions.issue(role, now=ctx.clock())
         log.info("console sign-in", role=role.value)
         response = RedirectResponse(
-            _safe_next(form.get("next")), status_code=303, headers=SECURITY_HEADERS
+            safe_next(form.get("next")), status_code=303, headers=SECURITY_HEADERS
         )
         set_cookie(response, request, COOKIE, cookie, session.expires - int(ctx.clock()))
         response.delete_cookie(SIGNIN_COOKIE, path="/console")
@@ -398,13 +253,13 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
         params = request.query_params
         rows = await queries.search_requests(
             ctx.db,
-            state=_choice(params, "state", states),
-            provider=_choice(params, "provider", providers),
-            reference=_text(params, "reference"),
-            external_id=_text(params, "provider_id"),
-            since=_date(params, "from"),
-            until=_date(params, "to", end=True),
-            before_id=_before(params),
+            state=choice_param(params, "state", states),
+            provider=choice_param(params, "provider", providers),
+            reference=text_param(params, "reference"),
+            external_id=text_param(params, "provider_id"),
+            since=date_param(params, "from"),
+            until=date_param(params, "to", end=True),
+            before_id=before_param(params),
             limit=PAGE,
             providers=providers,
         )
@@ -424,7 +279,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
         )
 
     async def request_page(request: Request, view: View, _: dict[str, str]) -> Response:
-        request_id = _id(request.path_params["id"])
+        request_id = row_id(request.path_params["id"])
         row = None if request_id is None else await request_store.get(ctx.db, request_id)
         if row is None:
             return problem(404, "No such request.", view)
@@ -441,7 +296,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
         )
 
     async def callback_page(request: Request, view: View, _: dict[str, str]) -> Response:
-        inbox_id = _id(request.path_params["id"])
+        inbox_id = row_id(request.path_params["id"])
         row = None if inbox_id is None else await queries.inbox_row(ctx.db, inbox_id)
         if row is None:
             return problem(404, "No such callback.", view)
@@ -466,7 +321,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
         )
 
     async def download(request: Request, view: View, _: dict[str, str]) -> Response:
-        document_id = _id(request.path_params["id"])
+        document_id = row_id(request.path_params["id"])
         if document_id is None or not await timeline.has_documents(ctx):
             return problem(404, "No such document.", view)
         row = await documents.get(ctx.db, document_id)
@@ -490,14 +345,14 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
     async def failures(request: Request, view: View, _: dict[str, str]) -> Response:
         params = request.query_params
         lane_names = await queries.lanes(ctx.db)
-        lane = _choice(params, "lane", tuple(name for name, _ in lane_names)) or "provider"
+        lane = choice_param(params, "lane", tuple(name for name, _ in lane_names)) or "provider"
         before = None
         if params.get("due") and params.get("before"):
             try:
                 due = float(params["due"])
             except ValueError:
                 raise BadInput("due must be a number") from None
-            before_id = _before(params)
+            before_id = before_param(params)
             if not math.isfinite(due) or before_id is None:
                 raise BadInput("due must be a number")
             before = (due, before_id)
@@ -510,7 +365,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
                 {"lane": lane, "due": repr(due_last), "before": last["id"]}
             )
         refused = await rejections.search(
-            ctx.db, before_id=_before(params, "refused_before"), limit=PAGE
+            ctx.db, before_id=before_param(params, "refused_before"), limit=PAGE
         )
         refused_next = None
         if len(refused) == PAGE:
@@ -556,7 +411,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
     # --- forms -----------------------------------------------------------------------
 
     def back(request: Request, form: Mapping[str, str], fallback: str, done: str) -> Response:
-        target = _safe_next(form.get("back")) if form.get("back") else fallback
+        target = safe_next(form.get("back")) if form.get("back") else fallback
         joiner = "&" if "?" in target else "?"
         return RedirectResponse(
             f"{target}{joiner}{urllib.parse.urlencode({'done': done})}",
@@ -565,7 +420,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
         )
 
     async def retry_action(request: Request, view: View, form: dict[str, str]) -> Response:
-        action_id = _id(request.path_params["id"])
+        action_id = row_id(request.path_params["id"])
         if action_id is None:
             return problem(404, "No such action.", view)
         if await outbox.retry(ctx.db, action_id, now=ctx.clock()):
@@ -581,17 +436,17 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
         )
 
     async def retry_callback(request: Request, view: View, form: dict[str, str]) -> Response:
-        inbox_id = _id(request.path_params["id"])
+        inbox_id = row_id(request.path_params["id"])
         if inbox_id is None or not await inbox.retry(ctx.db, inbox_id):
             return problem(409, "Only failed or unmatched callbacks can be processed again.", view)
         return back(request, form, "/console/failures", f"callback {inbox_id} re-queued")
 
     async def bulk_retry(request: Request, view: View, form: dict[str, str]) -> Response:
         lane_names = tuple(name for name, _ in await queries.lanes(ctx.db))
-        lane = _choice(form, "lane", lane_names)
+        lane = choice_param(form, "lane", lane_names)
         if lane is None:
             raise BadInput("lane must be one of " + ", ".join(lane_names))
-        operation = _text(form, "operation", 100)
+        operation = text_param(form, "operation", 100)
         count = await queries.retry_dead(ctx.db, lane=lane, operation=operation, now=ctx.clock())
         log.info("console: dead actions re-queued", lane=lane, operation=operation, count=count)
         return back(
@@ -602,7 +457,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
         )
 
     async def endpoint_action(request: Request, view: View, form: dict[str, str]) -> Response:
-        endpoint_id = _id(request.path_params["id"])
+        endpoint_id = row_id(request.path_params["id"])
         endpoint = None if endpoint_id is None else await endpoint_store.get(ctx.db, endpoint_id)
         if endpoint is None or endpoint.status == "deleted":
             return problem(404, "No such endpoint.", view)
@@ -613,8 +468,8 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
         elif what == "retry":
             done = f"{await manage.retry_dead(ctx, endpoint.id)} dead deliveries re-queued"
         elif what == "replay":
-            since = _date(form, "since")
-            until = _date(form, "until", end=True)
+            since = date_param(form, "since")
+            until = date_param(form, "until", end=True)
             if since is not None and until is not None and since >= until:
                 raise BadInput("until must be after since")
             replayed = await manage.replay(ctx, endpoint, since=since, until=until, request_id=None)
