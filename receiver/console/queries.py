@@ -244,8 +244,7 @@ async def stale_requests(db: Database, *, now: float, per_state: int = 5) -> lis
     """Open requests not updated for a week: the oldest few of each open state (through
     the state index; the oldest ids are the likeliest to be stale), in one statement."""
     parts = [
-        f"SELECT * FROM (SELECT {requests.COLUMNS} FROM signature_requests"
-        f" WHERE state = :s{i} ORDER BY id LIMIT :limit) AS o{i}"
+        f"SELECT * FROM ({_ids_first(f'WHERE state = :s{i}', 'ASC')}) AS o{i}"
         for i in range(len(OPEN_STATES))
     ]
     params: dict[str, Any] = {f"s{i}": state.value for i, state in enumerate(OPEN_STATES)}
@@ -302,9 +301,18 @@ async def search_requests(
         clauses.append("id < :before_id")
         params["before_id"] = before_id
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    return await db.fetch_all(
-        f"SELECT {requests.COLUMNS} FROM signature_requests {where} ORDER BY id DESC LIMIT :limit",
-        params,
+    return await db.fetch_all(_ids_first(where, "DESC"), params)
+
+
+def _ids_first(where: str, order: str) -> str:
+    """The page's ids first, then their rows. The ids come from an index alone (state;
+    provider and state; reference …), which PostgreSQL then prefers: asked for the rows
+    at once, it walked the primary key and filtered, which is fast only when matching rows
+    are spread evenly (they are not: the newest requests are the open ones), and took
+    0.2-0.7 s on a million requests."""
+    return (
+        f"SELECT {requests.COLUMNS} FROM signature_requests WHERE id IN (SELECT id FROM"
+        f" signature_requests {where} ORDER BY id {order} LIMIT :limit) ORDER BY id {order}"
     )
 
 

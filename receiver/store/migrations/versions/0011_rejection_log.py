@@ -7,6 +7,10 @@ batches (receiver/intake/rejections.py).
 
 ``(provider, id)`` serves the console's and the API's filter by provider, newest first.
 
+Requests get ``(provider, state, id)``: the console's search by provider and state (the
+state index alone left PostgreSQL walking the primary key and filtering the provider,
+0.2 s on a million requests whose open ones are the newest).
+
 Revision ID: 0011
 Revises: 0007
 Create Date: 2026-12-06
@@ -43,8 +47,10 @@ def upgrade() -> None:
         sa.Column("body_head", sa.Text()),  # the first bytes, escaped
     )
     op.create_index("ix_rejections_provider", "rejections", ["provider", "id"])
+    op.create_index("ix_requests_provider_state", "signature_requests", ["provider", "state", "id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_requests_provider_state", table_name="signature_requests")
     op.drop_index("ix_rejections_provider", table_name="rejections")
     op.drop_table("rejections")
