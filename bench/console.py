@@ -362,7 +362,7 @@ def report(
 ) -> str:
     lines = [
         f"**{label}**, {requests:,} requests and {events:,} events"
-        f" (filled in {fill_seconds:.0f} s):",
+        + (f" (filled in {fill_seconds:.0f} s):" if fill_seconds >= 1 else " (filled earlier):"),
         "",
         "| page | median ms | slowest ms |",
         "| --- | ---: | ---: |",
