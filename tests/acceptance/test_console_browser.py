@@ -248,3 +248,25 @@ def test_an_archived_document_is_listed_and_downloads(
     download.value.save_as(saved)
     assert saved.read_bytes() == content
     expect(page.locator("li.entry.k-document")).to_contain_text("document archived: signed.pdf")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_keyboard_reaches_the_content_and_the_navigation(
+    page: Page, receiver: Receiver
+) -> None:
+    sign_in(page, receiver)
+    page.keyboard.press("Tab")
+    skip = page.get_by_role("link", name="Skip to content")
+    expect(skip).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("main")).to_be_focused()
+    page.goto(f"{receiver.url}/console")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Overview")).to_be_focused()
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")  # Requests
+    expect(page.get_by_role("heading", name="Requests")).to_be_visible()
+    expect(page.get_by_role("link", name="Requests", exact=True)).to_have_attribute(
+        "aria-current", "page"
+    )
