@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from receiver.admin import api
 from receiver.clock import Clock, system_clock
 from receiver.console import routes as console
+from receiver.console import web as console_web
 from receiver.context import AppContext
 from receiver.errors import ConfigurationError, one_line
 from receiver.intake import pages
@@ -189,6 +190,8 @@ def create_app(
         assert isinstance(exc, HTTPException)
         if pages.is_browser_path(request.url.path):  # a signer's browser: a page, not JSON
             return pages.error(exc.status_code, exc.headers)
+        if request.url.path.startswith("/console/"):  # an operator's browser: a page too
+            return console_web.problem_page(exc.status_code, str(exc.detail))
         return JSONResponse(
             {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
         )

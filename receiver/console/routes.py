@@ -38,7 +38,7 @@ from receiver.console.web import (
     before_param,
     choice_param,
     date_param,
-    make_environment,
+    page_bytes,
     row_id,
     safe_next,
     text_param,
@@ -68,18 +68,14 @@ Handler = Callable[[Request, View, dict[str, str]], Awaitable[Response]]
 
 def routes(ctx: AppContext) -> list[BaseRoute]:
     sessions = Sessions(ctx.settings)
-    env = make_environment()
     providers = tuple(sorted(ctx.providers))
     states = tuple(s.value for s in RequestState)
 
     def render(
         name: str, status: int = 200, headers: Mapping[str, str] | None = None, **values: Any
     ) -> Response:
-        html = env.get_template(name).render(**values)
-        # A stored lone surrogate must not turn a page into a 500.
-        body = html.encode("utf-8", "backslashreplace")
         return Response(
-            body,
+            page_bytes(name, **values),
             status_code=status,
             media_type="text/html; charset=utf-8",
             headers={**SECURITY_HEADERS, **(headers or {})},

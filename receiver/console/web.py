@@ -5,6 +5,7 @@ the template environment, and the checks of query and form parameters (each bad 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import jinja2
 from markupsafe import Markup
+from starlette.responses import Response
 
 from receiver.console.session import Session
 from receiver.store.storable import renderable, text_problem
@@ -89,6 +91,7 @@ def shown(value: object) -> object:
     return renderable(value)
 
 
+@functools.cache
 def make_environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -169,3 +172,20 @@ def safe_next(value: str | None) -> str:
     if value and value.startswith("/console") and "//" not in value and "\\" not in value:
         return value
     return "/console"
+
+
+def page_bytes(name: str, **values: object) -> bytes:
+    """A template rendered; a stored lone surrogate must not turn a page into a 500."""
+    return (
+        make_environment().get_template(name).render(**values).encode("utf-8", "backslashreplace")
+    )
+
+
+def problem_page(status: int, message: str) -> Response:
+    """A page for a refusal outside any console route (an unknown path, a wrong method)."""
+    return Response(
+        page_bytes("problem.html", view=None, code=status, message=message),
+        status_code=status,
+        media_type="text/html; charset=utf-8",
+        headers=SECURITY_HEADERS,
+    )

@@ -333,7 +333,7 @@ async def test_a_flood_keeps_at_most_a_buffer_of_refusals_per_flush(database_url
         ("/console/failures?lane=bogus", 400, "lane must be one of"),
         ("/console/failures?due=nan&before=5", 400, "due must be a number"),
         ("/console/failures?refused_before=-1", 400, "refused_before must be an id"),
-        ("/console/nothing", 404, ""),
+        ("/console/nothing", 404, "Not Found"),
     ],
 )
 def test_bad_input_is_a_4xx_page_with_the_reason(
@@ -343,6 +343,7 @@ def test_bad_input_is_a_4xx_page_with_the_reason(
         page = client.get(path)
     assert page.status_code == status, page.text[:300]
     assert says in page.text
+    assert page.headers["content-type"].startswith("text/html")
 
 
 def test_endpoint_forms_test_rotate_and_retry_through_manage(
