@@ -14,6 +14,8 @@ from starlette.responses import JSONResponse, Response
 
 from receiver.admin import api
 from receiver.clock import Clock, system_clock
+from receiver.console import routes as console
+from receiver.console import web as console_web
 from receiver.context import AppContext
 from receiver.errors import ConfigurationError, one_line
 from receiver.intake import pages
@@ -143,6 +145,7 @@ def create_app(
         await ctx.start_providers()
         await split_quietly(ctx)
         await repoint_quietly(ctx)
+        ctx.rejections.start()
         worker = Worker(ctx) if with_worker else None
         if worker is not None:
             worker.start()
@@ -165,11 +168,12 @@ def create_app(
         finally:
             if worker is not None:
                 await worker.stop()
+            await ctx.rejections.stop()
             await ctx.close()
             await ctx.db.close()
             log.info("signback stopped")
 
-    routes = [*web.routes(ctx), *api.routes(ctx)]
+    routes = [*web.routes(ctx), *api.routes(ctx), *console.routes(ctx)]
     specs = {name: provider.hook_specs(ctx) for name, provider in ctx.providers.items()}
     hooks = [hook for name, found in specs.items() for hook in router_hooks(ctx, name, found)]
     groups = RouteGroups(provider.hook_prefix for provider in ctx.providers.values())
@@ -186,6 +190,8 @@ def create_app(
         assert isinstance(exc, HTTPException)
         if pages.is_browser_path(request.url.path):  # a signer's browser: a page, not JSON
             return pages.error(exc.status_code, exc.headers)
+        if request.url.path.startswith("/console/"):  # an operator's browser: a page too
+            return console_web.problem_page(exc.status_code, str(exc.detail))
         return JSONResponse(
             {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
         )

@@ -14,6 +14,7 @@ from typing import Any
 from receiver.clock import Clock, system_clock
 from receiver.errors import ConfigurationError
 from receiver.intake.redaction import HeaderRedaction
+from receiver.intake.rejections import RejectionLog
 from receiver.intake.tokens import hook_token_for, return_token_for
 from receiver.loadshare import Governor, IntakeLoad, Occupancy
 from receiver.metrics import Metrics
@@ -75,6 +76,8 @@ class AppContext:
     occupancy: Occupancy = field(default_factory=Occupancy)
     # Whether background work may go ahead now (acknowledgements first): see loadshare.py.
     governor: Governor = field(init=False)
+    # Refused callbacks, written in batches off the intake's path (receiver/intake/rejections.py).
+    rejections: RejectionLog = field(init=False)
     # Unique per context, even for two in one process: claims are settled only by their owner.
     worker_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -86,6 +89,9 @@ class AppContext:
         self.governor = Governor(self.intake_load, self.occupancy)
         self.redaction = HeaderRedaction(
             header for provider in self.providers.values() for header in provider.secret_headers
+        )
+        self.rejections = RejectionLog(
+            self.db, self.redaction, cap=self.settings.rejection_log_rows, clock=self.clock
         )
         # Every URL name some provider gives its requests: ``{signback.<name>}`` in a payload
         # (receiver/outbox/dispatcher.py); another ``{signback.…}`` string is left alone.

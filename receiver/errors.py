@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class SignbackError(Exception):
     """Something went wrong in signback."""
@@ -24,10 +26,20 @@ class CallbackRejected(SignbackError):
 
     status_code = 400
 
-    def __init__(self, reason: str, status_code: int | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        status_code: int | None = None,
+        *,
+        details: Mapping[str, object] | None = None,
+    ) -> None:
         super().__init__(reason)
         if status_code is not None:
             self.status_code = status_code
+        # Facts that explain the refusal to an operator (the rejection log, the console):
+        # e.g. a signature's timestamp skew and how many secrets were tried. Never a secret,
+        # a signature or a token: they are stored and shown as they are.
+        self.details: Mapping[str, object] = details or {}
 
 
 class SignatureInvalid(CallbackRejected):

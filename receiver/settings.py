@@ -152,6 +152,15 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=10, ge=1)
     sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
 
+    # --- the rejection log and the console (receiver/intake/rejections.py, receiver/console/) ---
+    # Refused callbacks kept (the newest; 0: none kept). At most a thousand a second are
+    # written, in one batch, off the intake's path.
+    rejection_log_rows: int = Field(default=10_000, ge=0, le=10_000_000)
+    # A read-only sign-in for the console (pages only, no form that changes anything).
+    viewer_token: SecretStr | None = Field(default=None, min_length=16)
+    # How long a console sign-in lasts.
+    console_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+
     # Providers that are not installed as a distribution (receiver/providers/registry.py).
     provider_modules: str | None = None
 

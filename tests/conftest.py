@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,18 @@ from tests.databases import (
 )
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Under CI the console's browser tests must run: a missing Chromium stops the run at
+    # once, loudly, instead of failing each browser test on its own.
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        from tests.browser import missing_chromium
+
+        if (problem := missing_chromium()) is not None:
+            raise pytest.UsageError(f"CI=true: {problem}")
+
+
 SECRET_KEY = "test-secret-key-0123456789-0123456789"
 
 

@@ -74,7 +74,8 @@ def hooks(settings: FirmaSettings, ctx: AppContext) -> tuple[HookSpec, ...]:
         elif not insecure:
             raise SignatureInvalid(
                 "no Firma signing secret is configured on this receiver"
-                + (f" for workspace {workspace!r}" if workspace else "")
+                + (f" for workspace {workspace!r}" if workspace else ""),
+                details={"secrets_tried": 0, "workspace": workspace},
             )
         envelope = parse_envelope(body)
         return Accepted(
@@ -96,7 +97,11 @@ def hooks(settings: FirmaSettings, ctx: AppContext) -> tuple[HookSpec, ...]:
     def known_workspace(workspace: str) -> tuple[str, Sequence[str]]:
         secrets = workspace_secrets.get(workspace)
         if secrets is None:
-            raise CallbackRejected(f"no secrets configured for workspace {workspace[:64]!r}", 404)
+            raise CallbackRejected(
+                f"no secrets configured for workspace {workspace[:64]!r}",
+                404,
+                details={"configured_workspaces": len(workspace_secrets)},
+            )
         return workspace, secrets
 
     def workspace(call: Callback, body: bytes, found: tuple[str, Sequence[str]]) -> Accepted:

@@ -105,31 +105,50 @@ def verify(
 
     ``headers`` must have lower-case names. The timestamp is checked only once a signature
     matched, so a stale but authentic delivery is reported as stale, not as forged.
-    """
-    if not secrets:
-        raise SignatureInvalid("no Firma signing secret is configured")
+
+    The refusal's ``details`` explain it without revealing anything secret: the timestamp's
+    skew against our clock in seconds (positive: signed in the past), how many secrets were
+    tried, which headers were present (``old_header_present``: Firma's rotation header), and
+    for each header whether it parsed and matched."""
     current = headers.get(SIGNATURE_HEADER)
     old = headers.get(OLD_SIGNATURE_HEADER)
+    details: dict[str, object] = {
+        "secrets_tried": len(secrets),
+        "signature_header_present": current is not None,
+        "old_header_present": old is not None,
+        "tolerance_seconds": int(tolerance),
+    }
+    if not secrets:
+        raise SignatureInvalid("no Firma signing secret is configured", details=details)
     if current is None and old is None:
-        raise SignatureInvalid("missing X-Firma-Signature header")
+        raise SignatureInvalid("missing X-Firma-Signature header", details=details)
     problems: list[str] = []
     for name, value in ((SIGNATURE_HEADER, current), (OLD_SIGNATURE_HEADER, old)):
         if value is None:
             continue
+        label = "old" if name == OLD_SIGNATURE_HEADER else "current"
         try:
             parsed = parse_header(value)
         except SignatureInvalid as exc:
             problems.append(f"{name}: {exc}")
-            continue
-        if not _matches(parsed, body, secrets):
-            problems.append(f"{name}: signature does not match")
+            details[f"{label}_header"] = "malformed"
             continue
         age = now - parsed.timestamp
+        details.setdefault("timestamp_skew_seconds", int(age))
+        if not _matches(parsed, body, secrets):
+            problems.append(f"{name}: signature does not match")
+            details[f"{label}_header"] = "no match"
+            continue
+        details[f"{label}_header"] = "match"
+        details["timestamp_skew_seconds"] = int(age)
         if age > tolerance:
             raise SignatureInvalid(
-                f"signature timestamp is too old ({int(age)} s > {int(tolerance)} s)"
+                f"signature timestamp is too old ({int(age)} s > {int(tolerance)} s)",
+                details=details,
             )
         if -age > tolerance:
-            raise SignatureInvalid(f"signature timestamp is in the future ({int(-age)} s ahead)")
+            raise SignatureInvalid(
+                f"signature timestamp is in the future ({int(-age)} s ahead)", details=details
+            )
         return parsed.timestamp
-    raise SignatureInvalid("; ".join(problems))
+    raise SignatureInvalid("; ".join(problems), details=details)

@@ -317,6 +317,7 @@ def _text_filter(request: Request, name: str, max_chars: int) -> str | None:
 
 def routes(ctx: AppContext) -> list[BaseRoute]:
     from receiver.admin.endpoints import routes as endpoint_routes
+    from receiver.admin.rejections import routes as rejection_routes
     from receiver.archive.access import routes as document_routes
 
     admin_token = ctx.settings.admin_token.get_secret_value().encode()
@@ -494,4 +495,5 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
         Route("/metrics", admin(metrics), methods=["GET"]),
         *endpoint_routes(ctx, admin),  # downstream endpoints (receiver/admin/endpoints.py)
         *document_routes(ctx, admin),  # the archive (receiver/archive/access.py)
+        *rejection_routes(ctx, admin),  # the rejection log (receiver/admin/rejections.py)
     ]

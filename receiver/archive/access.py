@@ -34,7 +34,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 RETRY_AFTER_SECONDS = "5"
 
 
-async def _stream(ctx: AppContext, document: Document) -> Response:
+async def stream_document(ctx: AppContext, document: Document) -> Response:
     """The file as a streamed answer; 410 when retention purged it, 404 when the storage
     has lost it (checked before the answer starts: the first chunk is read first)."""
     if document.purged_at is not None:
@@ -81,7 +81,7 @@ def routes(ctx: AppContext, admin: Callable[[Endpoint], Endpoint]) -> list[BaseR
         document = None if request_id is None else await documents.get(ctx.db, request_id, name)
         if document is None:
             return error(404, "no such document for this request")
-        return await _stream(ctx, document)
+        return await stream_document(ctx, document)
 
     async def follow_link(request: Request) -> Response:
         request_id = row_id(request.path_params["id"])
@@ -110,7 +110,7 @@ def routes(ctx: AppContext, admin: Callable[[Endpoint], Endpoint]) -> list[BaseR
             )
         if document is None:
             return error(404, "no such document")
-        return await _stream(ctx, document)
+        return await stream_document(ctx, document)
 
     return [
         Route("/api/requests/{id}/documents", admin(list_documents), methods=["GET"]),

@@ -35,6 +35,7 @@ log = get_logger("signback.intake")
 
 MAX_QUERY = 4096
 UNKNOWN_URL = Answer.error(404, "unknown callback URL")
+UNKNOWN_URL_REFUSAL = CallbackRejected("unknown callback URL (no request has this token)", 404)
 STORE_FAILED = "temporarily unable to store the callback; please retry"
 
 
@@ -55,6 +56,7 @@ def handler(ctx: AppContext, provider: str, spec: HookSpec) -> HookHandler:
     keep_query = spec.keep_query
     refusal_facts = spec.refusal_facts
     count = ctx.metrics.callbacks.inc
+    note = ctx.rejections.record  # the rejection log: an append, written later in a batch
 
     async def handle(call: Callback) -> Answer:
         found: Any = None
@@ -63,18 +65,22 @@ def handler(ctx: AppContext, provider: str, spec: HookSpec) -> HookHandler:
             try:
                 found = await find_by_hook_token(ctx, call.param or "")
             except CallbackRejected as exc:
+                note(exc, provider=provider, call=call)
                 return rejected(exc, provider=provider, channel=channel)
             if found is None or found["provider"] != provider:
                 log.warning(
                     "callback to an unknown URL", provider=provider, channel=channel, status=404
                 )
+                note(UNKNOWN_URL_REFUSAL, provider=provider, call=call)
                 return UNKNOWN_URL
             request = int(found["id"])
         elif resolve is not None:
             try:
                 found = resolve(call.param or "")
             except CallbackRejected as exc:
+                note(exc, provider=provider, call=call)
                 return rejected(exc, provider=provider, channel=channel)
+        body: bytes | None = None
         try:
             problem = media.problem(call.headers.get("content-type"))
             if problem is not None:
@@ -82,6 +88,7 @@ def handler(ctx: AppContext, provider: str, spec: HookSpec) -> HookHandler:
             body = await call.read_body(limit)
             accepted = verify(call, body, found)
         except CallbackRejected as exc:
+            note(exc, provider=provider, call=call, body=body)
             facts: dict[str, Any] = {} if request is None else {"request": request}
             if refusal_facts is not None:
                 facts.update(refusal_facts(call))
@@ -99,6 +106,7 @@ def handler(ctx: AppContext, provider: str, spec: HookSpec) -> HookHandler:
                 external_id=accepted.external_id,
             )
         except CallbackRejected as exc:  # a value the inbox cannot hold: nothing was written
+            note(exc, provider=provider, call=call, body=body)
             return rejected(exc, provider=provider, channel=channel, **accepted.log_facts)
         except Exception as exc:  # only what is committed is acknowledged: the provider retries
             count(provider, channel, "503")

@@ -47,7 +47,7 @@ def loggable_path(path: str) -> str:
     return redact_tokens(_TOKEN_PATH.sub(r"/\1/[token]", path))
 
 
-_CORE_GROUPS = ("/return", "/api", "/healthz", "/readyz", "/metrics")
+_CORE_GROUPS = ("/return", "/api", "/healthz", "/readyz", "/metrics", "/console")
 
 
 class RouteGroups:

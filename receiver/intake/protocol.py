@@ -59,6 +59,7 @@ from receiver.intake.router import (
     HookRouter,
     decode_headers,
     length_exceeds,
+    peer_address,
 )
 from receiver.logs import get_logger
 
@@ -209,6 +210,7 @@ class CallbackCycle:
                 headers=self.headers,
                 query=self.query,
                 body=self.body,
+                client=peer_address(self.scope),
             )
         else:
             answer, request_id = refusal

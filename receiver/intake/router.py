@@ -16,7 +16,7 @@ logged 500 with a JSON body, never a dropped connection.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,7 +101,17 @@ class Callback:
     handler can refuse (404 unknown URL, 415 wrong type) before reading it. On the short
     path (receiver/intake/protocol.py) the body has already arrived and comes as ``body``."""
 
-    __slots__ = ("_body", "_hold", "_receive", "headers", "method", "param", "path", "query")
+    __slots__ = (
+        "_body",
+        "_hold",
+        "_receive",
+        "client",
+        "headers",
+        "method",
+        "param",
+        "path",
+        "query",
+    )
 
     def __init__(
         self,
@@ -114,6 +124,7 @@ class Callback:
         receive: Receive | None = None,
         body: bytes | None = None,
         hold: BodyHold | None = None,
+        client: str | None = None,
     ) -> None:
         if (receive is None) == (body is None):
             raise ValueError("a Callback reads its body from receive or is given it, not both")
@@ -122,6 +133,9 @@ class Callback:
         self.param = param  # the route's one ``{…}`` segment, if it has one
         self.headers = headers  # lower-case names; the last of repeated headers wins
         self.query = query
+        # The peer's address (uvicorn's, which --forwarded-allow-ips lets a trusted proxy's
+        # X-Forwarded-For set): for the rejection log only.
+        self.client = client
         self._receive = receive
         self._body = body
         # The bytes of the body budget this callback holds (its declared length, reserved
@@ -205,6 +219,11 @@ BUSY_SHORT = Answer.json(503, {"error": BUSY_REASON}, ((b"retry-after", b"5"),))
 _NOT_ALLOWED = Answer.json(405, {"error": "Method Not Allowed"}, ((b"allow", b"POST"),))
 
 
+def peer_address(scope: Mapping[str, Any]) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
 class HookRouter:
     """ASGI app in front of the Starlette app: serves hook routes, passes on the rest."""
 
@@ -271,6 +290,7 @@ class HookRouter:
         receive: Receive | None = None,
         body: bytes | None = None,
         hold: BodyHold | None = None,
+        client: str | None = None,
     ) -> tuple[Answer, str]:
         """The answer to one callback and its request id, which is bound to the log lines
         until :meth:`finished`. Raises :class:`ClientGone` when the client left before its
@@ -291,6 +311,7 @@ class HookRouter:
                 receive=receive,
                 body=body,
                 hold=hold,
+                client=client,
             )
             return await handler(call), request_id
         except ClientGone:
@@ -356,6 +377,7 @@ class HookRouter:
                         query=scope["query_string"].decode("latin-1"),
                         receive=receive,
                         hold=hold,
+                        client=peer_address(scope),
                     )
                 except ClientGone:
                     return
