@@ -201,6 +201,10 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
+    # Starlette redirects a path with a trailing slash to one without (307), building the
+    # Location from the Host header: an open redirect for a signer's browser. No path here
+    # needs it, so nothing is redirected: an unknown path is a 404 (a page under /return/).
+    app.router.redirect_slashes = False
     app.state.ctx = ctx
     app.add_middleware(RequestContextMiddleware, metrics=ctx.metrics, groups=groups)
     # Callbacks take the fast path in front of Starlette; everything else goes through it.
