@@ -54,6 +54,7 @@ MAX_ROW_ID = 2**63 - 1  # ids are 64-bit on both databases
 OUTBOX_STATUSES: tuple[str, ...] = tuple(ActionStatus)
 INBOX_STATUSES: tuple[str, ...] = tuple(InboxStatus)
 RETRY_AFTER_SECONDS = "5"
+SCHEMA_NOT_CURRENT = "schema is not current: run signback migrate"
 
 
 class ApiJSON(JSONResponse):
@@ -332,6 +333,17 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             except ParameterError as exc:
                 return error(422, str(exc))
             except Exception as exc:
+                if ctx.db.is_schema_missing(exc):
+                    log.error(
+                        "admin API: database schema is not current",
+                        path=request.url.path,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    return ApiJSON(
+                        {"error": SCHEMA_NOT_CURRENT},
+                        status_code=503,
+                        headers={"retry-after": RETRY_AFTER_SECONDS},
+                    )
                 if not ctx.db.is_unavailable(exc):
                     raise  # a bug: the app's handler logs it and answers 500
                 log.error(

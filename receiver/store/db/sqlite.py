@@ -126,6 +126,11 @@ class SqliteDatabase(Database):
             word in str(exc) for word in ("locked", "busy", "unable to open", "disk I/O", "full")
         )
 
+    def is_schema_missing(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.OperationalError) and any(
+            word in str(exc) for word in ("no such table", "no such column", "has no column")
+        )
+
     async def connect(self) -> None:
         if self._conn is not None:
             return
