@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from handlers.okdokument.adapter import OUTCOME_STATES
 from handlers.okdokument.client import OkdokumentClient, provider_message
 from receiver.context import AppContext
 from receiver.errors import InvalidAction
@@ -78,6 +79,13 @@ async def confirm_document_state(
     """
     claimed = str(payload.get("claimed_state", ""))
     confirms = str(payload.get("confirms", ""))
+    if claimed not in OUTCOME_STATES:
+        # Only an outcome is ever confirmed (an action queued by an earlier version, or by
+        # a rule of one's own, could ask about another state): never "errorsendinfo".
+        raise InvalidAction(
+            f"only an outcome ({', '.join(sorted(OUTCOME_STATES))}) can be confirmed, "
+            f"not {_short(claimed)}; nothing was acted on"
+        )
     document_id = request.document_id
     if not document_id:
         raise InvalidAction(

@@ -315,3 +315,37 @@ def test_the_signers_browser_never_sees_a_credential_that_posts_callbacks(
         assert [e["provider_type"] for e in timeline if e["channel"] == "sendinfo"] == [
             "sendinfo:signed"
         ]
+
+
+def test_a_sendinfo_that_is_no_outcome_acts_on_nothing(
+    make_settings: Callable[..., Settings], okd: tuple[str, FakeOkdokument]
+) -> None:
+    """sendInfo is unsigned: ``tosign``, ``errorsendinfo`` and the other states that are no
+    outcome used to be trusted (the request moved to ``sent``, a ``delivery_failed`` went
+    downstream). They are recorded on the timeline; nothing moves, is asked or is sent."""
+    url, fake = okd
+    seed(fake, "sr-noout", "doc-noout")
+    with running_receiver(make_settings, okdokument_base_url=url) as receiver:
+        registered = receiver.register(
+            provider="okdokument", signatureRequestId="sr-noout", documentId="doc-noout"
+        )
+        receiver.wait_for_actions(registered["id"], settled=1)  # the attach PATCH
+        with receiver.admin() as admin:
+            events_before = admin.get("/api/events").json()["items"]
+        hook = registered["callback_urls"]["sendinfo_url"]
+        states = ["tosign", "errorsendinfo", "tags", "tostamp", "nonsense"]
+        for state in states:
+            body = {"signatureRequestId": "sr-noout", "state": state, "id": "doc-noout"}
+            assert post(receiver, hook, body).json() == {"status": "accepted"}
+
+        def settled() -> dict[str, Any] | None:
+            shown = receiver.show(registered["id"])
+            done = [e for e in shown["timeline"] if e["status"] == "processed"]
+            return shown if len(done) == 1 + len(states) else None
+
+        shown = wait_until(settled, what="the sendInfo rows processed")
+        assert shown["state"] == "registered"
+        assert [a["operation"] for a in shown["actions"]] == ["okdokument.patch_signature_request"]
+        assert asked_about(fake) == []
+        with receiver.admin() as admin:
+            assert admin.get("/api/events").json()["items"] == events_before

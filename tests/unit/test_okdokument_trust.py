@@ -204,6 +204,18 @@ async def test_only_the_claimed_state_confirms(
     assert outcome.message.startswith("not confirmed: OKdokument says the document is")
 
 
+@pytest.mark.parametrize("claimed", ["errorsendinfo", "tosign", "tags", "", "None"])
+async def test_only_an_outcome_can_be_confirmed(
+    ctx: AppContext, answers: dict[str, Any], info: tuple[DocumentInfo, str], claimed: str
+) -> None:
+    """Document info saying exactly what was claimed confirms nothing unless the claim is an
+    outcome: an ``errorsendinfo`` "claim" with an ``errorsendinfo`` answer is no confirmation."""
+    answers["body"] = metadata(claimed)
+    with pytest.raises(InvalidAction, match="only an outcome"):
+        await confirm_document_state(ctx, REQUEST, {"claimed_state": claimed, "confirms": "c"})
+    assert info[0].asked == []  # nothing was even asked
+
+
 @pytest.mark.parametrize(
     "body", [pytest.param(b"<html>", id="not-json"), pytest.param(b"[]", id="not-an-object")]
 )
