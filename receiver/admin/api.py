@@ -36,7 +36,7 @@ from starlette.routing import BaseRoute, Route
 from receiver import jsonutil
 from receiver.context import AppContext
 from receiver.errors import InvalidAction
-from receiver.logs import get_logger
+from receiver.logs import get_logger, shown
 from receiver.metrics import CONTENT_TYPE
 from receiver.model import RequestState, SignatureRequest
 from receiver.pipeline.registration import Registration, RegistrationRefused, register
@@ -224,7 +224,7 @@ def action_json(row: Row, attempts: list[Row] | None = None) -> dict[str, Any]:
         "attempts": int(row["attempts"]),
         "due_at": iso(row["due_at"]),
         "last_status_code": row["last_status_code"],
-        "last_error": row["last_error"],
+        "last_error": shown(row["last_error"]),
         "created_at": iso(row["created_at"]),
         "updated_at": iso(row["updated_at"]),
     }
@@ -236,8 +236,8 @@ def action_json(row: Row, attempts: list[Row] | None = None) -> dict[str, Any]:
                 "duration_ms": a["duration_ms"],
                 "status_code": a["status_code"],
                 "outcome": a["outcome"],
-                "error": a["error"],
-                "response_excerpt": a["response_excerpt"],
+                "error": shown(a["error"]),
+                "response_excerpt": shown(a["response_excerpt"]),
             }
             for a in attempts
         ]
