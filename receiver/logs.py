@@ -27,9 +27,16 @@ from receiver import jsonutil
 _LONG_RUN = re.compile(r"[A-Za-z0-9_-]{16,}")
 
 
+# CamelCase words (``OperationalError``, ``ConnectionResetError``): upper and lower case,
+# yet no token.
+_CAMEL_WORDS = re.compile(r"(?:[A-Z][a-z]+)+")
+
+
 def _looks_random(run: str) -> bool:
     """Letters mixed with digits, or upper with lower case: what random strings look like
-    and what words, numbers and ``snake_case`` names do not."""
+    and what words, numbers, ``snake_case`` and ``CamelCase`` names do not."""
+    if _CAMEL_WORDS.fullmatch(run):
+        return False
     digit = upper = lower = False
     for char in run:
         if char.isdigit():
