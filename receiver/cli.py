@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import click
 
 from receiver.errors import ConfigurationError
-from receiver.settings import Settings, database_url_from_env, load_settings, redact_url
+from receiver.settings import (
+    Settings,
+    check_settings,
+    database_url_from_env,
+    load_settings,
+    redact_url,
+)
 from receiver.store.statuses import ActionStatus, InboxStatus
 
 P = ParamSpec("P")
@@ -223,7 +229,9 @@ def migrate() -> None:
     from receiver.store.db.errors import DATABASE_ERRORS
     from receiver.store.migrate import head_revision, upgrade
 
-    # Only the database URL is needed here (a release step may not have the other secrets).
+    # Only the database URL is needed here (a release step may not have the other secrets),
+    # but a variable set to a value that is not valid is reported now, not at the next start.
+    check_settings(purpose="signback migrate cannot run")
     url = database_url_from_env()
     try:
         upgrade(url)
