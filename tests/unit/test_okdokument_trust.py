@@ -28,6 +28,8 @@ from receiver.model import RequestState, SignatureRequest
 from receiver.outbox.outcomes import Done, Failed, GiveUp, Skipped
 from receiver.outbox.retry import RetryPolicy
 from receiver.pipeline.registration import Registration
+from receiver.store import requests
+from receiver.store.db import open_database
 from tests.conftest import test_settings
 from tests.servers import Recorded, Recorder, running_server
 
@@ -88,11 +90,18 @@ def info(answers: dict[str, Any]) -> Iterator[tuple[DocumentInfo, str]]:
 
 
 @pytest.fixture
-async def ctx(info: tuple[DocumentInfo, str]) -> AsyncIterator[AppContext]:
+async def ctx(info: tuple[DocumentInfo, str], sqlite_url: str) -> AsyncIterator[AppContext]:
     client = OkdokumentClient(info[1], "key")
-    # The operation reads only its client and the clock: the rest of a context is not the point.
-    yield cast(AppContext, SimpleNamespace(clients={"okdokument": client}, clock=lambda: 1000.0))
+    db = open_database(sqlite_url)  # the document's other rounds are looked up there
+    await db.connect()
+    # The operation reads only its client, the database and the clock: the rest of a
+    # context is not the point.
+    yield cast(
+        AppContext,
+        SimpleNamespace(clients={"okdokument": client}, clock=lambda: 1000.0, db=db),
+    )
     await client.aclose()
+    await db.close()
 
 
 def claim(document_id: str = "doc-of-someone-else") -> NormalizedEvent:
@@ -290,3 +299,66 @@ def test_registration_needs_a_document_while_confirmation_is_on(
     assert [name for name, _ in found] == problems
     for _, message in found:
         assert "SIGNBACK_OKDOKUMENT_CONFIRM_CALLBACKS=false" in message
+
+
+async def a_round(ctx: AppContext, external_id: str) -> SignatureRequest:
+    """A request on the registered document: one signing round of it."""
+    async with ctx.db.transaction() as tx:
+        row = await requests.insert(
+            tx,
+            provider="okdokument",
+            external_id=external_id,
+            document_id=REGISTERED,
+            reference=None,
+            return_url=None,
+            retry_url=None,
+            metadata={},
+            defaults={},
+            token_hash=f"t-{external_id}",
+            hook_hash=f"h-{external_id}",
+            token_nonce=f"n-{external_id}",
+            now=1000.0,
+        )
+    assert row is not None
+    return requests.from_row(row)
+
+
+def at(modification: str, state: str = "signed") -> dict[str, Any]:
+    return {**metadata(state), "modification": modification}
+
+
+async def test_an_answer_from_an_earlier_round_confirms_nothing_in_a_later_one(
+    ctx: AppContext, answers: dict[str, Any]
+) -> None:
+    """Round 1 was confirmed ``signed`` at 14:30:44. Round 2's claim of ``signed`` is
+    confirmed only by an answer from after that: Document info saying ``signed`` at 14:30:44
+    (or with no readable modification) is still round 1's answer."""
+    first = await a_round(ctx, "sr-round-1")
+    answers["body"] = at("2022-06-21 14:30:44")
+    confirmed = await confirm_document_state(ctx, first, {"claimed_state": "signed"})
+    assert isinstance(confirmed, Done)
+    second = await a_round(ctx, "sr-round-2")  # the document is sent for signing again
+    unreadable = at("21.06.2022 14:40")
+    for stale in (at("2022-06-21 14:30:44"), at("2022-06-21 09:00:00"), unreadable):
+        answers["body"] = stale
+        outcome = await confirm_document_state(ctx, second, {"claimed_state": "signed"})
+        assert isinstance(outcome, Failed), stale
+        assert "earlier round" in outcome.message
+        assert not outcome.follow_up
+    answers["body"] = at("2022-06-21 14:35:02")
+    assert isinstance(await confirm_document_state(ctx, second, {"claimed_state": "signed"}), Done)
+    rounds = await requests.same_document(ctx.db, "okdokument", REGISTERED)
+    assert [r["document_version"] for r in rounds] == ["2022-06-21 14:30:44", "2022-06-21 14:35:02"]
+
+
+async def test_a_round_the_document_has_left_is_not_confirmed(
+    ctx: AppContext, answers: dict[str, Any], info: tuple[DocumentInfo, str]
+) -> None:
+    """Once a later round exists on the document, Document info speaks of that round: a
+    late claim of the earlier round is not confirmed by it (not even asked)."""
+    first = await a_round(ctx, "sr-old-round")
+    await a_round(ctx, "sr-new-round")
+    answers["body"] = at("2022-06-21 15:00:00")
+    with pytest.raises(InvalidAction, match="later signing round"):
+        await confirm_document_state(ctx, first, {"claimed_state": "signed"})
+    assert info[0].asked == []
