@@ -9,6 +9,10 @@ on a thread of their own (:mod:`receiver.store.db.sqlite_wal`), and so does the 
 reset, with the write lock held meanwhile.
 ``synchronous=NORMAL`` in WAL mode keeps every committed transaction across a process crash
 (``kill -9``); only a power cut can lose the last ones.
+
+What can make a call slow is another process holding the write lock (a CLI command, a
+second process on the file): a call then waits at most ``LOOP_BUSY_TIMEOUT_MS`` on the loop,
+and the rest of the configured busy timeout is waited asynchronously between tries.
 """
 
 from __future__ import annotations
