@@ -1,4 +1,4 @@
-"""OKdokument's commands: ``signback fake okdokument`` and ``signback simulate okdokument``."""
+"""Firma's commands: ``signback fake firma`` and ``signback simulate firma``."""
 
 from __future__ import annotations
 
@@ -10,39 +10,48 @@ from receiver.cli import handles_config_errors, print_sent, run_simulation
 from receiver.cli_types import PORT, ROW_ID
 
 
-@click.command("okdokument")
-@click.option("--port", type=PORT, default=8081, show_default=True)
+@click.command("firma")
+@click.option("--port", type=PORT, default=8082, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--api-key", default="fake-okdokument-key", show_default=True)
+@click.option("--api-key", default="fake-firma-key", show_default=True)
+@click.option("--secret", default=None, help="Webhook signing secret (default: the fake's own).")
 @click.option(
     "--time-factor",
-    type=click.FloatRange(min=0.0001),
+    type=float,
     default=1.0,
     show_default=True,
-    help="Scales failure windows and delays (0.05 = 20 times faster).",
+    help="Scales Firma's webhook retry delays (0.001 = 1000 times faster).",
 )
-def fake(port: int, host: str, api_key: str, time_factor: float) -> None:
-    """An OKdokument emulator: the API, failure injection, and sign/cancel that call back."""
-    from handlers.okdokument.fake import serve as serve_fake
-
-    serve_fake(port=port, host=host, api_key=api_key, time_factor=time_factor)
-
-
-@click.command("okdokument")
-@click.argument("request_id", type=ROW_ID)
 @click.option(
-    "--state",
-    default="signed",
+    "--rate-window",
+    type=click.FloatRange(min=0.001),
+    default=60.0,
     show_default=True,
-    type=click.Choice(["signed", "canceled", "none"]),
-    help="The sendInfo state to post ('none': no sendInfo).",
+    help="Seconds Firma's per-minute rate limits apply to (shorter only for time-scaled tests).",
 )
-@click.option(
-    "--browser",
-    default=None,
-    type=click.Choice(["success", "close", "mobile"]),
-    help="Also bring the signer's browser back to the result URL.",
-)
+def fake(
+    port: int, host: str, api_key: str, secret: str | None, time_factor: float, rate_window: float
+) -> None:
+    """A Firma.dev emulator: signing requests, PATCH rules, rate limits, signed webhooks."""
+    from handlers.firma.fake import serve as serve_fake
+
+    kwargs: dict[str, Any] = {
+        "port": port,
+        "host": host,
+        "api_key": api_key,
+        "time_factor": time_factor,
+        "rate_window_seconds": rate_window,
+    }
+    if secret:
+        kwargs["secret"] = secret
+    serve_fake(**kwargs)
+
+
+@click.command("firma")
+@click.argument("request_id", type=ROW_ID)
+@click.option("--event", "event_type", default="signing_request.completed", show_default=True)
+@click.option("--envelope", default="current", type=click.Choice(["current", "old"]))
+@click.option("--workspace", default=None, help="Send to /hooks/firma/WORKSPACE with its secret.")
 @click.option(
     "--to",
     "base_url",
@@ -50,20 +59,19 @@ def fake(port: int, host: str, api_key: str, time_factor: float) -> None:
     help="Base URL to send to (default SIGNBACK_PUBLIC_URL, e.g. your tunnel).",
 )
 @handles_config_errors
-def simulate(request_id: int, state: str, browser: str | None, base_url: str | None) -> None:
-    """OKdokument's sendInfo callback (and optionally the browser return) for REQUEST_ID.
-
-    With confirmation on (the default), signback checks a 'signed' claim with OKdokument's
-    Document info: in a sandbox where nobody signed, the claim is recorded but not acted on.
-    """
-    from handlers.okdokument.simulate import send
+def simulate(
+    request_id: int, event_type: str, envelope: str, workspace: str | None, base_url: str | None
+) -> None:
+    """A Firma webhook for REQUEST_ID, signed with your configured secret like Firma does."""
+    from handlers.firma.simulate import send
 
     async def run(ctx: Any) -> list[Any]:
         return await send(
             ctx,
             request_id,
-            state=None if state == "none" else state,
-            browser=browser,
+            event_type=event_type,
+            envelope=envelope,
+            workspace=workspace,
             base_url=base_url,
         )
 
