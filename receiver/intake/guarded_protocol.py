@@ -61,9 +61,10 @@ _DEFAULT_LIMITS = ConnectionLimits()
 
 # Requests parsed and queued behind the one being answered, per connection (see above).
 MAX_QUEUED = 16
-# The bytes parsed at once while requests are queued: a slice of the smallest requests
-# (18 bytes each) adds at most ~57 to the queue before the bound is looked at again.
-FEED_SLICE = 1024
+# The bytes parsed at once: a read up to this size (every usual callback) goes to the parser
+# in one call, as before; a larger one a slice at a time, so that a slice of the smallest
+# requests (18 bytes each) adds at most ~228 to the queue before the bound is looked at.
+FEED_SLICE = 4096
 # Unparsed bytes held while the queue is full: one read (asyncio and uvloop read 256 KiB).
 # More can only come from an app that resumes reading itself: the connection is ended.
 MAX_HELD = 1024 * 1024
