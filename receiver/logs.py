@@ -75,8 +75,12 @@ class RedactTokens(logging.Filter):
 
 
 # Free-text values of a log line that may quote what a provider, an HTTP library or an
-# exception said: a URL with a token in it, or an echo of a request that carried one.
-_FREE_TEXT_KEYS = frozenset({"error", "reason", "exception", "message", "detail", "response"})
+# exception said (a URL with a token in it, or an echo of a request that carried one), and
+# URLs themselves (an endpoint's may carry a credential in its query). Paths are cut where
+# they are logged (receiver.intake.middleware.loggable_path).
+_FREE_TEXT_KEYS = frozenset(
+    {"error", "reason", "exception", "message", "detail", "response", "url", "public_url"}
+)
 
 
 def _redact_free_text(event_dict: MutableMapping[str, Any]) -> None:

@@ -11,7 +11,7 @@ import pytest
 from starlette.responses import JSONResponse, Response
 
 from receiver.settings import Settings
-from tests.harness import running_receiver
+from tests.harness import running_receiver, wait_until
 from tests.servers import Recorded, Recorder, running_server
 
 
@@ -54,3 +54,39 @@ def test_a_provider_echoing_a_token_never_has_it_stored_logged_or_shown(
     for where, text in (("show", shown), ("outbox list", listed), ("log", logged)):
         assert token not in text, where
     assert "invalid sendInfoURL" in logged
+
+
+def test_an_endpoint_echoing_its_url_token_never_has_it_stored_or_shown(
+    make_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A downstream endpoint whose URL carries a credential (``?key=…``) and whose error
+    answer quotes the URL: the delivery's attempt log, the endpoint's last failure and the
+    log lines keep the words, not the credential."""
+    key = "Zx81KqP0aLm3VbN7cR2tY9wE4uI6oS5d"
+
+    def refuse(request: Recorded) -> Response:
+        return JSONResponse({"error": f"bad key in {request.target.decode()}"}, status_code=400)
+
+    recorder = Recorder(refuse)
+    with (
+        running_server(recorder) as endpoint_base,
+        running_receiver(make_settings, endpoint_allow_private=True) as receiver,
+        receiver.admin() as admin,
+    ):
+        created = admin.post("/api/endpoints", json={"url": f"{endpoint_base}/hook?key={key}"})
+        assert created.status_code == 201, created.text
+        endpoint_id = created.json()["id"]
+        assert admin.post(f"/api/endpoints/{endpoint_id}/test").status_code == 202
+
+        def attempted() -> list[dict[str, object]] | None:
+            items = admin.get(f"/api/endpoints/{endpoint_id}/deliveries").json()["items"]
+            return items if items and items[0]["attempt_log"] else None
+
+        deliveries = wait_until(attempted, what="the test delivery tried")
+        assert recorder.requests  # it reached the endpoint, key and all
+        shown = admin.get(f"/api/endpoints/{endpoint_id}").json()
+    logged = capsys.readouterr().err
+    assert "bad key in /hook?key=[token]" in str(deliveries[0]["attempt_log"])
+    assert shown.pop("url").endswith(key)  # the admin's own configuration, shown as set
+    for where, text in (("deliveries", str(deliveries)), ("endpoint", str(shown)), ("log", logged)):
+        assert key not in text, where

@@ -132,7 +132,7 @@ def endpoint_json(
         "updated_at": event_store.iso(endpoint.updated_at),
         "last_success_at": event_store.iso(endpoint.last_success_at),
         "last_failure_at": event_store.iso(endpoint.last_failure_at),
-        "last_failure": endpoint.last_failure,
+        "last_failure": shown(endpoint.last_failure),
         "failing_since": event_store.iso(endpoint.failing_since),
         "previous_secret_valid_until": event_store.iso(endpoint.previous_secret_until),
     }
