@@ -164,7 +164,15 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _paas_postgres_scheme(cls, value: str) -> str:
-        return normalize_database_url(value)
+        url = normalize_database_url(value)
+        # What open_database can open (anything else was a traceback at the first query).
+        if url in ("sqlite://", "sqlite:///:memory:") or (
+            url.startswith("sqlite:///") and len(url) > len("sqlite:///")
+        ):
+            return url
+        if url.startswith("postgresql://") or url.startswith("postgresql+"):
+            return url
+        raise ValueError("must be sqlite:///<path of a file> or postgresql://…")
 
     @model_validator(mode="after")
     def _budget_holds_a_body(self) -> Settings:
@@ -232,7 +240,7 @@ def env_name(field: str, settings_class: type[BaseSettings] = BaseSettings) -> s
     """The environment variable a settings field is read from, for error messages."""
     if issubclass(settings_class, ProviderSettings):
         return settings_class.env_name(field)
-    if field == "database_url":
+    if field.lower() in ("database_url", "signback_database_url"):  # the field or an alias
         return "SIGNBACK_DATABASE_URL (or DATABASE_URL)"
     return f"SIGNBACK_{field.upper()}"
 
