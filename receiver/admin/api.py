@@ -205,7 +205,7 @@ def event_json(row: Row) -> dict[str, Any]:
         "state_before": row["state_before"],
         "state_after": row["state_after"],
         "note": row["note"],
-        "error": row["error"],
+        "error": shown(row["error"]),
         "request_id": row["request_id"],
         "external_id": row["external_id"],
         "provider": row["provider"],
