@@ -96,7 +96,7 @@ def test_a_write_lock_held_elsewhere_never_stops_the_loop(
                 for writer in writers:
                     writer.join(10)
                 waited = time.monotonic() - started
-            assert slowest < 0.5, slowest
+            assert slowest < 1.0, slowest  # each write waited 1.5 s on the loop before
             assert waited >= 1.4  # the writes waited out the configured busy timeout …
             callback = answers["callback"]
             assert callback.status_code == 503, callback.text  # … and were not acknowledged
