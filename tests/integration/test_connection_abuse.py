@@ -281,7 +281,9 @@ def test_bodies_trickling_at_the_cap_give_way_to_health_checks(
             assert answer.startswith(b"HTTP/1.1 503 "), answer
             assert b"retry-after: 1" in answer
             assert served.metric("body_closed_at_capacity") == 1
-            assert served.router.budget.in_flight == 4000  # the others go on
+            wait_until(  # the others go on
+                lambda: served.router.budget.in_flight == 4000, what="the evicted body's share"
+            )
         finally:
             for c in busy:
                 c.close()
