@@ -70,7 +70,10 @@ FEED_SLICE = 4096
 MAX_HELD = 1024 * 1024
 # How long an ended connection's input is read and dropped so that its answer arrives.
 LINGER_SECONDS = 2.0
-MAX_LINGERING = 256
+# Connections ended gently at once, per server. They no longer count toward the cap (a
+# newcomer took the place of an evicted one), so they live off the descriptors kept free
+# beside it (connguard.FIXED_DESCRIPTORS): a few, enough for a burst of refusals.
+MAX_LINGERING = 32
 
 
 def _refusal(status: int, reason: str, retry_after: int | None = None) -> bytes:
@@ -399,7 +402,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _close(self, reason: str, answer: bytes) -> None:
         self.guard.closed(reason, self.client)
-        self._end(answer)
+        if answer:
+            self._end(answer)
+        else:  # nothing to deliver (a silent connection): the descriptor goes back at once
+            self.transport.close()
 
 
 class _EndsGently:
