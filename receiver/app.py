@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from receiver.admin import api
 from receiver.clock import Clock, system_clock
 from receiver.context import AppContext
-from receiver.errors import ConfigurationError, one_line
+from receiver.errors import ConfigurationError, SchemaNotCurrent, one_line
 from receiver.intake import pages
 from receiver.intake import returns as web
 from receiver.intake.connguard import BodyBudget, connection_limits
@@ -106,6 +106,11 @@ async def prepare_database(ctx: AppContext, *, serving: bool = True) -> None:
             )
             return
         if current != head_revision():
+            if not serving:  # a command that would only fail on a missing table: say why
+                raise SchemaNotCurrent(
+                    f"schema is not current (database at {current or 'no migration'}, code at"
+                    f" {head_revision()}): run signback migrate"
+                )
             log.error(
                 "database schema is not current: run `signback migrate`",
                 database=current,

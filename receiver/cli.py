@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import click
 
 from receiver.cli_types import PORT, ROW_ID, WORKERS
-from receiver.errors import ConfigurationError
+from receiver.errors import ConfigurationError, SchemaNotCurrent
 from receiver.settings import (
     Settings,
     check_settings,
@@ -111,6 +111,9 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
     try:
         return asyncio.run(coro)
+    except SchemaNotCurrent as exc:
+        _fail(f"{_command()}: {exc}", code=1)
+        raise  # unreachable; keeps mypy happy
     except DATABASE_ERRORS as exc:
         _fail(f"{_command()}: the database could not answer: {one_line(exc)}", code=1)
         raise  # unreachable; keeps mypy happy

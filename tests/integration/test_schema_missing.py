@@ -1,14 +1,22 @@
 """The admin API against a database without signback's schema (never migrated, or tables
-gone): a 503 that says to run ``signback migrate``, never a 500. On both databases."""
+gone): a 503 that says to run ``signback migrate``, never a 500. On both databases. And a
+command on a PostgreSQL database never migrated says so in one line."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 
 import psycopg
+import pytest
+from click.testing import CliRunner
 
+from receiver import cli
 from receiver.settings import Settings
+from receiver.store.migrate import head_revision
+from tests.conftest import ADMIN_TOKEN, SECRET_KEY
+from tests.databases import PostgresTemplates, postgres_admin_url, with_database
 from tests.harness import running_receiver
 
 ROUTES = [
@@ -75,3 +83,44 @@ def test_admin_api_without_the_schema_is_a_503_naming_the_fix(
             ready = client.get("/readyz")
             assert ready.status_code == 503
             assert "signback migrate" in ready.text
+
+
+@pytest.fixture
+def empty_postgres(postgres_templates: PostgresTemplates) -> Iterator[str]:
+    """A PostgreSQL database that was never migrated."""
+    name = f"signback_empty_{uuid.uuid4().hex[:12]}"
+    admin = postgres_admin_url()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(admin, name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "args",
+    [["requests", "list"], ["outbox", "list"], ["endpoints", "list"], ["inbox", "retry", "1"]],
+)
+def test_a_command_on_a_database_never_migrated_says_so_in_one_line(
+    empty_postgres: str, args: list[str]
+) -> None:
+    """It used to log the problem as JSON and then fail on the first missing table."""
+    result = CliRunner().invoke(
+        cli.main,
+        args,
+        env={
+            "SIGNBACK_DATABASE_URL": empty_postgres,
+            "SIGNBACK_ADMIN_TOKEN": ADMIN_TOKEN,
+            "SIGNBACK_SECRET_KEY": SECRET_KEY,
+        },
+        prog_name="signback",
+    )
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"signback {' '.join(args[:2])}: schema is not current (database at no migration,"
+        f" code at {head_revision()}): run signback migrate"
+    ]
