@@ -152,7 +152,7 @@ class Settings(BaseSettings):
     @classmethod
     def _known_level(cls, value: str) -> str:
         level = value.strip().upper()
-        if level not in LOG_LEVELS:
+        if level not in LOG_LEVELS and level not in ("WARN", "FATAL"):  # logging's aliases
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return level
 
