@@ -17,7 +17,7 @@ from receiver.clock import Clock, system_clock
 from receiver.console import routes as console
 from receiver.console import web as console_web
 from receiver.context import AppContext
-from receiver.errors import ConfigurationError, one_line
+from receiver.errors import ConfigurationError, SchemaNotCurrent, one_line
 from receiver.intake import pages
 from receiver.intake import returns as web
 from receiver.intake.connguard import BodyBudget, connection_limits
@@ -108,6 +108,11 @@ async def prepare_database(ctx: AppContext, *, serving: bool = True) -> None:
             )
             return
         if current != head_revision():
+            if not serving:  # a command that would only fail on a missing table: say why
+                raise SchemaNotCurrent(
+                    f"schema is not current (database at {current or 'no migration'}, code at"
+                    f" {head_revision()}): run signback migrate"
+                )
             log.error(
                 "database schema is not current: run `signback migrate`",
                 database=current,
@@ -207,6 +212,10 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
+    # Starlette redirects a path with a trailing slash to one without (307), building the
+    # Location from the Host header: an open redirect for a signer's browser. No path here
+    # needs it, so nothing is redirected: an unknown path is a 404 (a page under /return/).
+    app.router.redirect_slashes = False
     app.state.ctx = ctx
     app.add_middleware(RequestContextMiddleware, metrics=ctx.metrics, groups=groups)
     # Callbacks take the fast path in front of Starlette; everything else goes through it.

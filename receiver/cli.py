@@ -14,8 +14,15 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
-from receiver.errors import ConfigurationError
-from receiver.settings import Settings, database_url_from_env, load_settings, redact_url
+from receiver.cli_types import PORT, ROW_ID, WORKERS
+from receiver.errors import ConfigurationError, SchemaNotCurrent
+from receiver.settings import (
+    Settings,
+    check_settings,
+    database_url_from_env,
+    load_settings,
+    redact_url,
+)
 from receiver.store.statuses import ActionStatus, InboxStatus
 
 P = ParamSpec("P")
@@ -104,6 +111,9 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
     try:
         return asyncio.run(coro)
+    except SchemaNotCurrent as exc:
+        _fail(f"{_command()}: {exc}", code=1)
+        raise  # unreachable; keeps mypy happy
     except DATABASE_ERRORS as exc:
         _fail(f"{_command()}: the database could not answer: {one_line(exc)}", code=1)
         raise  # unreachable; keeps mypy happy
@@ -117,10 +127,10 @@ def main() -> None:
 
 @main.command()
 @click.option("--host", default=None, help="Interface to bind (default 127.0.0.1; PaaS: 0.0.0.0).")
-@click.option("--port", type=int, default=None, help="Port (default $PORT, else 8000).")
+@click.option("--port", type=PORT, default=None, help="Port (default $PORT, else 8000).")
 @click.option("--public-url", default=None, help="Public base URL callbacks use (tunnel, PaaS).")
 @click.option(
-    "--workers", type=int, default=None, help="Web processes (default $WEB_CONCURRENCY or 1)."
+    "--workers", type=WORKERS, default=None, help="Web processes (default $WEB_CONCURRENCY or 1)."
 )
 @click.option(
     "--no-worker", is_flag=True, help="Do not run the pipeline and outbox in this process."
@@ -223,7 +233,9 @@ def migrate() -> None:
     from receiver.store.db.errors import DATABASE_ERRORS
     from receiver.store.migrate import head_revision, upgrade
 
-    # Only the database URL is needed here (a release step may not have the other secrets).
+    # Only the database URL is needed here (a release step may not have the other secrets),
+    # but a variable set to a value that is not valid is reported now, not at the next start.
+    check_settings(purpose="signback migrate cannot run")
     url = database_url_from_env()
     try:
         upgrade(url)
@@ -413,7 +425,7 @@ def requests_list(
 
 
 @requests.command("show")
-@click.argument("request_id", type=int)
+@click.argument("request_id", type=ROW_ID)
 @handles_config_errors
 def requests_show(request_id: int) -> None:
     """A request with its timeline and outbox actions (and their attempts)."""
@@ -484,7 +496,7 @@ def outbox_list(status: str | None, limit: int) -> None:
 
 
 @outbox.command("retry")
-@click.argument("action_id", type=int)
+@click.argument("action_id", type=ROW_ID)
 @handles_config_errors
 def outbox_retry(action_id: int) -> None:
     """Re-queue a dead or skipped action (a running worker picks it up)."""
@@ -524,7 +536,7 @@ def inbox_list(status: str | None, provider: str | None, limit: int) -> None:
 
 
 @inbox.command("retry")
-@click.argument("inbox_id", type=int)
+@click.argument("inbox_id", type=ROW_ID)
 @handles_config_errors
 def inbox_retry(inbox_id: int) -> None:
     from receiver.store import inbox as store

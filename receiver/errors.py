@@ -21,6 +21,10 @@ class ConfigurationError(SignbackError):
     """signback is not configured correctly; see the README's configuration table."""
 
 
+class SchemaNotCurrent(SignbackError):
+    """schema is not current: run signback migrate"""
+
+
 class CallbackRejected(SignbackError):
     """The callback was refused."""
 

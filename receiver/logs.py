@@ -27,9 +27,16 @@ from receiver import jsonutil
 _LONG_RUN = re.compile(r"[A-Za-z0-9_-]{16,}")
 
 
+# CamelCase words (``OperationalError``, ``ConnectionResetError``): upper and lower case,
+# yet no token.
+_CAMEL_WORDS = re.compile(r"(?:[A-Z][a-z]+)+")
+
+
 def _looks_random(run: str) -> bool:
     """Letters mixed with digits, or upper with lower case: what random strings look like
-    and what words, numbers and ``snake_case`` names do not."""
+    and what words, numbers, ``snake_case`` and ``CamelCase`` names do not."""
+    if _CAMEL_WORDS.fullmatch(run):
+        return False
     digit = upper = lower = False
     for char in run:
         if char.isdigit():
@@ -47,6 +54,12 @@ def redact_tokens(text: str) -> str:
     return _LONG_RUN.sub(lambda m: "[token]" if _looks_random(m.group()) else m.group(), text)
 
 
+def shown(value: object) -> object:
+    """A stored value for a view: text with token-shaped runs cut out (rows written before
+    the attempt log was redacted at the source), anything else as it is."""
+    return redact_tokens(value) if isinstance(value, str) else value
+
+
 class RedactTokens(logging.Filter):
     """For loggers signback does not write itself (uvicorn's access and error logs): the
     message and its arguments with token-shaped runs replaced."""
@@ -59,6 +72,29 @@ class RedactTokens(logging.Filter):
                 redact_tokens(arg) if isinstance(arg, str) else arg for arg in record.args
             )
         return True
+
+
+# Free-text values of a log line that may quote what a provider, an HTTP library or an
+# exception said (a URL with a token in it, or an echo of a request that carried one), and
+# URLs themselves (an endpoint's may carry a credential in its query). Paths are cut where
+# they are logged (receiver.intake.middleware.loggable_path).
+_FREE_TEXT_KEYS = frozenset(
+    {"error", "reason", "exception", "message", "detail", "response", "url", "public_url"}
+)
+
+
+def _redact_free_text(event_dict: MutableMapping[str, Any]) -> None:
+    for key in _FREE_TEXT_KEYS.intersection(event_dict):
+        value = event_dict[key]
+        if isinstance(value, str):
+            event_dict[key] = redact_tokens(value)
+
+
+def _redact_free_text_step(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    _redact_free_text(event_dict)
+    return event_dict
 
 
 _SECRET_WORDS = ("token", "secret", "api_key", "apikey", "signature", "password", "authorization")
@@ -131,6 +167,7 @@ def _render_json(_: Any, method_name: str, event_dict: MutableMapping[str, Any])
             event_dict[key] = "[redacted]"
     if "exc_info" in event_dict:
         event_dict = structlog.processors.format_exc_info(_, method_name, event_dict)
+    _redact_free_text(event_dict)
     return jsonutil.dumps_bytes(event_dict, default=repr).decode()
 
 
@@ -170,6 +207,8 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _mask_secrets,
+            structlog.processors.format_exc_info,
+            _redact_free_text_step,
             structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
         ]
     )

@@ -99,6 +99,9 @@ def parse_stale_after(value: Any) -> dict[str, float]:
     return merged
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SIGNBACK_",
@@ -257,6 +260,14 @@ class Settings(BaseSettings):
             return [part.strip().lower() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS and level not in ("WARN", "FATAL"):  # logging's aliases
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
     @field_validator("public_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
@@ -265,7 +276,15 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _paas_postgres_scheme(cls, value: str) -> str:
-        return normalize_database_url(value)
+        url = normalize_database_url(value)
+        # What open_database can open (anything else was a traceback at the first query).
+        if url in ("sqlite://", "sqlite:///:memory:") or (
+            url.startswith("sqlite:///") and len(url) > len("sqlite:///")
+        ):
+            return url
+        if url.startswith("postgresql://") or url.startswith("postgresql+"):
+            return url
+        raise ValueError("must be sqlite:///<path of a file> or postgresql://…")
 
     @model_validator(mode="after")
     def _budget_holds_a_body(self) -> Settings:
@@ -333,7 +352,7 @@ def env_name(field: str, settings_class: type[BaseSettings] = BaseSettings) -> s
     """The environment variable a settings field is read from, for error messages."""
     if issubclass(settings_class, ProviderSettings):
         return settings_class.env_name(field)
-    if field == "database_url":
+    if field.lower() in ("database_url", "signback_database_url"):  # the field or an alias
         return "SIGNBACK_DATABASE_URL (or DATABASE_URL)"
     return f"SIGNBACK_{field.upper()}"
 
@@ -391,10 +410,49 @@ def _validated(cls: type[B], values: Mapping[str, Any]) -> tuple[B | None, list[
 
 
 def _configuration_error(purpose: str, problems: list[str]) -> ConfigurationError:
+    """Every problem at once, one line each, under a line that says what cannot happen."""
+    count = f"{len(problems)} settings are" if len(problems) != 1 else "1 setting is"
     return ConfigurationError(
-        f"{purpose}: " + "; ".join(problems) + ". See the README's configuration "
-        "table (python3 scripts/run.py writes a .env with fresh secrets for local use)."
+        f"{purpose}: {count} not valid:\n"
+        + "".join(f"  {problem}\n" for problem in problems)
+        + "See the README's configuration table (python3 scripts/run.py writes a .env with"
+        " fresh secrets for local use)."
     )
+
+
+def check_settings(*, purpose: str) -> None:
+    """Raise :class:`ConfigurationError` for every variable that is set to a value that is
+    not valid, without requiring the ones a command does not need (``signback migrate``
+    needs only the database URL, yet a mistyped variable is worth knowing of at release)."""
+    try:
+        load_settings(purpose=purpose)
+    except ConfigurationError as exc:
+        lines = str(exc).splitlines()
+        problems = [
+            line.strip()
+            for line in lines[1:-1]
+            if not line.strip().endswith("is required but not set")
+        ]
+        if len(lines) < 3:  # not a list of settings (a provider module): as it is
+            raise
+        if problems:
+            raise _configuration_error(purpose, problems) from None
+
+
+# pydantic's words for the common mistakes, as a person reads them.
+_PLAIN: Mapping[str, str] = {
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
+    "bool_parsing": "must be true or false (or 1/0, yes/no, on/off)",
+    "greater_than": "must be greater than {gt}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than": "must be less than {lt}",
+    "less_than_equal": "must be at most {le}",
+    "literal_error": "must be one of {expected}",
+    "json_invalid": "is not valid JSON",
+}
 
 
 def _problem(error: Any, settings_class: type[BaseSettings]) -> str:
@@ -412,4 +470,10 @@ def _problem(error: Any, settings_class: type[BaseSettings]) -> str:
         return f"{name} must be at least {context['min_length']} characters long"
     if kind in ("too_long", "string_too_long") and "max_length" in context:
         return f"{name} must be at most {context['max_length']} characters long"
+    plain = _PLAIN.get(kind)
+    if plain is not None:
+        try:
+            return f"{name}: {plain.format(**context)}"
+        except (KeyError, IndexError):
+            pass
     return f"{name}: {str(error['msg']).removeprefix('Value error, ')}"

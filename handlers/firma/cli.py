@@ -7,10 +7,11 @@ from typing import Any
 import click
 
 from receiver.cli import handles_config_errors, print_sent, run_simulation
+from receiver.cli_types import PORT, ROW_ID
 
 
 @click.command("firma")
-@click.option("--port", type=int, default=8082, show_default=True)
+@click.option("--port", type=PORT, default=8082, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--api-key", default="fake-firma-key", show_default=True)
 @click.option("--secret", default=None, help="Webhook signing secret (default: the fake's own).")
@@ -80,7 +81,7 @@ def fake(
 
 
 @click.command("firma")
-@click.argument("request_id", type=int)
+@click.argument("request_id", type=ROW_ID)
 @click.option("--event", "event_type", default="signing_request.completed", show_default=True)
 @click.option("--envelope", default="current", type=click.Choice(["current", "old"]))
 @click.option("--workspace", default=None, help="Send to /hooks/firma/WORKSPACE with its secret.")

@@ -177,6 +177,10 @@ def parse_timestamp(value: Any) -> float | None:
     if isinstance(value, bool):  # bool is an int in Python; true is not 1970-01-01T00:00:01
         return None
     number: float | None = None
+    if isinstance(value, int) and not -(10**20) < value < 10**20:
+        # A JSON integer of any length (the standard library's parser reads 400 digits):
+        # float() would raise OverflowError past a double's range. Far from any time anyway.
+        return None
     if isinstance(value, int | float):
         number = float(value)
     elif isinstance(value, str):

@@ -5,8 +5,10 @@ authorization), so its body is a *claim*: unless confirmation is switched off, a
 reports is marked unconfirmed, and the confirm-before-acting rule checks it with the
 Document-info API, about the document registered for the request (never one the body
 names). The confirmation comes back through the inbox on channel ``confirmation`` and is
-what moves the request's state. When Document info says ``errorsendinfo`` instead, the same
-channel brings a ``delivery.failed`` fact, with an event id of its own: it confirms nothing.
+what moves the request's state. Only the outcome states are checked: a sendInfo saying
+``tosign`` or ``errorsendinfo`` (or anything else) is recorded and acts on nothing. When
+Document info says ``errorsendinfo`` instead, the same channel brings a ``delivery.failed``
+fact, with an event id of its own: it confirms nothing.
 On channel ``reconcile`` the body is Document info's own answer about the registered
 document, read by the reconciler: what it says is the document's state.
 """
@@ -35,6 +37,11 @@ DOCUMENT_STATE_KINDS: Mapping[str, EventKind] = {
 # Claims worth confirming: the ones that end a round.
 CONFIRMABLE: frozenset[EventKind] = frozenset(
     {EventKind.REQUEST_COMPLETED, EventKind.REQUEST_CANCELLED}
+)
+# The document states that mean an outcome: the only ones a sendInfo claim is checked for,
+# and the only ones Document info can confirm a claim with (errorsendinfo never does).
+OUTCOME_STATES: frozenset[str] = frozenset(
+    state for state, kind in DOCUMENT_STATE_KINDS.items() if kind in CONFIRMABLE
 )
 
 
@@ -86,7 +93,11 @@ def normalize(callback: StoredCallback, *, confirm_claims: bool = True) -> Norma
         external_id=_text(payload, "signatureRequestId"),
         # sendInfo carries no event id of its own: the inbox row is the event.
         event_id=f"inbox-{callback.inbox_id}",
-        confirmed=not (confirm_claims and kind in CONFIRMABLE),
+        # Unsigned: with confirmation on, no state it reports acts by itself. An outcome
+        # (signed, canceled) is a claim that rule (b) checks with Document info; any other
+        # state (tosign, errorsendinfo, tags, …) is recorded on the timeline and moves
+        # nothing, emits nothing downstream and runs no rule.
+        confirmed=not confirm_claims,
         details=details,
         raw=payload,
     )

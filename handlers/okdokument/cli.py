@@ -7,10 +7,11 @@ from typing import Any
 import click
 
 from receiver.cli import handles_config_errors, print_sent, run_simulation
+from receiver.cli_types import PORT, ROW_ID
 
 
 @click.command("okdokument")
-@click.option("--port", type=int, default=8081, show_default=True)
+@click.option("--port", type=PORT, default=8081, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--api-key", default="fake-okdokument-key", show_default=True)
 @click.option(
@@ -51,7 +52,7 @@ def fake(
 
 
 @click.command("okdokument")
-@click.argument("request_id", type=int)
+@click.argument("request_id", type=ROW_ID)
 @click.option(
     "--state",
     default="signed",

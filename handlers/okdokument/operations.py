@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from handlers.okdokument.adapter import OUTCOME_STATES
 from handlers.okdokument.client import OkdokumentClient, provider_message
 from receiver.context import AppContext
 from receiver.errors import InvalidAction
@@ -23,6 +25,7 @@ from receiver.outbox.outcomes import (
 )
 from receiver.providers import Operation
 from receiver.reconcile.scheduler import read_soon
+from receiver.store import requests
 
 PATCH = "okdokument.patch_signature_request"
 CONFIRM = "okdokument.confirm_document_state"
@@ -81,6 +84,13 @@ async def confirm_document_state(
     """
     claimed = str(payload.get("claimed_state", ""))
     confirms = str(payload.get("confirms", ""))
+    if claimed not in OUTCOME_STATES:
+        # Only an outcome is ever confirmed (an action queued by an earlier version, or by
+        # a rule of one's own, could ask about another state): never "errorsendinfo".
+        raise InvalidAction(
+            f"only an outcome ({', '.join(sorted(OUTCOME_STATES))}) can be confirmed, "
+            f"not {_short(claimed)}; nothing was acted on"
+        )
     document_id = request.document_id
     if not document_id:
         raise InvalidAction(
@@ -88,6 +98,17 @@ async def confirm_document_state(
             "confirm the claim with; nothing was acted on (register requests with their "
             "documentId, or set SIGNBACK_OKDOKUMENT_CONFIRM_CALLBACKS=false)"
         )
+    rounds = await requests.same_document(ctx.db, request.provider, document_id)
+    later = [int(r["id"]) for r in rounds if int(r["id"]) > request.id]
+    if later:
+        # The document went on to a new signing round (a new request on it): what Document
+        # info says now is about that round, not this one.
+        raise InvalidAction(
+            f"not confirmed: document {document_id!r} is in a later signing round now "
+            f"(request {later[-1]}), so Document info no longer speaks of this round's "
+            "outcome; nothing was acted on"
+        )
+    earlier = [str(r["document_version"]) for r in rounds if r["document_version"]]
     response = await _client(ctx).document_metadata(document_id)
     if response.status_code != 200:
         return from_response(response, now=ctx.clock(), message=provider_message)
@@ -106,6 +127,17 @@ async def confirm_document_state(
         return GiveUp(
             f"not confirmed: Document info answered about document {_short(about)}, not "
             f"this request's {document_id!r}; nothing was acted on",
+            status_code=200,
+            response_excerpt=excerpt(response),
+        )
+    version = document_version(info.get("modification"))
+    if earlier and (version is None or version <= max(earlier)):
+        # An earlier round's outcome was confirmed when the document was at max(earlier):
+        # an answer no later than that is still that round's, whatever state it says.
+        return Failed(
+            f"not confirmed yet: Document info still shows an earlier round's state "
+            f"(modification {_short(info.get('modification'))}, not after "
+            f"{max(earlier)!r}, when that round's outcome was confirmed); asking again later",
             status_code=200,
             response_excerpt=excerpt(response),
         )
@@ -139,11 +171,26 @@ async def confirm_document_state(
             status_code=200,
             response_excerpt=excerpt(response),
         )
+    if version is not None:
+        # What a later round's answers must come after (migration 0008).
+        await requests.set_document_version(ctx.db, request.id, version)
     return Done(
         status_code=200,
         response_excerpt=excerpt(response),
         follow_up=[_fact(request, fact, f"confirmation:{confirms}")],
     )
+
+
+# Document info's "modification": "2022-06-21 14:30:44". Written so, it sorts as it reads
+# (the time zone is not documented, but it is the same for every answer).
+_MODIFICATION = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?")
+
+
+def document_version(value: Any) -> str | None:
+    """Document info's ``modification`` as a comparable version, or None if unreadable."""
+    if isinstance(value, str) and _MODIFICATION.fullmatch(value.strip()):
+        return value.strip().replace("T", " ")
+    return None
 
 
 def _short(value: Any) -> str:

@@ -12,6 +12,7 @@ import hashlib
 from typing import Any
 
 from handlers.okdokument.client import OkdokumentClient, provider_message
+from handlers.okdokument.operations import document_version
 from handlers.okdokument.settings import OkdokumentSettings
 from receiver.context import AppContext
 from receiver.errors import InvalidAction
@@ -27,6 +28,7 @@ from receiver.outbox.outcomes import (
     from_response,
 )
 from receiver.providers import Reading
+from receiver.store import requests
 
 
 def reads(ctx: AppContext) -> Budget:
@@ -48,6 +50,16 @@ async def read(ctx: AppContext, request: SignatureRequest) -> Reading | Outcome:
             "not read: this request was registered without a documentId, and Document info "
             "is asked about a document"
         )
+    # Rounds (migration 0008): once the document went on to a new signing round, Document
+    # info speaks of that round, never of this request's; and an answer no later than the
+    # version an earlier round's outcome was confirmed at is still that round's.
+    rounds = await requests.same_document(ctx.db, request.provider, document_id)
+    if any(int(r["id"]) > request.id for r in rounds):
+        return Skipped(
+            f"not read: document {document_id!r} is in a later signing round now, so Document "
+            "info no longer speaks of this request"
+        )
+    earlier = [str(r["document_version"]) for r in rounds if r["document_version"]]
     waiting = await take_slot(ctx.db, reads(ctx), clock=ctx.clock)
     if waiting is not None:
         return deferred(waiting, "waiting for a slot of the OKdokument read budget")
@@ -68,6 +80,13 @@ async def read(ctx: AppContext, request: SignatureRequest) -> Reading | Outcome:
         return GiveUp(
             "Document info answered about another document than this request's; nothing "
             "was recorded",
+            status_code=200,
+            response_excerpt=excerpt(response),
+        )
+    version = document_version(info.get("modification"))
+    if earlier and (version is None or version <= max(earlier)):
+        return Skipped(
+            "Document info still shows an earlier round's state; nothing was recorded",
             status_code=200,
             response_excerpt=excerpt(response),
         )

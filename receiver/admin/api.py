@@ -36,7 +36,7 @@ from starlette.routing import BaseRoute, Route
 from receiver import jsonutil
 from receiver.context import AppContext
 from receiver.errors import InvalidAction
-from receiver.logs import get_logger
+from receiver.logs import get_logger, shown
 from receiver.metrics import CONTENT_TYPE
 from receiver.model import RequestState, SignatureRequest
 from receiver.outbox.downstream.catalogue import source_of
@@ -56,6 +56,7 @@ MAX_ROW_ID = 2**63 - 1  # ids are 64-bit on both databases
 OUTBOX_STATUSES: tuple[str, ...] = tuple(ActionStatus)
 INBOX_STATUSES: tuple[str, ...] = tuple(InboxStatus)
 RETRY_AFTER_SECONDS = "5"
+SCHEMA_NOT_CURRENT = "schema is not current: run signback migrate"
 
 
 class ApiJSON(JSONResponse):
@@ -208,7 +209,7 @@ def event_json(row: Row) -> dict[str, Any]:
         "state_before": row["state_before"],
         "state_after": row["state_after"],
         "note": row["note"],
-        "error": row["error"],
+        "error": shown(row["error"]),
         "request_id": row["request_id"],
         "external_id": row["external_id"],
         "provider": row["provider"],
@@ -227,7 +228,7 @@ def action_json(row: Row, attempts: list[Row] | None = None) -> dict[str, Any]:
         "attempts": int(row["attempts"]),
         "due_at": iso(row["due_at"]),
         "last_status_code": row["last_status_code"],
-        "last_error": row["last_error"],
+        "last_error": shown(row["last_error"]),
         "created_at": iso(row["created_at"]),
         "updated_at": iso(row["updated_at"]),
     }
@@ -239,8 +240,8 @@ def action_json(row: Row, attempts: list[Row] | None = None) -> dict[str, Any]:
                 "duration_ms": a["duration_ms"],
                 "status_code": a["status_code"],
                 "outcome": a["outcome"],
-                "error": a["error"],
-                "response_excerpt": a["response_excerpt"],
+                "error": shown(a["error"]),
+                "response_excerpt": shown(a["response_excerpt"]),
             }
             for a in attempts
         ]
@@ -338,6 +339,17 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             except ParameterError as exc:
                 return error(422, str(exc))
             except Exception as exc:
+                if ctx.db.is_schema_missing(exc):
+                    log.error(
+                        "admin API: database schema is not current",
+                        path=request.url.path,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    return ApiJSON(
+                        {"error": SCHEMA_NOT_CURRENT},
+                        status_code=503,
+                        headers={"retry-after": RETRY_AFTER_SECONDS},
+                    )
                 if not ctx.db.is_unavailable(exc):
                     raise  # a bug: the app's handler logs it and answers 500
                 log.error(

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
+from receiver.cli_types import ROW_ID
 from receiver.store.statuses import ActionStatus
 
 T = TypeVar("T")
@@ -112,7 +113,7 @@ def endpoints_list() -> None:
 
 
 @endpoints.command("show")
-@click.argument("endpoint_id", type=int)
+@click.argument("endpoint_id", type=ROW_ID)
 def endpoints_show(endpoint_id: int) -> None:
     """An endpoint, with its deliveries counted by status."""
     from receiver.outbox.downstream import endpoints as store
@@ -132,7 +133,7 @@ def endpoints_show(endpoint_id: int) -> None:
 
 
 @endpoints.command("update")
-@click.argument("endpoint_id", type=int)
+@click.argument("endpoint_id", type=ROW_ID)
 @click.option("--url", default=None)
 @click.option("--description", default=None)
 @click.option("--kind", "kinds", multiple=True, help="Replaces the event types (repeatable).")
@@ -189,7 +190,7 @@ def _patch(endpoint_id: int, data: dict[str, Any]) -> None:
 
 
 @endpoints.command("disable")
-@click.argument("endpoint_id", type=int)
+@click.argument("endpoint_id", type=ROW_ID)
 def endpoints_disable(endpoint_id: int) -> None:
     """Stop deliveries to it; they wait until it is enabled again."""
     from receiver.outbox.downstream.endpoints import EndpointStatus
@@ -198,7 +199,7 @@ def endpoints_disable(endpoint_id: int) -> None:
 
 
 @endpoints.command("enable")
-@click.argument("endpoint_id", type=int)
+@click.argument("endpoint_id", type=ROW_ID)
 def endpoints_enable(endpoint_id: int) -> None:
     """Deliver to it again (what waited goes at once)."""
     from receiver.outbox.downstream.endpoints import EndpointStatus
@@ -207,7 +208,7 @@ def endpoints_enable(endpoint_id: int) -> None:
 
 
 @endpoints.command("rotate-secret")
-@click.argument("endpoint_id", type=int)
+@click.argument("endpoint_id", type=ROW_ID)
 def endpoints_rotate(endpoint_id: int) -> None:
     """A new signing secret (printed this once); the old one signs too for a while."""
     from receiver.outbox.downstream import manage
@@ -223,7 +224,7 @@ def endpoints_rotate(endpoint_id: int) -> None:
 
 
 @endpoints.command("test")
-@click.argument("endpoint_id", type=int)
+@click.argument("endpoint_id", type=ROW_ID)
 def endpoints_test(endpoint_id: int) -> None:
     """Queue a signback.test event to it."""
     from receiver.outbox.downstream import endpoints as store
@@ -248,10 +249,10 @@ def endpoints_test(endpoint_id: int) -> None:
 
 
 @endpoints.command("replay")
-@click.argument("endpoint_id", type=int)
+@click.argument("endpoint_id", type=ROW_ID)
 @click.option("--since", default=None, help="RFC 3339 time (2026-12-01T10:00:00Z) or unix seconds.")
 @click.option("--until", default=None, help="RFC 3339 time or unix seconds (not included).")
-@click.option("--request-id", type=int, default=None, help="Only this request's events.")
+@click.option("--request-id", type=ROW_ID, default=None, help="Only this request's events.")
 def endpoints_replay(
     endpoint_id: int, since: str | None, until: str | None, request_id: int | None
 ) -> None:
@@ -293,7 +294,7 @@ def _is_number(text: str) -> bool:
 
 
 @endpoints.command("retry-dead")
-@click.argument("endpoint_id", type=int)
+@click.argument("endpoint_id", type=ROW_ID)
 def endpoints_retry_dead(endpoint_id: int) -> None:
     """Re-queue every dead delivery of this endpoint."""
     from receiver.outbox.downstream import endpoints as store
@@ -311,7 +312,7 @@ def endpoints_retry_dead(endpoint_id: int) -> None:
 
 
 @endpoints.command("deliveries")
-@click.argument("endpoint_id", type=int)
+@click.argument("endpoint_id", type=ROW_ID)
 @click.option("--status", default=None, type=click.Choice([s.value for s in ActionStatus]))
 @click.option("--limit", default=50, show_default=True)
 def endpoints_deliveries(endpoint_id: int, status: str | None, limit: int) -> None:
@@ -333,7 +334,7 @@ def endpoints_deliveries(endpoint_id: int, status: str | None, limit: int) -> No
 
 
 @endpoints.command("delete")
-@click.argument("endpoint_id", type=int)
+@click.argument("endpoint_id", type=ROW_ID)
 def endpoints_delete(endpoint_id: int) -> None:
     """Delete it; its waiting deliveries are skipped."""
     from receiver.outbox.downstream import manage

@@ -173,6 +173,7 @@ class Guarded(Protocol):
 
     def waiting_for_request(self) -> bool: ...  # idle keep-alive, or nothing sent yet
     def receiving_head(self) -> bool: ...
+    def receiving_body(self) -> bool: ...
     def evict(self) -> None: ...
 
 
@@ -208,8 +209,12 @@ class ConnectionRegistry:
 
     def _victim(self, newcomer: Guarded) -> Guarded | None:
         """The connection that has waited longest for a request; else the oldest one still
-        sending its head; never one whose request is being received or answered."""
+        sending its head; else the oldest one still sending its body (told to retry: a
+        callback's body comes whole with its head, so a body still arriving is a slow
+        client's, and a flood of them must not keep health checks out); never one whose
+        request is being answered."""
         slow_head: Guarded | None = None
+        slow_body: Guarded | None = None
         for conn in self.open:
             if conn is newcomer:
                 continue
@@ -217,7 +222,9 @@ class ConnectionRegistry:
                 return conn
             if slow_head is None and conn.receiving_head():
                 slow_head = conn
-        return slow_head
+            elif slow_body is None and slow_head is None and conn.receiving_body():
+                slow_body = conn
+        return slow_head or slow_body
 
 
 class ThrottledLog:

@@ -19,8 +19,22 @@ answered, health checks included. This protocol adds, per connection:
   packets that arrive while a head is unfinished (a head that arrives whole costs a few
   comparisons);
 - a place in the server's :class:`~receiver.intake.connguard.ConnectionRegistry`, which keeps the
-  number of connections under the cap by closing the longest-waiting idle connection, or
-  refusing the newcomer with a ``503`` when every connection is busy with a request.
+  number of connections under the cap by closing the longest-waiting idle connection (then
+  one still sending its head, then one still sending its body), or refusing the newcomer
+  with a ``503`` when every connection is busy with a request being answered;
+- a **bound on pipelining**: at most ``MAX_QUEUED`` requests parsed and waiting behind the
+  one being answered. uvicorn pauses reading when it queues a pipelined request, but resumes
+  it after every answer, so a client that pipelines faster than it is answered made the
+  queue (a scope, headers and a cycle per request) grow without end. Here the bytes of a
+  read are parsed a slice at a time; once the queue is full the rest is held, unparsed (at
+  most one read), with reading paused, and parsed as answers go out. Every request is still
+  answered, in order;
+- a **gentle end** for every answer that ends a connection while the client may still be
+  sending (a ``503`` at capacity or for the body budget, a ``408``, a ``431``): closing a
+  socket with unread input makes the kernel send a reset, which can destroy the answer
+  before the client reads it. So the answer is written, our side is shut for writing, and
+  what still arrives is read and dropped until the client closes or ``LINGER_SECONDS``
+  pass (at most ``MAX_LINGERING`` connections at once; beyond that they are closed).
 
 ``HookHttpProtocol`` (receiver/intake/protocol.py) builds its short path for callbacks on top
 of this; receiver/intake/uvicorn_compat.py chooses which protocol ``signback serve`` can use with
@@ -44,6 +58,22 @@ if TYPE_CHECKING:
     from uvicorn.server import ServerState
 
 _DEFAULT_LIMITS = ConnectionLimits()
+
+# Requests parsed and queued behind the one being answered, per connection (see above).
+MAX_QUEUED = 16
+# The bytes parsed at once: a read up to this size (every usual callback) goes to the parser
+# in one call, as before; a larger one a slice at a time, so that a slice of the smallest
+# requests (18 bytes each) adds at most ~228 to the queue before the bound is looked at.
+FEED_SLICE = 4096
+# Unparsed bytes held while the queue is full: one read (asyncio and uvloop read 256 KiB).
+# More can only come from an app that resumes reading itself: the connection is ended.
+MAX_HELD = 1024 * 1024
+# How long an ended connection's input is read and dropped so that its answer arrives.
+LINGER_SECONDS = 2.0
+# Connections ended gently at once, per server. They no longer count toward the cap (a
+# newcomer took the place of an evicted one), so they live off the descriptors kept free
+# beside it (connguard.FIXED_DESCRIPTORS): a few, enough for a burst of refusals.
+MAX_LINGERING = 32
 
 
 def _refusal(status: int, reason: str, retry_after: int | None = None) -> bytes:
@@ -91,6 +121,9 @@ class ServerGuard:
         self.head_431 = _refusal(431, f"request head larger than {limits.max_head_bytes} bytes")
         self.interval = min(limits.header_timeout, limits.body_timeout) / 5
         self._sweeper: asyncio.TimerHandle | None = None
+        self.lingering = 0  # connections ended gently, still reading what the client sends
+        self.peak_queued = 0  # the most requests one connection had queued (diagnostics)
+        self.evicted_503 = _refusal(503, "server at its connection limit; retry", retry_after=1)
 
     def watch(self) -> None:
         """Make sure the sweep runs (it stops while there are no connections)."""
@@ -147,6 +180,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # The unfinished head (its uvicorn scope) the bytes below were counted for.
         self._head_scope: object = None
         self._head_bytes = 0
+        # Bytes not parsed yet because MAX_QUEUED requests wait (see _feed).
+        self._held = b""
+        # Ended gently (see _end): what arrives is dropped; _lingering while counted.
+        self._ending = False
+        self._lingering = False
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     # --- connection ---------------------------------------------------------------------
 
@@ -154,8 +193,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         if not self.guard.registry.admit(self):
             self.guard.closed("refused_at_capacity", self.client)
-            transport.write(_AT_CAPACITY)
-            transport.close()
+            # The client may have sent its request already: end gently, or the reset that
+            # closing over unread input causes can destroy this answer before it is read.
+            self._end(_AT_CAPACITY)
             return
         # The clock for a first request starts now (later states are first seen by the
         # sweep, up to one interval after they begin).
@@ -164,9 +204,112 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.registry.leave(self)
+        self._held = b""
+        if self._lingering:
+            self._lingering = False
+            self.guard.lingering -= 1
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._ending:  # the connection's last answer is out: what comes is dropped
+            return
+        if self._held:  # requests are queued: parsed as answers go out (on_response_complete)
+            self._held += data
+            if len(self._held) > MAX_HELD:
+                self._end(b"")
+            else:
+                self.flow.pause_reading()
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Parse ``data`` a slice at a time while requests are queued; once ``MAX_QUEUED``
+        wait, hold the rest (reading paused) until answers make room."""
+        if len(data) <= FEED_SLICE:  # the usual packet: one request or less
+            if len(self.pipeline) < MAX_QUEUED:
+                self._receive(data)
+                self._note_queue()
+            else:
+                self._held = data
+                self.flow.pause_reading()
+            return
+        offset, size = 0, len(data)
+        while offset < size:
+            if len(self.pipeline) >= MAX_QUEUED:
+                self._held = data[offset:]
+                self.flow.pause_reading()
+                return
+            end = min(offset + FEED_SLICE, size)
+            self._receive(data[offset:end])
+            offset = end
+            if self._ending or self.parser is None or self.transport.is_closing():
+                return
+            self._note_queue()
+
+    def _note_queue(self) -> None:
+        queued = len(self.pipeline)
+        if queued > self.guard.peak_queued:
+            self.guard.peak_queued = queued
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # starts the next queued request, resumes reading
+        if self._held and not self._ending and not self.transport.is_closing():
+            held, self._held = self._held, b""
+            self._feed(held)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and cycle.scope is self.scope
+            and not isinstance(cycle.transport, _EndsGently)
+        ):
+            # uvicorn's cycle closes the transport after an answer that ends the connection
+            # (an app's "connection: close", such as the body budget's 503): gently, if the
+            # body it did not read may still be arriving.
+            cycle.transport = _EndsGently(self.transport, self, cycle)  # type: ignore[assignment]
+
+    def close_after_answer(self, cycle: Any) -> None:
+        """End the connection after ``cycle``'s answer: gently when its body was not read
+        whole (the client may still be sending it), else at once."""
+        if cycle.more_body and not cycle.disconnected:
+            self._end(b"")
+        else:
+            self.transport.close()
+
+    def _end(self, answer: bytes) -> None:
+        """Write ``answer`` (if any) and end the connection so that the client reads it: our
+        side is shut for writing, and what the client still sends is read and dropped until
+        it closes, or ``LINGER_SECONDS`` pass (module docstring)."""
+        if self._ending:
+            return
+        self._ending = True
+        self._held = b""
+        for cycle in (self.cycle, *(queued for queued, _ in self.pipeline)):
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True  # nothing more is written for it
+                cycle.message_event.set()
+        self.pipeline.clear()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if answer:
+            transport.write(answer)
+        guard = self.guard
+        if guard.lingering >= MAX_LINGERING or not transport.can_write_eof():
+            transport.close()
+            return
+        guard.lingering += 1
+        self._lingering = True
+        transport.write_eof()  # after what is buffered: the client sees the answer, then EOF
+        self.flow.resume_reading()
+        self._linger_timer = guard.loop.call_later(LINGER_SECONDS, transport.close)
+
+    def _receive(self, data: bytes) -> None:
         head = self._head_scope
         if head is not None:  # the last packet ended inside this head: is it still open?
             cycle = self.cycle
@@ -204,6 +347,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return STRAY, cycle
         return BUSY, cycle
 
+    def receiving_body(self) -> bool:
+        return self._state()[0] == BODY
+
     def waiting_for_request(self) -> bool:
         """Idle: nothing sent yet, or the last answer is out and no new request begun."""
         if self._state()[0] in (SILENT, STRAY):
@@ -216,6 +362,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def evict(self) -> None:
         """Make room for a new connection (the registry has already counted this out)."""
+        if self._state()[0] == BODY:  # a body still arriving: told to retry, gently
+            self.guard.closed("body_closed_at_capacity", self.client)
+            self._end(self.guard.evicted_503)
+            return
         self.guard.closed("idle_closed_at_capacity", self.client)
         self.transport.close()
 
@@ -223,7 +373,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         """The sweep: close the connection if what it waits on the client for has lasted
         longer than its limit."""
         transport = self.transport
-        if transport.is_closing() or transport.get_protocol() is not self:
+        if self._ending or transport.is_closing() or transport.get_protocol() is not self:
             return
         state, what = self._state()
         if state == BUSY or (state == BODY and self.flow.read_paused):
@@ -253,5 +403,32 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _close(self, reason: str, answer: bytes) -> None:
         self.guard.closed(reason, self.client)
         if answer:
-            self.transport.write(answer)
-        self.transport.close()
+            self._end(answer)
+        else:  # nothing to deliver (a silent connection): the descriptor goes back at once
+            self.transport.close()
+
+
+class _EndsGently:
+    """The transport as one uvicorn cycle sees it: its ``close()`` ends the connection
+    through :meth:`GuardedHttpProtocol.close_after_answer`."""
+
+    __slots__ = ("_cycle", "_protocol", "_transport")
+
+    def __init__(
+        self, transport: asyncio.Transport, protocol: GuardedHttpProtocol, cycle: object
+    ) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self._cycle = cycle
+
+    def write(self, data: bytes) -> None:
+        self._transport.write(data)
+
+    def close(self) -> None:
+        self._protocol.close_after_answer(self._cycle)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)

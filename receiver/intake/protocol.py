@@ -228,7 +228,8 @@ class CallbackCycle:
             self.response_complete = True
             self.message_event.set()
             if not self.keep_alive:
-                self.transport.close()
+                # Gently when the body was not read (the budget's 503): see GuardedHttpProtocol.
+                self.protocol.close_after_answer(self)
             self.on_response()
         # A callback stored for a client that left is still stored: metrics count it.
         self.router.finished("POST", self.path, answer.status, started, self.route)

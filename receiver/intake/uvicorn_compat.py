@@ -31,16 +31,30 @@ GUARD_PROTOCOL_ATTRIBUTES = (
     "client",
     "cycle",
     "flow",
+    "parser",
     "pipeline",
     "scope",
     "server_state",
     "timeout_keep_alive_task",
     "transport",
 )
-GUARD_PROTOCOL_METHODS = ("connection_made", "connection_lost", "data_received")
-GUARD_FLOW_ATTRIBUTES = ("read_paused",)
+GUARD_PROTOCOL_METHODS = (
+    "connection_made",
+    "connection_lost",
+    "data_received",
+    "on_headers_complete",  # wraps a new cycle's transport (the gentle end)
+    "on_response_complete",  # parses held bytes as answers make room (the pipelining bound)
+)
+GUARD_FLOW_ATTRIBUTES = ("read_paused", "pause_reading", "resume_reading")
 # What it reads of uvicorn's own RequestResponseCycle.
-GUARD_CYCLE_ATTRIBUTES = ("disconnected", "more_body", "response_complete", "scope")
+GUARD_CYCLE_ATTRIBUTES = (
+    "disconnected",
+    "message_event",
+    "more_body",
+    "response_complete",
+    "scope",
+    "transport",
+)
 
 # What the short path (receiver/intake/protocol.py) uses besides.
 SHORT_PROTOCOL_ATTRIBUTES = (

@@ -34,7 +34,7 @@ from receiver.outbox.downstream import emit as downstream_emit
 from receiver.outbox.downstream.deliver import deliver
 from receiver.outbox.downstream.lanes import EndpointLanes
 from receiver.outbox.lanes import LaneClass, ProviderLanes
-from receiver.outbox.outcomes import Deferred, Failed, GiveUp, Outcome
+from receiver.outbox.outcomes import Deferred, Failed, GiveUp, Outcome, redacted
 from receiver.outbox.retry import Decision, DecisionStatus, RetryPolicy
 from receiver.reconcile import operation as reconcile_operation
 from receiver.store import inbox, outbox, requests
@@ -244,7 +244,8 @@ class Dispatcher:
         action_id, attempt = int(row["id"]), int(row["attempts"])
         started_at = ctx.clock()
         t0 = time.perf_counter()
-        outcome = await self._attempt(row, request_row)
+        # Nothing token-shaped from here on: not in the attempt log, a log line, an event.
+        outcome = redacted(await self._attempt(row, request_row))
         duration_ms = (time.perf_counter() - t0) * 1000
         now = ctx.clock()
         decision = self._policy(row).decide(

@@ -20,12 +20,14 @@ attempt log read.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import ClassVar, TypeAlias
+from typing import Any, ClassVar, TypeAlias, cast
 
+from receiver.logs import redact_tokens
 from receiver.outbox.budgets import Deferral
 from receiver.outbox.provider_http import HttpAnswer
 
@@ -201,3 +203,22 @@ def deferred(deferral: Deferral, why: str) -> Deferred:
     """Nothing was sent because our own rate budget had no slot soon enough: the action
     comes back when one may be free, and the claim does not count as an attempt."""
     return Deferred(deferral.seconds, why)
+
+
+def redacted(outcome: Outcome) -> Outcome:
+    """``outcome`` with anything token-shaped cut out of its message and response excerpt
+    (receiver.logs.redact_tokens), before the attempt log stores it, a log line or a
+    downstream event repeats it, or the admin API shows it. A provider may echo what it was
+    sent (OKdokument an invalid ``sendInfoURL``, which carries the request's hook token), and
+    an HTTP library's error may quote a URL with a credential in it."""
+    changes: dict[str, str] = {}
+    for field in dataclasses.fields(outcome):  # instance fields only, not the ClassVars
+        if field.name in ("message", "response_excerpt"):
+            value = getattr(outcome, field.name)
+            cleaned = redact_tokens(value)
+            if cleaned != value:
+                changes[field.name] = cleaned
+    if not changes:
+        return outcome
+    changed: Outcome = dataclasses.replace(cast(Any, outcome), **changes)  # any variant
+    return changed

@@ -126,6 +126,25 @@ async def by_external_id(
     )
 
 
+async def same_document(db: Database | Transaction, provider: str, document_id: str) -> list[Row]:
+    """The requests of ``provider`` on ``document_id`` (its signing rounds), oldest first:
+    each one's ``id`` and ``document_version`` (migration 0008)."""
+    return await db.fetch_all(
+        "SELECT id, document_version FROM signature_requests"
+        " WHERE provider = :provider AND document_id = :document_id ORDER BY id",
+        {"provider": provider, "document_id": document_id},
+    )
+
+
+async def set_document_version(db: Database, request_id: int, version: str) -> None:
+    """Keep the version of its document that ``request_id``'s outcome was confirmed with."""
+    async with db.transaction() as tx:
+        await tx.execute(
+            "UPDATE signature_requests SET document_version = :version WHERE id = :id",
+            {"version": version[:64], "id": request_id},
+        )
+
+
 async def by_return_hash(db: Database | Transaction, digest: str) -> Row | None:
     """The request whose return token (``/return/<token>``) hashes to ``digest``."""
     return await db.fetch_one(

@@ -89,7 +89,8 @@ def json_problem(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> str | None:
 
 def renderable(value: Any, *, max_depth: int = 64) -> Any:
     """A copy of a stored JSON-like value that any JSON encoder takes and any client can
-    decode: text through :func:`storable`, non-finite numbers as None, bytes (SQLite lets
+    decode: text through :func:`storable`, non-finite numbers as None, integers past a
+    double's range as their digits in text, bytes (SQLite lets
     any column hold a blob) decoded as UTF-8 with replacements, anything nested deeper than
     ``max_depth`` as the text ``"[nested too deep]"``, and any other object as its ``str``.
     For views of rows stored before their values were checked."""
@@ -108,6 +109,10 @@ def renderable(value: Any, *, max_depth: int = 64) -> Any:
         }
     if isinstance(value, list | tuple):
         return [renderable(child, max_depth=max_depth - 1) for child in value]
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1023:
+        # Past a double's range: a client's parser reads it as infinity or refuses it. Its
+        # digits as text (Python's str() refuses more than 4,300 of them).
+        return storable(str(value)) if value.bit_length() < 14_000 else "[number too large]"
     if value is None or isinstance(value, bool | int | float):
         return value
     return storable(str(value))

@@ -9,6 +9,8 @@
 - 200 connections that each announce a 1 MiB Firma webhook and send all but its last byte
   cannot make the process hold more than its body budget: the process's memory grows by
   about the budget, not by 200 MiB, and the callbacks beyond it get 503 with Retry-After.
+- Connections pipelining thousands of requests each are answered in full and in order,
+  with the process's peak memory bounded (each connection's queue is).
 """
 
 from __future__ import annotations
@@ -189,3 +191,67 @@ def test_many_half_sent_large_bodies_hold_no_more_than_the_budget(tmp_path: Path
         assert refused >= 200 - budget // MiB
         # The budget (8 MiB) plus what uvicorn reads ahead per connection; 200 MiB before.
         assert grown_mib < 40, grown_mib
+
+
+def peak_rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    assert found, status
+    return int(found.group(1))
+
+
+def test_pipelined_bursts_are_answered_in_order_within_bounded_memory(tmp_path: Path) -> None:
+    """Clients pipelining faster than they are answered made each connection's queue of
+    parsed requests grow by everything one read held (uvicorn resumed reading after every
+    answer). Four connections pipeline 10,000 requests each: every request is answered, in
+    order, and the process's peak memory grows by a few MiB, not by the queues."""
+    port = free_port()
+    env = signback_env(f"sqlite:///{tmp_path / 'signback.db'}", port, SIGNBACK_LOG_LEVEL="ERROR")
+    count = 10_000
+    burst = b"".join(
+        b"GET /healthz?n=%d HTTP/1.1\r\nhost: signback\r\n\r\n" % n for n in range(count)
+    )
+    with processes(tmp_path) as started:
+        serve = start_serve(tmp_path, port, env)
+        started.append(serve)
+        serve.wait_http(f"http://127.0.0.1:{port}/readyz")
+        assert serve.popen is not None
+        before = peak_rss_kib(serve.popen.pid)
+        conns = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(4)]
+        received = {id(c): bytearray() for c in conns}
+        try:
+            selector = selectors.DefaultSelector()
+            for c in conns:
+                c.setblocking(False)
+                selector.register(
+                    c, selectors.EVENT_READ | selectors.EVENT_WRITE, memoryview(burst)
+                )
+            deadline = time.monotonic() + 120
+            pending = set(received)
+            while pending and time.monotonic() < deadline:
+                for key, events in selector.select(timeout=1):
+                    sock: socket.socket = key.fileobj  # type: ignore[assignment]
+                    if events & selectors.EVENT_WRITE and key.data:
+                        with contextlib.suppress(BlockingIOError):
+                            sent = sock.send(key.data[:65536])
+                            rest = key.data[sent:]
+                            selector.modify(
+                                sock,
+                                selectors.EVENT_READ | (selectors.EVENT_WRITE if rest else 0),
+                                rest,
+                            )
+                    if events & selectors.EVENT_READ:
+                        chunk = sock.recv(1 << 20)
+                        got = received[id(sock)]
+                        got.extend(chunk)
+                        if not chunk or got.count(b"HTTP/1.1 200 ") >= count:
+                            pending.discard(id(sock))
+            grown_mib = (peak_rss_kib(serve.popen.pid) - before) / 1024
+        finally:
+            for c in conns:
+                c.close()
+        for got in received.values():
+            assert got.count(b"HTTP/1.1 200 ") == count
+            assert got.count(b"HTTP/1.1 ") == count  # nothing else: no 431, no 503
+        print(f"peak memory grew by {grown_mib:.1f} MiB")
+        assert grown_mib < 30, grown_mib

@@ -301,3 +301,42 @@ def test_a_provider_answer_with_a_nul_is_recorded(make_settings: Callable[..., S
     (attempt,) = attach["attempt_log"]
     assert attempt["status_code"] == 500
     assert "bad\\x00answer" in attempt["response_excerpt"]
+
+
+def test_timestamps_past_a_doubles_range_are_a_normal_answer(receiver: Receiver) -> None:
+    """A Firma created_at (or the older timestamp) of 400 digits, negative too, made
+    float() raise OverflowError: a 500 at intake. Such a body is an event like any other,
+    its time unreadable; and every view of it renders."""
+    firma = receiver.register(provider="firma", signatureRequestId="fsr-huge")
+    times = ["1" + "0" * 400, "-1" + "0" * 400, "1" + "0" * 309, '"-1e308"', '"NaN"', "-1e308"]
+    with receiver.client() as client:
+        for n, value in enumerate(times):
+            for key in ("created_at", "timestamp"):
+                body = (
+                    f'{{"id":"evt-{key}-{n}","type":"signing_request.sent","{key}":{value},'
+                    '"data":{"signing_request":{"id":"fsr-huge"}}}'
+                ).encode()
+                answer = firma_post(client, body)
+                assert answer.status_code == 200, (value, answer.text)
+        # In the signature header: one verification error (401), never a 500.
+        for stamp in ("9" * 70, "-5", "1e308", "NaN", "1" + "0" * 400):
+            body = b'{"id":"evt-h","type":"signing_request.sent"}'
+            v1 = signature.compute(FIRMA_SECRET, body, 1)
+            answer = client.post(
+                "/hooks/firma",
+                content=body,
+                headers={
+                    "content-type": "application/json",
+                    "x-firma-signature": f"t={stamp},v1={v1}",
+                },
+            )
+            assert answer.status_code == 401, (stamp, answer.text)
+            assert answer.json()["error"]
+    timeline = settled_timeline(receiver, firma["id"], 1 + 2 * len(times))
+    assert {e["status"] for e in timeline} == {"processed"}
+    assert [e["occurred_at"] for e in timeline[1:]] == [None] * (2 * len(times))
+    with receiver.admin() as admin:
+        for path in ("/api/inbox", f"/api/requests/{firma['id']}", "/api/events"):
+            answer = admin.get(path)
+            assert answer.status_code == 200, (path, answer.text)
+            strict(answer)

@@ -315,3 +315,97 @@ def test_the_signers_browser_never_sees_a_credential_that_posts_callbacks(
         assert [e["provider_type"] for e in timeline if e["channel"] == "sendinfo"] == [
             "sendinfo:signed"
         ]
+
+
+def test_a_sendinfo_that_is_no_outcome_acts_on_nothing(
+    make_settings: Callable[..., Settings], okd: tuple[str, FakeOkdokument]
+) -> None:
+    """sendInfo is unsigned: ``tosign``, ``errorsendinfo`` and the other states that are no
+    outcome used to be trusted (the request moved to ``sent``, a ``delivery_failed`` went
+    downstream). They are recorded on the timeline; nothing moves, is asked or is sent."""
+    url, fake = okd
+    seed(fake, "sr-noout", "doc-noout")
+    with running_receiver(make_settings, okdokument_base_url=url) as receiver:
+        registered = receiver.register(
+            provider="okdokument", signatureRequestId="sr-noout", documentId="doc-noout"
+        )
+        receiver.wait_for_actions(registered["id"], settled=1)  # the attach PATCH
+        with receiver.admin() as admin:
+            events_before = admin.get("/api/events").json()["items"]
+        hook = registered["callback_urls"]["sendinfo_url"]
+        states = ["tosign", "errorsendinfo", "tags", "tostamp", "nonsense"]
+        for state in states:
+            body = {"signatureRequestId": "sr-noout", "state": state, "id": "doc-noout"}
+            assert post(receiver, hook, body).json() == {"status": "accepted"}
+
+        def settled() -> dict[str, Any] | None:
+            shown = receiver.show(registered["id"])
+            done = [e for e in shown["timeline"] if e["status"] == "processed"]
+            return shown if len(done) == 1 + len(states) else None
+
+        shown = wait_until(settled, what="the sendInfo rows processed")
+        assert shown["state"] == "registered"
+        assert [a["operation"] for a in shown["actions"]] == ["okdokument.patch_signature_request"]
+        assert asked_about(fake) == []
+        with receiver.admin() as admin:
+            assert admin.get("/api/events").json()["items"] == events_before
+
+
+def test_document_info_from_an_earlier_round_confirms_nothing_in_a_later_one(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """OKdokument sends a document for signing again as a new request (a new round) on the
+    same document id, and Document info speaks of the document. Round 2's ``signed`` claim
+    while Document info still shows round 1's ``signed`` (same ``modification``) is not
+    confirmed; once the document really changes after round 1, it is."""
+    now = [1_800_000_000.0]
+    with running_okdokument(clock=lambda: now[0]) as (url, fake):
+        seed(fake, "sr-round-1", "doc-rounds")
+        with running_receiver(
+            make_settings,
+            okdokument_base_url=url,
+            retry_base_delay=0.05,
+            retry_max_delay=0.05,
+            outbox_max_attempts=1000,
+        ) as receiver:
+            first = receiver.register(
+                provider="okdokument", signatureRequestId="sr-round-1", documentId="doc-rounds"
+            )
+            receiver.wait_for_actions(first["id"], settled=1)  # sendInfoURL is in place
+            now[0] += 60
+            with httpx.Client(base_url=url, timeout=10) as okdokument:
+                assert okdokument.post("/_fake/sign/sr-round-1").status_code < 300
+            receiver.wait_for_state(first["id"], "completed")
+            doc = fake.documents["doc-rounds"]
+            round_one_signed_at = doc.modified_ms
+
+            # Round 2 on the same document.
+            now[0] += 60
+            fake.new_round(
+                doc, signature_request_id="sr-round-2", send_info_url=None, result_url=None
+            )
+            second = receiver.register(
+                provider="okdokument", signatureRequestId="sr-round-2", documentId="doc-rounds"
+            )
+            receiver.wait_for_actions(second["id"], settled=1)
+            # Document info lags: it still answers round 1's state, as of round 1.
+            doc.state, doc.modified_ms = "signed", round_one_signed_at
+            claim = {"signatureRequestId": "sr-round-2", "state": "signed", "id": "doc-rounds"}
+            hook = second["callback_urls"]["sendinfo_url"]
+            assert post(receiver, hook, claim).json() == {"status": "accepted"}
+
+            def asked_twice() -> dict[str, Any] | None:
+                shown = receiver.show(second["id"])
+                confirm = [a for a in shown["actions"] if a["operation"] == CONFIRM]
+                return shown if confirm and len(confirm[0]["attempt_log"]) >= 2 else None
+
+            shown = wait_until(asked_twice, what="round 2's confirmation to be retried")
+            assert shown["state"] == "registered"
+            confirm = next(a for a in shown["actions"] if a["operation"] == CONFIRM)
+            assert all("earlier round" in a["error"] for a in confirm["attempt_log"][:2])
+
+            # The signer really signs round 2: the document changes after round 1.
+            now[0] += 60
+            fake.set_state(doc, "signed")
+            shown = receiver.wait_for_state(second["id"], "completed")
+            assert receiver.show(first["id"])["state"] == "completed"

@@ -84,3 +84,29 @@ def test_other_paths_keep_their_json_answers(receiver: Receiver) -> None:
         answer = raw_get(receiver, "GET", target)
         assert answer.status_code == 404
         assert answer.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/return/" + "A" * 43 + "/",
+        "/return/x/",
+        "/healthz/",
+        "/readyz/",
+        "/api/requests/",
+        "/api/requests/1/",
+        "/metrics/",
+    ],
+)
+def test_no_redirect_is_ever_built_from_the_host_header(receiver: Receiver, target: str) -> None:
+    """A trailing slash used to be redirected (307) to a URL built from the Host header: an
+    open redirect for a signer's browser. No path is redirected; /return/ answers a page."""
+    with httpx.Client(timeout=10) as client:
+        request = client.build_request("GET", receiver.url + "/", headers={"host": "evil.example"})
+        request.url = request.url.copy_with(raw_path=target.encode())
+        answer = client.send(request)
+    assert answer.status_code in (401, 404)  # /api and /metrics ask for the token first
+    assert "location" not in answer.headers
+    assert "evil.example" not in answer.text
+    if target.startswith("/return/"):
+        assert answer.headers["content-type"].startswith("text/html")

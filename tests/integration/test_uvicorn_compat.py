@@ -39,16 +39,19 @@ def test_the_installed_uvicorn_has_everything() -> None:
 
 
 def test_a_method_gone_from_uvicorn_is_noticed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The guard (its pipelining bound) and the short path both build on it: without it,
+    # uvicorn's own protocol serves.
     monkeypatch.delattr(HttpToolsProtocol, "on_response_complete")
     compatibility = uvicorn_compat.check()
+    assert compatibility.guard_missing == ("HttpToolsProtocol.on_response_complete()",)
     assert compatibility.short_path_missing == ("HttpToolsProtocol.on_response_complete()",)
-    assert compatibility.protocol is GuardedHttpProtocol
+    assert compatibility.protocol == "httptools"
     warning = compatibility.warning
     assert warning is not None
     assert f"uvicorn {uvicorn.__version__} lacks HttpToolsProtocol.on_response_complete()" in (
         warning
     )
-    assert "callbacks take uvicorn's ASGI path" in warning
+    assert "serving with uvicorn's own protocol" in warning
 
 
 def test_a_cycle_attribute_uvicorn_starts_to_use_is_noticed(

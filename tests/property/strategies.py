@@ -65,7 +65,9 @@ text = st.one_of(
 numbers = st.one_of(
     st.integers(),
     st.integers(min_value=-(10**80), max_value=10**80),
-    st.sampled_from([0, -1, 2**63 - 1, 2**63, -(2**63) - 1, 10**70, 10**300]),
+    # Past a double's range too (float() raises OverflowError on them): 10**309 and up.
+    st.sampled_from([0, -1, 2**63 - 1, 2**63, -(2**63) - 1, 10**70, 10**300, 10**309]),
+    st.sampled_from([-(10**400), 10**400, 10**4000]),
     st.floats(),
     st.sampled_from([1e15, 1e308, -1e308, 5e-324, float("inf"), float("nan")]),
 )

@@ -65,7 +65,7 @@ def test_the_body_budget_refuses_what_does_not_fit_and_takes_it_back() -> None:
 
 @dataclass(eq=False)
 class Conn:
-    state: str  # "idle", "head" (still sending its head) or "busy"
+    state: str  # "idle", "head" (still sending its head), "body" (its body) or "busy"
     evicted: bool = False
 
     def waiting_for_request(self) -> bool:
@@ -73,6 +73,9 @@ class Conn:
 
     def receiving_head(self) -> bool:
         return self.state == "head"
+
+    def receiving_body(self) -> bool:
+        return self.state == "body"
 
     def evict(self) -> None:
         self.evicted = True
@@ -96,3 +99,19 @@ def test_at_the_cap_the_longest_idle_connection_gives_way_first() -> None:
     assert (registry.evicted, registry.refused, len(registry.open)) == (3, 1, 3)
     registry.leave(busy)
     assert registry.admit(Conn("idle"))
+
+
+def test_at_the_cap_a_body_still_arriving_gives_way_after_idle_and_heads() -> None:
+    """Connections trickling bodies used to be untouchable: a flood of them kept every
+    health check out. The oldest gives way, after idle connections and slow heads."""
+    registry = ConnectionRegistry(cap=3)
+    body_old, busy, head = Conn("body"), Conn("busy"), Conn("head")
+    for conn in (body_old, busy, head):
+        assert registry.admit(conn)
+    assert registry.admit(Conn("busy"))
+    assert head.evicted  # a slow head first
+    assert not body_old.evicted
+    assert registry.admit(Conn("busy"))
+    assert body_old.evicted  # then the oldest body
+    assert not busy.evicted
+    assert not registry.admit(Conn("idle"))  # only requests being answered: refused

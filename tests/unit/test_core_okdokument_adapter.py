@@ -58,7 +58,9 @@ def test_sendinfo(state: str, confirm_claims: bool) -> None:
     assert event.provider_type == f"sendinfo:{state}"
     assert event.external_id == "SR-1"
     assert event.event_id == "inbox-11"  # sendInfo has no id of its own: the row is the event
-    assert event.confirmed is not (confirm_claims and state in CLAIMS)
+    # Unsigned: with confirmation on, no state acts by itself (outcomes are checked first,
+    # the other states are only recorded); with it off, every state is trusted.
+    assert event.confirmed is not confirm_claims
     assert event.details == {"document_state": state, "document_id": "DOC-1"}
     assert event.raw == body
 
@@ -125,7 +127,7 @@ def test_unknown_states(body: dict[str, Any], document_state: str, channel: str)
     event = normalize(callback(body, channel=channel))
 
     assert event.kind == EventKind.UNKNOWN
-    assert event.confirmed is True
+    assert event.confirmed is (channel == "confirmation")
     assert event.details["document_state"] == document_state
     assert event.external_id == "SR-1"
 

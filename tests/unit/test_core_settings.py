@@ -342,7 +342,13 @@ def test_core_and_provider_problems_come_in_one_message(env: Env) -> None:
         "SIGNBACK_OKDOKUMENT_BASE_URL: ",
     ):
         assert name in message
-    assert len(message.splitlines()) == 1
+    # One line per variable, under one that says what cannot happen, and one that says
+    # where to look.
+    lines = message.splitlines()
+    assert lines[0] == "signback cannot start: 3 settings are not valid:"
+    assert len(lines) == 5
+    assert all(line.startswith("  SIGNBACK_") for line in lines[1:4])
+    assert lines[-1].startswith("See the README's configuration table")
 
 
 def test_a_provider_variable_in_the_dotenv_file_is_read(env: Env, tmp_path: Path) -> None:
@@ -465,5 +471,75 @@ def test_commands_say_what_cannot_happen_in_their_own_words(
     monkeypatch.delenv("SIGNBACK_ADMIN_TOKEN")
     result = CliRunner().invoke(cli.main, args, prog_name="signback")
     assert result.exit_code == 2
-    assert result.stderr.startswith(opening + "SIGNBACK_ADMIN_TOKEN is required but not set")
-    assert len(result.stderr.strip().splitlines()) == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == opening + "1 setting is not valid:"
+    assert lines[1] == "  SIGNBACK_ADMIN_TOKEN is required but not set"
+    assert len(lines) == 3
+    assert "Traceback" not in result.output
+
+
+BAD_VALUES = {
+    "SIGNBACK_OUTBOX_CONCURRENCY": ("abc", "must be a whole number"),
+    "SIGNBACK_DB_POOL_MAX": ("0", "must be at least 1"),
+    "SIGNBACK_PUBLIC_URL": ("notaurl", "must start with http:// or https://"),
+    "SIGNBACK_LOG_LEVEL": ("LOUD", "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+    "SIGNBACK_RUN_WORKER": ("maybe", "must be true or false"),
+    "SIGNBACK_HEADER_TIMEOUT_SECONDS": ("-1", "must be greater than 0"),
+    "SIGNBACK_FIRMA_WRITES_PER_MINUTE": ("lots", "must be a number"),
+    "SIGNBACK_OKDOKUMENT_BASE_URL": ("ftp://x", "must start with http:// or https://"),
+    # Was a ValueError traceback at the first query.
+    "SIGNBACK_DATABASE_URL": ("mysql://db/x", "must be sqlite:///<path of a file> or"),
+}
+
+
+@pytest.mark.parametrize(
+    ("args", "opening"),
+    [
+        pytest.param(["serve"], "signback cannot start", id="serve"),
+        pytest.param(["worker"], "signback cannot start", id="worker"),
+        pytest.param(["migrate"], "signback migrate cannot run", id="migrate"),
+        pytest.param(["requests", "list"], "signback requests list cannot run", id="requests"),
+        pytest.param(["requests", "show", "1"], "signback requests show cannot run", id="show"),
+        pytest.param(["outbox", "list"], "signback outbox list cannot run", id="outbox"),
+        pytest.param(["inbox", "retry", "1"], "signback inbox retry cannot run", id="inbox"),
+        pytest.param(["endpoints", "list"], "signback endpoints list cannot run", id="endpoints"),
+        pytest.param(["simulate", "firma", "1"], "signback simulate firma cannot run", id="sim"),
+    ],
+)
+def test_every_bad_variable_is_named_on_a_line_of_its_own_by_every_command(
+    env: Env, monkeypatch: pytest.MonkeyPatch, args: list[str], opening: str
+) -> None:
+    """Bad values used to come out as one long line in pydantic's words (or, for migrate,
+    not at all). Every command names each bad variable, one per line, all at once, in plain
+    words and without the value (it may be a secret), and exits 2."""
+    from click.testing import CliRunner
+
+    from receiver import cli
+
+    for name, (value, _) in BAD_VALUES.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(cli.main, args, prog_name="signback")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == f"{opening}: {len(BAD_VALUES)} settings are not valid:"
+    named = {line.strip().split(":")[0].split(" (or")[0]: line for line in lines[1:-1]}
+    assert set(named) == set(BAD_VALUES)
+    for name, (value, words) in BAD_VALUES.items():
+        assert words in named[name]
+        assert value not in named[name].split(":", 1)[1].replace(words, "")
+    assert "Traceback" not in result.output
+    assert "Input should be" not in result.output
+
+
+def test_migrate_needs_only_the_database_url(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A release step may have no admin token or secret key: migrate does not ask for them,
+    only for what is set to be valid."""
+    from click.testing import CliRunner
+
+    from receiver import cli
+
+    monkeypatch.delenv("SIGNBACK_ADMIN_TOKEN")
+    monkeypatch.delenv("SIGNBACK_SECRET_KEY")
+    result = CliRunner().invoke(cli.main, ["migrate"], prog_name="signback")
+    assert result.exit_code == 0, result.output
+    assert "is at migration" in result.output

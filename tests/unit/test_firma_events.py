@@ -457,6 +457,13 @@ def test_an_id_of_exactly_200_characters_is_accepted() -> None:
         ([2025], None),
         (float("nan"), None),
         (float("inf"), None),
+        # Integers past a double's range: float() raises OverflowError (was a 500).
+        (10**400, None),
+        (-(10**400), None),
+        (10**309, None),
+        ("-1e308", None),
+        ("NaN", None),
+        ("-Infinity", None),
     ],
 )
 def test_parse_timestamp(value: Any, expected: float | None) -> None:

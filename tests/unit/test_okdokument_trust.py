@@ -28,6 +28,9 @@ from receiver.model import RequestState, SignatureRequest
 from receiver.outbox.outcomes import Done, Failed, GiveUp, Skipped
 from receiver.outbox.retry import RetryPolicy
 from receiver.pipeline.registration import Registration
+from receiver.store import requests
+from receiver.store.db import open_database
+from receiver.store.db.base import Database
 from tests.conftest import test_settings
 from tests.servers import Recorded, Recorder, running_server
 
@@ -88,28 +91,38 @@ def info(answers: dict[str, Any]) -> Iterator[tuple[DocumentInfo, str]]:
 
 
 class ScheduleWrites:
-    """The one write the confirmation makes itself: bringing the request's next reconcile
-    read forward (receiver/store/reconcile.py ``read_soon``), recorded instead of stored."""
+    """The database, with the one write the reconciler's part makes recorded instead of
+    stored: bringing the request's next reconcile read forward (receiver/store/reconcile.py
+    ``read_soon``). Everything else (the document's other rounds, the version kept) goes to
+    the real store."""
 
-    def __init__(self) -> None:
+    def __init__(self, db: Database) -> None:
+        self.db = db
         self.soon: list[dict[str, Any]] = []
 
-    async def execute(self, sql: str, params: dict[str, Any]) -> int:
-        assert sql.startswith("UPDATE signature_requests SET next_reconcile_at")
-        self.soon.append(params)
-        return 1
+    async def execute(self, sql: str, params: dict[str, Any] | None = None) -> int:
+        if sql.startswith("UPDATE signature_requests SET next_reconcile_at"):
+            self.soon.append(dict(params or {}))
+            return 1
+        return await self.db.execute(sql, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
 
 
 @pytest.fixture
-def writes() -> ScheduleWrites:
-    return ScheduleWrites()
+async def writes(sqlite_url: str) -> AsyncIterator[ScheduleWrites]:
+    db = open_database(sqlite_url)  # the document's other rounds are looked up there
+    await db.connect()
+    yield ScheduleWrites(db)
+    await db.close()
 
 
 @pytest.fixture
 async def ctx(info: tuple[DocumentInfo, str], writes: ScheduleWrites) -> AsyncIterator[AppContext]:
     client = OkdokumentClient(info[1], "key")
-    # The operation reads its client, the clock and the reconcile settings, and may ask for a
-    # read soon: the rest of a context is not the point.
+    # The operation reads its client, the database, the clock and the reconcile settings,
+    # and may ask for a read soon: the rest of a context is not the point.
     settings = test_settings("sqlite:///unused.db", reconcile_soon_seconds=30.0)
     yield cast(
         AppContext,
@@ -237,6 +250,18 @@ async def test_only_the_claimed_state_confirms(
     assert writes.soon == [{"at": 1030.0, "interval": 30.0, "id": REQUEST.id}]
 
 
+@pytest.mark.parametrize("claimed", ["errorsendinfo", "tosign", "tags", "", "None"])
+async def test_only_an_outcome_can_be_confirmed(
+    ctx: AppContext, answers: dict[str, Any], info: tuple[DocumentInfo, str], claimed: str
+) -> None:
+    """Document info saying exactly what was claimed confirms nothing unless the claim is an
+    outcome: an ``errorsendinfo`` "claim" with an ``errorsendinfo`` answer is no confirmation."""
+    answers["body"] = metadata(claimed)
+    with pytest.raises(InvalidAction, match="only an outcome"):
+        await confirm_document_state(ctx, REQUEST, {"claimed_state": claimed, "confirms": "c"})
+    assert info[0].asked == []  # nothing was even asked
+
+
 @pytest.mark.parametrize(
     "body", [pytest.param(b"<html>", id="not-json"), pytest.param(b"[]", id="not-an-object")]
 )
@@ -311,3 +336,66 @@ def test_registration_needs_a_document_while_confirmation_is_on(
     assert [name for name, _ in found] == problems
     for _, message in found:
         assert "SIGNBACK_OKDOKUMENT_CONFIRM_CALLBACKS=false" in message
+
+
+async def a_round(ctx: AppContext, external_id: str) -> SignatureRequest:
+    """A request on the registered document: one signing round of it."""
+    async with ctx.db.transaction() as tx:
+        row = await requests.insert(
+            tx,
+            provider="okdokument",
+            external_id=external_id,
+            document_id=REGISTERED,
+            reference=None,
+            return_url=None,
+            retry_url=None,
+            metadata={},
+            defaults={},
+            token_hash=f"t-{external_id}",
+            hook_hash=f"h-{external_id}",
+            token_nonce=f"n-{external_id}",
+            now=1000.0,
+        )
+    assert row is not None
+    return requests.from_row(row)
+
+
+def at(modification: str, state: str = "signed") -> dict[str, Any]:
+    return {**metadata(state), "modification": modification}
+
+
+async def test_an_answer_from_an_earlier_round_confirms_nothing_in_a_later_one(
+    ctx: AppContext, answers: dict[str, Any]
+) -> None:
+    """Round 1 was confirmed ``signed`` at 14:30:44. Round 2's claim of ``signed`` is
+    confirmed only by an answer from after that: Document info saying ``signed`` at 14:30:44
+    (or with no readable modification) is still round 1's answer."""
+    first = await a_round(ctx, "sr-round-1")
+    answers["body"] = at("2022-06-21 14:30:44")
+    confirmed = await confirm_document_state(ctx, first, {"claimed_state": "signed"})
+    assert isinstance(confirmed, Done)
+    second = await a_round(ctx, "sr-round-2")  # the document is sent for signing again
+    unreadable = at("21.06.2022 14:40")
+    for stale in (at("2022-06-21 14:30:44"), at("2022-06-21 09:00:00"), unreadable):
+        answers["body"] = stale
+        outcome = await confirm_document_state(ctx, second, {"claimed_state": "signed"})
+        assert isinstance(outcome, Failed), stale
+        assert "earlier round" in outcome.message
+        assert not outcome.follow_up
+    answers["body"] = at("2022-06-21 14:35:02")
+    assert isinstance(await confirm_document_state(ctx, second, {"claimed_state": "signed"}), Done)
+    rounds = await requests.same_document(ctx.db, "okdokument", REGISTERED)
+    assert [r["document_version"] for r in rounds] == ["2022-06-21 14:30:44", "2022-06-21 14:35:02"]
+
+
+async def test_a_round_the_document_has_left_is_not_confirmed(
+    ctx: AppContext, answers: dict[str, Any], info: tuple[DocumentInfo, str]
+) -> None:
+    """Once a later round exists on the document, Document info speaks of that round: a
+    late claim of the earlier round is not confirmed by it (not even asked)."""
+    first = await a_round(ctx, "sr-old-round")
+    await a_round(ctx, "sr-new-round")
+    answers["body"] = at("2022-06-21 15:00:00")
+    with pytest.raises(InvalidAction, match="later signing round"):
+        await confirm_document_state(ctx, first, {"claimed_state": "signed"})
+    assert info[0].asked == []

@@ -96,7 +96,7 @@ def type_for(
         return STATE_TYPES.get(after)
     if kind is EventKind.SIGNER_RETURNED:
         return SIGNER_RETURNED
-    if kind is EventKind.DELIVERY_FAILED:
+    if kind is EventKind.DELIVERY_FAILED and confirmed:  # an unsigned claim of it is no news
         return DELIVERY_FAILED
     if kind is EventKind.RECIPIENT_SIGNED and confirmed and after is RequestState.PARTIALLY_SIGNED:
         return STATE_TYPES[RequestState.PARTIALLY_SIGNED]

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from receiver.context import AppContext
-from receiver.logs import get_logger
+from receiver.logs import get_logger, redact_tokens
 from receiver.outbox.downstream import delivery_of, manage, signing
 from receiver.outbox.downstream import endpoints as endpoint_store
 from receiver.outbox.downstream import events as event_store
@@ -149,6 +149,7 @@ async def _failed(ctx: AppContext, endpoint: LiveEndpoint, outcome: Failed) -> F
     what = (
         f"HTTP {outcome.status_code}: {outcome.message}" if outcome.status_code else outcome.message
     )
+    what = redact_tokens(what)  # kept on the endpoint and shown: an error may quote a URL
     try:
         since = await endpoint_store.mark_failure(ctx.db, endpoint.id, text=what, now=now)
         limit = ctx.settings.endpoint_disable_after_seconds

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
 from receiver.context import AppContext
-from receiver.logs import get_logger
+from receiver.logs import get_logger, shown
 from receiver.outbox.downstream import catalogue, delivery_of, emit, lane_of, signing
 from receiver.outbox.downstream import endpoints as endpoint_store
 from receiver.outbox.downstream import events as event_store
@@ -140,7 +140,7 @@ def endpoint_json(
         "updated_at": event_store.iso(endpoint.updated_at),
         "last_success_at": event_store.iso(endpoint.last_success_at),
         "last_failure_at": event_store.iso(endpoint.last_failure_at),
-        "last_failure": endpoint.last_failure,
+        "last_failure": shown(endpoint.last_failure),
         "failing_since": event_store.iso(endpoint.failing_since),
         "previous_secret_valid_until": event_store.iso(endpoint.previous_secret_until),
     }
@@ -413,7 +413,7 @@ async def deliveries(
                 "attempts": int(row["attempts"]),
                 "due_at": event_store.iso(_float(row["due_at"])),
                 "last_status_code": row["last_status_code"],
-                "last_error": row["last_error"],
+                "last_error": shown(row["last_error"]),
                 "created_at": event_store.iso(_float(row["created_at"])),
                 "updated_at": event_store.iso(_float(row["updated_at"])),
                 "attempt_log": [
@@ -423,8 +423,8 @@ async def deliveries(
                         "duration_ms": a["duration_ms"],
                         "status_code": a["status_code"],
                         "outcome": a["outcome"],
-                        "error": a["error"],
-                        "response_excerpt": a["response_excerpt"],
+                        "error": shown(a["error"]),
+                        "response_excerpt": shown(a["response_excerpt"]),
                     }
                     for a in attempts.get(int(row["id"]), [])
                 ],

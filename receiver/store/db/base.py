@@ -165,6 +165,12 @@ class Database(abc.ABC):
         which a caller answers with a 503 and Retry-After, rather than a bug."""
         return False
 
+    def is_schema_missing(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means a table or column the code needs is not in the database:
+        it was not migrated (or not to this version). Not a bug in the request: a 503 that
+        says to run ``signback migrate``."""
+        return False
+
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise if the database cannot be reached."""

@@ -159,6 +159,9 @@ class PostgresDatabase(Database):
         # Lost or refused connections, pool timeouts, a cancelled statement: all pass.
         return isinstance(exc, psycopg.OperationalError)
 
+    def is_schema_missing(self, exc: BaseException) -> bool:
+        return isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn)
+
     async def _returned(self, conn: psycopg.AsyncConnection[Row]) -> None:
         if conn.broken:
             self._last_returned.pop(id(conn), None)

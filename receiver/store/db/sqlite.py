@@ -9,6 +9,10 @@ on a thread of their own (:mod:`receiver.store.db.sqlite_wal`), and so does the 
 reset, with the write lock held meanwhile.
 ``synchronous=NORMAL`` in WAL mode keeps every committed transaction across a process crash
 (``kill -9``); only a power cut can lose the last ones.
+
+What can make a call slow is another process holding the write lock (a CLI command, a
+second process on the file): a call then waits at most ``LOOP_BUSY_TIMEOUT_MS`` on the loop,
+and the rest of the configured busy timeout is waited asynchronously between tries.
 """
 
 from __future__ import annotations
@@ -31,6 +35,24 @@ from receiver.store.db.sqlite_wal import Checkpointer
 from receiver.store.db.wakeup import Wakeups
 
 log = get_logger("signback.sqlite")
+
+# How long one SQLite call on the event loop may wait for another process's write lock
+# (a CLI command, a second process on the same file). The loop stops for as long as a call
+# waits, and with it every callback, health check and answer of this process; so the
+# serving connection waits at most this long per call, and the wait the settings allow
+# (SIGNBACK_SQLITE_BUSY_TIMEOUT_MS) is made of such tries with asynchronous pauses between
+# them (see _write_lock and _flush).
+LOOP_BUSY_TIMEOUT_MS = 5
+# The pause between two tries for a write lock held by another process.
+BUSY_RETRY_SECONDS = 0.025
+
+
+def is_busy(exc: object) -> bool:
+    """Whether ``exc`` is SQLite saying another connection holds the lock it needs."""
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc)
+    )
+
 
 # A shared transaction (in_shared_transaction) waits this many event-loop turns for more
 # pieces before it starts: outbox results that arrive a few turns apart then share a commit
@@ -126,10 +148,17 @@ class SqliteDatabase(Database):
             word in str(exc) for word in ("locked", "busy", "unable to open", "disk I/O", "full")
         )
 
+    def is_schema_missing(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.OperationalError) and any(
+            word in str(exc) for word in ("no such table", "no such column", "has no column")
+        )
+
     async def connect(self) -> None:
         if self._conn is not None:
             return
-        self._conn = connect(self.url, busy_timeout_ms=self._busy_timeout_ms)
+        self._conn = connect(
+            self.url, busy_timeout_ms=min(self._busy_timeout_ms, LOOP_BUSY_TIMEOUT_MS)
+        )
         path = sqlite_path(self.url)
         if path == ":memory:":
             return
@@ -234,9 +263,11 @@ class SqliteDatabase(Database):
     async def transaction(self) -> AsyncIterator[Transaction]:
         conn = self.conn
         # The lock keeps two coroutines from interleaving statements on the one connection
-        # should a transaction body ever await something that really suspends.
-        async with self._lock:
-            conn.execute("BEGIN IMMEDIATE")
+        # should a transaction body ever await something that really suspends. It is let go
+        # while another process's write lock is waited for (_write_lock), so that the group
+        # commits and other transactions try meanwhile too.
+        await self._write_lock(conn)
+        try:
             tx = _SqliteTransaction(conn)
             try:
                 yield tx
@@ -247,8 +278,29 @@ class SqliteDatabase(Database):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+        finally:
+            self._lock.release()
         for channel in tx.pending_notifications:
             self._wakeups.set(channel)
+
+    async def _write_lock(self, conn: sqlite3.Connection) -> None:
+        """Take ``self._lock`` and ``BEGIN IMMEDIATE`` (SQLite's write lock); the caller
+        releases ``self._lock``. While another process holds the write lock, each try waits
+        at most ``LOOP_BUSY_TIMEOUT_MS`` on the loop, and between tries ``self._lock`` is let
+        go and the pause is asynchronous, up to the configured busy timeout in all; then the
+        busy error is raised (a callback answered 503 with Retry-After, a worker loop backing
+        off, the admin API's 503)."""
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            await self._lock.acquire()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return  # holding self._lock
+            except BaseException as exc:
+                self._lock.release()
+                if not is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(BUSY_RETRY_SECONDS)
 
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
         # Plain reads need no write lock: autocommit mode reads a consistent snapshot. Only
@@ -345,6 +397,7 @@ class SqliteDatabase(Database):
 
     async def _flush(self) -> None:
         """Group commits, batch after batch, until no row is queued."""
+        busy_since: float | None = None  # another process has held the lock since then
         try:
             await asyncio.sleep(0)  # let the rows of this loop turn join the first batch
             while self._batch:
@@ -359,7 +412,28 @@ class SqliteDatabase(Database):
                         outcomes = write_rows(self.conn, batch)
                     except Exception as exc:  # the connection is gone (closed)
                         outcomes = [exc] * len(batch)
-                    self._delivered(batch, outcomes)
+                    waiting = [i for i, outcome in enumerate(outcomes) if is_busy(outcome)]
+                    now = time.monotonic()
+                    if not waiting:
+                        busy_since = None
+                    elif busy_since is None:
+                        busy_since = now
+                    waited = 0.0 if busy_since is None else now - busy_since
+                    if waiting and waited < self._busy_timeout_ms / 1000:
+                        # Locked by another process: these rows try again after a pause
+                        # that lets the loop go on (each try waits at most
+                        # LOOP_BUSY_TIMEOUT_MS), ahead of the rows queued meanwhile.
+                        kept = set(waiting)
+                        self._delivered(
+                            [q for i, q in enumerate(batch) if i not in kept],
+                            [o for i, o in enumerate(outcomes) if i not in kept],
+                        )
+                        self._batch[:0] = [batch[i] for i in waiting]
+                    else:
+                        self._delivered(batch, outcomes)
+                        waiting = []
+                if waiting:
+                    await asyncio.sleep(BUSY_RETRY_SECONDS)
         finally:
             self._flusher = None
             queued, self._batch = self._batch, []
