@@ -18,6 +18,10 @@ import enum
 import random
 from collections.abc import Awaitable, Callable, Iterator
 
+# The jitter's own generator: a loop's backoff leaves the process-wide random state alone
+# (Hypothesis, for one, refuses tests whose code moves it between draws).
+_JITTER = random.Random()
+
 # The longest an infrastructure loop waits between two tries (a database outage can last;
 # a loop that comes back within half a minute of its end is soon enough).
 MAX_LOOP_DELAY = 30.0
@@ -81,7 +85,7 @@ class Backoff:
         cap: float,
         *,
         jitter: Jitter = Jitter.EQUAL,
-        rand: Callable[[], float] = random.random,  # jitter, not security
+        rand: Callable[[], float] = _JITTER.random,  # jitter, not security
         sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self.base = base
