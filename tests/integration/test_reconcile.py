@@ -379,3 +379,54 @@ async def test_workers_looking_at_once_queue_each_read_once(
     assert sorted(request_id for request_id, _, _ in queued) == sorted(m.request.id for m in made)
     for one in made:
         assert await schedule_of(ctx, one.request.id) == (T0 + 121.0 + 240.0, 240.0)
+
+
+@pytest.mark.anyio
+async def test_a_read_respects_the_documents_signing_rounds(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Document info speaks of a document's current round: an earlier round's request is
+    not read once a later round exists, and a later round's request is not moved by an
+    answer no later than the version an earlier round's outcome was confirmed at."""
+    from handlers.okdokument.fake import DEFAULT_API_KEY
+
+    with running_okdokument() as (okd_url, okd):
+        seed(okd, "sr-round-1", "doc-rounds", state="signed")
+        ctx = build_context(
+            make_settings(okdokument_base_url=okd_url, okdokument_api_key=DEFAULT_API_KEY)
+        )
+        await prepare_database(ctx, serving=False)
+        await ctx.start_providers()
+        try:
+            first = await register(
+                ctx, Registration("okdokument", "sr-round-1", document_id="doc-rounds")
+            )
+            # Round 1's outcome was confirmed at the document's current version.
+            version = okd.metadata(okd.documents["doc-rounds"])["modification"]
+            await requests.set_document_version(ctx.db, first.request.id, version)
+            okd.new_round(
+                okd.documents["doc-rounds"],
+                signature_request_id="sr-round-2",
+                send_info_url=None,
+                result_url=None,
+            )
+            second = await register(
+                ctx, Registration("okdokument", "sr-round-2", document_id="doc-rounds")
+            )
+            # Document info still says "signed", of round 1 (same modification).
+            earlier = await reconcile_now(ctx, request_id=first.request.id)
+            later = await reconcile_now(ctx, request_id=second.request.id)
+            rows = await ctx.db.fetch_all("SELECT id FROM inbox WHERE channel = 'reconcile'")
+            states = [
+                str(row["state"])
+                for row in await ctx.db.fetch_all(
+                    "SELECT state FROM signature_requests ORDER BY id"
+                )
+            ]
+        finally:
+            await ctx.close()
+            await ctx.db.close()
+    assert [(r.outcome, "later signing round" in r.message) for r in earlier] == [("skipped", True)]
+    assert [(r.outcome, "earlier round" in r.message) for r in later] == [("skipped", True)]
+    assert rows == []
+    assert states == [RequestState.REGISTERED.value, RequestState.REGISTERED.value]
