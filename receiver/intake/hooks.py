@@ -55,15 +55,20 @@ def handler(ctx: AppContext, provider: str, spec: HookSpec) -> HookHandler:
     keep_query = spec.keep_query
     refusal_facts = spec.refusal_facts
     count = ctx.metrics.callbacks.inc
+    # Time spent waiting for the database is not time spent on the loop (loadshare.py).
+    waiting, resumed = ctx.intake_load.waiting, ctx.intake_load.resumed
 
     async def handle(call: Callback) -> Answer:
         found: Any = None
         request: int | None = None
         if token_route:
+            waiting()
             try:
                 found = await find_by_hook_token(ctx, call.param or "")
             except CallbackRejected as exc:
                 return rejected(exc, provider=provider, channel=channel)
+            finally:
+                resumed()
             if found is None or found["provider"] != provider:
                 log.warning(
                     "callback to an unknown URL", provider=provider, channel=channel, status=404
@@ -86,6 +91,7 @@ def handler(ctx: AppContext, provider: str, spec: HookSpec) -> HookHandler:
             if refusal_facts is not None:
                 facts.update(refusal_facts(call))
             return rejected(exc, provider=provider, channel=channel, **facts)
+        waiting()
         try:
             new = await store(
                 ctx,
@@ -110,6 +116,8 @@ def handler(ctx: AppContext, provider: str, spec: HookSpec) -> HookHandler:
                 **accepted.log_facts,
             )
             return Answer.error(503, STORE_FAILED)
+        finally:
+            resumed()
         count(provider, channel, "accepted" if new else "duplicate")
         _log_stored(new, provider, channel, accepted)
         return ack.accepted if new else ack.duplicate
