@@ -99,10 +99,8 @@ def child(db_url: str, provider: str, events: int) -> dict[str, Any]:
         ctx = build_context(settings)
         await ctx.db.connect()
         try:
-            for start in range(0, len(rows), 100):
-                await ctx.db.insert_rows(
-                    inbox.NEW_CALLBACK, rows[start : start + 100], inbox.INBOX_CHANNEL
-                )
+            async with ctx.db.transaction() as tx:
+                await tx.executemany(inbox.INSERT_SQL, rows)
             pipeline = Pipeline(ctx)
             exchanges = 0
             cpu0, wall0 = time.process_time(), time.perf_counter()
