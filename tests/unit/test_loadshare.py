@@ -40,6 +40,25 @@ def test_the_average_number_in_flight_decides_saturation() -> None:
     assert not governor.saturated()
 
 
+def test_callbacks_waiting_for_the_database_are_no_flood() -> None:
+    # PostgreSQL at a steady 2,000 callbacks/s: a commit takes a couple of milliseconds, so
+    # several callbacks wait for theirs at any moment while the loop is mostly idle.
+    clock = Clock()
+    governor, intake, _ = governed(clock)
+    for _ in range(8):
+        intake.arrived()
+        intake.waiting()
+    clock.now += Governor.WINDOW * 1.01
+    assert not governor.saturated()
+    for _ in range(8):  # their commits are done: they are being answered on the loop
+        intake.resumed()
+    clock.now += Governor.WINDOW * 1.01
+    assert governor.saturated()
+    for _ in range(8):
+        intake.answered()
+    assert intake.in_flight == 0
+
+
 def test_turn_never_waits_while_the_intake_keeps_up() -> None:
     clock = Clock()
     governor, _, occupancy = governed(clock)
