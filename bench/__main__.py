@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         postgres_version=postgres,
         quiet_wait_s=3.0 if args.quick else 120.0,
         retries=0 if args.quick else 1,
+        chart_path=docs.with_name(f"{docs.stem}-backlog.svg"),
     )
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()

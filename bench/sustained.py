@@ -15,12 +15,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from bench.procs import CLOCK_TICKS, Procs, process_ticks, python_env
 from bench.stores import _scalar
+
+if TYPE_CHECKING:
+    from bench.scenarios import Bench
 
 RESULT_PREFIX = "PACER_RESULT "
 SAMPLE_EVERY = 0.5  # seconds
@@ -44,7 +47,7 @@ class BacklogSampler:
     samples: list[Sample] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
-    _t0: float = 0.0
+    started: float = 0.0  # time.monotonic() when sampling began
 
     def _count(self, pg: psycopg.Connection[Any] | None) -> int:
         if pg is not None:
@@ -70,13 +73,13 @@ class BacklogSampler:
                 cpu = (now_ticks - ticks) / CLOCK_TICKS / max(now - at, 1e-6)
                 ticks, at = now_ticks, now
                 backlog = self._count(pg)
-                self.samples.append(Sample(round(now - self._t0, 2), backlog, round(cpu, 2)))
+                self.samples.append(Sample(round(now - self.started, 2), backlog, round(cpu, 2)))
         finally:
             if pg is not None:
                 pg.close()
 
     def __enter__(self) -> BacklogSampler:
-        self._t0 = time.monotonic()
+        self.started = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="backlog-sampler", daemon=True)
         self._thread.start()
         return self
@@ -224,3 +227,198 @@ def svg_chart(
 
 def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# --- the scenario ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PacedRun:
+    label: str
+    rate: float
+    seconds: float
+    result: dict[str, Any]
+    samples: list[Sample]
+    drain_s: float | None  # from the end of the load until the backlog was 0 (None: never)
+
+    def backlog_at(self, t: float) -> int:
+        found = 0
+        for sample in self.samples:
+            if sample.t > t:
+                break
+            found = sample.backlog
+        return found
+
+    @property
+    def peak(self) -> int:
+        return max((s.backlog for s in self.samples if s.t <= self.seconds), default=0)
+
+    @property
+    def processed_rate(self) -> float:
+        """Events processed per second during the load: what came in less what was left."""
+        answered = int(self.result["n2xx"])
+        return max(0.0, answered - self.backlog_at(self.seconds)) / self.seconds
+
+    def bounded(self) -> bool:
+        """Processing kept up: the backlog at the end of the load is no more than a second
+        of callbacks, and it did not grow from the middle of the run to its end."""
+        end = self.backlog_at(self.seconds)
+        middle = self.backlog_at(self.seconds / 2)
+        return end <= self.rate and end <= max(middle * 1.5, self.rate / 4)
+
+    def cpu_per_event_us(self) -> float:
+        busy = sum(s.cpu * SAMPLE_EVERY for s in self.samples)
+        return busy / max(int(self.result["n2xx"]), 1) * 1e6
+
+
+def paced_run(
+    bench: Bench,
+    server_url: str,
+    db_url: str,
+    pids: Sequence[int],
+    data: Path,
+    *,
+    label: str,
+    rate: float,
+    seconds: float,
+    drain_timeout: float = 120.0,
+) -> PacedRun:
+    """Callbacks at ``rate`` for ``seconds``, then wait for the backlog to drain."""
+    bench.say(f"{label}: {rate:,.0f} callbacks/s for {seconds:.0f} s")
+    with BacklogSampler(db_url, pids) as sampler:
+        result = run_pacer(
+            bench.procs,
+            server_url,
+            data,
+            rate=rate,
+            seconds=seconds,
+            seq_base=bench.next_seq_base(),
+        )
+        ended = time.monotonic() - sampler.started
+        deadline = time.monotonic() + drain_timeout
+        while time.monotonic() < deadline:
+            last = sampler.samples[-1] if sampler.samples else None
+            if last is not None and last.t > ended and last.backlog == 0:
+                break
+            time.sleep(SAMPLE_EVERY)
+    drained = next((s.t for s in sampler.samples if s.t > ended and s.backlog == 0), None)
+    # The pacer's clock starts a moment after the sampler's: time is counted from the
+    # sampler's start, so the load's end is where the pacer's seconds end.
+    return PacedRun(
+        label,
+        rate,
+        seconds,
+        result,
+        list(sampler.samples),
+        None if drained is None else round(drained - ended, 1),
+    )
+
+
+def scenario(bench: Bench) -> None:
+    """Half the intake's capacity (Firma, worker on, measured in this run), paced, on each
+    database; on PostgreSQL also 2,000/s, the rate at which processing had fallen furthest
+    behind. The backlog over time goes into a chart next to the report."""
+    dialects = ["sqlite"] + (["postgresql"] if bench.config.postgres_version else [])
+    if len(dialects) == 1:
+        bench.notes.append("Sustained load on PostgreSQL skipped: no server (--postgres-url).")
+    runs: list[PacedRun] = []
+    try:
+        for dialect in dialects:
+            capacity = bench.rates.get(f"firma-{dialect}") or measure_capacity(bench, dialect)
+            rates = [capacity / 2]
+            if dialect == "postgresql":
+                rates.append(2000.0)
+            for rate in rates:
+                runs.append(one_run(bench, dialect, rate, capacity))
+    finally:
+        bench.drop_postgres()
+    for run in runs:
+        report_rows(bench, run)
+    if runs and bench.config.chart_path is not None:
+        chart = svg_chart(
+            [(f"{r.label}, {r.rate:,.0f}/s", [(s.t, s.backlog) for s in r.samples]) for r in runs],
+            title="Backlog under a steady load (callbacks stored, not yet processed)",
+            x_label=f"seconds since the load began (it ends at {bench.sizes.sustained_s:.0f} s)",
+            y_label="backlog (callbacks)",
+        )
+        bench.config.chart_path.write_text(chart)
+        bench.notes.append(
+            f"Sustained load, backlog over time: ![backlog]({bench.config.chart_path.name})"
+        )
+
+
+def measure_capacity(bench: Bench, dialect: str) -> float:
+    """The Firma intake's requests/s under wrk with the worker on (a short run)."""
+    from bench.scenarios import FIRMA
+
+    url = bench.fresh_db(dialect, "capacity")
+    targets = bench.register(url, FIRMA, bench.sizes.requests)
+    server = bench.start_signback(f"signback-capacity-{dialect}", url)
+    seconds = min(bench.sizes.intake_s, 10.0)
+    run = bench.intake_once(
+        server,
+        FIRMA,
+        lambda: bench.firma_data(targets, bench.firma_pool_size(seconds)),
+        seconds,
+        label=f"Sustained load: the Firma intake's capacity on {dialect}",
+    )
+    bench.rates[f"firma-{dialect}"] = run.result.rps
+    return float(run.result.rps)
+
+
+def one_run(bench: Bench, dialect: str, rate: float, capacity: float) -> PacedRun:
+    from bench.scenarios import DB_NAME, FIRMA
+
+    seconds = bench.sizes.sustained_s
+    url = bench.fresh_db(dialect, f"sustained-{int(rate)}")
+    targets = bench.register(url, FIRMA, bench.sizes.requests)
+    server = bench.start_signback(f"signback-sustained-{dialect}", url)
+    try:
+        data = bench.firma_data(targets, int(rate * seconds) + 100)
+        share = f" (half of {capacity:,.0f}/s)" if abs(rate - capacity / 2) < 1 else ""
+        return paced_run(
+            bench,
+            server.url,
+            url,
+            [server.proc.pid],
+            data,
+            label=f"Sustained load · {DB_NAME[dialect]}{share}",
+            rate=rate,
+            seconds=seconds,
+        )
+    finally:
+        bench.procs.stop(server.proc)
+
+
+def report_rows(bench: Bench, run: PacedRun) -> None:
+    from bench.report import Row, check, fmt_int, fmt_ms
+
+    scenario_name = f"{run.label} · {run.rate:,.0f} callbacks/s"
+    sent, answered = run.result["sent"], run.result["n2xx"]
+    latency = run.result["latency_ms"]
+    bench.rows.append(
+        Row(
+            scenario_name,
+            "events processed/s during the load; backlog peak / at its end",
+            f"{fmt_int(run.processed_rate)}; {run.peak:,} / {run.backlog_at(run.seconds):,}",
+            "",
+            "",
+            "keeps up (backlog bounded)",
+            check(run.bounded(), f"(falls behind by {run.rate - run.processed_rate:,.0f}/s)"),
+        )
+    )
+    bench.rows.append(
+        Row(
+            scenario_name,
+            "callbacks answered 2xx / sent; latency p50 / p99",
+            f"{answered:,} / {sent:,}; {fmt_ms(latency['50'])} / {fmt_ms(latency['99'])}",
+        )
+    )
+    bench.rows.append(
+        Row(
+            scenario_name,
+            "drained after the load; CPU per event (signback, all of it)",
+            ("never (2 min)" if run.drain_s is None else f"{run.drain_s:.1f} s")
+            + f"; {run.cpu_per_event_us():,.0f} µs",
+        )
+    )
