@@ -5,16 +5,17 @@ outbox dispatcher. A provider waits for the acknowledgement (some give 5 seconds
 retries what it does not get), while the work after it may lag a little. So when callbacks
 pour in faster than the loop can answer them *and* do the work behind them, the work waits:
 
-- :class:`IntakeLoad` counts the callbacks being answered at each moment, less those
-  waiting for the database (their commit is on its way; they wait for no one on the
-  loop): while the intake keeps up, that is a handful; when callbacks queue up on the
-  loop, it is many;
+- :class:`IntakeLoad` counts the callbacks being answered on the loop at each moment:
+  not those waiting for the database (their commit is on its way) or for their body.
+  Averaged over time that is, by Little's law, their rate times the time each spends on
+  the loop or waiting for it: while the loop keeps up, the share of the loop the intake
+  uses (under one); when callbacks queue up for the loop, more than one;
 - :class:`Occupancy` measures how long background tasks hold the loop. Tasks started from
   a context marked with :func:`background_context` (the worker's) are wrapped by the loop's
   task factory, which times each of their steps;
 - :class:`Governor` is asked by the background loops before each piece of work
   (:meth:`Governor.turn`). While callbacks queue up (on average ``SATURATED_IN_FLIGHT``
-  or more being answered at once), it keeps the background's share of the loop at
+  or more on the loop at once), it keeps the background's share of the loop at
   ``SHARE_WHEN_SATURATED``; otherwise it never holds anything up. Under a steady load the
   loop can carry, the background gets whatever the intake leaves; in a flood, the
   acknowledgements get nine tenths of the loop and the backlog is worked off afterwards.
@@ -47,11 +48,12 @@ class IntakeLoad:
     do). ``area`` is the integral of their number over time: its growth over an interval,
     divided by the interval, is how many were in flight on average.
 
-    A callback waiting for the database (:meth:`waiting` … :meth:`resumed`) does not count
-    meanwhile: it waits for a commit, not for the loop. Counting it made a steady load look
-    like a flood on PostgreSQL, where a commit takes a round trip to another process: at
-    2,000 callbacks/s and 2 ms per commit, four are waiting at any moment, and the governor
-    held the background to a tenth of a loop that was mostly idle."""
+    A callback waiting for the database or for its body (:meth:`waiting` … :meth:`resumed`)
+    does not count meanwhile: it waits for a commit or for the client, not for the loop.
+    Counting it made a steady load look like a flood on PostgreSQL, where a commit takes a
+    round trip to another process: at 2,000 callbacks/s and 2 ms per commit, four are
+    waiting at any moment, and the governor held the background to a tenth of a loop that
+    was mostly idle."""
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self._clock = clock
@@ -162,9 +164,10 @@ class Governor:
     """Decides when background work may take its next piece (see the module doc)."""
 
     SHARE_WHEN_SATURATED = 0.1  # the background's share of the loop during a flood
-    # Callbacks being answered at once on the loop (not waiting for the database), on
-    # average, in a flood.
-    SATURATED_IN_FLIGHT = 4.0
+    # Callbacks on the loop (being answered, or ready and waiting for their turn; not those
+    # waiting for the database or the client), on average, in a flood. One: the intake's
+    # own work fills the loop, or callbacks queue for it (see the module doc).
+    SATURATED_IN_FLIGHT = 1.0
     WINDOW = 0.05  # seconds over which that average is taken
     MAX_CREDIT = 0.005  # seconds of background work that may go ahead of the share
     TOLERANCE = 0.0005  # seconds beyond the share not worth a pause
@@ -176,8 +179,10 @@ class Governor:
         occupancy: Occupancy,
         *,
         clock: Callable[[], float] = time.perf_counter,
+        on_hold: Callable[[float], None] | None = None,
     ) -> None:
         self.intake = intake
+        self._on_hold = on_hold  # told each pause's length (the metrics count them)
         self.occupancy = occupancy
         self._clock = clock
         now = clock()
@@ -212,8 +217,10 @@ class Governor:
         debt = self._settle()
         while debt > self.TOLERANCE and self.saturated():
             self.waits += 1
-            pause = debt / self.SHARE_WHEN_SATURATED
-            await asyncio.sleep(min(max(pause, self.MIN_PAUSE), self.MAX_PAUSE))
+            pause = min(max(debt / self.SHARE_WHEN_SATURATED, self.MIN_PAUSE), self.MAX_PAUSE)
+            if self._on_hold is not None:
+                self._on_hold(pause)
+            await asyncio.sleep(pause)
             debt = self._settle()
         if not self._saturated:
             self._debt = min(self._debt, 0.0)

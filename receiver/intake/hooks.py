@@ -55,7 +55,8 @@ def handler(ctx: AppContext, provider: str, spec: HookSpec) -> HookHandler:
     keep_query = spec.keep_query
     refusal_facts = spec.refusal_facts
     count = ctx.metrics.callbacks.inc
-    # Time spent waiting for the database is not time spent on the loop (loadshare.py).
+    # Time spent waiting for the database or the client is not spent on the loop
+    # (loadshare.py).
     waiting, resumed = ctx.intake_load.waiting, ctx.intake_load.resumed
 
     async def handle(call: Callback) -> Answer:
@@ -84,7 +85,11 @@ def handler(ctx: AppContext, provider: str, spec: HookSpec) -> HookHandler:
             problem = media.problem(call.headers.get("content-type"))
             if problem is not None:
                 raise CallbackRejected(problem, 415)
-            body = await call.read_body(limit)
+            waiting()  # for the client to send the rest of its body, if it has not
+            try:
+                body = await call.read_body(limit)
+            finally:
+                resumed()
             accepted = verify(call, body, found)
         except CallbackRejected as exc:
             facts: dict[str, Any] = {} if request is None else {"request": request}

@@ -26,15 +26,16 @@ def governed(clock: Clock) -> tuple[Governor, IntakeLoad, Occupancy]:
 def test_the_average_number_in_flight_decides_saturation() -> None:
     clock = Clock()
     governor, intake, _ = governed(clock)
-    for _ in range(2):  # two callbacks in flight for a whole window: not a flood
-        intake.arrived()
-    clock.now += Governor.WINDOW * 1.01
+    intake.arrived()  # one callback on the loop for half a window: the loop keeps up
+    clock.now += Governor.WINDOW * 0.5
+    intake.answered()
+    clock.now += Governor.WINDOW * 0.51
     assert not governor.saturated()
-    for _ in range(6):  # eight in flight for the next window: a flood
+    for _ in range(3):  # three on the loop for the next window: they queue up for it
         intake.arrived()
     clock.now += Governor.WINDOW * 1.01
     assert governor.saturated()
-    for _ in range(8):  # all answered, nothing comes: the flood is over
+    for _ in range(3):  # all answered, nothing comes: the flood is over
         intake.answered()
     clock.now += Governor.WINDOW * 1.01
     assert not governor.saturated()
