@@ -219,3 +219,48 @@ async def test_endpoints_are_read_once_per_transaction_and_changes_in_it_are_see
         assert await endpoints.enabled_filters(tx) is seen  # read once, then reused
     async with ctx.db.transaction() as tx:
         assert len(await endpoints.enabled_filters(tx)) == 1
+
+
+@pytest.mark.postgres
+async def test_postgres_results_share_commits_and_a_failure_stays_its_own(
+    postgres_url: str,
+) -> None:
+    """``in_shared_transaction`` on PostgreSQL (the dispatcher's results): what queues while
+    a transaction is on its way goes in the next one together; a failing piece is undone
+    alone and only its caller sees the error."""
+    context = build_context(test_settings(postgres_url))
+    await prepare_database(context)
+    db = context.db
+    assert isinstance(db, PostgresDatabase)
+
+    def piece(key: str, *, fail: bool = False) -> Any:
+        async def work(tx: Any) -> str:
+            await tx.execute(
+                "INSERT INTO kv (key, value, updated_at) VALUES (:key, 'x', 0)",
+                {"key": key},
+            )
+            if fail:
+                raise ValueError(f"{key} failed")
+            return key
+
+        return work
+
+    try:
+        keys = [f"k{i}" for i in range(40)]
+        before = db.round_trips
+        assert await asyncio.gather(*(db.in_shared_transaction(piece(k)) for k in keys)) == keys
+        # A transaction each: 40 x 3 round trips (BEGIN, INSERT, COMMIT). Shared: the first
+        # ones leave at once, the rest go together.
+        assert db.round_trips - before <= 40 + 3 * 6
+
+        keys = [f"f{i}" for i in range(10)]
+        answers = await asyncio.gather(
+            *(db.in_shared_transaction(piece(k, fail=k == "f5")) for k in keys),
+            return_exceptions=True,
+        )
+        assert isinstance(answers[5], ValueError)
+        assert [a for i, a in enumerate(answers) if i != 5] == [k for k in keys if k != "f5"]
+        stored = await db.fetch_all("SELECT key FROM kv WHERE key LIKE 'f%'")
+        assert sorted(str(r["key"]) for r in stored) == sorted(k for k in keys if k != "f5")
+    finally:
+        await db.close()
