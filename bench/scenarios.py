@@ -127,6 +127,7 @@ class Config:
     quiet_wait_s: float = 120.0  # how long to wait for other load to settle before a run
     retries: int = 1  # measure an intake run again when other load disturbed it
     chart_path: Path | None = None  # where the sustained-load chart goes (an SVG)
+    code_root: Path | None = None  # signback's code from another checkout (--code)
 
 
 @dataclass
@@ -253,6 +254,9 @@ class Bench:
         if fake_url is not None:
             env["SIGNBACK_OKDOKUMENT_BASE_URL"] = fake_url
             env["SIGNBACK_OKDOKUMENT_API_KEY"] = FAKE_API_KEY
+        if self.config.code_root is not None:
+            # That checkout first: its receiver and handlers; bench.rules from either.
+            env["PYTHONPATH"] = f"{self.config.code_root}:{env['PYTHONPATH']}"
         return env
 
     def start_workers(
