@@ -21,6 +21,7 @@ from receiver.pipeline.processor import CHUNK, Pipeline
 from receiver.pipeline.registration import Registration, register
 from receiver.settings import Settings
 from receiver.store import inbox
+from receiver.store import requests as request_store
 from receiver.store.db.postgres import PostgresDatabase
 from receiver.store.statuses import InboxStatus
 from tests.conftest import test_settings
@@ -264,3 +265,43 @@ async def test_postgres_results_share_commits_and_a_failure_stays_its_own(
         assert sorted(str(r["key"]) for r in stored) == sorted(k for k in keys if k != "f5")
     finally:
         await db.close()
+
+
+@pytest.mark.postgres
+async def test_callbacks_are_stored_while_the_pipeline_holds_their_requests(
+    postgres_url: str,
+) -> None:
+    """The pipeline locks a chunk's requests until it commits; the intake's batch of inbox
+    rows that reference them (a foreign key check each, in the batch's own order) neither
+    waits for that lock nor deadlocks with it (``{for_update}``: FOR NO KEY UPDATE)."""
+    context = build_context(test_settings(postgres_url))
+    await prepare_database(context)
+    try:
+        requests = await registered(context, 3)
+        ids = {request_id for request_id, _ in requests}
+        lock = context.db.render("{for_update}")
+        rows = [
+            inbox.insert_params(
+                provider="okdokument",
+                channel="sendinfo",
+                dedupe_key=f"held-{request_id}",
+                received_at=context.clock(),
+                body=b"{}",
+                headers={},
+                query="",
+                request_id=request_id,
+                external_id=external_id,
+            )
+            for request_id, external_id in reversed(requests)
+        ]
+        async with context.db.transaction() as tx:
+            locked = await request_store.get_many(tx, ids, lock=lock)
+            assert set(locked) == ids
+            db = context.db
+            assert isinstance(db, PostgresDatabase)
+            stored = await asyncio.wait_for(
+                db.insert_rows(inbox.NEW_CALLBACK, rows, inbox.INBOX_CHANNEL), timeout=5
+            )
+            assert len(stored) == len(rows)
+    finally:
+        await context.db.close()

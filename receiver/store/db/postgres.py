@@ -205,8 +205,12 @@ class PostgresDatabase(Database):
         return self._pool
 
     def render(self, sql: str) -> str:
+        # {for_update}: FOR NO KEY UPDATE, which keeps out other writers and lockers of the
+        # row but not a foreign key's check (FOR KEY SHARE). The pipeline locks several
+        # requests per transaction; with FOR UPDATE, an intake batch inserting inbox rows
+        # that reference two of them (in its own order) could wait for it, and deadlock.
         return sql.replace("{skip_locked}", "FOR UPDATE SKIP LOCKED").replace(
-            "{for_update}", "FOR UPDATE"
+            "{for_update}", "FOR NO KEY UPDATE"
         )
 
     @asynccontextmanager
