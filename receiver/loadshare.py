@@ -5,17 +5,16 @@ outbox dispatcher. A provider waits for the acknowledgement (some give 5 seconds
 retries what it does not get), while the work after it may lag a little. So when callbacks
 pour in faster than the loop can answer them *and* do the work behind them, the work waits:
 
-- :class:`IntakeLoad` counts the callbacks being answered on the loop at each moment:
-  not those waiting for the database (their commit is on its way) or for their body.
-  Averaged over time that is, by Little's law, their rate times the time each spends on
-  the loop or waiting for it: while the loop keeps up, the share of the loop the intake
-  uses (under one); when callbacks queue up for the loop, more than one;
+- :class:`IntakeLoad` counts the callbacks being answered at each moment (and, apart,
+  those of them on the loop: not waiting for the database or for their body): while the
+  intake keeps up, that is a handful; when callbacks queue up, it is many;
 - :class:`Occupancy` measures how long background tasks hold the loop. Tasks started from
   a context marked with :func:`background_context` (the worker's) are wrapped by the loop's
   task factory, which times each of their steps;
 - :class:`Governor` is asked by the background loops before each piece of work
   (:meth:`Governor.turn`). While callbacks queue up (on average ``SATURATED_IN_FLIGHT``
-  or more on the loop at once), it keeps the background's share of the loop at
+  or more being answered at once; with PostgreSQL, also ``SATURATED_ON_LOOP`` or more of
+  them on the loop itself, see :class:`Governor`), it keeps the background's share of the loop at
   ``SHARE_WHEN_SATURATED``; otherwise it never holds anything up. Under a steady load the
   loop can carry, the background gets whatever the intake leaves; in a flood, the
   acknowledgements get nine tenths of the loop and the backlog is worked off afterwards.
@@ -48,22 +47,24 @@ class IntakeLoad:
     do). ``area`` is the integral of their number over time: its growth over an interval,
     divided by the interval, is how many were in flight on average.
 
-    A callback waiting for the database or for its body (:meth:`waiting` … :meth:`resumed`)
-    does not count meanwhile: it waits for a commit or for the client, not for the loop.
-    Counting it made a steady load look like a flood on PostgreSQL, where a commit takes a
-    round trip to another process: at 2,000 callbacks/s and 2 ms per commit, four are
-    waiting at any moment, and the governor held the background to a tenth of a loop that
-    was mostly idle."""
+    ``loop_area`` is the same for the callbacks on the loop: not those waiting for the
+    database or for their body (:meth:`waiting` … :meth:`resumed`). When the database works
+    in another process (PostgreSQL), a callback waiting for its commit waits for no one on
+    the loop; counting it made a steady load look like a flood (see :class:`Governor`)."""
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self._clock = clock
         self.in_flight = 0
+        self.waiting_now = 0
         self._area = 0.0
+        self._loop_area = 0.0
         self._at = clock()
 
     def _accrue(self) -> None:
         now = self._clock()
-        self._area += self.in_flight * (now - self._at)
+        elapsed = now - self._at
+        self._area += self.in_flight * elapsed
+        self._loop_area += (self.in_flight - self.waiting_now) * elapsed
         self._at = now
 
     def arrived(self) -> None:
@@ -75,17 +76,24 @@ class IntakeLoad:
         self.in_flight -= 1
 
     def waiting(self) -> None:
-        """A callback being answered now waits for the database."""
-        self.answered()
+        """A callback being answered now waits for the database or for its body."""
+        self._accrue()
+        self.waiting_now += 1
 
     def resumed(self) -> None:
-        """Its database work is done (or failed): it is being answered on the loop again."""
-        self.arrived()
+        """That wait is over (or failed): it is being answered on the loop again."""
+        self._accrue()
+        self.waiting_now -= 1
 
     @property
     def area(self) -> float:
         self._accrue()
         return self._area
+
+    @property
+    def loop_area(self) -> float:
+        self._accrue()
+        return self._loop_area
 
 
 class Occupancy:
@@ -161,13 +169,24 @@ class _Timed(Coroutine[Any, Any, Any]):
 
 
 class Governor:
-    """Decides when background work may take its next piece (see the module doc)."""
+    """Decides when background work may take its next piece (see the module doc).
+
+    Saturated: on average ``SATURATED_IN_FLIGHT`` or more callbacks in flight over the last
+    window; and, when the database works in another process (``database_off_loop``), also
+    ``SATURATED_ON_LOOP`` or more on the loop itself. On SQLite the statements run on the
+    loop, so a callback waiting for its commit waits for the loop, and the first test is
+    the whole story. On PostgreSQL a commit is a round trip to another process: at 2,000
+    callbacks/s and 2 ms per commit four are waiting at any moment while the loop is mostly
+    idle, and the first test alone held the background to a tenth of that idle loop, so
+    the work fell further behind the more callbacks came. By Little's law the number on
+    the loop is their rate times the time each spends on it or waiting for its turn: while
+    the loop keeps up, the share of it the intake uses (under one); once they queue for
+    it (a commit answers a batch of them at once, each waiting for those before it), more.
+    """
 
     SHARE_WHEN_SATURATED = 0.1  # the background's share of the loop during a flood
-    # Callbacks on the loop (being answered, or ready and waiting for their turn; not those
-    # waiting for the database or the client), on average, in a flood. One: the intake's
-    # own work fills the loop, or callbacks queue for it (see the module doc).
-    SATURATED_IN_FLIGHT = 1.0
+    SATURATED_IN_FLIGHT = 4.0  # callbacks being answered at once, on average, in a flood
+    SATURATED_ON_LOOP = 1.0  # of which on the loop (the database working elsewhere)
     WINDOW = 0.05  # seconds over which that average is taken
     MAX_CREDIT = 0.005  # seconds of background work that may go ahead of the share
     TOLERANCE = 0.0005  # seconds beyond the share not worth a pause
@@ -180,26 +199,31 @@ class Governor:
         *,
         clock: Callable[[], float] = time.perf_counter,
         on_hold: Callable[[float], None] | None = None,
+        database_off_loop: bool = False,
     ) -> None:
         self.intake = intake
         self._on_hold = on_hold  # told each pause's length (the metrics count them)
+        self._off_loop = database_off_loop
         self.occupancy = occupancy
         self._clock = clock
         now = clock()
-        self._mark = (now, intake.area)
+        self._mark = (now, intake.area, intake.loop_area)
         self._saturated = False
         self._debt = 0.0  # background seconds beyond its share while saturated
         self._debt_at = (now, occupancy.busy)
         self.waits = 0  # times turn() held the background back (for tests and metrics)
 
     def saturated(self) -> bool:
-        """Callbacks queued up during the last window (see the module doc)."""
+        """Callbacks queued up during the last window (see the class doc)."""
         now = self._clock()
-        since, area = self._mark
+        since, area, loop_area = self._mark
         if now - since >= self.WINDOW:
-            area_now = self.intake.area
-            self._saturated = area_now - area >= self.SATURATED_IN_FLIGHT * (now - since)
-            self._mark = (now, area_now)
+            area_now, loop_area_now = self.intake.area, self.intake.loop_area
+            elapsed = now - since
+            self._saturated = area_now - area >= self.SATURATED_IN_FLIGHT * elapsed and (
+                not self._off_loop or loop_area_now - loop_area >= self.SATURATED_ON_LOOP * elapsed
+            )
+            self._mark = (now, area_now, loop_area_now)
         return self._saturated
 
     def _settle(self) -> float:

@@ -111,6 +111,9 @@ class Database(abc.ABC):
     # True when the database runs one write transaction at a time anyway (SQLite): grouping
     # work into fewer, larger transactions then costs no concurrency and saves commits.
     single_writer: bool = False
+    # True when statements run on the event loop's thread (SQLite): a callback waiting for
+    # its commit then waits for the loop (receiver/loadshare.py).
+    statements_on_loop: bool = False
 
     @abc.abstractmethod
     async def connect(self) -> None: ...
