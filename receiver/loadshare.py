@@ -13,11 +13,12 @@ pour in faster than the loop can answer them *and* do the work behind them, the 
   task factory, which times each of their steps;
 - :class:`Governor` is asked by the background loops before each piece of work
   (:meth:`Governor.turn`). While callbacks queue up (on average ``SATURATED_IN_FLIGHT``
-  or more being answered at once; with PostgreSQL, also ``SATURATED_ON_LOOP`` or more of
-  them on the loop itself, see :class:`Governor`), it keeps the background's share of the loop at
-  ``SHARE_WHEN_SATURATED``; otherwise it never holds anything up. Under a steady load the
-  loop can carry, the background gets whatever the intake leaves; in a flood, the
-  acknowledgements get nine tenths of the loop and the backlog is worked off afterwards.
+  or more being answered at once; with PostgreSQL, whose commits are done elsewhere, the
+  loop's or the database's share of them, see :class:`Governor`), it keeps the
+  background's share of the loop at ``SHARE_WHEN_SATURATED``; otherwise it never holds
+  anything up. Under a steady load the loop can carry, the background gets whatever the
+  intake leaves; in a flood, the acknowledgements get nine tenths of the loop and the
+  backlog is worked off afterwards.
 """
 
 from __future__ import annotations
@@ -172,21 +173,29 @@ class Governor:
     """Decides when background work may take its next piece (see the module doc).
 
     Saturated: on average ``SATURATED_IN_FLIGHT`` or more callbacks in flight over the last
-    window; and, when the database works in another process (``database_off_loop``), also
-    ``SATURATED_ON_LOOP`` or more on the loop itself. On SQLite the statements run on the
-    loop, so a callback waiting for its commit waits for the loop, and the first test is
-    the whole story. On PostgreSQL a commit is a round trip to another process: at 2,000
+    window. On SQLite the statements run on the loop, so a callback waiting for its commit
+    waits for the loop, and that is the whole test. When the database works in another
+    process (``database_off_loop``: PostgreSQL) a commit is a round trip away: at 2,000
     callbacks/s and 2 ms per commit four are waiting at any moment while the loop is mostly
-    idle, and the first test alone held the background to a tenth of that idle loop, so
-    the work fell further behind the more callbacks came. By Little's law the number on
-    the loop is their rate times the time each spends on it or waiting for its turn: while
-    the loop keeps up, the share of it the intake uses (under one); once they queue for
-    it (a commit answers a batch of them at once, each waiting for those before it), more.
+    idle, and that test alone held the background to a tenth of an idle loop, so the work
+    fell further behind the more callbacks came. There the intake is saturated when either
+    of its two resources is:
+
+    - the loop: ``SATURATED_ON_LOOP`` or more callbacks on it (not waiting for the database
+      or their body). By Little's law that is their rate times the time each spends on the
+      loop or waiting for its turn: while the loop keeps up, the intake's share of it
+      (under one); once they queue for it (a commit answers a batch at once, each waiting
+      for those before it), more;
+    - the database: ``SATURATED_IN_FLIGHT_OFF_LOOP`` or more in flight in all, most of them
+      waiting for commits (a wrk flood keeps all its 32 connections waiting). The
+      background's statements then compete with the callbacks' commits for the database,
+      and holding them back is what gives the acknowledgements their share.
     """
 
     SHARE_WHEN_SATURATED = 0.1  # the background's share of the loop during a flood
     SATURATED_IN_FLIGHT = 4.0  # callbacks being answered at once, on average, in a flood
     SATURATED_ON_LOOP = 1.0  # of which on the loop (the database working elsewhere)
+    SATURATED_IN_FLIGHT_OFF_LOOP = 16.0  # in all, the database working elsewhere
     WINDOW = 0.05  # seconds over which that average is taken
     MAX_CREDIT = 0.005  # seconds of background work that may go ahead of the share
     TOLERANCE = 0.0005  # seconds beyond the share not worth a pause
@@ -220,9 +229,14 @@ class Governor:
         if now - since >= self.WINDOW:
             area_now, loop_area_now = self.intake.area, self.intake.loop_area
             elapsed = now - since
-            self._saturated = area_now - area >= self.SATURATED_IN_FLIGHT * elapsed and (
-                not self._off_loop or loop_area_now - loop_area >= self.SATURATED_ON_LOOP * elapsed
-            )
+            in_flight = (area_now - area) / elapsed
+            on_loop = (loop_area_now - loop_area) / elapsed
+            if not self._off_loop:
+                self._saturated = in_flight >= self.SATURATED_IN_FLIGHT
+            else:
+                self._saturated = in_flight >= self.SATURATED_IN_FLIGHT_OFF_LOOP or (
+                    in_flight >= self.SATURATED_IN_FLIGHT and on_loop >= self.SATURATED_ON_LOOP
+                )
             self._mark = (now, area_now, loop_area_now)
         return self._saturated
 
