@@ -342,6 +342,20 @@ def scenario(bench: Bench) -> None:
             y_label="backlog (callbacks)",
         )
         bench.config.chart_path.write_text(chart)
+        # The samples themselves, to plot or compare elsewhere.
+        bench.config.chart_path.with_suffix(".json").write_text(
+            json.dumps(
+                [
+                    {
+                        "label": r.label,
+                        "rate": r.rate,
+                        "seconds": r.seconds,
+                        "samples": [[s.t, s.backlog, s.cpu] for s in r.samples],
+                    }
+                    for r in runs
+                ]
+            )
+        )
         bench.notes.append(
             f"Sustained load, backlog over time: ![backlog]({bench.config.chart_path.name})"
         )
