@@ -13,10 +13,11 @@ import json
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import psycopg
 
 from bench.procs import CLOCK_TICKS, Procs, process_ticks, python_env
@@ -240,6 +241,7 @@ class PacedRun:
     result: dict[str, Any]
     samples: list[Sample]
     drain_s: float | None  # from the end of the load until the backlog was 0 (None: never)
+    held_s: float | None = None  # the governor's pauses (None: not reported by this code)
 
     def backlog_at(self, t: float) -> int:
         found = 0
@@ -390,7 +392,7 @@ def one_run(bench: Bench, dialect: str, rate: float, capacity: float) -> PacedRu
     try:
         data = bench.firma_data(targets, int(rate * seconds) + 100)
         share = f" (half of {capacity:,.0f}/s)" if abs(rate - capacity / 2) < 1 else ""
-        return paced_run(
+        run = paced_run(
             bench,
             server.url,
             url,
@@ -400,8 +402,26 @@ def one_run(bench: Bench, dialect: str, rate: float, capacity: float) -> PacedRu
             rate=rate,
             seconds=seconds,
         )
+        return replace(run, held_s=held_seconds(server.url, bench.admin_token))
     finally:
         bench.procs.stop(server.proc)
+
+
+def held_seconds(url: str, admin_token: str) -> float | None:
+    """``signback_background_held_seconds_total`` of the server at ``url`` (None when it
+    has no such metric: older code)."""
+    try:
+        text = httpx.get(
+            f"{url}/metrics", headers={"authorization": f"Bearer {admin_token}"}, timeout=10
+        ).text
+    except httpx.HTTPError:
+        return None
+    if "signback_background_held_seconds_total" not in text:
+        return None
+    for line in text.splitlines():
+        if line.startswith("signback_background_held_seconds_total "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def report_rows(bench: Bench, run: PacedRun) -> None:
@@ -428,11 +448,13 @@ def report_rows(bench: Bench, run: PacedRun) -> None:
             f"{answered:,} / {sent:,}; {fmt_ms(latency['50'])} / {fmt_ms(latency['99'])}",
         )
     )
+    held = "" if run.held_s is None else f"; governor held the work back {run.held_s:.1f} s"
     bench.rows.append(
         Row(
             scenario_name,
-            "drained after the load; CPU per event (signback, all of it)",
+            "drained after the load; CPU per event (signback, all of it)"
+            + ("" if run.held_s is None else "; held back"),
             ("never (2 min)" if run.drain_s is None else f"{run.drain_s:.1f} s")
-            + f"; {run.cpu_per_event_us():,.0f} µs",
+            + f"; {run.cpu_per_event_us():,.0f} µs{held}",
         )
     )
