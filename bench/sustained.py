@@ -168,8 +168,14 @@ def svg_chart(
     y_label: str,
     width: int = 720,
     height: int = 360,
+    mark_x: float | None = None,
+    dashed: Sequence[bool] = (),
+    colours: Sequence[int] = (),
 ) -> str:
-    """A line chart as SVG text: one polyline per series, axes with five ticks, a legend."""
+    """A line chart as SVG text: one polyline per series, axes with five ticks, a legend;
+    ``mark_x``: a dotted vertical line there (the load's end); ``dashed``: which series are
+    drawn dashed (say, the code before a change); ``colours``: each series' colour (an index),
+    so that one run before and after a change can share one."""
     left, right, top, bottom = 70, 20, 40, 50
     plot_w, plot_h = width - left - right, height - top - bottom
     xs = [x for _, points in series for x, _ in points] or [1.0]
@@ -212,14 +218,22 @@ def svg_chart(
         f'<text x="16" y="{top + plot_h / 2}" text-anchor="middle"'
         f' transform="rotate(-90 16 {top + plot_h / 2})">{_esc(y_label)}</text>'
     )
+    if mark_x is not None:
+        out.append(
+            f'<line x1="{px(mark_x):.1f}" y1="{top}" x2="{px(mark_x):.1f}" y2="{top + plot_h}"'
+            ' stroke="#888" stroke-dasharray="2,3"/>'
+        )
     for n, (label, points) in enumerate(series):
-        colour = COLOURS[n % len(COLOURS)]
+        colour = COLOURS[(colours[n] if n < len(colours) else n) % len(COLOURS)]
+        dash = ' stroke-dasharray="6,4"' if n < len(dashed) and dashed[n] else ""
         path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in points)
-        out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        out.append(
+            f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>'
+        )
         ly = top + 14 + 16 * n
         out.append(
             f'<line x1="{left + 12}" y1="{ly - 4}" x2="{left + 32}" y2="{ly - 4}"'
-            f' stroke="{colour}" stroke-width="2"/>'
+            f' stroke="{colour}" stroke-width="2"{dash}/>'
             f'<text x="{left + 38}" y="{ly}">{_esc(label)}</text>'
         )
     out.append("</svg>")
@@ -342,6 +356,7 @@ def scenario(bench: Bench) -> None:
             title="Backlog under a steady load (callbacks stored, not yet processed)",
             x_label=f"seconds since the load began (it ends at {bench.sizes.sustained_s:.0f} s)",
             y_label="backlog (callbacks)",
+            mark_x=bench.sizes.sustained_s,
         )
         bench.config.chart_path.write_text(chart)
         # The samples themselves, to plot or compare elsewhere.
@@ -457,4 +472,45 @@ def report_rows(bench: Bench, run: PacedRun) -> None:
             ("never (2 min)" if run.drain_s is None else f"{run.drain_s:.1f} s")
             + f"; {run.cpu_per_event_us():,.0f} µs{held}",
         )
+    )
+
+
+def combine(out: Path, sources: Sequence[tuple[Path, str]], *, title: str) -> None:
+    """One chart from the samples of several runs (the JSON the scenario writes next to its
+    chart), each file's series labelled with its own prefix; the first file's drawn solid,
+    the others dashed (``python -m bench.sustained OUT.svg new.json:after old.json:before``)."""
+    series: list[tuple[str, Sequence[tuple[float, float]]]] = []
+    dashed: list[bool] = []
+    colours: list[int] = []
+    seconds = 0.0
+    for n, (path, prefix) in enumerate(sources):
+        for k, run in enumerate(json.loads(path.read_text())):
+            colours.append(k)
+            seconds = max(seconds, float(run["seconds"]))
+            label = f"{prefix}: {run['label'].removeprefix('Sustained load · ')}"
+            points = [(t, backlog) for t, backlog, _ in run["samples"]]
+            series.append((f"{label}, {run['rate']:,.0f}/s", points))
+            dashed.append(n > 0)
+    out.write_text(
+        svg_chart(
+            series,
+            title=title,
+            x_label=f"seconds since the load began (it ends at {seconds:.0f} s)",
+            y_label="backlog (callbacks)",
+            mark_x=seconds,
+            dashed=dashed,
+            colours=colours,
+            height=440,
+        )
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    pairs = [arg.rpartition(":") for arg in sys.argv[2:]]
+    combine(
+        Path(sys.argv[1]),
+        [(Path(path), label) for path, _, label in pairs],
+        title="Backlog under a steady load (callbacks stored, not yet processed)",
     )
