@@ -46,7 +46,6 @@ BATCH_SIZE = 100
 # callbacks arriving meanwhile wait at most a few milliseconds for their own commit. On
 # PostgreSQL: the requests of a chunk stay locked until it commits, a few milliseconds.
 CHUNK = 16
-SINGLE_WRITER_CHUNK = CHUNK
 MAX_PROCESSING_ATTEMPTS = 5
 
 
@@ -159,13 +158,13 @@ class Pipeline:
         return len(rows)
 
     async def _run_once_single_writer(self) -> int:
-        """SQLite: chunks of SINGLE_WRITER_CHUNK rows, each taken and settled in one
+        """SQLite: chunks of CHUNK rows, each taken and settled in one
         transaction (see :func:`inbox.take_pending`): no claim to write, and no lease. Each
         row is tried at most once per call: one that failed waits for the next."""
         done = last_id = 0
         while done < BATCH_SIZE:
             await self.ctx.governor.turn()  # the acknowledgements come first
-            taken, last_id = await self.process_chunk(SINGLE_WRITER_CHUNK, after_id=last_id)
+            taken, last_id = await self.process_chunk(CHUNK, after_id=last_id)
             if not taken:
                 break
             done += taken
