@@ -66,6 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
+    parser.add_argument(
+        "--code",
+        type=Path,
+        default=None,
+        help="run signback (serve, worker) from this checkout instead of this one, for a"
+        " before/after comparison in one sitting (e.g. a `git archive` of an older commit)",
+    )
     return parser.parse_args(argv)
 
 
@@ -118,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         postgres_version=postgres,
         quiet_wait_s=3.0 if args.quick else 120.0,
         retries=0 if args.quick else 1,
+        chart_path=docs.with_name(f"{docs.stem}-backlog.svg"),
+        code_root=args.code,
     )
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from bench import archive, downstream, load, profile, stores
+from bench import archive, downstream, load, profile, stores, sustained
 from bench.load import WrkOptions, WrkResult
 from bench.procs import (
     CLOCK_TICKS,
@@ -28,6 +28,7 @@ from bench.procs import (
     RssSampler,
     free_port,
     main_thread_ticks,
+    process_ticks,
     python_env,
     wait_quiet,
 )
@@ -43,12 +44,15 @@ OKD = "okdokument"
 FIRMA = "firma"
 CHANNEL = {OKD: "sendinfo", FIRMA: "webhook"}
 NAME = {OKD: "OKdokument", FIRMA: "Firma"}
+DB_NAME = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 FAKE_API_KEY = "fake-okdokument-key"
 QUIET_CORES = 0.3  # other load (cores) under which a run counts as undisturbed
 SCENARIOS = (
     "intake",
     "postgres",
     "e2e",
+    "e2e_pg",
+    "sustained",
     "slow",
     "memory",
     "growth",
@@ -75,6 +79,7 @@ class Sizes:
     memory_min_s: float  # the memory run lasts at least this long
     slow_s: float
     profile_s: int
+    sustained_s: float  # each paced run of the sustained-load scenario
 
     @classmethod
     def full(cls) -> Sizes:
@@ -91,6 +96,7 @@ class Sizes:
             memory_min_s=30,
             slow_s=20,
             profile_s=15,
+            sustained_s=60,
         )
 
     @classmethod
@@ -108,6 +114,7 @@ class Sizes:
             memory_min_s=6,
             slow_s=3,
             profile_s=2,
+            sustained_s=8,
         )
 
 
@@ -121,6 +128,8 @@ class Config:
     postgres_version: str | None
     quiet_wait_s: float = 120.0  # how long to wait for other load to settle before a run
     retries: int = 1  # measure an intake run again when other load disturbed it
+    chart_path: Path | None = None  # where the sustained-load chart goes (an SVG)
+    code_root: Path | None = None  # signback's code from another checkout (--code)
 
 
 @dataclass
@@ -217,6 +226,19 @@ class Bench:
         extra_env: dict[str, str] | None = None,
     ) -> Server:
         port = free_port()
+        env = self.signback_env(db_url, port, worker=worker, fake_url=fake_url)
+        env.update(extra_env or {})
+        proc = self.procs.python(name, ["-m", "receiver.cli", "serve", "--port", str(port)], env)
+        url = f"http://{LOOPBACK}:{port}"
+        proc.wait_http(f"{url}/readyz")
+        ready = httpx.get(f"{url}/readyz", timeout=10)
+        if ready.status_code != 200:
+            raise RuntimeError(f"{name} is not ready: {ready.text}")
+        return Server(proc, url, db_url)
+
+    def signback_env(
+        self, db_url: str, port: int, *, worker: bool, fake_url: str | None
+    ) -> dict[str, str]:
         env = python_env(
             {
                 "SIGNBACK_DATABASE_URL": db_url,
@@ -234,14 +256,21 @@ class Bench:
         if fake_url is not None:
             env["SIGNBACK_OKDOKUMENT_BASE_URL"] = fake_url
             env["SIGNBACK_OKDOKUMENT_API_KEY"] = FAKE_API_KEY
-        env.update(extra_env or {})
-        proc = self.procs.python(name, ["-m", "receiver.cli", "serve", "--port", str(port)], env)
-        url = f"http://{LOOPBACK}:{port}"
-        proc.wait_http(f"{url}/readyz")
-        ready = httpx.get(f"{url}/readyz", timeout=10)
-        if ready.status_code != 200:
-            raise RuntimeError(f"{name} is not ready: {ready.text}")
-        return Server(proc, url, db_url)
+        if self.config.code_root is not None:
+            # That checkout first: its receiver and handlers; bench.rules from either.
+            env["PYTHONPATH"] = f"{self.config.code_root}:{env['PYTHONPATH']}"
+        return env
+
+    def start_workers(
+        self, server: Server, count: int, *, fake_url: str | None = None
+    ) -> list[Proc]:
+        """``count`` ``signback worker`` processes next to ``server`` (started --no-worker)."""
+        port = int(server.url.rsplit(":", 1)[1])
+        env = self.signback_env(server.db_url, port, worker=True, fake_url=fake_url)
+        return [
+            self.procs.python(f"signback-worker-{i + 1}", ["-m", "receiver.cli", "worker"], env)
+            for i in range(count)
+        ]
 
     def start_baseline(self) -> tuple[Proc, str]:
         port = free_port()
@@ -640,25 +669,51 @@ class Bench:
         )
 
     def scenario_e2e(self) -> None:
+        self.e2e("sqlite")
+
+    def scenario_e2e_pg(self) -> None:
+        """End to end on PostgreSQL: one ``serve``, then the scale-out shape (one
+        ``serve --no-worker`` and two ``worker`` processes)."""
+        if self.config.postgres_version is None:
+            self.notes.append("PostgreSQL end to end skipped: no server (set --postgres-url).")
+            return
+        try:
+            self.e2e("postgresql")
+            self.e2e("postgresql", workers=2)
+        finally:
+            self.drop_postgres()
+
+    def e2e(self, dialect: str, *, workers: int = 0) -> None:
+        """Callback → PATCH; ``workers``: that many ``signback worker`` processes beside a
+        ``serve --no-worker`` (0: one ``serve`` with its worker)."""
         total, n = self.sizes.e2e_callbacks, self.sizes.e2e_requests
-        url = self.fresh_sqlite("e2e")
+        url = self.fresh_db(dialect, "e2e")
         targets = self.register(url, OKD, n)
-        self.say(f"end to end: {total:,} callbacks for {n:,} requests, one PATCH each")
+        scenario = f"End to end · {DB_NAME[dialect]}" + (
+            f" · serve --no-worker + {workers} workers" if workers else ""
+        )
+        self.say(f"{scenario}: {total:,} callbacks for {n:,} requests, one PATCH each")
         fake = self.start_fake(targets)
-        server = self.start_signback("signback-e2e", url, fake_url=fake)
+        server = self.start_signback("signback-e2e", url, fake_url=fake, worker=not workers)
+        extra = self.start_workers(server, workers, fake_url=fake)
+        pids = [server.proc.pid, *(proc.pid for proc in extra)]
         try:
             data = self.okd_data(targets, "tostamp")
+            ticks = sum(process_ticks(pid) for pid in pids)
             result, after = self.e2e_sustained(server, data, total)
+            cpu_s = (sum(process_ticks(pid) for pid in pids) - ticks) / CLOCK_TICKS
             calls = httpx.get(f"{fake}/_fake/calls", timeout=60).json()
             patches = patch_times(calls)
             first = min(stores.received_times(url, after_id=after))
             last = max(t for t, _ in patches.values()) if patches else first
             rate = total / (last - first) if last > first else 0.0
             ok_patches = sum(1 for _, status in patches.values() if status == 200)
-            self.rates["e2e"] = rate
+            self.rates[f"e2e-{dialect}-{workers}"] = rate
+            if dialect == "sqlite" and not workers:
+                self.rates["e2e"] = rate
             self.rows.append(
                 Row(
-                    "End to end · SQLite",
+                    scenario,
                     "events/s, first callback → last PATCH",
                     fmt_int(rate),
                     "",
@@ -669,7 +724,7 @@ class Bench:
             )
             self.rows.append(
                 Row(
-                    "End to end · SQLite",
+                    scenario,
                     "callbacks acked / PATCHes (200)",
                     f"{result.accepted:,} / {ok_patches:,}",
                     "",
@@ -678,11 +733,21 @@ class Bench:
                     check(result.accepted >= total and ok_patches >= total),
                 )
             )
-            self.notes.append(
-                f"End to end: {total:,} callbacks sent in {result.duration_s:.1f} s by wrk "
-                f"({result.requests / max(result.duration_s, 1e-9):,.0f}/s incl. the last "
-                f"/healthz polls); last PATCH {last - first:.1f} s after the first callback."
+            self.rows.append(
+                Row(
+                    scenario,
+                    "CPU per event, every signback process (callback, processing, PATCH)",
+                    f"{cpu_s / total * 1e6:,.0f} µs",
+                )
             )
+            self.notes.append(
+                f"{scenario}: {total:,} callbacks sent in {result.duration_s:.1f} s by wrk "
+                f"({result.requests / max(result.duration_s, 1e-9):,.0f}/s incl. the last "
+                f"/healthz polls); last PATCH {last - first:.1f} s after the first callback; "
+                f"signback used {cpu_s:.1f} CPU seconds."
+            )
+            if workers:
+                return
             # Light load: 10 % of the sustained rate, callback → PATCH per callback.
             light_rate = max(5.0, 0.1 * rate)
             count = max(50, int(light_rate * self.sizes.light_s))
@@ -708,7 +773,7 @@ class Bench:
             p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
             self.rows.append(
                 Row(
-                    "End to end · SQLite · light load",
+                    f"{scenario} · light load",
                     f"callback → PATCH p50 / p99 at {light_rate:.0f}/s",
                     f"{fmt_ms(p50)} / {fmt_ms(p99)}",
                     "",
@@ -723,8 +788,15 @@ class Bench:
                     "matched with a PATCH."
                 )
         finally:
+            for proc in extra:
+                self.procs.stop(proc)
             self.procs.stop(server.proc)
             self.stop_fakes()
+
+    # --- sustained load ---------------------------------------------------------------------
+
+    def scenario_sustained(self) -> None:
+        sustained.scenario(self)
 
     # --- slow provider -----------------------------------------------------------------------
 

@@ -178,19 +178,24 @@ def outbox_finished(url: str) -> int:
     return _scalar(url, "SELECT COUNT(*) FROM outbox WHERE status IN ('done', 'dead', 'skipped')")
 
 
+def _rows(url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    if url.startswith("sqlite"):
+        path = url.removeprefix("sqlite:///")
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as conn:
+            return [tuple(r) for r in conn.execute(sql, tuple(params)).fetchall()]
+    with psycopg.connect(url, autocommit=True) as pg:
+        return [tuple(r) for r in pg.execute(sql.replace("?", "%s"), tuple(params)).fetchall()]
+
+
 def outbox_status_counts(url: str) -> dict[str, int]:
-    path = url.removeprefix("sqlite:///")
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as conn:
-        rows = conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall()
+    rows = _rows(url, "SELECT status, COUNT(*) FROM outbox GROUP BY status")
     return {str(status): int(n) for status, n in rows}
 
 
 def received_times(url: str, *, after_id: int) -> list[float]:
-    path = url.removeprefix("sqlite:///")
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as conn:
-        rows = conn.execute(
-            "SELECT received_at FROM inbox WHERE id > ? AND channel = 'sendinfo'", (after_id,)
-        ).fetchall()
+    rows = _rows(
+        url, "SELECT received_at FROM inbox WHERE id > ? AND channel = 'sendinfo'", (after_id,)
+    )
     return [float(r[0]) for r in rows]
 
 

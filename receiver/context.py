@@ -86,7 +86,13 @@ class AppContext:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.rate_window_seconds) and self.rate_window_seconds > 0):
             raise ConfigurationError(f"a rate window must be positive: {self.rate_window_seconds}")
-        self.governor = Governor(self.intake_load, self.occupancy)
+        held = self.metrics.background_held
+        self.governor = Governor(
+            self.intake_load,
+            self.occupancy,
+            on_hold=lambda seconds: held.inc(amount=seconds),
+            database_off_loop=not self.db.statements_on_loop,
+        )
         self.redaction = HeaderRedaction(
             header for provider in self.providers.values() for header in provider.secret_headers
         )

@@ -5,17 +5,20 @@ outbox dispatcher. A provider waits for the acknowledgement (some give 5 seconds
 retries what it does not get), while the work after it may lag a little. So when callbacks
 pour in faster than the loop can answer them *and* do the work behind them, the work waits:
 
-- :class:`IntakeLoad` counts the callbacks being answered at each moment: while the
+- :class:`IntakeLoad` counts the callbacks being answered at each moment (and, apart,
+  those of them on the loop: not waiting for the database or for their body): while the
   intake keeps up, that is a handful; when callbacks queue up, it is many;
 - :class:`Occupancy` measures how long background tasks hold the loop. Tasks started from
   a context marked with :func:`background_context` (the worker's) are wrapped by the loop's
   task factory, which times each of their steps;
 - :class:`Governor` is asked by the background loops before each piece of work
   (:meth:`Governor.turn`). While callbacks queue up (on average ``SATURATED_IN_FLIGHT``
-  or more being answered at once), it keeps the background's share of the loop at
-  ``SHARE_WHEN_SATURATED``; otherwise it never holds anything up. Under a steady load the
-  loop can carry, the background gets whatever the intake leaves; in a flood, the
-  acknowledgements get nine tenths of the loop and the backlog is worked off afterwards.
+  or more being answered at once; with PostgreSQL, whose commits are done elsewhere, the
+  loop's or the database's share of them, see :class:`Governor`), it keeps the
+  background's share of the loop at ``SHARE_WHEN_SATURATED``; otherwise it never holds
+  anything up. Under a steady load the loop can carry, the background gets whatever the
+  intake leaves; in a flood, the acknowledgements get nine tenths of the loop and the
+  backlog is worked off afterwards.
 """
 
 from __future__ import annotations
@@ -43,17 +46,26 @@ def background_context() -> contextvars.Context:
 class IntakeLoad:
     """Callbacks being answered, kept by the HTTP intake (on the event loop: plain numbers
     do). ``area`` is the integral of their number over time: its growth over an interval,
-    divided by the interval, is how many were in flight on average."""
+    divided by the interval, is how many were in flight on average.
+
+    ``loop_area`` is the same for the callbacks on the loop: not those waiting for the
+    database or for their body (:meth:`waiting` … :meth:`resumed`). When the database works
+    in another process (PostgreSQL), a callback waiting for its commit waits for no one on
+    the loop; counting it made a steady load look like a flood (see :class:`Governor`)."""
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self._clock = clock
         self.in_flight = 0
+        self.waiting_now = 0
         self._area = 0.0
+        self._loop_area = 0.0
         self._at = clock()
 
     def _accrue(self) -> None:
         now = self._clock()
-        self._area += self.in_flight * (now - self._at)
+        elapsed = now - self._at
+        self._area += self.in_flight * elapsed
+        self._loop_area += (self.in_flight - self.waiting_now) * elapsed
         self._at = now
 
     def arrived(self) -> None:
@@ -64,10 +76,25 @@ class IntakeLoad:
         self._accrue()
         self.in_flight -= 1
 
+    def waiting(self) -> None:
+        """A callback being answered now waits for the database or for its body."""
+        self._accrue()
+        self.waiting_now += 1
+
+    def resumed(self) -> None:
+        """That wait is over (or failed): it is being answered on the loop again."""
+        self._accrue()
+        self.waiting_now -= 1
+
     @property
     def area(self) -> float:
         self._accrue()
         return self._area
+
+    @property
+    def loop_area(self) -> float:
+        self._accrue()
+        return self._loop_area
 
 
 class Occupancy:
@@ -143,10 +170,32 @@ class _Timed(Coroutine[Any, Any, Any]):
 
 
 class Governor:
-    """Decides when background work may take its next piece (see the module doc)."""
+    """Decides when background work may take its next piece (see the module doc).
+
+    Saturated: on average ``SATURATED_IN_FLIGHT`` or more callbacks in flight over the last
+    window. On SQLite the statements run on the loop, so a callback waiting for its commit
+    waits for the loop, and that is the whole test. When the database works in another
+    process (``database_off_loop``: PostgreSQL) a commit is a round trip away: at 2,000
+    callbacks/s and 2 ms per commit four are waiting at any moment while the loop is mostly
+    idle, and that test alone held the background to a tenth of an idle loop, so the work
+    fell further behind the more callbacks came. There the intake is saturated when either
+    of its two resources is:
+
+    - the loop: ``SATURATED_ON_LOOP`` or more callbacks on it (not waiting for the database
+      or their body). By Little's law that is their rate times the time each spends on the
+      loop or waiting for its turn: while the loop keeps up, the intake's share of it
+      (under one); once they queue for it (a commit answers a batch at once, each waiting
+      for those before it), more;
+    - the database: ``SATURATED_IN_FLIGHT_OFF_LOOP`` or more in flight in all, most of them
+      waiting for commits (a wrk flood keeps all its 32 connections waiting). The
+      background's statements then compete with the callbacks' commits for the database,
+      and holding them back is what gives the acknowledgements their share.
+    """
 
     SHARE_WHEN_SATURATED = 0.1  # the background's share of the loop during a flood
     SATURATED_IN_FLIGHT = 4.0  # callbacks being answered at once, on average, in a flood
+    SATURATED_ON_LOOP = 1.0  # of which on the loop (the database working elsewhere)
+    SATURATED_IN_FLIGHT_OFF_LOOP = 16.0  # in all, the database working elsewhere
     WINDOW = 0.05  # seconds over which that average is taken
     MAX_CREDIT = 0.005  # seconds of background work that may go ahead of the share
     TOLERANCE = 0.0005  # seconds beyond the share not worth a pause
@@ -158,25 +207,37 @@ class Governor:
         occupancy: Occupancy,
         *,
         clock: Callable[[], float] = time.perf_counter,
+        on_hold: Callable[[float], None] | None = None,
+        database_off_loop: bool = False,
     ) -> None:
         self.intake = intake
+        self._on_hold = on_hold  # told each pause's length (the metrics count them)
+        self._off_loop = database_off_loop
         self.occupancy = occupancy
         self._clock = clock
         now = clock()
-        self._mark = (now, intake.area)
+        self._mark = (now, intake.area, intake.loop_area)
         self._saturated = False
         self._debt = 0.0  # background seconds beyond its share while saturated
         self._debt_at = (now, occupancy.busy)
         self.waits = 0  # times turn() held the background back (for tests and metrics)
 
     def saturated(self) -> bool:
-        """Callbacks queued up during the last window (see the module doc)."""
+        """Callbacks queued up during the last window (see the class doc)."""
         now = self._clock()
-        since, area = self._mark
+        since, area, loop_area = self._mark
         if now - since >= self.WINDOW:
-            area_now = self.intake.area
-            self._saturated = area_now - area >= self.SATURATED_IN_FLIGHT * (now - since)
-            self._mark = (now, area_now)
+            area_now, loop_area_now = self.intake.area, self.intake.loop_area
+            elapsed = now - since
+            in_flight = (area_now - area) / elapsed
+            on_loop = (loop_area_now - loop_area) / elapsed
+            if not self._off_loop:
+                self._saturated = in_flight >= self.SATURATED_IN_FLIGHT
+            else:
+                self._saturated = in_flight >= self.SATURATED_IN_FLIGHT_OFF_LOOP or (
+                    in_flight >= self.SATURATED_IN_FLIGHT and on_loop >= self.SATURATED_ON_LOOP
+                )
+            self._mark = (now, area_now, loop_area_now)
         return self._saturated
 
     def _settle(self) -> float:
@@ -194,8 +255,10 @@ class Governor:
         debt = self._settle()
         while debt > self.TOLERANCE and self.saturated():
             self.waits += 1
-            pause = debt / self.SHARE_WHEN_SATURATED
-            await asyncio.sleep(min(max(pause, self.MIN_PAUSE), self.MAX_PAUSE))
+            pause = min(max(debt / self.SHARE_WHEN_SATURATED, self.MIN_PAUSE), self.MAX_PAUSE)
+            if self._on_hold is not None:
+                self._on_hold(pause)
+            await asyncio.sleep(pause)
             debt = self._settle()
         if not self._saturated:
             self._debt = min(self._debt, 0.0)

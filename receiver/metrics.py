@@ -111,6 +111,13 @@ class Metrics:
             ["provider"],
             self.registry,
         )
+        self.background_held = Tally(
+            "signback_background_held_seconds_total",
+            "Seconds the pipeline and the outbox were held back so that callbacks queued on"
+            " the event loop were acknowledged first (signback serve with its worker)",
+            [],
+            self.registry,
+        )
         self._queue_counts: dict[str, dict[str, int]] = {}
         self._stale_counts: dict[tuple[str, str], int] = {}
         self._durations: dict[str, Histogram] = {}

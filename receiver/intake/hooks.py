@@ -57,16 +57,22 @@ def handler(ctx: AppContext, provider: str, spec: HookSpec) -> HookHandler:
     refusal_facts = spec.refusal_facts
     count = ctx.metrics.callbacks.inc
     note = ctx.rejections.record  # the rejection log: an append, written later in a batch
+    # Time spent waiting for the database or the client is not spent on the loop
+    # (loadshare.py).
+    waiting, resumed = ctx.intake_load.waiting, ctx.intake_load.resumed
 
     async def handle(call: Callback) -> Answer:
         found: Any = None
         request: int | None = None
         if token_route:
+            waiting()
             try:
                 found = await find_by_hook_token(ctx, call.param or "")
             except CallbackRejected as exc:
                 note(exc, provider=provider, call=call)
                 return rejected(exc, provider=provider, channel=channel)
+            finally:
+                resumed()
             if found is None or found["provider"] != provider:
                 log.warning(
                     "callback to an unknown URL", provider=provider, channel=channel, status=404
@@ -85,7 +91,11 @@ def handler(ctx: AppContext, provider: str, spec: HookSpec) -> HookHandler:
             problem = media.problem(call.headers.get("content-type"))
             if problem is not None:
                 raise CallbackRejected(problem, 415)
-            body = await call.read_body(limit)
+            waiting()  # for the client to send the rest of its body, if it has not
+            try:
+                body = await call.read_body(limit)
+            finally:
+                resumed()
             accepted = verify(call, body, found)
         except CallbackRejected as exc:
             note(exc, provider=provider, call=call, body=body)
@@ -93,6 +103,7 @@ def handler(ctx: AppContext, provider: str, spec: HookSpec) -> HookHandler:
             if refusal_facts is not None:
                 facts.update(refusal_facts(call))
             return rejected(exc, provider=provider, channel=channel, **facts)
+        waiting()
         try:
             new = await store(
                 ctx,
@@ -118,6 +129,8 @@ def handler(ctx: AppContext, provider: str, spec: HookSpec) -> HookHandler:
                 **accepted.log_facts,
             )
             return Answer.error(503, STORE_FAILED)
+        finally:
+            resumed()
         count(provider, channel, "accepted" if new else "duplicate")
         _log_stored(new, provider, channel, accepted)
         return ack.accepted if new else ack.duplicate

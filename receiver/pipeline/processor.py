@@ -1,11 +1,14 @@
 """After the ack: normalize → match → state machine → rules → outbox, in one transaction.
 
-On PostgreSQL each inbox row gets its own transaction: several workers share the work, and
-short transactions keep their row locks short. On SQLite, which runs one write transaction
-at a time anyway, up to ``SINGLE_WRITER_CHUNK`` rows share one (commits were a fifth of the
-end-to-end CPU). Should one row fail, the chunk is rolled back and its rows go again one
-transaction each, so that only that row fails; savepoints around every row, for a failure
-that almost never comes, had cost two statements per row.
+Up to ``CHUNK`` inbox rows share a transaction, on both databases. Their requests are read
+(on PostgreSQL: locked, in id order) in one statement first, the endpoints once, and the
+rows are marked settled in one batch at the end, so a chunk costs a few round trips plus
+what each event writes (its state, its actions, its downstream event). On PostgreSQL a
+transaction per row had cost nine round trips per event, and each one waits for the event
+loop, which the intake keeps busy: the more callbacks came in, the slower they were worked
+off (docs/performance.md). Should one row fail, the chunk is rolled back and its rows go
+again one transaction each, so that only that row fails; savepoints around every row, for
+a failure that almost never comes, had cost two statements per row.
 
 Runs in ``signback serve`` (unless SIGNBACK_RUN_WORKER=false) and in ``signback worker``.
 On PostgreSQL rows are claimed with a lease, so several processes can share the work and a
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from receiver import jsonutil
@@ -40,10 +43,29 @@ from receiver.store.storable import text_problem
 log = get_logger("signback.pipeline")
 
 BATCH_SIZE = 100
-# Rows per transaction on a single-writer database. Small enough that the callbacks arriving
-# meanwhile wait at most a few milliseconds for their own commit.
-SINGLE_WRITER_CHUNK = 16
+# Rows per transaction. On a single-writer database (SQLite): small enough that the
+# callbacks arriving meanwhile wait at most a few milliseconds for their own commit. On
+# PostgreSQL: the requests of a chunk stay locked until it commits, a few milliseconds.
+CHUNK = 16
 MAX_PROCESSING_ATTEMPTS = 5
+
+
+@dataclass
+class Settling:
+    """What the rows of one transaction share: the requests read so far (by id, kept up to
+    date: two events of one request in a chunk, the second sees the state the first left),
+    which (provider, external id) they were found under, and the rows' settlements, written
+    in one batch before the commit (``inbox.finish_many``)."""
+
+    known: dict[int, SignatureRequest] = field(default_factory=dict)
+    by_key: dict[tuple[str, str], int] = field(default_factory=dict)
+    finished: list[dict[str, Any]] = field(default_factory=list)
+
+    def remember(self, rows: dict[int, Row]) -> None:
+        for request_id, row in rows.items():
+            request = requests.from_row(row)
+            self.known[request_id] = request
+            self.by_key[(request.provider, request.external_id)] = request_id
 
 
 def stored_callback(row: Row) -> StoredCallback:
@@ -122,41 +144,80 @@ class Pipeline:
             lease_seconds=self.ctx.settings.lease_seconds,
         )
         claimed_at = self.ctx.clock()
-        ordered = sorted(rows, key=lambda r: int(r["id"]))
-        for start in range(len(ordered)):
+        for start in range(0, len(rows), CHUNK):
             if self.ctx.clock() - claimed_at > self.ctx.settings.lease_seconds / 2:
                 # Half the lease is gone (a slow database, a huge backlog): hand the rest back
                 # before another worker could take them over and do the work twice.
-                await inbox.release(self.ctx.db, [int(r["id"]) for r in ordered[start:]])
+                await inbox.release(self.ctx.db, [int(r["id"]) for r in rows[start:]])
                 break
             # Under a flood of callbacks, the acknowledgements come first (loadshare.py).
             await self.ctx.governor.turn()
-            await self.process(ordered[start])
+            await self.process_claimed(rows[start : start + CHUNK])
             # Statements run on the event loop: let waiting HTTP requests in between
             # transactions, so a backlog never holds an acknowledgement up for long.
             await asyncio.sleep(0)
         return len(rows)
 
     async def _run_once_single_writer(self) -> int:
-        """SQLite: chunks of SINGLE_WRITER_CHUNK rows, each taken and settled in one
+        """SQLite: chunks of CHUNK rows, each taken and settled in one
         transaction (see :func:`inbox.take_pending`): no claim to write, and no lease. Each
         row is tried at most once per call: one that failed waits for the next."""
         done = last_id = 0
         while done < BATCH_SIZE:
             await self.ctx.governor.turn()  # the acknowledgements come first
-            taken, last_id = await self.process_chunk(SINGLE_WRITER_CHUNK, after_id=last_id)
+            taken, last_id = await self.process_chunk(CHUNK, after_id=last_id)
             if not taken:
                 break
             done += taken
             await asyncio.sleep(0)  # let waiting HTTP requests in between transactions
         return done
 
+    async def process_claimed(self, rows: list[Row]) -> None:
+        """Claimed rows (in id order) in one transaction; if any fails, each in its own, so
+        that only that row fails (they stay claimed meanwhile)."""
+        if len(rows) == 1:
+            await self.process(rows[0])
+            return
+        reports: list[Callable[[], None]] = []
+        try:
+            async with self.ctx.db.transaction() as tx:
+                settling = await self._read_requests(tx, rows)
+                for row in rows:
+                    reports.append(await self._process_in(tx, stored_callback(row), settling))
+                await inbox.finish_many(tx, settling.finished)
+        except Exception as exc:
+            log.warning("processing a chunk failed; one row at a time", error=str(exc))
+            for row in rows:
+                await self.process(row)
+            return
+        for report in reports:
+            report()  # log lines only once the work is committed
+
+    async def _read_requests(self, tx: Transaction, rows: list[Row]) -> Settling:
+        """The requests ``rows`` name, in one statement: by the id the intake found, or by
+        the provider's request id the intake read (the event's own, once normalized, is
+        looked up by itself if it differs). Locked where the database locks rows."""
+        wanted = {int(r["request_id"]) for r in rows if r["request_id"] is not None}
+        keys = {
+            (str(r["provider"]), str(r["external_id"]))
+            for r in rows
+            if r["request_id"] is None
+            and r["external_id"] is not None
+            and matchable(str(r["external_id"]))
+        }
+        settling = Settling()
+        lock = self.ctx.db.render("{for_update}")
+        settling.remember(await requests.get_many(tx, wanted, keys=keys, lock=lock))
+        return settling
+
     async def process(self, row: Row) -> None:
         """One inbox row in its own transaction."""
         callback = stored_callback(row)
         try:
             async with self.ctx.db.transaction() as tx:
-                report = await self._process_in(tx, callback, {})
+                settling = Settling()
+                report = await self._process_in(tx, callback, settling)
+                await inbox.finish_many(tx, settling.finished)
         except Exception as exc:
             # Rolled back whole (a failing rule, or the database went away): mark the row
             # for a retry in a transaction of its own.
@@ -181,13 +242,12 @@ class Pipeline:
         try:
             async with self.ctx.db.transaction() as tx:
                 rows = await inbox.take_pending(tx, limit=limit, after_id=after_id)
+                settling = Settling()
                 wanted = {int(r["request_id"]) for r in rows if r["request_id"] is not None}
-                known = {
-                    request_id: requests.from_row(row)
-                    for request_id, row in (await requests.get_many(tx, wanted)).items()
-                }
+                settling.remember(await requests.get_many(tx, wanted))
                 for row in rows:
-                    reports.append(await self._process_in(tx, stored_callback(row), known))
+                    reports.append(await self._process_in(tx, stored_callback(row), settling))
+                await inbox.finish_many(tx, settling.finished)
         except Exception as exc:
             if not rows:
                 raise  # taking them failed: the database, most likely (run() backs off)
@@ -207,24 +267,23 @@ class Pipeline:
         return len(rows), int(rows[-1]["id"]) if rows else after_id
 
     async def _process_in(
-        self, tx: Transaction, callback: StoredCallback, known: dict[int, SignatureRequest]
+        self, tx: Transaction, callback: StoredCallback, settling: Settling
     ) -> Callable[[], None]:
         """Process one row inside ``tx``; returns what to report once ``tx`` commits. A
-        failure propagates: the caller rolls back and marks the row for a retry.
-
-        ``known``: requests already read in ``tx``, by id, kept up to date here (two events
-        of one request in a chunk: the second sees the state the first left)."""
+        failure propagates: the caller rolls back and marks the row for a retry. The row's
+        settlement goes to ``settling.finished``: the caller writes it before the commit."""
         try:
             event = self.normalize(callback)
         except Exception as exc:
             # The bytes were acknowledged, so they stay: parked as failed, visible, retryable.
             reason = str(exc)
-            await inbox.finish(
-                tx,
-                callback.inbox_id,
-                status=InboxStatus.FAILED,
-                now=self.ctx.clock(),
-                error=f"normalize failed: {reason}",
+            settling.finished.append(
+                inbox.finish_params(
+                    callback.inbox_id,
+                    status=InboxStatus.FAILED,
+                    now=self.ctx.clock(),
+                    error=f"normalize failed: {reason}",
+                )
             )
 
             def report_failed() -> None:
@@ -232,14 +291,14 @@ class Pipeline:
                 self.ctx.metrics.events.inc(callback.provider, "unknown", InboxStatus.FAILED)
 
             return report_failed
-        return await self._apply(tx, callback, event, known)
+        return await self._apply(tx, callback, event, settling)
 
     async def _apply(
         self,
         tx: Transaction,
         callback: StoredCallback,
         event: NormalizedEvent,
-        known: dict[int, SignatureRequest],
+        settling: Settling,
     ) -> Callable[[], None]:
         ctx = self.ctx
         now = ctx.clock()
@@ -250,19 +309,26 @@ class Pipeline:
             "event_id": event.event_id,
             "occurred_at": event.occurred_at,
         }
+        known = settling.known
         request: SignatureRequest | None = None
         if callback.request_id is not None:
             request = known.get(callback.request_id)
             if request is None:
                 request = _request_or_none(await requests.get(tx, callback.request_id, lock=lock))
         elif event.external_id is not None and matchable(event.external_id):
-            # Serialize with a registration of the same request (see registration.py):
-            # otherwise an event looked up just before the registration commits could be
-            # marked unmatched just after the registration re-queued unmatched events.
-            await tx.lock_key(requests.match_key(event.provider, event.external_id))
-            request = _request_or_none(
-                await requests.by_external_id(tx, event.provider, event.external_id, lock=lock)
-            )
+            found = settling.by_key.get((event.provider, event.external_id))
+            if found is not None:
+                # Read (and locked) with the chunk: it was registered and committed before,
+                # so no registration can race with this event.
+                request = known[found]
+            else:
+                # Serialize with a registration of the same request (see registration.py):
+                # otherwise an event looked up just before the registration commits could be
+                # marked unmatched just after the registration re-queued unmatched events.
+                await tx.lock_key(requests.match_key(event.provider, event.external_id))
+                request = _request_or_none(
+                    await requests.by_external_id(tx, event.provider, event.external_id, lock=lock)
+                )
 
         if request is None:
             if event.external_id is not None and not matchable(event.external_id):
@@ -273,14 +339,15 @@ class Pipeline:
                 status, note = InboxStatus.PROCESSED, "test event: stored, changes nothing"
             else:  # template.*, workspace.*, unknown types without a signing request
                 status, note = InboxStatus.PROCESSED, "names no signature request: stored only"
-            await inbox.finish(
-                tx,
-                callback.inbox_id,
-                status=status,
-                now=now,
-                external_id=event.external_id,
-                note=note,
-                **facts,
+            settling.finished.append(
+                inbox.finish_params(
+                    callback.inbox_id,
+                    status=status,
+                    now=now,
+                    external_id=event.external_id,
+                    note=note,
+                    **facts,
+                )
             )
 
             def report_unmatched() -> None:
@@ -335,17 +402,18 @@ class Pipeline:
         if emitted is not None:
             note += f"; {emitted.event_type} to {emitted.deliveries} endpoint(s)"
         # ---
-        await inbox.finish(
-            tx,
-            callback.inbox_id,
-            status=InboxStatus.PROCESSED,
-            now=now,
-            request_id=request.id,
-            external_id=event.external_id or request.external_id,
-            state_before=transition.before.value,
-            state_after=transition.after.value,
-            note=note,
-            **facts,
+        settling.finished.append(
+            inbox.finish_params(
+                callback.inbox_id,
+                status=InboxStatus.PROCESSED,
+                now=now,
+                request_id=request.id,
+                external_id=event.external_id or request.external_id,
+                state_before=transition.before.value,
+                state_after=transition.after.value,
+                note=note,
+                **facts,
+            )
         )
 
         def report_processed() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from receiver.jsonutil import dumps, loads_object
@@ -107,12 +107,31 @@ async def get(db: Database | Transaction, request_id: int, *, lock: str = "") ->
     )
 
 
-async def get_many(db: Database | Transaction, request_ids: set[int]) -> dict[int, Row]:
-    """Several requests in one query, by id (the ones that exist)."""
-    if not request_ids:
+async def get_many(
+    db: Database | Transaction,
+    request_ids: set[int],
+    *,
+    keys: Collection[tuple[str, str]] = (),
+    lock: str = "",
+) -> dict[int, Row]:
+    """Several requests in one query (the ones that exist), by id and by (provider, external
+    id). ``lock``: the database's ``{for_update}``; the rows are then locked in id order, so
+    two workers that each lock several requests take them in the same order and can never
+    wait for each other in a circle."""
+    if not request_ids and not keys:
         return {}
-    ids, params = in_list(sorted(request_ids))
-    rows = await db.fetch_all(f"SELECT {COLUMNS} FROM signature_requests WHERE id IN {ids}", params)
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    if request_ids:
+        ids, params = in_list(sorted(request_ids))
+        clauses.append(f"id IN {ids}")
+    for i, (provider, external_id) in enumerate(sorted(keys)):
+        clauses.append(f"(provider = :p_{i} AND external_id = :x_{i})")
+        params[f"p_{i}"], params[f"x_{i}"] = provider, external_id
+    rows = await db.fetch_all(
+        f"SELECT {COLUMNS} FROM signature_requests WHERE {' OR '.join(clauses)} ORDER BY id {lock}",
+        params,
+    )
     return {int(row["id"]): row for row in rows}
 
 

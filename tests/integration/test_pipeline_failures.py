@@ -1,7 +1,7 @@
 """The pipeline's failure paths, on both databases (receiver/pipeline/processor.py).
 
-On SQLite several inbox rows share one transaction (redone one row per transaction if any
-fails); on PostgreSQL each row has its own. Either way a row that cannot be normalized is
+Several inbox rows share one transaction, on both databases (redone one row per transaction
+if any fails). Either way a row that cannot be normalized is
 parked as failed, a row whose processing raises goes back for a retry with its error, and the
 good rows around them are processed: one bad row never takes its neighbours down.
 """

@@ -40,6 +40,28 @@ def test_the_average_number_in_flight_decides_saturation() -> None:
     assert not governor.saturated()
 
 
+@pytest.mark.parametrize("off_loop", [True, False], ids=["postgresql", "sqlite"])
+def test_callbacks_waiting_for_a_database_elsewhere_are_no_flood(off_loop: bool) -> None:
+    # PostgreSQL at a steady 2,000 callbacks/s: a commit takes a couple of milliseconds, so
+    # several callbacks wait for theirs at any moment while the loop is mostly idle. On
+    # SQLite the commit runs on the loop: those callbacks wait for the loop.
+    clock = Clock()
+    intake, occupancy = IntakeLoad(clock), Occupancy()
+    governor = Governor(intake, occupancy, clock=clock, database_off_loop=off_loop)
+    for _ in range(8):
+        intake.arrived()
+        intake.waiting()
+    clock.now += Governor.WINDOW * 1.01
+    assert governor.saturated() is not off_loop
+    for _ in range(8):  # their commits are done: they are being answered on the loop
+        intake.resumed()
+    clock.now += Governor.WINDOW * 1.01
+    assert governor.saturated()
+    for _ in range(8):
+        intake.answered()
+    assert (intake.in_flight, intake.waiting_now) == (0, 0)
+
+
 def test_turn_never_waits_while_the_intake_keeps_up() -> None:
     clock = Clock()
     governor, _, occupancy = governed(clock)

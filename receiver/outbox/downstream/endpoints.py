@@ -103,6 +103,7 @@ async def insert(
     sealed_secret: str,
     now: float,
 ) -> Endpoint:
+    tx.memo.pop(_FILTERS_MEMO, None)
     row = await tx.fetch_one(
         "INSERT INTO endpoints (url, description, kinds, providers, include_raw, status,"
         " secret, created_at, updated_at) VALUES (:url, :description, :kinds, :providers,"
@@ -139,15 +140,25 @@ async def listing(db: Database) -> list[Endpoint]:
 
 async def enabled_filters(tx: Transaction) -> list[Row]:
     """What fan-out needs of every enabled endpoint, read inside the emitting transaction
-    (an endpoint created a moment ago is seen: no cache)."""
-    return await tx.fetch_all(
-        "SELECT id, kinds, providers FROM endpoints WHERE status = 'enabled' ORDER BY id"
-    )
+    (an endpoint created before it began is seen: no cache across transactions). Read once
+    per transaction: the pipeline settles several inbox rows in one, and a read per event
+    was a round trip per event on PostgreSQL."""
+    memo = tx.memo.get(_FILTERS_MEMO)
+    if memo is None:
+        memo = tx.memo[_FILTERS_MEMO] = await tx.fetch_all(
+            "SELECT id, kinds, providers FROM endpoints WHERE status = 'enabled' ORDER BY id"
+        )
+    rows: list[Row] = memo
+    return rows
+
+
+_FILTERS_MEMO = "endpoints.enabled_filters"
 
 
 async def update(
     tx: Transaction, endpoint_id: int, changes: Mapping[str, Any], *, now: float
 ) -> Endpoint | None:
+    tx.memo.pop(_FILTERS_MEMO, None)
     sets: list[str] = []
     params: dict[str, Any] = {"id": endpoint_id, "now": now}
     for name in UPDATABLE:
@@ -168,6 +179,7 @@ async def set_status(
 ) -> bool:
     """Enable or disable; True if it changed (disabling a disabled one changes nothing, so
     a second 410 in flight does not disable it twice). Enabling clears the failure streak."""
+    tx.memo.pop(_FILTERS_MEMO, None)
     if status == EndpointStatus.DISABLED:
         changed = await tx.execute(
             "UPDATE endpoints SET status = 'disabled', disabled_reason = :reason,"
@@ -187,6 +199,7 @@ async def set_status(
 async def mark_deleted(tx: Transaction, endpoint_id: int, *, now: float) -> bool:
     """Deleted for good: the row stays (its id is in every webhook-id it was sent and must
     never be handed out again), its secrets go."""
+    tx.memo.pop(_FILTERS_MEMO, None)
     changed = await tx.execute(
         "UPDATE endpoints SET status = 'deleted', secret = '', previous_secret = NULL,"
         " previous_secret_until = NULL, updated_at = :now"

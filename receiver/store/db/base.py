@@ -74,6 +74,9 @@ class Transaction(abc.ABC):
 
     def __init__(self) -> None:
         self.pending_notifications: set[str] = set()  # channels to wake after the commit
+        # What a caller read once and may reuse for the rest of this transaction (see
+        # receiver/outbox/downstream/endpoints.py), by a key of the caller's choosing.
+        self.memo: dict[str, Any] = {}
 
     @abc.abstractmethod
     async def execute(self, sql: str, params: Params | None = None) -> int:
@@ -108,6 +111,9 @@ class Database(abc.ABC):
     # True when the database runs one write transaction at a time anyway (SQLite): grouping
     # work into fewer, larger transactions then costs no concurrency and saves commits.
     single_writer: bool = False
+    # True when statements run on the event loop's thread (SQLite): a callback waiting for
+    # its commit then waits for the loop (receiver/loadshare.py).
+    statements_on_loop: bool = False
 
     @abc.abstractmethod
     async def connect(self) -> None: ...
@@ -134,6 +140,13 @@ class Database(abc.ABC):
     async def execute(self, sql: str, params: Params | None = None) -> int:
         async with self.transaction() as tx:
             return await tx.execute(sql, params)
+
+    async def write_returning(self, sql: str, params: Params | None = None) -> list[Row]:
+        """One statement that writes and returns rows (``UPDATE … RETURNING``), committed on
+        its own. Drivers that can send it alone, autocommitted, do so: one round trip, not
+        three (BEGIN, the statement, COMMIT)."""
+        async with self.transaction() as tx:
+            return await tx.fetch_all(sql, params)
 
     async def in_shared_transaction(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
         """Run ``work`` in a transaction that small pieces of work queued at about the same

@@ -119,6 +119,7 @@ class _SqliteTransaction(Transaction):
 class SqliteDatabase(Database):
     dialect = "sqlite"
     single_writer = True
+    statements_on_loop = True
 
     def __init__(self, url: str, *, busy_timeout_ms: int = 5000) -> None:
         self.url = url

@@ -1,0 +1,307 @@
+"""The pipeline settles several inbox rows per transaction, on both databases
+(receiver/pipeline/processor.py): what each event sees and leaves stays as it was with a
+transaction per row, a chunk costs PostgreSQL a few round trips per event instead of about
+nine, and two workers sharing one backlog (each with its own pool, as two processes) process
+every row once, in order per request, without deadlocking on the requests they lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from receiver.app import build_context, prepare_database
+from receiver.context import AppContext
+from receiver.outbox.downstream import endpoints
+from receiver.pipeline.processor import CHUNK, Pipeline
+from receiver.pipeline.registration import Registration, register
+from receiver.settings import Settings
+from receiver.store import inbox
+from receiver.store import requests as request_store
+from receiver.store.db.postgres import PostgresDatabase
+from receiver.store.statuses import InboxStatus
+from tests.conftest import test_settings
+
+pytestmark = pytest.mark.anyio
+
+# OKdokument states in the order a request goes through them, then a late repeat.
+STATES = ("tosign", "tostamp", "signed", "tosign")
+
+
+@pytest.fixture
+async def ctx(make_settings: Callable[..., Settings]) -> AsyncIterator[AppContext]:
+    context = build_context(
+        make_settings(rules_module="bench.rules", okdokument_confirm_callbacks=False)
+    )
+    await prepare_database(context)
+    try:
+        yield context
+    finally:
+        await context.db.close()
+
+
+async def registered(ctx: AppContext, count: int) -> list[tuple[int, str]]:
+    """``count`` OKdokument requests: (id, external id)."""
+    made = []
+    for i in range(count):
+        result = await register(
+            ctx, Registration(provider="okdokument", external_id=f"sr-{i}", document_id=f"d-{i}")
+        )
+        made.append((result.request.id, f"sr-{i}"))
+    await ctx.db.execute("DELETE FROM inbox")  # the registrations' own timeline entries
+    return made
+
+
+async def put_events(
+    ctx: AppContext, requests: list[tuple[int, str]], *, by_token: bool, seq0: int = 0
+) -> int:
+    """Each request's STATES, interleaved across requests, as the intake stores them: with
+    the request the hook token found (``by_token``), or only the provider's id (matched
+    by the pipeline, as Firma's events are)."""
+    rows = []
+    for n, state in enumerate(STATES):
+        for request_id, external_id in requests:
+            seq = seq0 + n * len(requests) + request_id
+            body = (
+                f'{{"state": "{state}", "signatureRequestId": "{external_id}",'
+                f' "id": "d-{external_id[3:]}", "bench": {seq}}}'
+            ).encode()
+            rows.append(
+                inbox.insert_params(
+                    provider="okdokument",
+                    channel="sendinfo",
+                    dedupe_key=f"cb-{seq}-{request_id}-{n}",
+                    received_at=ctx.clock(),
+                    body=body,
+                    headers={},
+                    query="",
+                    request_id=request_id if by_token else None,
+                    external_id=external_id,
+                )
+            )
+    async with ctx.db.transaction() as tx:
+        await tx.executemany(inbox.INSERT_SQL, rows)
+    return len(rows)
+
+
+async def settled(ctx: AppContext) -> list[dict[str, Any]]:
+    return await ctx.db.fetch_all(
+        "SELECT id, request_id, status, state_before, state_after, error FROM inbox ORDER BY id"
+    )
+
+
+def assert_each_event_saw_the_one_before(rows: list[dict[str, Any]]) -> None:
+    by_request: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        assert row["status"] == InboxStatus.PROCESSED, row
+        by_request.setdefault(int(row["request_id"]), []).append(row)
+    for events in by_request.values():
+        assert len(events) == len(STATES)
+        for before, after in itertools.pairwise(events):
+            assert after["state_before"] == before["state_after"]
+        assert events[-1]["state_after"] == "completed"  # the late tosign changes nothing
+
+
+@pytest.mark.parametrize("by_token", [True, False], ids=["by-token", "by-provider-id"])
+async def test_events_of_one_request_in_a_chunk_see_each_other(
+    ctx: AppContext, by_token: bool
+) -> None:
+    requests = await registered(ctx, 5)  # 20 events: one chunk and a bit, 4 per request
+    total = await put_events(ctx, requests, by_token=by_token)
+    assert total > CHUNK
+
+    assert await Pipeline(ctx).run_once() == total
+
+    assert_each_event_saw_the_one_before(await settled(ctx))
+    # bench.rules queues one PATCH per tostamp callback: one per request, none twice.
+    actions = await ctx.db.fetch_all(
+        "SELECT request_id FROM outbox WHERE action_key LIKE 'bench:%'"
+    )
+    assert sorted(int(a["request_id"]) for a in actions) == sorted(r for r, _ in requests)
+
+
+@pytest.mark.postgres
+async def test_a_chunk_costs_postgres_a_few_round_trips_per_event(
+    postgres_url: str,
+) -> None:
+    context = build_context(
+        test_settings(
+            postgres_url,
+            rules_module="bench.rules",
+            okdokument_confirm_callbacks=False,
+        )
+    )
+    await prepare_database(context)
+    try:
+        requests = await registered(context, 25)
+        total = await put_events(context, requests, by_token=False)  # 100 events
+        db = context.db
+        assert isinstance(db, PostgresDatabase)
+        before = db.round_trips
+        assert await Pipeline(context).run_once() == total
+        per_event = (db.round_trips - before) / total
+        # The claim, then per chunk of 16: BEGIN, the requests, the endpoints, the batch
+        # of settlements, NOTIFY, COMMIT; per event what it writes: a state change, an
+        # action, a downstream event. A transaction per row was about nine.
+        assert per_event <= 3.0, per_event
+        assert_each_event_saw_the_one_before(await settled(context))
+    finally:
+        await context.db.close()
+
+
+@pytest.mark.postgres
+async def test_two_workers_share_a_backlog_each_row_once_in_order(
+    postgres_url: str,
+) -> None:
+    contexts = [
+        build_context(
+            test_settings(
+                postgres_url,
+                rules_module="bench.rules",
+                okdokument_confirm_callbacks=False,
+            )
+        )
+        for _ in range(2)
+    ]
+    for context in contexts:
+        await prepare_database(context)
+    try:
+        # Few requests, many events each: the two workers' chunks lock the same requests.
+        requests = await registered(contexts[0], 8)
+        total = 0
+        for round_no in range(10):
+            total += await put_events(
+                contexts[0], requests, by_token=round_no % 2 == 0, seq0=round_no * 1000
+            )
+
+        async def work(context: AppContext) -> int:
+            done, pipeline = 0, Pipeline(context)
+            while processed := await pipeline.run_once():
+                done += processed
+            return done
+
+        done = await asyncio.gather(*(work(c) for c in contexts))
+        assert sum(done) == total  # each row claimed by one worker only
+        rows = await settled(contexts[0])
+        assert [r for r in rows if r["status"] != InboxStatus.PROCESSED] == []
+        assert all(r["error"] is None for r in rows)  # no deadlock, no retry
+        # One PATCH per tostamp callback (bench.rules keys it by the event): none lost,
+        # none twice.
+        actions = await contexts[0].db.fetch_all(
+            "SELECT COUNT(*) AS n FROM outbox WHERE action_key LIKE 'bench:%'"
+        )
+        assert int(actions[0]["n"]) == 10 * len(requests)
+    finally:
+        for context in contexts:
+            await context.db.close()
+
+
+async def test_endpoints_are_read_once_per_transaction_and_changes_in_it_are_seen(
+    ctx: AppContext,
+) -> None:
+    async with ctx.db.transaction() as tx:
+        assert await endpoints.enabled_filters(tx) == []
+        await endpoints.insert(
+            tx,
+            url="https://example.com/hook",
+            description="",
+            kinds=[],
+            providers=[],
+            include_raw=False,
+            sealed_secret="sealed",
+            now=ctx.clock(),
+        )
+        seen = await endpoints.enabled_filters(tx)
+        assert [int(r["id"]) for r in seen] != []
+        assert await endpoints.enabled_filters(tx) is seen  # read once, then reused
+    async with ctx.db.transaction() as tx:
+        assert len(await endpoints.enabled_filters(tx)) == 1
+
+
+@pytest.mark.postgres
+async def test_postgres_results_share_commits_and_a_failure_stays_its_own(
+    postgres_url: str,
+) -> None:
+    """``in_shared_transaction`` on PostgreSQL (the dispatcher's results): what queues while
+    a transaction is on its way goes in the next one together; a failing piece is undone
+    alone and only its caller sees the error."""
+    context = build_context(test_settings(postgres_url))
+    await prepare_database(context)
+    db = context.db
+    assert isinstance(db, PostgresDatabase)
+
+    def piece(key: str, *, fail: bool = False) -> Any:
+        async def work(tx: Any) -> str:
+            await tx.execute(
+                "INSERT INTO kv (key, value, updated_at) VALUES (:key, 'x', 0)",
+                {"key": key},
+            )
+            if fail:
+                raise ValueError(f"{key} failed")
+            return key
+
+        return work
+
+    try:
+        keys = [f"k{i}" for i in range(40)]
+        before = db.round_trips
+        assert await asyncio.gather(*(db.in_shared_transaction(piece(k)) for k in keys)) == keys
+        # A transaction each: 40 x 3 round trips (BEGIN, INSERT, COMMIT). Shared: the first
+        # ones leave at once, the rest go together.
+        assert db.round_trips - before <= 40 + 3 * 6
+
+        keys = [f"f{i}" for i in range(10)]
+        answers = await asyncio.gather(
+            *(db.in_shared_transaction(piece(k, fail=k == "f5")) for k in keys),
+            return_exceptions=True,
+        )
+        assert isinstance(answers[5], ValueError)
+        assert [a for i, a in enumerate(answers) if i != 5] == [k for k in keys if k != "f5"]
+        stored = await db.fetch_all("SELECT key FROM kv WHERE key LIKE 'f%'")
+        assert sorted(str(r["key"]) for r in stored) == sorted(k for k in keys if k != "f5")
+    finally:
+        await db.close()
+
+
+@pytest.mark.postgres
+async def test_callbacks_are_stored_while_the_pipeline_holds_their_requests(
+    postgres_url: str,
+) -> None:
+    """The pipeline locks a chunk's requests until it commits; the intake's batch of inbox
+    rows that reference them (a foreign key check each, in the batch's own order) neither
+    waits for that lock nor deadlocks with it (``{for_update}``: FOR NO KEY UPDATE)."""
+    context = build_context(test_settings(postgres_url))
+    await prepare_database(context)
+    try:
+        requests = await registered(context, 3)
+        ids = {request_id for request_id, _ in requests}
+        lock = context.db.render("{for_update}")
+        rows = [
+            inbox.insert_params(
+                provider="okdokument",
+                channel="sendinfo",
+                dedupe_key=f"held-{request_id}",
+                received_at=context.clock(),
+                body=b"{}",
+                headers={},
+                query="",
+                request_id=request_id,
+                external_id=external_id,
+            )
+            for request_id, external_id in reversed(requests)
+        ]
+        async with context.db.transaction() as tx:
+            locked = await request_store.get_many(tx, ids, lock=lock)
+            assert set(locked) == ids
+            db = context.db
+            assert isinstance(db, PostgresDatabase)
+            stored = await asyncio.wait_for(
+                db.insert_rows(inbox.NEW_CALLBACK, rows, inbox.INBOX_CHANNEL), timeout=5
+            )
+            assert len(stored) == len(rows)
+    finally:
+        await context.db.close()
