@@ -36,6 +36,7 @@ from receiver.reconcile.operation import CHANNEL, as_operation
 from receiver.reconcile.scheduler import readable
 from receiver.store import inbox, requests
 from receiver.store import reconcile as store
+from receiver.store.statuses import InboxStatus
 
 if TYPE_CHECKING:
     from receiver.context import AppContext
@@ -131,11 +132,35 @@ async def reconcile_now(
         pipeline = Pipeline(ctx)
         while await pipeline.run_once():
             pass
+        # A running service's worker may have claimed some of them first: what they did
+        # is only known once it has settled them.
+        await _settled(ctx, [r.request for r, stored in findings if stored], sleep)
     if not dry_run:
         for result, _ in findings:
             now_row = await requests.get(ctx.db, result.request)
             result.state_after = None if now_row is None else str(now_row["state"])
     return results
+
+
+SETTLE_TIMEOUT_SECONDS = 30.0
+
+
+async def _settled(
+    ctx: AppContext, request_ids: list[int], sleep: Callable[[float], Awaitable[None]]
+) -> None:
+    """Wait (bounded) until no finding of these requests waits for the pipeline."""
+    waited = 0.0
+    while request_ids and waited < SETTLE_TIMEOUT_SECONDS:
+        row = await ctx.db.fetch_one(
+            "SELECT COUNT(*) AS n FROM inbox WHERE channel = :channel AND status IN"
+            f" ('{InboxStatus.PENDING.value}', '{InboxStatus.PROCESSING.value}')"
+            f" AND request_id IN ({', '.join(str(int(i)) for i in request_ids)})",
+            {"channel": CHANNEL},
+        )
+        if row is None or int(row["n"]) == 0:
+            return
+        await sleep(0.05)
+        waited += 0.05
 
 
 async def _found(
