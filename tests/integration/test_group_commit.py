@@ -225,7 +225,10 @@ async def test_a_batch_mixing_stored_and_new_keys_answers_each(database_url: str
         answers = await asyncio.gather(
             *(db.insert_new(inbox.NEW_CALLBACK, callback_row(k), inbox.INBOX_CHANNEL) for k in keys)
         )
-        assert answers == [True, False, True, False, True, False, False]
+        # m6 twice: exactly one of its callers stores it. Which one is not fixed on
+        # PostgreSQL, where two group commits can be in flight at once.
+        assert [answers[i] for i in (1, 2, 3, 4, 5)] == [False, True, False, True, False]
+        assert sorted([answers[0], answers[6]]) == [False, True]
         assert await stored_keys(db) == ["m3", "m4", "m5", "m6", "m7", "m8"]
     finally:
         await db.close()
