@@ -209,7 +209,7 @@ def redacted(outcome: Outcome) -> Outcome:
     """``outcome`` with anything token-shaped cut out of its message and response excerpt
     (receiver.logs.redact_tokens), before the attempt log stores it, a log line or a
     downstream event repeats it, or the admin API shows it. A provider may echo what it was
-    sent (OKdokument an invalid ``sendInfoURL``, which carries the request's hook token), and
+    sent (an invalid callback URL, which carries the request's hook token, say), and
     an HTTP library's error may quote a URL with a credential in it."""
     changes: dict[str, str] = {}
     for field in dataclasses.fields(outcome):  # instance fields only, not the ClassVars
