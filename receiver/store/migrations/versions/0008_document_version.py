@@ -5,7 +5,7 @@ same document id) answers a question about the document, not about a round: an a
 about an earlier round must not confirm a claim of a later one. When an outcome is
 confirmed, the provider's marker of the document's version (such as the modification time
 its document API reports) is kept on the request; a later round's claim is confirmed only by
-an answer from after it (the provider package's confirmation operation).
+an answer from after it (the provider package's operation that checks a claim).
 
 - ``document_version``: that marker, as the provider wrote it. NULL until an outcome is
   confirmed (and for every request of a provider that has no such marker).
