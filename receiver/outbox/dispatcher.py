@@ -318,20 +318,7 @@ class Dispatcher:
             # ---
             if held:
                 for follow_up in outcome.follow_up:
-                    await inbox.insert(
-                        tx,
-                        inbox.insert_params(
-                            provider=follow_up.provider,
-                            channel=follow_up.channel,
-                            dedupe_key=follow_up.dedupe_key,
-                            received_at=now,
-                            body=follow_up.body,
-                            headers={},
-                            query="",
-                            request_id=follow_up.request_id,
-                            external_id=None,
-                        ),
-                    )
+                    await inbox.insert_fed_back(tx, follow_up, now=now)
             return held
 
         async def record() -> bool:

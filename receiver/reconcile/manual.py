@@ -196,20 +196,7 @@ async def _found(
         result.message = "dry run: " + transition.note
         return False
     async with ctx.db.transaction() as tx:
-        stored = await inbox.insert(
-            tx,
-            inbox.insert_params(
-                provider=finding.provider,
-                channel=finding.channel,
-                dedupe_key=finding.dedupe_key,
-                received_at=now,
-                body=finding.body,
-                headers={},
-                query="",
-                request_id=finding.request_id,
-                external_id=None,
-            ),
-        )
+        stored = await inbox.insert_fed_back(tx, finding, now=now)
     result.outcome = "found" if stored else "duplicate"
     result.message = transition.note if stored else "this state was found before"
     return stored

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from receiver.jsonutil import dumps
 from receiver.store.db.base import Database, NewRowInsert, Row, Transaction, in_list
@@ -103,6 +103,40 @@ async def insert(tx: Transaction, params: Mapping[str, Any]) -> bool:
     if changed:
         tx.notify_on_commit(INBOX_CHANNEL)
     return changed > 0
+
+
+class FedBack(Protocol):
+    """What an outbound call learned and feeds back to the inbox (an operation's
+    ``FollowUpEvent``): stored like a callback, without headers or query."""
+
+    @property
+    def provider(self) -> str: ...
+    @property
+    def channel(self) -> str: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def dedupe_key(self) -> str: ...
+    @property
+    def request_id(self) -> int | None: ...
+
+
+async def insert_fed_back(tx: Transaction, event: FedBack, *, now: float) -> bool:
+    """Store ``event``; False when its dedupe key was already stored."""
+    return await insert(
+        tx,
+        insert_params(
+            provider=event.provider,
+            channel=event.channel,
+            dedupe_key=event.dedupe_key,
+            received_at=now,
+            body=event.body,
+            headers={},
+            query="",
+            request_id=event.request_id,
+            external_id=None,
+        ),
+    )
 
 
 CLAIMED_COLUMNS = (
