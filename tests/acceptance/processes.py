@@ -148,3 +148,23 @@ def fake_okdokument(tmp_path: Path, port: int, time_factor: float = 1.0) -> Proc
 
 def signback(tmp_path: Path, name: str, args: list[str], env: Mapping[str, str]) -> Process:
     return Process(name, args, env, tmp_path / f"{name}.log")
+
+
+def sent_firma_request(api: httpx.Client, admin: httpx.Client, name: str) -> tuple[str, int]:
+    """A one-signer signing request created at the Firma emulator (``api``), registered
+    with signback (``admin``) and sent: its Firma id and signback's id."""
+    created = api.post(
+        "/signing-requests",
+        json={
+            "name": name,
+            "document": "JVBERi0xLjQKJSVFT0YK",
+            "recipients": [{"first_name": "Alice", "email": "alice@example.com"}],
+        },
+    ).json()
+    sr_id = str(created["id"])
+    registered = admin.post(
+        "/api/requests", json={"provider": "firma", "signing_request_id": sr_id}
+    )
+    assert registered.status_code == 201, registered.text
+    assert api.post(f"/signing-requests/{sr_id}/send").status_code == 200
+    return sr_id, int(registered.json()["id"])

@@ -24,6 +24,7 @@ from tests.acceptance.processes import (
     Process,
     free_port,
     processes,
+    sent_firma_request,
     signback,
     signback_env,
 )
@@ -82,21 +83,7 @@ def test_completed_request_archived_through_real_processes(tmp_path: Path) -> No
         assert api.post("/webhooks", json=hook).status_code == 201
         downloads = {"expire_next": 1, "padding": 150_000}
         assert control.post("/downloads", json=downloads).status_code == 200
-        created = api.post(
-            "/signing-requests",
-            json={
-                "name": "Contract",
-                "document": "JVBERi0xLjQKJSVFT0YK",
-                "recipients": [{"first_name": "Alice", "email": "alice@example.com"}],
-            },
-        ).json()
-        sr_id = str(created["id"])
-        registered = admin.post(
-            "/api/requests", json={"provider": "firma", "signing_request_id": sr_id}
-        )
-        assert registered.status_code == 201, registered.text
-        request_id = registered.json()["id"]
-        assert api.post(f"/signing-requests/{sr_id}/send").status_code == 200
+        sr_id, request_id = sent_firma_request(api, admin, "Contract")
         assert control.post(f"/signing-requests/{sr_id}/complete").status_code == 200
 
         def listed() -> dict[str, dict[str, Any]] | None:

@@ -17,7 +17,13 @@ import httpx
 import pytest
 
 from handlers.firma.fake import API_BASE_PATH, DEFAULT_API_KEY
-from tests.acceptance.processes import free_port, processes, signback, signback_env
+from tests.acceptance.processes import (
+    free_port,
+    processes,
+    sent_firma_request,
+    signback,
+    signback_env,
+)
 from tests.conftest import ADMIN_TOKEN
 from tests.harness import running_firma, wait_until
 
@@ -66,21 +72,7 @@ def test_kill_9_during_a_download_leaves_no_partial_archive(tmp_path: Path) -> N
         with api:
             hook = {"url": f"{url}/hooks/firma", "events": ["signing_request.completed"]}
             assert api.post("/webhooks", json=hook).status_code == 201
-            created = api.post(
-                "/signing-requests",
-                json={
-                    "name": "Lease",
-                    "document": "JVBERi0xLjQKJSVFT0YK",
-                    "recipients": [{"first_name": "Alice", "email": "alice@example.com"}],
-                },
-            ).json()
-            sr_id = str(created["id"])
-            registered = admin.post(
-                "/api/requests", json={"provider": "firma", "signing_request_id": sr_id}
-            )
-            assert registered.status_code == 201, registered.text
-            request_id = registered.json()["id"]
-            assert api.post(f"/signing-requests/{sr_id}/send").status_code == 200
+            sr_id, request_id = sent_firma_request(api, admin, "Lease")
         completed = httpx.post(f"{firma}/_fake/signing-requests/{sr_id}/complete", timeout=10)
         assert completed.status_code == 200
 
