@@ -171,6 +171,18 @@ def _render_json(_: Any, method_name: str, event_dict: MutableMapping[str, Any])
     return jsonutil.dumps_bytes(event_dict, default=repr).decode()
 
 
+class _JsonRecords(logging.Formatter):
+    """Lines from loggers signback does not write itself (uvicorn's "Started server
+    process", "Waiting for application shutdown", an error it logs) as JSON like every
+    other line, so that a log collector reading JSON never meets a plain-text line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {"event": redact_tokens(record.getMessage()), "logger": record.name}
+        if record.exc_info:
+            event["exc_info"] = record.exc_info
+        return _render_json(None, record.levelname.lower(), event)
+
+
 class _StderrLines:
     """The end of the logging chain: each rendered line to whatever ``sys.stderr`` is at
     the time (test capture, redirections). structlog's PrintLogger does the same through
@@ -223,6 +235,10 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     # uvicorn's own access log prints raw paths, and our callback paths carry secrets:
     # it is switched off where uvicorn is started; keep its error log at our level.
     logging.basicConfig(level=numeric_level, stream=sys.stderr, format="%(message)s")
+    for handler in logging.getLogger().handlers:
+        # basicConfig's own handler (a test runner's capture handlers are subclasses).
+        if type(handler) is logging.StreamHandler:
+            handler.setFormatter(_JsonRecords() if use_json else logging.Formatter("%(message)s"))
     logging.getLogger("uvicorn.access").disabled = True
     for name in ("uvicorn.access", "uvicorn.error"):  # should anyone turn them on again
         uvicorn_log = logging.getLogger(name)
