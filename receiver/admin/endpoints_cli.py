@@ -1,8 +1,9 @@
 """``signback endpoints …``: the admin API's endpoint calls, against the database directly.
 
 The same checks and answers as ``/api/endpoints`` (receiver/outbox/downstream/manage.py): a
-problem ends the command with one line per field and exit code 2; an unknown endpoint with
-exit code 1. A running worker sends what these commands queue.
+problem ends the command with one line per field and exit code 2, as does an unknown
+endpoint or request id (what the user must fix, like every signback command; 1 is for what
+failed). A running worker sends what these commands queue.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _refuse(problems: list[dict[str, str]]) -> None:
 
 
 def _missing(endpoint_id: int) -> None:
-    _fail(f"no endpoint with id {endpoint_id}", code=1)
+    _fail(f"no endpoint with id {endpoint_id}")
 
 
 @click.group()

@@ -34,7 +34,7 @@ def documents_list(request_id: int) -> None:
 
     items = cli._run(cli._with_context(cli._settings(), work))
     if items is None:
-        cli._fail(f"no request with id {request_id}", code=1)
+        cli._fail(f"no request with id {request_id}")
     cli._print_json({"items": items})
 
 

@@ -205,6 +205,9 @@ def test_cli_lists_and_writes_a_document(
     assert listed.exit_code == 0, listed.output
     names = {d["name"]: d for d in json.loads(listed.stdout)["items"]}
     assert set(names) == {"signed.pdf", "audit-trail.json"}
+    unknown = runner.invoke(cli_main, ["documents", "list", "999999"])
+    assert unknown.exit_code == 2  # an unknown id is a usage problem, as in every command
+    assert "no request with id 999999" in unknown.output
     target = tmp_path / "copy.pdf"
     got = runner.invoke(
         cli_main, ["documents", "get", str(request_id), "signed.pdf", "-o", str(target)]

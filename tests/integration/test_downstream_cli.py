@@ -79,7 +79,7 @@ def test_the_endpoints_commands(database_url: str) -> None:
     assert deleted.stdout.strip() == f"endpoint {endpoint_id} deleted"
     for command in ("show", "delete", "test", "rotate-secret", "retry-dead", "deliveries"):
         missing = run(database_url, command, endpoint_id)
-        assert missing.exit_code == 1, command
+        assert missing.exit_code == 2, command  # an unknown id is a usage problem
         assert f"no endpoint with id {endpoint_id}" in missing.output
 
 
