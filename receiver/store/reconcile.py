@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from receiver.store.db.base import Database, Row, Transaction, in_list
+from receiver.store.newest import newest_first
 from receiver.store.requests import COLUMNS
 
 OPEN_STATES = ("registered", "draft", "sent", "viewed", "partially_signed")
@@ -129,21 +130,27 @@ async def stale(
     before_id: int | None = None,
     limit: int = 50,
 ) -> list[Row]:
-    """Open requests silent longer than their state's threshold, newest first."""
-    clause, params = _stale_clause(thresholds, now)
-    where = [clause]
+    """Open requests silent longer than their state's threshold, newest first: one branch
+    per open state, each through the state's range of ``(state, id)`` (or ``(provider,
+    state, id)``). As one ``OR`` along the primary key, a page past the last open request
+    (the most finished ones are the oldest) read the whole table."""
+    shared = ""
+    params: dict[str, Any] = {"limit": limit}
     if provider is not None:
-        where.append("provider = :provider")
+        shared += " AND provider = :provider"
         params["provider"] = provider
     if before_id is not None:
-        where.append("id < :before_id")
+        shared += " AND id < :before_id"
         params["before_id"] = before_id
-    params["limit"] = limit
-    return await db.fetch_all(
-        f"SELECT {COLUMNS} FROM signature_requests WHERE {' AND '.join(where)}"
-        " ORDER BY id DESC LIMIT :limit",
-        params,
-    )
+    branches = []
+    for index, state in enumerate(OPEN_STATES):
+        if state in thresholds:
+            branches.append(f"state = :st_{index} AND updated_at < :cut_{index}{shared}")
+            params[f"st_{index}"] = state
+            params[f"cut_{index}"] = now - thresholds[state]
+    if not branches:
+        return []
+    return await db.fetch_all(newest_first("signature_requests", COLUMNS, branches), params)
 
 
 async def stale_counts(
