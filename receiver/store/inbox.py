@@ -400,13 +400,20 @@ async def search(
 
 
 async def _provider_ids(db: Database, where: str, params: dict[str, Any], limit: int) -> list[int]:
-    """The ids of a provider's newest callbacks (``where``: the status's condition). First
-    among the newest ``PROVIDER_WINDOW`` rows, along the primary key or the status index:
-    where a provider that receives much is found at once. Then, for what that left, below
-    the window through the unique key ``(provider, dedupe_key)``, the provider's ids sorted:
-    quick for a provider that receives little. Left to themselves, SQLite sorted all of a
-    busy provider's rows and PostgreSQL walked the table for a quiet one (seconds, on five
-    million callbacks). ``|| ''`` and ``id + 0`` keep the planners on the path meant."""
+    """The ids of a provider's newest callbacks (``where``: the status's condition). Left to
+    themselves, SQLite sorted all of a busy provider's rows and PostgreSQL walked the table
+    for a quiet one (seconds, on five million callbacks). So: a provider with fewer than
+    ``PROVIDER_WINDOW`` rows (counted through the unique key ``(provider, dedupe_key)``,
+    stopping there) is read through that key, its ids sorted. A busier one is looked for
+    among the newest ``PROVIDER_WINDOW`` rows first, along the primary key or the status
+    index, where it is found at once; below them, through the key again."""
+    few = await db.fetch_one(
+        "SELECT COUNT(*) AS n FROM (SELECT id FROM inbox WHERE provider = :provider"
+        f" LIMIT {PROVIDER_WINDOW}) AS p",
+        params,
+    )
+    if few is not None and int(few["n"]) < PROVIDER_WINDOW:
+        return await _sorted_ids(db, params, below=None, limit=limit)
     edge = await db.fetch_one(
         f"SELECT MIN(id) AS edge, COUNT(*) AS n FROM (SELECT id FROM inbox WHERE {where}"
         f" ORDER BY id DESC LIMIT {PROVIDER_WINDOW}) AS w",
@@ -414,22 +421,32 @@ async def _provider_ids(db: Database, where: str, params: dict[str, Any], limit:
     )
     if edge is None or edge["edge"] is None:
         return []
-    params = {**params, "edge": int(edge["edge"])}
+    # ``|| ''`` keeps the planners off the provider's key, which the window is to spare.
     rows = await db.fetch_all(
         f"SELECT id FROM inbox WHERE {where} AND id >= :edge AND provider || '' = :provider"
         " ORDER BY id DESC LIMIT :limit",
-        params,
+        {**params, "edge": int(edge["edge"])},
     )
     ids = [int(r["id"]) for r in rows]
     if len(ids) >= limit or int(edge["n"]) < PROVIDER_WINDOW:
         return ids  # a page, or the window held every row there is
-    status = " AND status || '' = :status" if "status" in params else ""
+    return ids + await _sorted_ids(db, params, below=int(edge["edge"]), limit=limit - len(ids))
+
+
+async def _sorted_ids(
+    db: Database, params: dict[str, Any], *, below: int | None, limit: int
+) -> list[int]:
+    """A provider's newest ids (below ``below``) through its unique key, sorted: ``id + 0``
+    and ``status || ''`` keep the planners off the primary key and the status index."""
+    sql = "SELECT id FROM inbox WHERE provider = :provider"
+    if below is not None:
+        sql += " AND id < :below"
+    if "status" in params:
+        sql += " AND status || '' = :status"
     rows = await db.fetch_all(
-        f"SELECT id FROM inbox WHERE provider = :provider AND id < :edge{status}"
-        " ORDER BY id + 0 DESC LIMIT :rest",
-        {**params, "rest": limit - len(ids)},
+        sql + " ORDER BY id + 0 DESC LIMIT :rest", {**params, "below": below, "rest": limit}
     )
-    return ids + [int(r["id"]) for r in rows]
+    return [int(r["id"]) for r in rows]
 
 
 async def counts(db: Database) -> dict[str, int]:

@@ -8,7 +8,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from receiver.store.db.base import Database, Row, Transaction, in_list
-from receiver.store.newest import newest_first
 from receiver.store.requests import COLUMNS
 
 OPEN_STATES = ("registered", "draft", "sent", "viewed", "partially_signed")
@@ -121,6 +120,12 @@ async def mark_stale(tx: Transaction, request_id: int, state: str) -> None:
     )
 
 
+# The first look at a state's newest requests for stale ones, doubled at each further look
+# up to the last (the ids go into one IN list).
+STALE_CHUNK = 500
+STALE_CHUNK_MAX = 8_000
+
+
 async def stale(
     db: Database,
     *,
@@ -130,27 +135,60 @@ async def stale(
     before_id: int | None = None,
     limit: int = 50,
 ) -> list[Row]:
-    """Open requests silent longer than their state's threshold, newest first: one branch
-    per open state, each through the state's range of ``(state, id)`` (or ``(provider,
-    state, id)``). As one ``OR`` along the primary key, a page past the last open request
-    (the most finished ones are the oldest) read the whole table."""
-    shared = ""
-    params: dict[str, Any] = {"limit": limit}
-    if provider is not None:
-        shared += " AND provider = :provider"
-        params["provider"] = provider
-    if before_id is not None:
-        shared += " AND id < :before_id"
-        params["before_id"] = before_id
-    branches = []
-    for index, state in enumerate(OPEN_STATES):
+    """Open requests silent longer than their state's threshold, newest first: each open
+    state's newest ids from its index alone (:func:`_stale_in_state`), merged, then their
+    rows. As one ``OR`` along the primary key, a page past the last open request (the most
+    finished ones are the oldest) read the whole table."""
+    ids: list[int] = []
+    for state in OPEN_STATES:
         if state in thresholds:
-            branches.append(f"state = :st_{index} AND updated_at < :cut_{index}{shared}")
-            params[f"st_{index}"] = state
-            params[f"cut_{index}"] = now - thresholds[state]
-    if not branches:
+            ids += await _stale_in_state(
+                db, state, now - thresholds[state], provider, before_id, limit
+            )
+    if not ids:
         return []
-    return await db.fetch_all(newest_first("signature_requests", COLUMNS, branches), params)
+    marks, params = in_list(sorted(ids, reverse=True)[:limit])
+    return await db.fetch_all(
+        f"SELECT {COLUMNS} FROM signature_requests WHERE id IN {marks} ORDER BY id DESC", params
+    )
+
+
+async def _stale_in_state(
+    db: Database,
+    state: str,
+    cutoff: float,
+    provider: str | None,
+    before_id: int | None,
+    limit: int,
+) -> list[int]:
+    """The newest ``limit`` requests in ``state`` not updated since ``cutoff``. Their ids are
+    read a chunk at a time from ``(state, id)`` or ``(provider, state, id)`` alone, and the
+    chunk's rows then checked: asked for the stale ones at once, PostgreSQL walked the primary
+    key (guessing a state's rows spread over the table: they are the newest, or none past a
+    point), 0.2-0.6 s a page on a million requests."""
+    where = "state = :state" + (" AND provider = :provider" if provider is not None else "")
+    params: dict[str, Any] = {"state": state, "provider": provider, "cutoff": cutoff}
+    found: list[int] = []
+    edge, chunk = before_id, STALE_CHUNK
+    while len(found) < limit:
+        bound = "" if edge is None else " AND id < :edge"
+        rows = await db.fetch_all(
+            f"SELECT id FROM signature_requests WHERE {where}{bound} ORDER BY id DESC LIMIT :chunk",
+            {**params, "edge": edge, "chunk": chunk},
+        )
+        if not rows:
+            break
+        marks, values = in_list([int(r["id"]) for r in rows])
+        stale = await db.fetch_all(
+            f"SELECT id FROM signature_requests WHERE id IN {marks}"
+            " AND updated_at < :cutoff ORDER BY id DESC LIMIT :limit",
+            {**values, "cutoff": cutoff, "limit": limit - len(found)},
+        )
+        found += [int(r["id"]) for r in stale]
+        if len(rows) < chunk:
+            break
+        edge, chunk = int(rows[-1]["id"]), min(chunk * 2, STALE_CHUNK_MAX)
+    return found
 
 
 async def stale_counts(

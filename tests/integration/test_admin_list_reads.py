@@ -103,10 +103,12 @@ async def test_requests_search_pages_as_one_filtered_scan_would(
     assert _ids(rows) == await _expected(db, "signature_requests", where, params)
 
 
+@pytest.mark.parametrize("chunk", [500, 2])
 @pytest.mark.parametrize("provider", [None, "firma"])
 async def test_stale_lists_open_requests_past_their_threshold_newest_first(
-    db: Database, provider: str | None
+    db: Database, monkeypatch: pytest.MonkeyPatch, provider: str | None, chunk: int
 ) -> None:
+    monkeypatch.setattr(reconcile_store, "STALE_CHUNK", chunk)  # 2: a chunk at a time
     await _fill(db, 60)
     thresholds = {"sent": 10.0, "viewed": 30.0}  # at now=50: sent before 40, viewed before 20
     rows = await reconcile_store.stale(

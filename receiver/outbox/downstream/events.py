@@ -142,7 +142,11 @@ async def search(
     if event_type is not None:
         where.append("type = :type")
         params["type"] = event_type
+    # A type alone is read through (type, id) (migration 0012), ordered by that whole key:
+    # asked for ``ORDER BY id``, PostgreSQL walked the primary key for a type it thought
+    # common, and through the table for one stored long ago or never.
+    order = "type, id" if event_type is not None and request_id is None else "id"
     return await db.fetch_all(
-        f"SELECT {COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY id LIMIT :limit",
+        f"SELECT {COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY {order} LIMIT :limit",
         params,
     )
