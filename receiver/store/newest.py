@@ -8,12 +8,6 @@ provider alone), the planners fell between the two: SQLite read all the provider
 and sorted them, PostgreSQL walked the primary key, filtering, to the end of the table when
 the rows were rare (seconds on a million requests). :func:`newest_first` asks one branch
 per value of that middle column, each an index range stopped at n, and merges them.
-
-Each branch is ordered by its index's whole key (``leading`` columns, equal within the
-branch, then ``id``): the same order, but one the primary key cannot give. PostgreSQL,
-asked for ``ORDER BY id`` under a filter the index cannot check alone (a stale request's
-``updated_at``), walked the primary key instead, guessing the state's rows were spread
-over the table (they are the newest, or the oldest: 0.4 s a page).
 """
 
 from __future__ import annotations
@@ -21,28 +15,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def newest_ids(table: str, branches: Sequence[str], leading: Sequence[str] = ()) -> str:
+def newest_ids(table: str, branches: Sequence[str]) -> str:
     """The ids of the ``:limit`` newest rows of ``table`` that match one of ``branches``
-    (WHERE clauses picking disjoint rows, each fixing the ``leading`` columns), each branch
-    read newest first and cut at ``:limit`` on its own."""
-    order = ", ".join([f"{column} DESC" for column in leading] + ["id DESC"])
+    (WHERE clauses picking disjoint rows), each branch read newest first and cut at
+    ``:limit`` on its own."""
     if len(branches) == 1:
-        return f"SELECT id FROM {table} WHERE {branches[0]} ORDER BY {order} LIMIT :limit"
+        return f"SELECT id FROM {table} WHERE {branches[0]} ORDER BY id DESC LIMIT :limit"
     parts = [
-        f"SELECT id FROM (SELECT id FROM {table} WHERE {where} ORDER BY {order}"
+        f"SELECT id FROM (SELECT id FROM {table} WHERE {where} ORDER BY id DESC"
         f" LIMIT :limit) AS b{i}"
         for i, where in enumerate(branches)
     ]
     return f"SELECT id FROM ({' UNION ALL '.join(parts)}) AS merged ORDER BY id DESC LIMIT :limit"
 
 
-def newest_first(
-    table: str, columns: str, branches: Sequence[str], leading: Sequence[str] = ()
-) -> str:
+def newest_first(table: str, columns: str, branches: Sequence[str]) -> str:
     """The rows of :func:`newest_ids`, newest first. The ids come first, from the indexes
     alone, and then their rows: asked for whole rows at once, PostgreSQL preferred to walk
     the primary key and filter (receiver/console/queries.py ``_ids_first``)."""
     return (
-        f"SELECT {columns} FROM {table} WHERE id IN ({newest_ids(table, branches, leading)})"
+        f"SELECT {columns} FROM {table} WHERE id IN ({newest_ids(table, branches)})"
         " ORDER BY id DESC"
     )

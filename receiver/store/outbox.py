@@ -357,9 +357,7 @@ async def search(db: Database, *, status: str | None, limit: int = 100) -> list[
     params["status"] = status
     params.update({f"lane_{i}": lane for i, lane in enumerate(found)})
     branches = [f"lane = :lane_{i} AND status = :status" for i in range(len(found))]
-    return await db.fetch_all(
-        newest_first("outbox", ACTION_COLUMNS, branches, ["lane", "status"]), params
-    )
+    return await db.fetch_all(newest_first("outbox", ACTION_COLUMNS, branches), params)
 
 
 async def in_lane(
@@ -375,9 +373,7 @@ async def in_lane(
     statuses = [status] if status is not None else list(ActionStatus)
     params.update({f"st_{i}": value for i, value in enumerate(statuses)})
     branches = [f"{shared} AND status = :st_{i}" for i in range(len(statuses))]
-    return await db.fetch_all(
-        newest_first("outbox", ACTION_COLUMNS, branches, ["lane", "status"]), params
-    )
+    return await db.fetch_all(newest_first("outbox", ACTION_COLUMNS, branches), params)
 
 
 async def counts(db: Database) -> dict[str, int]:

@@ -258,14 +258,10 @@ async def search(
         clauses.append("id < :before_id")
         params["before_id"] = before_id
     branches = [" AND ".join(clauses) or "1 = 1"]
-    leading: list[str] = []
     if provider is not None and state is None and reference is None:
         branches = [f"state = :st_{i} AND {branches[0]}" for i in range(len(RequestState))]
         params.update({f"st_{i}": s.value for i, s in enumerate(RequestState)})
-        leading = ["provider", "state"]
-    return await db.fetch_all(
-        newest_first("signature_requests", COLUMNS, branches, leading), params
-    )
+    return await db.fetch_all(newest_first("signature_requests", COLUMNS, branches), params)
 
 
 async def open_requests(db: Database, *, after_id: int, limit: int) -> list[Row]:

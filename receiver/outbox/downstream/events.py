@@ -142,11 +142,11 @@ async def search(
     if event_type is not None:
         where.append("type = :type")
         params["type"] = event_type
-    # A type alone is read through (type, id) (migration 0012), ordered by that whole key:
-    # asked for ``ORDER BY id``, PostgreSQL walked the primary key for a type it thought
-    # common, and through the table for one stored long ago or never.
-    order = "type, id" if event_type is not None and request_id is None else "id"
+    # The page's ids first, from an index alone (a type's through (type, id), migration
+    # 0012), then their rows: asked for whole rows at once, PostgreSQL walked the primary
+    # key and filtered the type (0.1-0.3 s a page at 500,000 events).
     return await db.fetch_all(
-        f"SELECT {COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY {order} LIMIT :limit",
+        f"SELECT {COLUMNS} FROM events WHERE id IN (SELECT id FROM events WHERE"
+        f" {' AND '.join(where)} ORDER BY id LIMIT :limit) ORDER BY id",
         params,
     )
