@@ -6,9 +6,11 @@
   ``GET /api/outbox?status=``, one range per lane). The due index has ``due_at`` before
   ``id``: read through it, every action of the lane in that status was sorted, and the
   outbox keeps every delivery, one per event per endpoint. Its cost on writes: one more
-  B-tree entry per action, moved at each change of status (pending → in_flight → done),
-  beside the four the outbox keeps already; PostgreSQL's updates of the outbox were never
-  HOT (the status is indexed), so each adds an index tuple more.
+  B-tree entry per action (beside the primary key, the unique key and the due index, which
+  every action has, and the partial ones some have), moved at each change of status
+  (pending → in_flight → done). PostgreSQL's updates of the outbox were never HOT (the
+  status is indexed already), so each adds one index tuple more. The intake does not
+  write the outbox; the pipeline and the dispatcher do.
 - ``events (type, id)``: ``GET /api/events?type=``. Without it a type that is rare, or not
   stored at all, was looked for along the whole table. Events are written by the pipeline,
   once per state change, not by the intake.
