@@ -178,11 +178,17 @@ async def _stale_in_state(
         )
         if not rows:
             break
-        # The chunk's rows, by its range of ids (bounded whichever index the planner takes).
+        # The chunk's rows, by its range of ids, both ends given: whichever index the
+        # planner takes, it reads the chunk's span only.
         stale = await db.fetch_all(
-            f"SELECT id FROM signature_requests WHERE {where}{bound} AND id >= :low"
+            f"SELECT id FROM signature_requests WHERE {where} AND id <= :high AND id >= :low"
             " AND updated_at < :cutoff ORDER BY id DESC LIMIT :rest",
-            {**params, "edge": edge, "low": int(rows[-1]["id"]), "rest": limit - len(found)},
+            {
+                **params,
+                "high": int(rows[0]["id"]),
+                "low": int(rows[-1]["id"]),
+                "rest": limit - len(found),
+            },
         )
         found += [int(r["id"]) for r in stale]
         if len(rows) < chunk:
