@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from receiver.store.db.base import Database, Row, Transaction, in_list
+from receiver.store.newest import first_ids_at
 from receiver.store.requests import COLUMNS
 
 OPEN_STATES = ("registered", "draft", "sent", "viewed", "partially_signed")
@@ -138,12 +139,16 @@ async def stale(
     state's newest ids from its index alone (:func:`_stale_in_state`), merged, then their
     rows. As one ``OR`` along the primary key, a page past the last open request (the most
     finished ones are the oldest) read the whole table."""
+    states = [s for s in OPEN_STATES if s in thresholds]
+    cutoffs = [now - thresholds[s] for s in states]
+    # A request created after its state's cutoff cannot have been silent since: each state
+    # is read from below the first id created then (ids grow with the creation time), so
+    # that the newest requests, rarely stale, are not read only to be left out.
+    created = await first_ids_at(db, "signature_requests", "created_at", cutoffs)
     ids: list[int] = []
-    for state in OPEN_STATES:
-        if state in thresholds:
-            ids += await _stale_in_state(
-                db, state, now - thresholds[state], provider, before_id, limit
-            )
+    for state, cutoff, first in zip(states, cutoffs, created, strict=True):
+        below = first if before_id is None else min(first, before_id)
+        ids += await _stale_in_state(db, state, cutoff, provider, below, limit)
     if not ids:
         return []
     marks, params = in_list(sorted(ids, reverse=True)[:limit])
