@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from receiver.model import RequestState
 from receiver.outbox.downstream import LANE_PREFIX
 from receiver.store import outbox, requests
 from receiver.store.db.base import Database, Row, in_list
+from receiver.store.newest import first_ids_at, number_or_none
 
 COUNT_BOUND = 10_000
 TERMINAL = frozenset(
@@ -32,15 +32,6 @@ TERMINAL = frozenset(
 )
 OPEN_STATES = tuple(s for s in RequestState if s not in TERMINAL)
 STALE_AFTER_SECONDS = 7 * 24 * 3600
-
-
-def number_or_none(value: object) -> float | None:
-    """A stored time as a number; None for one that is not (text in an SQLite column)."""
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True)
@@ -67,59 +58,6 @@ async def bounded_count(
 async def largest_id(db: Database, table: str) -> int:
     row = await db.fetch_one(f"SELECT MAX(id) AS id FROM {table}")
     return 0 if row is None or row["id"] is None else int(row["id"])
-
-
-async def first_ids_at(
-    db: Database, table: str, column: str, moments: Sequence[float], *, fan: int = 8
-) -> list[int]:
-    """For each moment, the first id whose ``column`` (a time that grows with the id) is at
-    or after it (``MAX(id) + 1`` when none is). A search over the primary key for all the
-    moments together, ``fan`` probes per moment and step: each step is one statement of
-    primary-key probes, and a table of millions takes about seven."""
-    # Two subqueries: SQLite reads MIN or MAX alone from the index's end, but scans the
-    # whole table for both in one SELECT.
-    bounds = await db.fetch_one(
-        f"SELECT (SELECT MIN(id) FROM {table}) AS lo, (SELECT MAX(id) FROM {table}) AS hi"
-    )
-    if bounds is None or bounds["lo"] is None:
-        return [1 for _ in moments]
-    low = [int(bounds["lo"])] * len(moments)
-    high = [int(bounds["hi"]) + 1] * len(moments)
-    while True:
-        probes: dict[str, int] = {}
-        for i, (lo, hi) in enumerate(zip(low, high, strict=True)):
-            if lo < hi:
-                points = sorted({lo + (hi - lo) * k // (fan + 1) for k in range(1, fan + 1)})
-                probes.update({f"p{i}_{n}": point for n, point in enumerate(points)})
-        if not probes:
-            return low
-        # One subquery over a list of probes (not one subquery per probe: PostgreSQL
-        # plans each of those apart, which took longer than running them).
-        names = list(probes)
-        listed = ", ".join(f"({n}, :{name})" for n, name in enumerate(names))
-        rows = await db.fetch_all(
-            f"SELECT p.column1 AS k, (SELECT {column} FROM {table} WHERE id >= p.column2"
-            f" ORDER BY id LIMIT 1) AS t FROM (VALUES {listed}) AS p",
-            probes,
-        )
-        row = {names[int(r["k"])]: r["t"] for r in rows}
-        for i, (lo, hi) in enumerate(zip(low, high, strict=True)):
-            if lo >= hi:
-                continue
-            # The answer is above each probe whose first row is older than the moment, and
-            # at or below the first probe whose first row is not (or that has no row at or
-            # after it): narrow [lo, hi) to that gap. Probes lie in [lo, hi), so it shrinks.
-            new_lo, new_hi = lo, hi
-            for n in range(fan):
-                name = f"p{i}_{n}"
-                if name not in probes:
-                    break
-                seen = row.get(name)
-                if seen is None or (number_or_none(seen) or float("-inf")) >= moments[i]:
-                    new_hi = probes[name]
-                    break
-                new_lo = probes[name] + 1
-            low[i], high[i] = new_lo, new_hi
 
 
 # --- overview ---------------------------------------------------------------------------

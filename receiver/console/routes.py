@@ -50,6 +50,7 @@ from receiver.outbox.downstream import LANE_PREFIX, manage
 from receiver.outbox.downstream import endpoints as endpoint_store
 from receiver.store import inbox, outbox, rejections
 from receiver.store import requests as request_store
+from receiver.store.newest import number_or_none
 from receiver.store.storable import renderable
 
 log = get_logger("signback.console")
@@ -341,7 +342,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             before = (due, before_id)
         dead = await queries.dead_actions(ctx.db, lane=lane, before=before, limit=PAGE)
         following = None
-        due_last = queries.number_or_none(dead[-1]["due_at"]) if dead else None
+        due_last = number_or_none(dead[-1]["due_at"]) if dead else None
         if len(dead) == PAGE and due_last is not None:
             last = dead[-1]
             following = "?" + urllib.parse.urlencode(

@@ -8,6 +8,7 @@ from typing import Any
 from receiver.jsonutil import dumps
 from receiver.model import Action
 from receiver.store.db.base import Database, Row, Transaction, in_list
+from receiver.store.newest import newest_first
 from receiver.store.statuses import ActionStatus, AttemptOutcome
 from receiver.store.storable import storable_or_none
 
@@ -330,15 +331,49 @@ async def attempts_for(db: Database, action_ids: Sequence[int]) -> dict[int, lis
     return grouped
 
 
+# The lanes the outbox holds, each found by one probe of an index that leads with the lane
+# (a loose index scan: a handful of lanes among millions of rows).
+LANES_SQL = (
+    "WITH RECURSIVE lanes(lane) AS (SELECT MIN(lane) FROM outbox UNION ALL"
+    " SELECT (SELECT MIN(lane) FROM outbox WHERE lane > lanes.lane) FROM lanes"
+    " WHERE lanes.lane IS NOT NULL) SELECT lane FROM lanes WHERE lane IS NOT NULL"
+)
+
+
+async def lanes(db: Database) -> list[str]:
+    return [str(r["lane"]) for r in await db.fetch_all(LANES_SQL)]
+
+
 async def search(db: Database, *, status: str | None, limit: int = 100) -> list[Row]:
+    """Newest first. A status is read as one range of ``(lane, status, id)`` per lane
+    (migration 0012): along the primary key, a status that is rare (dead, skipped) or
+    absent meant reading the whole outbox, which keeps every delivery ever made."""
     params: dict[str, Any] = {"limit": limit}
-    where = ""
-    if status:
-        where = "WHERE status = :status"
-        params["status"] = status
-    return await db.fetch_all(
-        f"SELECT {ACTION_COLUMNS} FROM outbox {where} ORDER BY id DESC LIMIT :limit", params
-    )
+    if not status:
+        return await db.fetch_all(newest_first("outbox", ACTION_COLUMNS, ["1 = 1"]), params)
+    found = await lanes(db)
+    if not found:
+        return []
+    params["status"] = status
+    params.update({f"lane_{i}": lane for i, lane in enumerate(found)})
+    branches = [f"lane = :lane_{i} AND status = :status" for i in range(len(found))]
+    return await db.fetch_all(newest_first("outbox", ACTION_COLUMNS, branches), params)
+
+
+async def in_lane(
+    db: Database, lane: str, *, status: str | None, before_id: int | None, limit: int
+) -> list[Row]:
+    """A lane's actions, newest first: one range of ``(lane, status, id)`` for a status,
+    one per status without (each cut at ``limit``)."""
+    params: dict[str, Any] = {"lane": lane, "limit": limit}
+    shared = "lane = :lane"
+    if before_id is not None:
+        shared += " AND id < :before"
+        params["before"] = before_id
+    statuses = [status] if status is not None else list(ActionStatus)
+    params.update({f"st_{i}": value for i, value in enumerate(statuses)})
+    branches = [f"{shared} AND status = :st_{i}" for i in range(len(statuses))]
+    return await db.fetch_all(newest_first("outbox", ACTION_COLUMNS, branches), params)
 
 
 async def counts(db: Database) -> dict[str, int]:

@@ -8,6 +8,7 @@ from typing import Any
 from receiver.jsonutil import dumps, loads_object
 from receiver.model import RequestState, SignatureRequest
 from receiver.store.db.base import Database, Row, Transaction, in_list
+from receiver.store.newest import newest_first
 
 COLUMNS = (
     "id, provider, external_id, document_id, reference, state, provider_status, return_url, "
@@ -245,6 +246,8 @@ async def search(
     before_id: int | None = None,
     limit: int = 50,
 ) -> list[Row]:
+    """Newest first, through an index whatever the filters: a provider alone is read as
+    one range of ``(provider, state, id)`` per state (receiver/store/newest.py)."""
     clauses: list[str] = []
     params: dict[str, Any] = {"limit": limit}
     for name, value in (("state", state), ("provider", provider), ("reference", reference)):
@@ -254,10 +257,11 @@ async def search(
     if before_id is not None:
         clauses.append("id < :before_id")
         params["before_id"] = before_id
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    return await db.fetch_all(
-        f"SELECT {COLUMNS} FROM signature_requests {where} ORDER BY id DESC LIMIT :limit", params
-    )
+    branches = [" AND ".join(clauses) or "1 = 1"]
+    if provider is not None and state is None and reference is None:
+        branches = [f"state = :st_{i} AND {branches[0]}" for i in range(len(RequestState))]
+        params.update({f"st_{i}": s.value for i, s in enumerate(RequestState)})
+    return await db.fetch_all(newest_first("signature_requests", COLUMNS, branches), params)
 
 
 async def open_requests(db: Database, *, after_id: int, limit: int) -> list[Row]:

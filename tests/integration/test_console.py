@@ -23,12 +23,11 @@ import pytest
 
 from handlers.firma.signature import sign
 from receiver.app import create_app
-from receiver.console import queries
 from receiver.errors import CallbackRejected
 from receiver.intake.rejections import RejectionLog
 from receiver.intake.router import Callback
 from receiver.settings import Settings
-from receiver.store import inbox
+from receiver.store import inbox, newest
 from receiver.store import rejections as stored_rejections
 from receiver.store.db import open_database
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
@@ -383,7 +382,7 @@ def test_endpoint_forms_test_rotate_and_retry_through_manage(
 
 @pytest.mark.anyio
 async def test_a_time_maps_to_the_first_id_at_or_after_it(database_url: str) -> None:
-    """The console's search over the primary key (queries.first_ids_at), with gaps in the
+    """The console's search over the primary key (newest.first_ids_at), with gaps in the
     ids and moments before, between and after the rows."""
     db = open_database(database_url)
     await db.connect()
@@ -406,7 +405,7 @@ async def test_a_time_maps_to_the_first_id_at_or_after_it(database_url: str) -> 
             1000.5,
             *(chance.uniform(0, 1000) for _ in range(40)),
         ]
-        found = await queries.first_ids_at(db, "rejections", "received_at", moments)
+        found = await newest.first_ids_at(db, "rejections", "received_at", moments)
         for moment, position in zip(moments, found, strict=True):
             k = bisect.bisect_left(times, moment)
             # Any position after the last older row and at most the first newer one is it.

@@ -142,7 +142,11 @@ async def search(
     if event_type is not None:
         where.append("type = :type")
         params["type"] = event_type
+    # The page's ids first, from an index alone (a type's through (type, id), migration
+    # 0012), then their rows: asked for whole rows at once, PostgreSQL walked the primary
+    # key and filtered the type (0.1-0.3 s a page at 500,000 events).
     return await db.fetch_all(
-        f"SELECT {COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY id LIMIT :limit",
+        f"SELECT {COLUMNS} FROM events WHERE id IN (SELECT id FROM events WHERE"
+        f" {' AND '.join(where)} ORDER BY id LIMIT :limit) ORDER BY id",
         params,
     )

@@ -379,18 +379,8 @@ async def deliveries(
     limit: int,
 ) -> list[dict[str, Any]]:
     """The endpoint's deliveries, newest first, each with its event and attempts."""
-    where = ["lane = :lane"]
-    params: dict[str, Any] = {"lane": lane_of(endpoint_id), "limit": limit}
-    if status is not None:
-        where.append("status = :status")
-        params["status"] = status
-    if before_id is not None:
-        where.append("id < :before")
-        params["before"] = before_id
-    rows = await ctx.db.fetch_all(
-        f"SELECT {outbox.ACTION_COLUMNS} FROM outbox WHERE {' AND '.join(where)}"
-        " ORDER BY id DESC LIMIT :limit",
-        params,
+    rows = await outbox.in_lane(
+        ctx.db, lane_of(endpoint_id), status=status, before_id=before_id, limit=limit
     )
     attempts = await outbox.attempts_for(ctx.db, [int(r["id"]) for r in rows])
     ids = {int(r["id"]): delivery_of(str(r["payload"])) for r in rows}
