@@ -148,7 +148,9 @@ class Metrics:
                 for table, counts in metrics._queue_counts.items():
                     family = GaugeMetricFamily(
                         f"signback_{table}_rows",
-                        f"Rows in the {table} by status (read at scrape time)",
+                        f"Rows in the {table} in each working status (read at scrape time;"
+                        " finished rows are not counted here, they grow without end: the"
+                        " *_total counters count what was processed and sent)",
                         labels=["status"],
                     )
                     for status, n in sorted(counts.items()):

@@ -376,6 +376,26 @@ async def in_lane(
     return await db.fetch_all(newest_first("outbox", ACTION_COLUMNS, branches), params)
 
 
+# The statuses an action waits, runs or is given up in. Done and skipped actions are all the
+# others and grow without end (every delivery ever made): counting them read the whole table.
+WORKING_STATUSES = (ActionStatus.PENDING, ActionStatus.IN_FLIGHT, ActionStatus.DEAD)
+
+
 async def counts(db: Database) -> dict[str, int]:
-    rows = await db.fetch_all("SELECT status, COUNT(*) AS n FROM outbox GROUP BY status")
-    return {str(r["status"]): int(r["n"]) for r in rows}
+    """Actions in each working status, every one present (0 when none): one range of
+    ``(lane, status, id)`` per lane and status (migration 0012)."""
+    found = dict.fromkeys((str(status) for status in WORKING_STATUSES), 0)
+    lanes_found = await lanes(db)
+    if not lanes_found:
+        return found
+    params: dict[str, Any] = {f"lane_{i}": lane for i, lane in enumerate(lanes_found)}
+    # The statuses are this module's constants; the lanes, read from the table, are bound.
+    branches = " UNION ALL ".join(
+        f"SELECT '{status}' AS status, COUNT(*) AS n FROM outbox WHERE lane = :lane_{i}"
+        f" AND status = '{status}'"
+        for i in range(len(lanes_found))
+        for status in found
+    )
+    for row in await db.fetch_all(branches, params):
+        found[str(row["status"])] += int(row["n"])
+    return found

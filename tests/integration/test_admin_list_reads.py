@@ -153,3 +153,25 @@ async def test_inbox_search_by_provider_past_the_window_and_within_it(
     params = {"provider": provider, "status": status, "limit": 8}
     assert _ids(rows) == await _expected(db, "inbox", where, params)
     assert not await inbox.search(db, status="pending", provider=provider)
+
+
+async def test_counts_are_the_working_statuses_exact_each_present(db: Database) -> None:
+    """/api/stats and the *_rows gauges: every working status, exact across the lanes, 0
+    included; the finished ones (which grow without end) are not counted."""
+    assert await inbox.counts(db) == {"pending": 0, "processing": 0, "unmatched": 0, "failed": 0}
+    assert await outbox.counts(db) == {"pending": 0, "in_flight": 0, "dead": 0}
+    await _fill(db, 40)
+
+    async def grouped(table: str) -> dict[str, int]:
+        rows = await db.fetch_all(f"SELECT status, COUNT(*) AS n FROM {table} GROUP BY status")
+        return {str(r["status"]): int(r["n"]) for r in rows}
+
+    every_inbox, every_outbox = await grouped("inbox"), await grouped("outbox")
+    assert await inbox.counts(db) == {
+        status: every_inbox.get(status, 0)
+        for status in ("pending", "processing", "unmatched", "failed")
+    }
+    assert await outbox.counts(db) == {
+        status: every_outbox.get(status, 0) for status in ("pending", "in_flight", "dead")
+    }
+    assert (await outbox.counts(db))["dead"] == 8  # 40 actions, every fifth dead, three lanes

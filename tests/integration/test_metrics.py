@@ -42,6 +42,11 @@ def test_metrics_count_callbacks_attempts_and_queues(
         assert 'signback_http_responses_total{route="/hooks/okdokument",status="400"} 1.0' in lines
         ok = 'signback_outbox_attempts_total{operation="okdokument.patch_signature_request",'
         assert f'{ok}outcome="done"}} 1.0' in lines
-        assert 'signback_inbox_rows{status="processed"}' in text
+        # Every working status has its gauge, 0 included (an alert rule needs the series);
+        # finished rows, which grow without end, are not counted at each scrape.
+        assert 'signback_inbox_rows{status="pending"} 0.0' in lines
+        assert 'signback_outbox_rows{status="dead"} 0.0' in lines
+        assert 'signback_inbox_rows{status="processed"}' not in text
+        assert 'signback_outbox_rows{status="done"}' not in text
         assert "signback_outbox_attempt_seconds_bucket" in text
         assert registered["callback_urls"]["sendinfo_url"].rsplit("/", 1)[1] not in text
