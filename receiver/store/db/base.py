@@ -92,6 +92,17 @@ class Transaction(abc.ABC):
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
 
+    async def execute_later(self, sql: str, params: Params | None = None) -> None:
+        """A write whose result nobody reads. A driver may hold it back and send it with the
+        transaction's next statement, or with its commit, in one round trip (PostgreSQL);
+        it runs in the same order as if sent now, and should it fail, the transaction fails
+        there all the same. SQLite runs it at once (its statements are not round trips)."""
+        await self.execute(sql, params)
+
+    async def executemany_later(self, sql: str, params: Sequence[Params]) -> None:
+        """:meth:`execute_later` for each of ``params``."""
+        await self.executemany(sql, params)
+
     async def lock_key(self, key: str) -> None:
         """Hold a lock on ``key`` until this transaction ends (serializes work on one item).
 

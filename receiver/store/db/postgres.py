@@ -62,33 +62,99 @@ def conninfo(url: str) -> str:
     return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
 
 
+# A statement held back, with the parameters of each time it is to run (consecutive ones
+# with the same text share an entry: one executemany).
+_Held = tuple[str, list[Params]]
+
+
 class _PgTransaction(Transaction):
+    """Statements whose results nobody reads (BEGIN, :meth:`execute_later`, NOTIFY, COMMIT)
+    are held back and go with the next statement that is awaited, in pipeline mode: one
+    round trip for all of them. So BEGIN travels with the first read, the writes of an event
+    with the next read, and the last writes with NOTIFY and COMMIT. Each round trip through
+    psycopg's async connection costs the process far more CPU than the statements in it
+    (docs/performance.md, "What a round trip costs")."""
+
     def __init__(self, conn: psycopg.AsyncConnection[Row], db: PostgresDatabase) -> None:
         super().__init__()
         self._conn = conn
         self._db = db
+        self._held: list[_Held] = [("BEGIN", [{}])]
+        self._begun = False  # BEGIN has been sent: a failure must roll back
 
-    async def execute(self, sql: str, params: Params | None = None) -> int:
-        self._db.round_trips += 1
-        cur = await self._conn.execute(to_psycopg(sql), params or {})
-        return cur.rowcount
-
-    async def executemany(self, sql: str, params: Sequence[Params]) -> None:
-        """psycopg sends the statements in pipeline mode: one round trip for all of them."""
+    def _hold(self, sql: str, params: Sequence[Params]) -> None:
         if not params:
             return
+        if self._held and self._held[-1][0] == sql:
+            self._held[-1][1].extend(params)
+        else:
+            self._held.append((sql, list(params)))
+
+    async def _send(self, sql: str, params: Params | None) -> psycopg.AsyncCursor[Row]:
+        """``sql`` after whatever is held, in one round trip; its cursor, results in."""
         self._db.round_trips += 1
-        async with self._conn.cursor() as cur:
-            await cur.executemany(to_psycopg(sql), params)
+        query = to_psycopg(sql)
+        if not self._held:
+            return await self._conn.execute(query, params or {})
+        held, self._held = self._held, []
+        self._begun = True
+        # Leaving the block sends one Sync and reads every result; an error in any of the
+        # statements is raised there (those after it were not run).
+        async with self._conn.pipeline():
+            for held_sql, runs in held:
+                if len(runs) == 1:
+                    await self._conn.execute(to_psycopg(held_sql), runs[0])
+                else:
+                    async with self._conn.cursor() as many:
+                        await many.executemany(to_psycopg(held_sql), runs)
+            cur = await self._conn.execute(query, params or {})
+        return cur
+
+    async def execute(self, sql: str, params: Params | None = None) -> int:
+        cur = await self._send(sql, params)
+        return cur.rowcount
+
+    async def execute_later(self, sql: str, params: Params | None = None) -> None:
+        self._hold(sql, [params or {}])
+
+    async def executemany_later(self, sql: str, params: Sequence[Params]) -> None:
+        self._hold(sql, params)
+
+    async def executemany(self, sql: str, params: Sequence[Params]) -> None:
+        """Sent in pipeline mode with whatever is held: one round trip for all of them."""
+        if not params:
+            return
+        self._hold(sql, params[:-1])
+        await self._send(sql, params[-1])
 
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
-        self._db.round_trips += 1
-        cur = await self._conn.execute(to_psycopg(sql), params or {})
+        cur = await self._send(sql, params)
         return await cur.fetchall()
 
     async def lock_key(self, key: str) -> None:
-        self._db.round_trips += 1
-        await self._conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [key])
+        # Taken before any statement sent after it, which is all the lock is for.
+        self._hold("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))", [{"key": key}])
+
+    async def commit(self) -> None:
+        """What is held, NOTIFY and COMMIT in one round trip (none if nothing was written).
+
+        NOTIFY is transactional: other processes hear it only if we commit. Every channel
+        goes in one statement however many there are."""
+        if not self._begun and len(self._held) <= 1 and not self.pending_notifications:
+            self._held = []  # BEGIN only: nothing to commit
+            return
+        if self.pending_notifications:
+            self._hold(_notify_sql(frozenset(self.pending_notifications)), [{}])
+        await self._send("COMMIT", None)
+
+    async def rollback(self) -> None:
+        """Undo what was sent; nothing to do if nothing was (BEGIN still held)."""
+        self._held = []
+        if not self._begun or self._conn.broken:
+            return
+        if self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self._db.round_trips += 1
+            await self._conn.execute("ROLLBACK")
 
 
 class PostgresDatabase(Database):
@@ -219,14 +285,18 @@ class PostgresDatabase(Database):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         async with self._checkout() as conn:
-            self.round_trips += 2  # BEGIN, COMMIT (or ROLLBACK)
-            async with conn.transaction():
-                tx = _PgTransaction(conn, self)
+            # BEGIN and COMMIT are sent by _PgTransaction, each with other statements, not
+            # by psycopg's conn.transaction(), which waits for each of them on its own.
+            tx = _PgTransaction(conn, self)
+            try:
                 yield tx
-                # NOTIFY is transactional: other processes hear it only if we commit. Every
-                # channel in one statement: one round trip however many there are.
-                if tx.pending_notifications:
-                    await tx.execute(_notify_sql(frozenset(tx.pending_notifications)))
+                await tx.commit()
+            except BaseException:
+                # A connection lost meanwhile is the pool's to replace; the error that
+                # brought us here is the one to report.
+                with contextlib.suppress(Exception):
+                    await tx.rollback()
+                raise
             for channel in tx.pending_notifications:
                 self._wakeups.set(channel)
 
