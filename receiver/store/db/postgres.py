@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from receiver import jsonutil
 from receiver.backoff import MAX_LOOP_DELAY, Backoff
 from receiver.logs import get_logger
-from receiver.store.db.base import Database, NewRowInsert, Params, Row, Transaction
+from receiver.store.db.base import Database, Later, NewRowInsert, Params, Row, Transaction
 from receiver.store.db.wakeup import Wakeups
 
 log = get_logger(__name__)
@@ -62,63 +62,86 @@ def conninfo(url: str) -> str:
     return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
 
 
-# A statement held back, with the parameters of each time it is to run (consecutive ones
-# with the same text share an entry: one executemany).
-_Held = tuple[str, list[Params]]
+# A statement held back: its text, the parameters of each time it is to run (consecutive
+# runs of one text, none of them counted, share an entry: one executemany), and where its
+# row count goes (for one run only).
+_Held = tuple[str, list[Params], Later | None]
 
 
 class _PgTransaction(Transaction):
-    """Statements whose results nobody reads (BEGIN, :meth:`execute_later`, NOTIFY, COMMIT)
-    are held back and go with the next statement that is awaited, in pipeline mode: one
-    round trip for all of them. So BEGIN travels with the first read, the writes of an event
-    with the next read, and the last writes with NOTIFY and COMMIT. Each round trip through
-    psycopg's async connection costs the process far more CPU than the statements in it
-    (docs/performance.md, "What a round trip costs")."""
+    """Statements whose results are not needed at once (BEGIN, :meth:`execute_later`,
+    NOTIFY, COMMIT) are held back and go with the next statement that is awaited, in
+    pipeline mode: one round trip for all of them. So BEGIN travels with the first read, the
+    writes of an event with the next read, and the last writes with NOTIFY and COMMIT. Each
+    round trip through psycopg's async connection costs the process far more CPU than the
+    statements in it (docs/performance.md, "What a round trip costs")."""
 
     def __init__(self, conn: psycopg.AsyncConnection[Row], db: PostgresDatabase) -> None:
         super().__init__()
         self._conn = conn
         self._db = db
-        self._held: list[_Held] = [("BEGIN", [{}])]
+        self._held: list[_Held] = [("BEGIN", [{}], None)]
         self._begun = False  # BEGIN has been sent: a failure must roll back
 
-    def _hold(self, sql: str, params: Sequence[Params]) -> None:
+    def _hold(self, sql: str, params: Sequence[Params], later: Later | None = None) -> None:
         if not params:
             return
-        if self._held and self._held[-1][0] == sql:
-            self._held[-1][1].extend(params)
+        last = self._held[-1] if self._held else None
+        if later is None and last is not None and last[0] == sql and last[2] is None:
+            last[1].extend(params)
         else:
-            self._held.append((sql, list(params)))
+            self._held.append((sql, list(params), later))
 
-    async def _send(self, sql: str, params: Params | None) -> psycopg.AsyncCursor[Row]:
-        """``sql`` after whatever is held, in one round trip; its cursor, results in."""
+    async def _send(
+        self, sql: str | None, params: Params | None = None
+    ) -> psycopg.AsyncCursor[Row] | None:
+        """``sql`` (if any) after whatever is held, in one round trip; its cursor, results
+        in."""
+        if sql is None and not self._held:
+            return None
         self._db.round_trips += 1
-        query = to_psycopg(sql)
         if not self._held:
-            return await self._conn.execute(query, params or {})
+            assert sql is not None
+            return await self._conn.execute(to_psycopg(sql), params or {})
         held, self._held = self._held, []
         self._begun = True
+        counted: list[tuple[Later, psycopg.AsyncCursor[Row]]] = []
+        cur = None
         # Leaving the block sends one Sync and reads every result; an error in any of the
         # statements is raised there (those after it were not run).
         async with self._conn.pipeline():
-            for held_sql, runs in held:
-                if len(runs) == 1:
-                    await self._conn.execute(to_psycopg(held_sql), runs[0])
-                else:
+            for held_sql, runs, later in held:
+                if len(runs) > 1:
                     async with self._conn.cursor() as many:
                         await many.executemany(to_psycopg(held_sql), runs)
-            cur = await self._conn.execute(query, params or {})
+                    continue
+                one = await self._conn.execute(to_psycopg(held_sql), runs[0])
+                if later is not None:
+                    counted.append((later, one))
+            if sql is not None:
+                cur = await self._conn.execute(to_psycopg(sql), params or {})
+        for later, one in counted:
+            later.sent(one.rowcount)
+        return cur
+
+    async def _awaited(self, sql: str, params: Params | None) -> psycopg.AsyncCursor[Row]:
+        cur = await self._send(sql, params)
+        assert cur is not None
         return cur
 
     async def execute(self, sql: str, params: Params | None = None) -> int:
-        cur = await self._send(sql, params)
-        return cur.rowcount
+        return (await self._awaited(sql, params)).rowcount
 
-    async def execute_later(self, sql: str, params: Params | None = None) -> None:
-        self._hold(sql, [params or {}])
+    async def execute_later(self, sql: str, params: Params | None = None) -> Later:
+        later = Later()
+        self._hold(sql, [params or {}], later)
+        return later
 
     async def executemany_later(self, sql: str, params: Sequence[Params]) -> None:
         self._hold(sql, params)
+
+    async def flush(self) -> None:
+        await self._send(None)
 
     async def executemany(self, sql: str, params: Sequence[Params]) -> None:
         """Sent in pipeline mode with whatever is held: one round trip for all of them."""
@@ -128,8 +151,7 @@ class _PgTransaction(Transaction):
         await self._send(sql, params[-1])
 
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
-        cur = await self._send(sql, params)
-        return await cur.fetchall()
+        return await (await self._awaited(sql, params)).fetchall()
 
     async def lock_key(self, key: str) -> None:
         # Taken before any statement sent after it, which is all the lock is for.
@@ -145,7 +167,7 @@ class _PgTransaction(Transaction):
             return
         if self.pending_notifications:
             self._hold(_notify_sql(frozenset(self.pending_notifications)), [{}])
-        await self._send("COMMIT", None)
+        await self._send("COMMIT")
 
     async def rollback(self) -> None:
         """Undo what was sent; nothing to do if nothing was (BEGIN still held)."""
