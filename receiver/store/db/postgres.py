@@ -195,8 +195,8 @@ class PostgresDatabase(Database):
         self._group = _GroupInserter(self)
         self._shared = _SharedTransactions(self)
         self._unreachable = False  # see OUTAGE_CHECKOUT_TIMEOUT
-        # Statements sent to the server and waited for (BEGIN and COMMIT included), from
-        # this process: what the pipeline's cost per event is counted in (tests, bench).
+        # Exchanges with the server waited for, from this process (a pipelined batch of
+        # held statements is one): what the pipeline's cost per event is counted in.
         self.round_trips = 0
 
     async def connect(self) -> None:
@@ -326,8 +326,9 @@ class PostgresDatabase(Database):
         """Group commit of small pieces of work (the dispatcher's results): a transaction
         leaves as soon as one of SHARED_MAX_IN_FLIGHT is free, with every piece queued
         meanwhile. At light load that is one piece per transaction with no added delay;
-        under load, tens of results share BEGIN, NOTIFY and COMMIT, which had been four
-        round trips of the five each result cost."""
+        under load, tens of results share BEGIN, NOTIFY and COMMIT. A piece that only holds
+        its writes back (``execute_later``, as the dispatcher's results do) adds no round
+        trip: the whole transaction is then one."""
         return await self._shared.run(work)
 
     async def insert_new(self, insert: NewRowInsert, row: Params, channel: str) -> bool:
