@@ -56,11 +56,24 @@ class Settling:
     """What the rows of one transaction share: the requests read so far (by id, kept up to
     date: two events of one request in a chunk, the second sees the state the first left),
     which (provider, external id) they were found under, and the rows' settlements, written
-    in one batch before the commit (``inbox.finish_many``)."""
+    in one batch before the commit (:meth:`write`).
+
+    A settlement may wait for what the row's held writes did (how many of its actions were
+    new, for its note): then it is a function of the transaction, called once they were
+    sent. So a chunk's actions go without a round trip of their own per event."""
 
     known: dict[int, SignatureRequest] = field(default_factory=dict)
     by_key: dict[tuple[str, str], int] = field(default_factory=dict)
-    finished: list[dict[str, Any]] = field(default_factory=list)
+    finished: list[dict[str, Any] | Callable[[Transaction], dict[str, Any]]] = field(
+        default_factory=list
+    )
+
+    async def write(self, tx: Transaction) -> None:
+        """The settlements, sent with the commit (``inbox.finish_many``)."""
+        if any(callable(f) for f in self.finished):
+            await tx.flush()  # one round trip for the held writes of every row
+        settlements = [f(tx) if callable(f) else f for f in self.finished]
+        await inbox.finish_many(tx, settlements)
 
     def remember(self, rows: dict[int, Row]) -> None:
         for request_id, row in rows.items():
@@ -185,7 +198,7 @@ class Pipeline:
                 settling = await self._read_requests(tx, rows)
                 for row in rows:
                     reports.append(await self._process_in(tx, stored_callback(row), settling))
-                await inbox.finish_many(tx, settling.finished)
+                await settling.write(tx)
         except Exception as exc:
             log.warning("processing a chunk failed; one row at a time", error=str(exc))
             for row in rows:
@@ -218,7 +231,7 @@ class Pipeline:
             async with self.ctx.db.transaction() as tx:
                 settling = Settling()
                 report = await self._process_in(tx, callback, settling)
-                await inbox.finish_many(tx, settling.finished)
+                await settling.write(tx)
         except Exception as exc:
             # Rolled back whole (a failing rule, or the database went away): mark the row
             # for a retry in a transaction of its own.
@@ -248,7 +261,7 @@ class Pipeline:
                 settling.remember(await requests.get_many(tx, wanted))
                 for row in rows:
                     reports.append(await self._process_in(tx, stored_callback(row), settling))
-                await inbox.finish_many(tx, settling.finished)
+                await settling.write(tx)
         except Exception as exc:
             if not rows:
                 raise  # taking them failed: the database, most likely (run() backs off)
@@ -391,20 +404,25 @@ class Pipeline:
         if archiving:
             actions = [*actions, *archiving]
         # ---
-        stored = await outbox.insert_actions(
+        # Held back: how many were new (for the note) is read once the chunk's writes went.
+        inserted = await outbox.insert_actions_later(
             tx, request.id, actions, now=now, source_inbox_id=callback.inbox_id
         )
-        note = transition.note + (f"; {stored} action(s) queued" if stored else "")
         # --- downstream (issue 16): the event this change emits, and its deliveries, are
         # queued in this same transaction (receiver/outbox/downstream/emit.py).
         emitted = await downstream_emit.for_processed_event(
             tx, callback=callback, event=event, request=request, transition=transition, now=now
         )
-        if emitted is not None:
-            note += f"; {emitted.event_type} to {emitted.deliveries} endpoint(s)"
         # ---
-        settling.finished.append(
-            inbox.finish_params(
+        stored = 0
+
+        def settlement(sent: Transaction) -> dict[str, Any]:
+            nonlocal stored
+            stored = outbox.stored(sent, inserted)
+            note = transition.note + (f"; {stored} action(s) queued" if stored else "")
+            if emitted is not None:
+                note += f"; {emitted.event_type} to {emitted.deliveries} endpoint(s)"
+            return inbox.finish_params(
                 callback.inbox_id,
                 status=InboxStatus.PROCESSED,
                 now=now,
@@ -415,7 +433,8 @@ class Pipeline:
                 note=note,
                 **facts,
             )
-        )
+
+        settling.finished.append(settlement)
 
         def report_processed() -> None:
             log.info(

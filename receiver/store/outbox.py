@@ -57,6 +57,56 @@ WHERE o.lane = 'provider' AND o.status = 'pending'
 """
 
 
+_INSERT_ACTION_SQL = (
+    "INSERT INTO outbox (request_id, action_key, operation, payload, status, due_at,"
+    " attempts, source_inbox_id, created_at, updated_at) VALUES (:request_id, :key,"
+    " :operation, :payload, 'pending', :due, 0, :source, :now, :now)"
+    " ON CONFLICT (request_id, action_key) DO NOTHING"
+)
+
+
+def _action_params(
+    request_id: int, action: Action, *, now: float, source_inbox_id: int | None
+) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "key": action.key,
+        "operation": action.operation,
+        "payload": dumps(dict(action.payload)),
+        "due": now + action.delay_seconds,
+        "source": source_inbox_id,
+        "now": now,
+    }
+
+
+async def insert_actions_later(
+    tx: Transaction,
+    request_id: int,
+    actions: Sequence[Action],
+    *,
+    now: float,
+    source_inbox_id: int | None,
+) -> list[Later]:
+    """:func:`insert_actions` without waiting (``tx.execute_later``): how many were stored
+    is known once they were sent; then :func:`stored` counts them and wakes the dispatcher."""
+    return [
+        await tx.execute_later(
+            _INSERT_ACTION_SQL,
+            _action_params(request_id, action, now=now, source_inbox_id=source_inbox_id),
+        )
+        for action in actions
+    ]
+
+
+def stored(tx: Transaction, inserted: Sequence[Later]) -> int:
+    """How many of :func:`insert_actions_later`'s actions were new (they have been sent);
+    if any, the dispatcher is woken once ``tx`` commits."""
+    count = sum(later.rowcount for later in inserted)
+    if count:
+        tx.notify_on_commit(OUTBOX_CHANNEL)
+    return count
+
+
 async def insert_actions(
     tx: Transaction,
     request_id: int,
@@ -69,19 +119,8 @@ async def insert_actions(
     stored = 0
     for action in actions:
         stored += await tx.execute(
-            "INSERT INTO outbox (request_id, action_key, operation, payload, status, due_at,"
-            " attempts, source_inbox_id, created_at, updated_at) VALUES (:request_id, :key,"
-            " :operation, :payload, 'pending', :due, 0, :source, :now, :now)"
-            " ON CONFLICT (request_id, action_key) DO NOTHING",
-            {
-                "request_id": request_id,
-                "key": action.key,
-                "operation": action.operation,
-                "payload": dumps(dict(action.payload)),
-                "due": now + action.delay_seconds,
-                "source": source_inbox_id,
-                "now": now,
-            },
+            _INSERT_ACTION_SQL,
+            _action_params(request_id, action, now=now, source_inbox_id=source_inbox_id),
         )
     if stored:
         tx.notify_on_commit(OUTBOX_CHANNEL)
