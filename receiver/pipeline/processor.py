@@ -3,8 +3,9 @@
 Up to ``CHUNK`` inbox rows share a transaction, on both databases. Their requests are read
 (on PostgreSQL: locked, in id order) in one statement first, the endpoints once, and the
 rows are marked settled in one batch at the end, so a chunk costs a few round trips plus
-what each event reads back (its actions' count, its downstream event's id; writes nobody
-reads, such as its state, go with those: ``Transaction.execute_later``). On PostgreSQL a
+what each event reads back (its downstream event's id). Its other writes (its state, its
+actions) are held back and go with those, or all together once before the settlements,
+whose notes count the new actions (``Transaction.execute_later``). On PostgreSQL a
 transaction per row had cost nine round trips per event, and each one waits for the event
 loop, which the intake keeps busy: the more callbacks came in, the slower they were worked
 off (docs/performance.md). Should one row fail, the chunk is rolled back and its rows go
