@@ -10,7 +10,8 @@ inbox is filled with ``--events`` callbacks for 500 registered requests (Firma
 and a downstream event, no outbox action; or OKdokument ``tostamp`` with the bench's rule:
 one PATCH queued per event), then the pipeline works them off alone (no HTTP, no
 dispatcher). Round trips are counted at psycopg's connection (every exchange it waits for:
-each statement, BEGIN, COMMIT, a pipelined batch), so the same count applies to any commit.
+each statement, BEGIN, COMMIT, a pipelined batch: one per Sync), so the same count applies
+to any commit.
 
 ``--against REF`` exports that commit (``git archive``) to a scratch directory and runs the
 same measurement with its code; the rows alternate (this tree, REF, this tree, …).
@@ -38,6 +39,7 @@ REQUESTS = 500
 def child(db_url: str, provider: str, events: int) -> dict[str, Any]:
     """In a fresh process whose ``sys.path`` starts at the code to measure."""
     import psycopg
+    from psycopg._pipeline_base import BasePipeline
 
     from bench import load, stores
     from receiver.app import build_context
@@ -47,13 +49,23 @@ def child(db_url: str, provider: str, events: int) -> dict[str, Any]:
 
     exchanges = 0
     real_wait = psycopg.AsyncConnection.wait
+    real_sync = BasePipeline._enqueue_sync
 
     async def counted_wait(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # In pipeline mode psycopg waits once per statement it queues, but the server is
+        # waited for once per Sync: those are counted instead.
         nonlocal exchanges
-        exchanges += 1
+        if self._pipeline is None:
+            exchanges += 1
         return await real_wait(self, *args, **kwargs)
 
+    def counted_sync(self: Any) -> None:
+        nonlocal exchanges
+        exchanges += 1
+        real_sync(self)
+
     psycopg.AsyncConnection.wait = counted_wait  # type: ignore[method-assign]
+    BasePipeline._enqueue_sync = counted_sync  # type: ignore[method-assign]
     stores.migrate(db_url)
     targets = stores.register(db_url, provider, REQUESTS, secret_key="s" * 40, seed="cost")
     settings = load_settings(

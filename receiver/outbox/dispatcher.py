@@ -38,7 +38,7 @@ from receiver.outbox.outcomes import Deferred, Failed, GiveUp, Outcome, redacted
 from receiver.outbox.retry import Decision, DecisionStatus, RetryPolicy
 from receiver.reconcile import operation as reconcile_operation
 from receiver.store import inbox, outbox, requests
-from receiver.store.db.base import Row, Transaction
+from receiver.store.db.base import Later, Row, Transaction
 from receiver.store.statuses import ActionStatus, AttemptOutcome
 
 log = get_logger("signback.outbox")
@@ -285,7 +285,7 @@ class Dispatcher:
         # The provider asked us to wait (429): logged as an attempt, but not counted as one.
         throttled = decided is DecisionStatus.THROTTLED
 
-        async def record_in(tx: Transaction) -> bool:
+        async def record_in(tx: Transaction) -> Later:
             await outbox.record_attempt(
                 tx,
                 action_id=action_id,
@@ -297,7 +297,7 @@ class Dispatcher:
                 error=error,
                 response_excerpt=outcome.response_excerpt[:500] or None,
             )
-            held = await outbox.settle(
+            settled = await outbox.settle(
                 tx,
                 action_id,
                 status=status,
@@ -308,22 +308,29 @@ class Dispatcher:
                 worker=ctx.worker_id,
                 uncount=throttled,
             )
-            if held and decided is DecisionStatus.DONE and hands_out_hook_token(ctx, row):
+            retire = decided is DecisionStatus.DONE and hands_out_hook_token(ctx, row)
+            # --- downstream (issue 16): a provider call given up is an operational event.
+            dead = decided is DecisionStatus.DEAD and row["operation"] != DELIVER_OPERATION
+            # ---
+            if not (retire or dead or outcome.follow_up):
+                # Nothing more to write: the attempt and the settlement go with the commit
+                # (on PostgreSQL, a shared transaction's results in one round trip).
+                return settled
+            await tx.flush()  # what follows is written only if this worker held the action
+            if settled.rowcount and retire:
                 # The provider now calls the request's own hook URL: a token it used before
                 # (shared with the signer's return URL, see credentials.py) stops opening it.
                 await requests.retire_shared_token(tx, int(row["request_id"]), now=now)
-            # --- downstream (issue 16): a provider call given up is an operational event.
-            if held and decided is DecisionStatus.DEAD and row["operation"] != DELIVER_OPERATION:
+            if settled.rowcount and dead:
                 await self._emit_action_dead(tx, row, error or "", outcome.status_code, now)
-            # ---
-            if held:
+            if settled.rowcount:
                 for follow_up in outcome.follow_up:
                     await inbox.insert_fed_back(tx, follow_up, now=now)
-            return held
+            return settled
 
         async def record() -> bool:
-            # Results of actions finishing together share a commit (on SQLite).
-            return await ctx.db.in_shared_transaction(record_in)
+            # Results of actions finishing together share a commit.
+            return (await ctx.db.in_shared_transaction(record_in)).rowcount > 0
 
         held = await self._with_db_retries(record, deadline=float(row["lease_expires_at"] or 0))
         operation_name = str(row["operation"])

@@ -3,7 +3,9 @@
 Up to ``CHUNK`` inbox rows share a transaction, on both databases. Their requests are read
 (on PostgreSQL: locked, in id order) in one statement first, the endpoints once, and the
 rows are marked settled in one batch at the end, so a chunk costs a few round trips plus
-what each event writes (its state, its actions, its downstream event). On PostgreSQL a
+what each event reads back (its downstream event's id). Its other writes (its state, its
+actions) are held back and go with those, or all together once before the settlements,
+whose notes count the new actions (``Transaction.execute_later``). On PostgreSQL a
 transaction per row had cost nine round trips per event, and each one waits for the event
 loop, which the intake keeps busy: the more callbacks came in, the slower they were worked
 off (docs/performance.md). Should one row fail, the chunk is rolled back and its rows go
@@ -55,11 +57,24 @@ class Settling:
     """What the rows of one transaction share: the requests read so far (by id, kept up to
     date: two events of one request in a chunk, the second sees the state the first left),
     which (provider, external id) they were found under, and the rows' settlements, written
-    in one batch before the commit (``inbox.finish_many``)."""
+    in one batch before the commit (:meth:`write`).
+
+    A settlement may wait for what the row's held writes did (how many of its actions were
+    new, for its note): then it is a function of the transaction, called once they were
+    sent. So a chunk's actions go without a round trip of their own per event."""
 
     known: dict[int, SignatureRequest] = field(default_factory=dict)
     by_key: dict[tuple[str, str], int] = field(default_factory=dict)
-    finished: list[dict[str, Any]] = field(default_factory=list)
+    finished: list[dict[str, Any] | Callable[[Transaction], dict[str, Any]]] = field(
+        default_factory=list
+    )
+
+    async def write(self, tx: Transaction) -> None:
+        """The settlements, sent with the commit (``inbox.finish_many``)."""
+        if any(callable(f) for f in self.finished):
+            await tx.flush()  # one round trip for the held writes of every row
+        settlements = [f(tx) if callable(f) else f for f in self.finished]
+        await inbox.finish_many(tx, settlements)
 
     def remember(self, rows: dict[int, Row]) -> None:
         for request_id, row in rows.items():
@@ -184,7 +199,7 @@ class Pipeline:
                 settling = await self._read_requests(tx, rows)
                 for row in rows:
                     reports.append(await self._process_in(tx, stored_callback(row), settling))
-                await inbox.finish_many(tx, settling.finished)
+                await settling.write(tx)
         except Exception as exc:
             log.warning("processing a chunk failed; one row at a time", error=str(exc))
             for row in rows:
@@ -217,7 +232,7 @@ class Pipeline:
             async with self.ctx.db.transaction() as tx:
                 settling = Settling()
                 report = await self._process_in(tx, callback, settling)
-                await inbox.finish_many(tx, settling.finished)
+                await settling.write(tx)
         except Exception as exc:
             # Rolled back whole (a failing rule, or the database went away): mark the row
             # for a retry in a transaction of its own.
@@ -247,7 +262,7 @@ class Pipeline:
                 settling.remember(await requests.get_many(tx, wanted))
                 for row in rows:
                     reports.append(await self._process_in(tx, stored_callback(row), settling))
-                await inbox.finish_many(tx, settling.finished)
+                await settling.write(tx)
         except Exception as exc:
             if not rows:
                 raise  # taking them failed: the database, most likely (run() backs off)
@@ -390,20 +405,25 @@ class Pipeline:
         if archiving:
             actions = [*actions, *archiving]
         # ---
-        stored = await outbox.insert_actions(
+        # Held back: how many were new (for the note) is read once the chunk's writes went.
+        inserted = await outbox.insert_actions_later(
             tx, request.id, actions, now=now, source_inbox_id=callback.inbox_id
         )
-        note = transition.note + (f"; {stored} action(s) queued" if stored else "")
         # --- downstream (issue 16): the event this change emits, and its deliveries, are
         # queued in this same transaction (receiver/outbox/downstream/emit.py).
         emitted = await downstream_emit.for_processed_event(
             tx, callback=callback, event=event, request=request, transition=transition, now=now
         )
-        if emitted is not None:
-            note += f"; {emitted.event_type} to {emitted.deliveries} endpoint(s)"
         # ---
-        settling.finished.append(
-            inbox.finish_params(
+        stored = 0
+
+        def settlement(sent: Transaction) -> dict[str, Any]:
+            nonlocal stored
+            stored = outbox.stored(sent, inserted)
+            note = transition.note + (f"; {stored} action(s) queued" if stored else "")
+            if emitted is not None:
+                note += f"; {emitted.event_type} to {emitted.deliveries} endpoint(s)"
+            return inbox.finish_params(
                 callback.inbox_id,
                 status=InboxStatus.PROCESSED,
                 now=now,
@@ -414,7 +434,8 @@ class Pipeline:
                 note=note,
                 **facts,
             )
-        )
+
+        settling.finished.append(settlement)
 
         def report_processed() -> None:
             log.info(

@@ -244,11 +244,9 @@ async def finish(tx: Transaction, inbox_id: int, **settlement: Any) -> None:
 
 
 async def finish_many(tx: Transaction, settlements: list[dict[str, Any]]) -> None:
-    """Several rows' :func:`finish_params` in one go (one round trip on PostgreSQL)."""
-    if len(settlements) == 1:
-        await tx.execute(FINISH_SQL, settlements[0])
-    elif settlements:
-        await tx.executemany(FINISH_SQL, settlements)
+    """Several rows' :func:`finish_params` in one go. Nothing reads them back before the
+    commit: on PostgreSQL they go with it (and NOTIFY), in the same round trip."""
+    await tx.executemany_later(FINISH_SQL, settlements)
 
 
 def finish_params(

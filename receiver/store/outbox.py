@@ -7,7 +7,7 @@ from typing import Any
 
 from receiver.jsonutil import dumps
 from receiver.model import Action
-from receiver.store.db.base import Database, Row, Transaction, in_list
+from receiver.store.db.base import Database, Later, Row, Transaction, in_list
 from receiver.store.newest import newest_first
 from receiver.store.statuses import ActionStatus, AttemptOutcome
 from receiver.store.storable import storable_or_none
@@ -58,6 +58,56 @@ WHERE o.lane = 'provider' AND o.status = 'pending'
 """
 
 
+_INSERT_ACTION_SQL = (
+    "INSERT INTO outbox (request_id, action_key, operation, payload, status, due_at,"
+    " attempts, source_inbox_id, created_at, updated_at) VALUES (:request_id, :key,"
+    " :operation, :payload, 'pending', :due, 0, :source, :now, :now)"
+    " ON CONFLICT (request_id, action_key) DO NOTHING"
+)
+
+
+def _action_params(
+    request_id: int, action: Action, *, now: float, source_inbox_id: int | None
+) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "key": action.key,
+        "operation": action.operation,
+        "payload": dumps(dict(action.payload)),
+        "due": now + action.delay_seconds,
+        "source": source_inbox_id,
+        "now": now,
+    }
+
+
+async def insert_actions_later(
+    tx: Transaction,
+    request_id: int,
+    actions: Sequence[Action],
+    *,
+    now: float,
+    source_inbox_id: int | None,
+) -> list[Later]:
+    """:func:`insert_actions` without waiting (``tx.execute_later``): how many were stored
+    is known once they were sent; then :func:`stored` counts them and wakes the dispatcher."""
+    return [
+        await tx.execute_later(
+            _INSERT_ACTION_SQL,
+            _action_params(request_id, action, now=now, source_inbox_id=source_inbox_id),
+        )
+        for action in actions
+    ]
+
+
+def stored(tx: Transaction, inserted: Sequence[Later]) -> int:
+    """How many of :func:`insert_actions_later`'s actions were new (they have been sent);
+    if any, the dispatcher is woken once ``tx`` commits."""
+    count = sum(later.rowcount for later in inserted)
+    if count:
+        tx.notify_on_commit(OUTBOX_CHANNEL)
+    return count
+
+
 async def insert_actions(
     tx: Transaction,
     request_id: int,
@@ -70,19 +120,8 @@ async def insert_actions(
     stored = 0
     for action in actions:
         stored += await tx.execute(
-            "INSERT INTO outbox (request_id, action_key, operation, payload, status, due_at,"
-            " attempts, source_inbox_id, created_at, updated_at) VALUES (:request_id, :key,"
-            " :operation, :payload, 'pending', :due, 0, :source, :now, :now)"
-            " ON CONFLICT (request_id, action_key) DO NOTHING",
-            {
-                "request_id": request_id,
-                "key": action.key,
-                "operation": action.operation,
-                "payload": dumps(dict(action.payload)),
-                "due": now + action.delay_seconds,
-                "source": source_inbox_id,
-                "now": now,
-            },
+            _INSERT_ACTION_SQL,
+            _action_params(request_id, action, now=now, source_inbox_id=source_inbox_id),
         )
     if stored:
         tx.notify_on_commit(OUTBOX_CHANNEL)
@@ -119,6 +158,25 @@ async def claim_lanes(
     rows: list[Row] = []
     left = total
     sql = db.render(CLAIM_SQL)
+    asked = {lane: room for lane, room in limits.items() if room > 0}
+    if len(asked) == 1:
+        # One lane (the provider calls' claim): one statement, committed on its own, which
+        # on PostgreSQL is one round trip instead of a transaction's two.
+        ((lane, room),) = asked.items()
+        limit = room if left is None else min(room, left)
+        if limit <= 0:
+            return []
+        rows = await db.write_returning(
+            sql,
+            {
+                "lease": now + lease_seconds,
+                "worker": worker,
+                "now": now,
+                "limit": limit,
+                "lane": lane,
+            },
+        )
+        return sorted(rows, key=lambda r: (float(r["due_at"]), int(r["id"])))
     async with db.transaction() as tx:
         for lane, room in limits.items():
             limit = room if left is None else min(room, left)
@@ -161,7 +219,8 @@ async def record_attempt(
     error: str | None,
     response_excerpt: str | None,
 ) -> None:
-    await tx.execute(
+    # Nothing reads it back before the commit: on PostgreSQL it goes with the next statement.
+    await tx.execute_later(
         "INSERT INTO outbox_attempts (action_id, attempt, started_at, duration_ms, status_code,"
         " outcome, error, response_excerpt) VALUES (:action_id, :attempt, :started_at,"
         " :duration_ms, :status_code, :outcome, :error, :excerpt)",
@@ -179,6 +238,17 @@ async def record_attempt(
     )
 
 
+SETTLE_SQL = (
+    "UPDATE outbox SET status = :status, due_at = COALESCE(:due, due_at),"
+    " attempts = attempts - :uncount,"
+    " lease_expires_at = NULL, claimed_by = NULL,"
+    " last_status_code = CASE WHEN :keep = 1 THEN last_status_code ELSE :code END,"
+    " last_error = CASE WHEN :keep = 1 THEN last_error ELSE :error END,"
+    " updated_at = :now"
+    " WHERE id = :id AND status = 'in_flight' AND claimed_by = :worker"
+)
+
+
 async def settle(
     tx: Transaction,
     action_id: int,
@@ -191,20 +261,15 @@ async def settle(
     worker: str,
     uncount: bool = False,
     keep_last: bool = False,
-) -> bool:
-    """Close a claimed action. False if this worker no longer holds it (lease was lost).
+) -> Later:
+    """Close a claimed action. Its row count, once sent (after the commit, or
+    ``tx.flush()``), is 0 if this worker no longer held it (the lease was lost).
 
     ``uncount``: the claim does not count as an attempt (deferred by our own budget, or
     throttled by the provider): give the attempt back. ``keep_last``: nothing was sent, so
     the last status code and error stay those of the last answer."""
-    changed = await tx.execute(
-        "UPDATE outbox SET status = :status, due_at = COALESCE(:due, due_at),"
-        " attempts = attempts - :uncount,"
-        " lease_expires_at = NULL, claimed_by = NULL,"
-        " last_status_code = CASE WHEN :keep = 1 THEN last_status_code ELSE :code END,"
-        " last_error = CASE WHEN :keep = 1 THEN last_error ELSE :error END,"
-        " updated_at = :now"
-        " WHERE id = :id AND status = 'in_flight' AND claimed_by = :worker",
+    settled = await tx.execute_later(
+        SETTLE_SQL,
         {
             "status": status,
             "due": due_at,
@@ -219,7 +284,7 @@ async def settle(
     )
     # A settled action may unblock the next one of the same request.
     tx.notify_on_commit(OUTBOX_CHANNEL)
-    return changed > 0
+    return settled
 
 
 async def release(db: Database, action_ids: Sequence[int], *, worker: str, now: float) -> int:

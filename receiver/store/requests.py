@@ -228,7 +228,8 @@ async def set_state(
 ) -> None:
     # A request that ended is read no more: its reconciliation schedule ends with it.
     ended = state in TERMINAL_STATES
-    await tx.execute(
+    # Nothing reads its result: on PostgreSQL it goes with the transaction's next statement.
+    await tx.execute_later(
         "UPDATE signature_requests SET state = :state,"
         " provider_status = COALESCE(:provider_status, provider_status), updated_at = :now"
         + (", next_reconcile_at = NULL" if ended else "")

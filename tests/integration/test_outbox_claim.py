@@ -90,7 +90,7 @@ async def test_only_each_requests_first_unfinished_action_is_claimed(database_ur
         )
         assert {int(r["id"]) for r in claimed} == {a2, d2, e1}
         async with db.transaction() as tx:
-            assert await outbox.settle(
+            settled = await outbox.settle(
                 tx,
                 a2,
                 status=ActionStatus.DONE,
@@ -100,6 +100,7 @@ async def test_only_each_requests_first_unfinished_action_is_claimed(database_ur
                 error=None,
                 worker="test:1:x",
             )
+        assert settled.rowcount == 1  # known once sent: it was this worker's to settle
         assert await claim_ids(db) == [a3]  # its turn once a2 is done
         assert await claim_ids(db) == []  # c1 is not due, and c2 waits behind it
     finally:

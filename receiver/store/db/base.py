@@ -69,6 +69,25 @@ def in_list(values: Iterable[Any], prefix: str = "in_") -> tuple[str, dict[str, 
     return "(" + ", ".join(":" + name for name in params) + ")", params
 
 
+class Later:
+    """The row count of a statement sent with :meth:`Transaction.execute_later`, known once
+    it was sent: after the commit, or after :meth:`Transaction.flush`."""
+
+    __slots__ = ("_rowcount",)
+
+    def __init__(self, rowcount: int | None = None) -> None:
+        self._rowcount = rowcount
+
+    def sent(self, rowcount: int) -> None:
+        self._rowcount = rowcount
+
+    @property
+    def rowcount(self) -> int:
+        if self._rowcount is None:
+            raise RuntimeError("the statement has not been sent yet")
+        return self._rowcount
+
+
 class Transaction(abc.ABC):
     """Statements inside one transaction (committed when the ``async with`` exits cleanly)."""
 
@@ -91,6 +110,23 @@ class Transaction(abc.ABC):
     async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
+
+    async def execute_later(self, sql: str, params: Params | None = None) -> Later:
+        """A write whose result is not needed before the commit. A driver may hold it back
+        and send it with the transaction's next statement, or with its commit, in one round
+        trip (PostgreSQL); it runs in the same order as if sent now, and should it fail, the
+        transaction fails there all the same. Its row count is known once it was sent.
+        SQLite runs it at once (its statements are not round trips)."""
+        return Later(await self.execute(sql, params))
+
+    async def executemany_later(self, sql: str, params: Sequence[Params]) -> None:
+        """:meth:`execute_later` for each of ``params`` (no row counts)."""
+        if params:
+            await self.executemany(sql, params)
+
+    async def flush(self) -> None:
+        """Send what :meth:`execute_later` held back now (its row counts are wanted)."""
+        return None
 
     async def lock_key(self, key: str) -> None:
         """Hold a lock on ``key`` until this transaction ends (serializes work on one item).

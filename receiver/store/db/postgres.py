@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from receiver import jsonutil
 from receiver.backoff import MAX_LOOP_DELAY, Backoff
 from receiver.logs import get_logger
-from receiver.store.db.base import Database, NewRowInsert, Params, Row, Transaction
+from receiver.store.db.base import Database, Later, NewRowInsert, Params, Row, Transaction
 from receiver.store.db.wakeup import Wakeups
 
 log = get_logger(__name__)
@@ -62,33 +62,121 @@ def conninfo(url: str) -> str:
     return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
 
 
+# A statement held back: its text, the parameters of each time it is to run (consecutive
+# runs of one text, none of them counted, share an entry: one executemany), and where its
+# row count goes (for one run only).
+_Held = tuple[str, list[Params], Later | None]
+
+
 class _PgTransaction(Transaction):
+    """Statements whose results are not needed at once (BEGIN, :meth:`execute_later`,
+    NOTIFY, COMMIT) are held back and go with the next statement that is awaited, in
+    pipeline mode: one round trip for all of them. So BEGIN travels with the first read, the
+    writes of an event with the next read, and the last writes with NOTIFY and COMMIT. Each
+    round trip through psycopg's async connection costs the process far more CPU than the
+    statements in it (docs/performance.md, "What a round trip costs")."""
+
     def __init__(self, conn: psycopg.AsyncConnection[Row], db: PostgresDatabase) -> None:
         super().__init__()
         self._conn = conn
         self._db = db
+        self._held: list[_Held] = [("BEGIN", [{}], None)]
+        self._begun = False  # BEGIN has been sent: a failure must roll back
 
-    async def execute(self, sql: str, params: Params | None = None) -> int:
-        self._db.round_trips += 1
-        cur = await self._conn.execute(to_psycopg(sql), params or {})
-        return cur.rowcount
-
-    async def executemany(self, sql: str, params: Sequence[Params]) -> None:
-        """psycopg sends the statements in pipeline mode: one round trip for all of them."""
+    def _hold(self, sql: str, params: Sequence[Params], later: Later | None = None) -> None:
         if not params:
             return
+        last = self._held[-1] if self._held else None
+        if later is None and last is not None and last[0] == sql and last[2] is None:
+            last[1].extend(params)
+        else:
+            self._held.append((sql, list(params), later))
+
+    async def _send(
+        self, sql: str | None, params: Params | None = None
+    ) -> psycopg.AsyncCursor[Row] | None:
+        """``sql`` (if any) after whatever is held, in one round trip; its cursor, results
+        in."""
+        if sql is None and not self._held:
+            return None
         self._db.round_trips += 1
-        async with self._conn.cursor() as cur:
-            await cur.executemany(to_psycopg(sql), params)
+        if not self._held:
+            assert sql is not None
+            return await self._conn.execute(to_psycopg(sql), params or {})
+        held, self._held = self._held, []
+        self._begun = True
+        counted: list[tuple[Later, psycopg.AsyncCursor[Row]]] = []
+        cur = None
+        # Leaving the block sends one Sync and reads every result; an error in any of the
+        # statements is raised there (those after it were not run).
+        async with self._conn.pipeline():
+            for held_sql, runs, later in held:
+                if len(runs) > 1:
+                    async with self._conn.cursor() as many:
+                        await many.executemany(to_psycopg(held_sql), runs)
+                    continue
+                one = await self._conn.execute(to_psycopg(held_sql), runs[0])
+                if later is not None:
+                    counted.append((later, one))
+            if sql is not None:
+                cur = await self._conn.execute(to_psycopg(sql), params or {})
+        for later, one in counted:
+            later.sent(one.rowcount)
+        return cur
+
+    async def _awaited(self, sql: str, params: Params | None) -> psycopg.AsyncCursor[Row]:
+        cur = await self._send(sql, params)
+        assert cur is not None
+        return cur
+
+    async def execute(self, sql: str, params: Params | None = None) -> int:
+        return (await self._awaited(sql, params)).rowcount
+
+    async def execute_later(self, sql: str, params: Params | None = None) -> Later:
+        later = Later()
+        self._hold(sql, [params or {}], later)
+        return later
+
+    async def executemany_later(self, sql: str, params: Sequence[Params]) -> None:
+        self._hold(sql, params)
+
+    async def flush(self) -> None:
+        await self._send(None)
+
+    async def executemany(self, sql: str, params: Sequence[Params]) -> None:
+        """Sent in pipeline mode with whatever is held: one round trip for all of them."""
+        if not params:
+            return
+        self._hold(sql, params[:-1])
+        await self._send(sql, params[-1])
 
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
-        self._db.round_trips += 1
-        cur = await self._conn.execute(to_psycopg(sql), params or {})
-        return await cur.fetchall()
+        return await (await self._awaited(sql, params)).fetchall()
 
     async def lock_key(self, key: str) -> None:
-        self._db.round_trips += 1
-        await self._conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [key])
+        # Taken before any statement sent after it, which is all the lock is for.
+        self._hold("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))", [{"key": key}])
+
+    async def commit(self) -> None:
+        """What is held, NOTIFY and COMMIT in one round trip (none if nothing was written).
+
+        NOTIFY is transactional: other processes hear it only if we commit. Every channel
+        goes in one statement however many there are."""
+        if not self._begun and len(self._held) <= 1 and not self.pending_notifications:
+            self._held = []  # BEGIN only: nothing to commit
+            return
+        if self.pending_notifications:
+            self._hold(_notify_sql(frozenset(self.pending_notifications)), [{}])
+        await self._send("COMMIT")
+
+    async def rollback(self) -> None:
+        """Undo what was sent; nothing to do if nothing was (BEGIN still held)."""
+        self._held = []
+        if not self._begun or self._conn.broken:
+            return
+        if self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self._db.round_trips += 1
+            await self._conn.execute("ROLLBACK")
 
 
 class PostgresDatabase(Database):
@@ -107,8 +195,8 @@ class PostgresDatabase(Database):
         self._group = _GroupInserter(self)
         self._shared = _SharedTransactions(self)
         self._unreachable = False  # see OUTAGE_CHECKOUT_TIMEOUT
-        # Statements sent to the server and waited for (BEGIN and COMMIT included), from
-        # this process: what the pipeline's cost per event is counted in (tests, bench).
+        # Exchanges with the server waited for, from this process (a pipelined batch of
+        # held statements is one): what the pipeline's cost per event is counted in.
         self.round_trips = 0
 
     async def connect(self) -> None:
@@ -219,14 +307,18 @@ class PostgresDatabase(Database):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         async with self._checkout() as conn:
-            self.round_trips += 2  # BEGIN, COMMIT (or ROLLBACK)
-            async with conn.transaction():
-                tx = _PgTransaction(conn, self)
+            # BEGIN and COMMIT are sent by _PgTransaction, each with other statements, not
+            # by psycopg's conn.transaction(), which waits for each of them on its own.
+            tx = _PgTransaction(conn, self)
+            try:
                 yield tx
-                # NOTIFY is transactional: other processes hear it only if we commit. Every
-                # channel in one statement: one round trip however many there are.
-                if tx.pending_notifications:
-                    await tx.execute(_notify_sql(frozenset(tx.pending_notifications)))
+                await tx.commit()
+            except BaseException:
+                # A connection lost meanwhile is the pool's to replace; the error that
+                # brought us here is the one to report.
+                with contextlib.suppress(Exception):
+                    await tx.rollback()
+                raise
             for channel in tx.pending_notifications:
                 self._wakeups.set(channel)
 
@@ -234,8 +326,9 @@ class PostgresDatabase(Database):
         """Group commit of small pieces of work (the dispatcher's results): a transaction
         leaves as soon as one of SHARED_MAX_IN_FLIGHT is free, with every piece queued
         meanwhile. At light load that is one piece per transaction with no added delay;
-        under load, tens of results share BEGIN, NOTIFY and COMMIT, which had been four
-        round trips of the five each result cost."""
+        under load, tens of results share BEGIN, NOTIFY and COMMIT. A piece that only holds
+        its writes back (``execute_later``, as the dispatcher's results do) adds no round
+        trip: the whole transaction is then one."""
         return await self._shared.run(work)
 
     async def insert_new(self, insert: NewRowInsert, row: Params, channel: str) -> bool:
