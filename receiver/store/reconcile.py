@@ -16,11 +16,11 @@ OPEN_STATES = ("registered", "draft", "sent", "viewed", "partially_signed")
 _OPEN = "('registered', 'draft', 'sent', 'viewed', 'partially_signed')"
 # The outbox actions that read a request's state at its provider ("<provider>.reconcile").
 RECONCILE_SUFFIX = ".reconcile"
-# A request with a read of its own, or a provider call, waiting in the outbox or running
-# (one probe of the partial index ix_outbox_active, which leads with the request): no read
-# is queued for it now. A second read would only repeat the first; and a provider call's
-# answer (a confirmation, a PATCH's follow-up check) may settle the request, while a read
-# queued behind it would only be spent on a request that has ended.
+# A request with a read of its own, or a provider call, waiting in the outbox or running:
+# no read is queued for it now. A second read would only repeat the first; and a provider
+# call's answer (a check of a callback's claim, a PATCH's follow-up) may settle the request,
+# while a read queued behind it would be spent on a request that has ended. (Only the
+# active rows are looked at: PostgreSQL reads them once per scan, from the due index.)
 _BUSY = (
     "EXISTS (SELECT 1 FROM outbox o WHERE o.request_id = r.id"
     " AND o.status IN ('pending', 'in_flight')"
