@@ -38,8 +38,8 @@ from receiver.settings import Settings, load_settings
 from receiver.worker import Worker
 
 PROVIDER = "okdokument"
-SPEED = 20.0  # the budget's minute lasts 3 s in the read-limit measurement
-WINDOWS = 4  # windows run at the read limit
+SPEED = 10.0  # the budget's minute lasts 6 s in the read-limit measurement
+WINDOWS = 3  # windows run at the read limit
 
 FILL_SQL = """
 WITH RECURSIVE seq (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < :n)
