@@ -36,7 +36,7 @@ import httpx
 
 from bench import stores
 from bench.procs import LOOPBACK, Procs, free_port, python_env
-from bench.reconcile_sweep import SPEED, WINDOWS, Sweep, run_sweep
+from bench.reconcile_sweep import SPEED, Sweep, run_sweep
 from bench.report import Row, check, fmt_int
 from receiver.app import build_context, prepare_database
 from receiver.context import AppContext
@@ -246,7 +246,7 @@ def sweep_rows(m: Sweep, label: str) -> list[Row]:
     name = f"{m.size:,} open · {label}"
     limit = (
         f"most reads in one window {m.most_in_window} (budget {m.reads_per_minute:g} a"
-        f" window, its minute shortened {SPEED:g} times, {m.reads_at_limit} reads in {WINDOWS})"
+        f" window, its minute shortened {SPEED:g} times, {m.reads_at_limit} reads in {m.windows})"
     )
     return [
         Row(
@@ -282,7 +282,7 @@ def print_sweep(m: Sweep, dialect: str) -> None:
         f" request, {m.sample / m.read_s:,.0f} requests/s\n"
         f"  at the default budget ({m.reads_per_minute:g} reads/min): {m.sweep_hours:.1f} h"
         f" for the sweep; most reads in one window {m.most_in_window}"
-        f" ({m.reads_at_limit} in {WINDOWS} windows shortened {SPEED:g} times)"
+        f" ({m.reads_at_limit} in {m.windows} windows shortened {SPEED:g} times)"
         f" {'ok' if m.within_budget else 'OVER THE BUDGET'}"
     )
 

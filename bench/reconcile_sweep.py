@@ -65,7 +65,8 @@ class Sweep:
     read_s: float
     reads_per_minute: float  # the default budget
     most_in_window: int  # reads the emulator saw in one (shortened) window, at most
-    reads_at_limit: int  # reads made in the WINDOWS windows
+    reads_at_limit: int  # reads made in the windows run at the limit
+    windows: int
 
     @property
     def queue_cpu_us(self) -> float:
@@ -203,15 +204,17 @@ async def _at_least(value: Awaitable[int], target: int) -> bool:
     return await value >= target
 
 
-async def at_read_limit(ctx: AppContext, okd_url: str, offset: int, budget: float) -> list[float]:
+async def at_read_limit(
+    ctx: AppContext, okd_url: str, offset: int, budget: float, windows: int
+) -> list[float]:
     """Requests after ``offset`` due at once, the worker reading at the default budget for
-    WINDOWS shortened windows; the times of the reads the emulator saw."""
-    pairs = await ids(ctx, offset, int(budget * (WINDOWS + 1)) + 100)
+    ``windows`` shortened windows; the times of the reads the emulator saw."""
+    pairs = await ids(ctx, offset, int(budget * (windows + 1)) + 100)
     window = 60.0 / SPEED
     async with httpx.AsyncClient(base_url=f"{okd_url}/_fake", timeout=30.0) as control:
         await control.post("/reset")
         await seed(control, pairs)
-        await with_worker(ctx, lambda: _due_then_wait(ctx, pairs, WINDOWS * window))
+        await with_worker(ctx, lambda: _due_then_wait(ctx, pairs, windows * window))
         calls = (await control.get("/calls")).json()
     return [float(c["time"]) for c in calls if c["method"] == "GET"]
 
@@ -233,7 +236,12 @@ def most_in_window(times: Sequence[float], window: float) -> int:
 
 
 async def run_sweep(
-    base: dict[str, object], size: int, sample: int, batch: int, okd_url: str
+    base: dict[str, object],
+    size: int,
+    sample: int,
+    batch: int,
+    okd_url: str,
+    windows: int = WINDOWS,
 ) -> Sweep:
     """``base``: the settings of bench.reconcile (database, emulator, keys)."""
     high = load_settings(**{**base, "reconcile_batch_size": batch})  # type: ignore[arg-type]
@@ -249,7 +257,7 @@ async def run_sweep(
     budget = limited.section(OkdokumentSettings).reads_per_minute
     ctx = await opened(limited, window=60.0 / SPEED)
     try:
-        times = await at_read_limit(ctx, okd_url, sample, budget)
+        times = await at_read_limit(ctx, okd_url, sample, budget, windows)
     finally:
         await closed(ctx)
     return Sweep(
@@ -263,4 +271,5 @@ async def run_sweep(
         reads_per_minute=budget,
         most_in_window=most_in_window(times, 60.0 / SPEED),
         reads_at_limit=len(times),
+        windows=windows,
     )
