@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from receiver.outbox.outcomes import Outcome
-from receiver.outbox.retry import Decision, RetryPolicy
+from receiver.outbox.retry import Decision, DecisionStatus, RetryPolicy
 from receiver.store import outbox
 from receiver.store.db.base import Row
 
@@ -88,13 +88,25 @@ class ReconcileLanes(ProviderLanes):
     lane), and each read sleeping for its slot, or claimed only to be deferred again, took
     one of the provider calls' places. Here a read waits only for other reads; and with few
     in flight, few slots of the budget are reserved ahead, so the provider's operations that
-    share the budget find one soon. Same retry policy as the provider calls."""
+    share the budget find one soon. Same retry policy as the provider calls.
+
+    Only as many reads are claimed as the budget can serve: after a read was put back for
+    want of a slot (the budget is spent, by reads or by the operations sharing it), one read
+    at a time until it was due back; a whole batch claimed then would only be put back
+    again, each claim a transaction and an attempt's bookkeeping."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        super().__init__(ctx)
+        self._spent_until = 0.0  # when the budget a read found spent may serve again
 
     def owns(self, lane: str) -> bool:
         return lane == outbox.RECONCILE_LANE
 
     def free(self, busy: Mapping[str, int]) -> int:
-        return self.ctx.settings.reconcile_concurrency - busy.get(outbox.RECONCILE_LANE, 0)
+        cap = self.ctx.settings.reconcile_concurrency
+        if self.ctx.clock() < self._spent_until:
+            cap = 1
+        return cap - busy.get(outbox.RECONCILE_LANE, 0)
 
     async def claim(self, free: int, busy: Mapping[str, int], *, now: float) -> list[Row]:
         ctx = self.ctx
@@ -111,3 +123,7 @@ class ReconcileLanes(ProviderLanes):
         if self.free(busy) <= 0:
             return None  # a finished read wakes the dispatcher
         return await outbox.next_due_in_lane(self.ctx.db, outbox.RECONCILE_LANE, now=now)
+
+    async def settled(self, row: Row, decision: Decision, outcome: Outcome) -> None:
+        if decision.status is DecisionStatus.DEFERRED and decision.retry_at is not None:
+            self._spent_until = max(self._spent_until, decision.retry_at)
