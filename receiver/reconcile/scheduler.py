@@ -83,7 +83,7 @@ class Look:
     """What one look did."""
 
     queued: int  # reads queued
-    moved: int  # due requests whose next read moved on without one (heard from, or queued)
+    moved: int  # due requests moved on without a read (heard from, or outbox work waiting)
     ended: int  # schedules that ended (past the maximum age)
     stale: int  # requests newly reported stale
 
