@@ -48,6 +48,9 @@ class Stack:
                 SIGNBACK_OKDOKUMENT_BASE_URL=self.okd,
                 SIGNBACK_OKDOKUMENT_API_KEY="fake-okdokument-key",
                 SIGNBACK_RULES_MODULE="tests.acceptance.rules_for_tests",
+                # These flows are about callbacks, kill -9 and outages: the reconciler's first
+                # reads (2 min after registration) would join in on a slow machine.
+                SIGNBACK_RECONCILE_FIRST_DELAY_SECONDS="3600",
                 **env,
             ),
         )
