@@ -1,6 +1,6 @@
 """How fast the reconciler brings lost outcomes home, and what each costs.
 
-    python -m bench.reconcile [--sizes 100,1000] [--postgres-url URL]
+    python -m bench.reconcile [--sizes 100,1000] [--postgres-url URL] [--sweep 100000]
     python -m bench --only reconcile     (as rows of the bench's report)
 
 For each size N: the OKdokument emulator (``signback fake okdokument``, its own process,
@@ -15,6 +15,10 @@ findings go through the pipeline and emit their downstream events. Reported: req
 second, and this process's CPU per request (the reconciler, the outbox, the pipeline and
 the database driver; the emulator's own CPU is not counted, PostgreSQL's neither).
 Default sizes are quick (seconds).
+
+``--sweep N`` (and the bench's scenario: 100,000, ``--quick`` 2,000) then fills a store with
+N open requests by SQL and measures the reconciler's queueing of all of them, the read path
+on a sample, and the reads at OKdokument's default budget (bench/reconcile_sweep.py).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import httpx
 
 from bench import stores
 from bench.procs import LOOPBACK, Procs, free_port, python_env
+from bench.reconcile_sweep import SPEED, Sweep, run_sweep
 from bench.report import Row, check, fmt_int
 from receiver.app import build_context, prepare_database
 from receiver.context import AppContext
@@ -205,6 +210,17 @@ def scenario(bench: Bench) -> None:
         measured = sweep(okd_url, databases, sizes, batch=500)
     finally:
         bench.drop_postgres()
+    # The large sweep on PostgreSQL (on SQLite when there is none): the store filled by SQL.
+    size, sample = (2_000, 200) if quick else (100_000, 2_000)
+    dialect, fresh = databases[-1]
+    bench.say(f"reconcile: a sweep of {size:,} open requests on {dialect}")
+    try:
+        large = asyncio.run(
+            run_sweep(settings_for(fresh(size), okd_url, 500), size, sample, 500, okd_url)
+        )
+    finally:
+        bench.drop_postgres()
+    bench.rows.extend(sweep_rows(large, "SQLite" if dialect == "sqlite" else "PostgreSQL"))
     for m in measured:
         label = "SQLite" if m.dialect == "sqlite" else "PostgreSQL"
         name = f"{m.size:,} open · {label}"
@@ -225,11 +241,65 @@ def scenario(bench: Bench) -> None:
         )
 
 
+def sweep_rows(m: Sweep, label: str) -> list[Row]:
+    """The large sweep's rows: (a) queueing, (b) the read path, (c) at the read limit."""
+    name = f"{m.size:,} open · {label}"
+    limit = (
+        f"most reads in one window {m.most_in_window} (budget {m.reads_per_minute:g} a"
+        f" window, its minute shortened {SPEED:g} times, {m.reads_at_limit} reads in {m.windows})"
+    )
+    return [
+        Row(
+            "reconcile",
+            f"{name}: reconciler CPU µs per request queued (batches of {m.batch})",
+            f"{m.queue_cpu_us:.0f}",
+        ),
+        Row(
+            "reconcile",
+            f"{name}: read path CPU ms per request ({m.sample:,} read, budget high)",
+            f"{m.read_cpu_ms:.2f}",
+        ),
+        Row(
+            "reconcile",
+            f"{name}: sweep at the default read budget ({m.reads_per_minute:g} reads/min,"
+            " computed: one read per request)",
+            f"{m.sweep_hours:.1f} h",
+            "",
+            "",
+            "within the budget",
+            check(m.within_budget, limit),
+        ),
+        Row("reconcile", f"{name}: {limit}", str(m.most_in_window)),
+    ]
+
+
+def print_sweep(m: Sweep, dialect: str) -> None:
+    print(
+        f"\nsweep of {m.size:,} open requests on {dialect}:\n"
+        f"  queueing (reconciler, batches of {m.batch}): {m.queue_cpu_us:.0f} µs CPU per"
+        f" request, {m.queue_s:.1f} s in all\n"
+        f"  read path ({m.sample:,} requests, budget high): {m.read_cpu_ms:.2f} ms CPU per"
+        f" request, {m.sample / m.read_s:,.0f} requests/s\n"
+        f"  at the default budget ({m.reads_per_minute:g} reads/min): {m.sweep_hours:.1f} h"
+        f" for the sweep; most reads in one window {m.most_in_window}"
+        f" ({m.reads_at_limit} in {m.windows} windows shortened {SPEED:g} times)"
+        f" {'ok' if m.within_budget else 'OVER THE BUDGET'}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.reconcile", description=__doc__)
     parser.add_argument("--sizes", default="100,1000", help="open requests, comma-separated")
     parser.add_argument("--batch", type=int, default=500, help="SIGNBACK_RECONCILE_BATCH_SIZE")
     parser.add_argument("--postgres-url", default=None, help="also on a fresh PostgreSQL db")
+    parser.add_argument(
+        "--sweep",
+        type=int,
+        default=0,
+        help="then a sweep of this many open requests, filled by SQL (on PostgreSQL when"
+        " --postgres-url is given)",
+    )
+    parser.add_argument("--sample", type=int, default=2000, help="the sweep's read-path sample")
     args = parser.parse_args(argv)
     configure_logging("WARNING", "json")  # the table only
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -254,9 +324,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         databases: list[tuple[str, Callable[[int], str]]] = [("sqlite", sqlite)]
         if args.postgres_url:
             databases.append(("postgresql", postgres))
+        large: Sweep | None = None
         try:
             okd_url = start_emulator(procs)
             measured = sweep(okd_url, databases, sizes, args.batch)
+            if args.sweep > 0:
+                fresh = databases[-1][1]
+                base = settings_for(fresh(args.sweep), okd_url, args.batch)
+                sample = min(args.sample, args.sweep // 2)
+                large = asyncio.run(run_sweep(base, args.sweep, sample, args.batch, okd_url))
         finally:
             procs.stop_all()
             for name in made:
@@ -267,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{m.dialect:<11} {m.size:>13,}   {m.seconds:>7.2f}   {m.rate:>10,.0f}"
             f"   {m.cpu_ms:>14.2f}   {m.reads:>5,}"
         )
+    if large is not None:
+        print_sweep(large, databases[-1][0])
     return 0
 
 

@@ -207,6 +207,12 @@ class Settings(BaseSettings):
     reconcile_downtime_seconds: float = Field(default=600.0, gt=0)
     # Reads queued per provider at once (the rest wait for the next look).
     reconcile_batch_size: int = Field(default=50, ge=1, le=10000)
+    # Reads in flight per process, in a lane of their own (receiver/outbox/lanes.py). Each
+    # holds a slot of its provider's read budget while it sleeps for it: eight at 120 reads
+    # a minute reach 4 s ahead, within the 5 s a caller may sleep for a slot, so reads are
+    # not put back for slots other reads took, and an operation sharing the budget still
+    # finds one within its wait.
+    reconcile_concurrency: int = Field(default=8, ge=1, le=64)
     # How often the worker looks for due reads and stale requests.
     reconcile_tick_seconds: float = Field(default=5.0, gt=0)
     # Silent longer than this in a state: stale ("state=seconds,…", over the defaults).

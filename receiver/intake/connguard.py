@@ -135,9 +135,11 @@ def raise_descriptor_limit(wanted: int = WANTED_DESCRIPTORS) -> int:
 
 def descriptors_reserved(settings: Settings) -> int:
     """Descriptors the process needs besides its client connections: the fixed ones, the
-    database pool, and the outbound calls (outbox and follow-up checks, a connection each)."""
+    database pool, and the outbound calls (outbox and follow-up checks, a connection each;
+    the reconciler's reads, in a lane of their own)."""
     pool = 0 if settings.is_sqlite else settings.db_pool_max + 2  # + LISTEN and a spare
-    return FIXED_DESCRIPTORS + pool + 2 * settings.outbox_concurrency + 16
+    calls = 2 * settings.outbox_concurrency + settings.reconcile_concurrency
+    return FIXED_DESCRIPTORS + pool + calls + 16
 
 
 def connection_cap(settings: Settings, descriptors: int) -> tuple[int, str | None]:

@@ -3,9 +3,10 @@
 Due actions go out ordered per request and lane (the claim's head-of-line rule) and in
 parallel across requests, each class of lanes up to its own number at once
 (``receiver/outbox/lanes.py``: the provider calls ``SIGNBACK_OUTBOX_CONCURRENCY``, the
-downstream deliveries theirs). Every attempt is logged with its
-status code, duration and the first bytes of the answer. On shutdown it stops claiming,
-lets in-flight calls finish within the grace period, and gives back what is left.
+downstream deliveries theirs, the reconciler's reads ``SIGNBACK_RECONCILE_CONCURRENCY``).
+Every attempt is logged with its status code, duration and the first bytes of the answer.
+On shutdown it stops claiming, lets in-flight calls finish within the grace period, and
+gives back what is left.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from receiver.outbox.downstream import DELIVER_OPERATION
 from receiver.outbox.downstream import emit as downstream_emit
 from receiver.outbox.downstream.deliver import deliver
 from receiver.outbox.downstream.lanes import EndpointLanes
-from receiver.outbox.lanes import LaneClass, ProviderLanes
+from receiver.outbox.lanes import LaneClass, ProviderLanes, ReconcileLanes
 from receiver.outbox.outcomes import Deferred, Failed, GiveUp, Outcome, redacted
 from receiver.outbox.retry import Decision, DecisionStatus, RetryPolicy
 from receiver.reconcile import operation as reconcile_operation
@@ -117,7 +118,9 @@ class Dispatcher:
         self._rand = rand or random.Random()  # jitter, not security
         # Each class of lanes is claimed from a capacity of its own (receiver/outbox/lanes.py).
         self.lanes: list[LaneClass] = (
-            list(lanes) if lanes is not None else [ProviderLanes(ctx), EndpointLanes(ctx)]
+            list(lanes)
+            if lanes is not None
+            else [ProviderLanes(ctx), EndpointLanes(ctx), ReconcileLanes(ctx)]
         )
         self.busy: Counter[str] = Counter()  # actions in flight in this process, by lane
 

@@ -5,7 +5,8 @@ request and lane). The dispatcher claims each class of lanes separately, up to t
 own number of actions in flight, so that one class can never take another's room: provider
 calls (``ProviderLanes``, ``SIGNBACK_OUTBOX_CONCURRENCY``) never wait behind deliveries to a
 slow downstream endpoint, whose lanes (``receiver/outbox/downstream/lanes.py``) have their
-own total and per-endpoint limits.
+own total and per-endpoint limits, nor behind the reconciler's reads (``ReconcileLanes``,
+``SIGNBACK_RECONCILE_CONCURRENCY``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from receiver.outbox.outcomes import Outcome
-from receiver.outbox.retry import Decision, RetryPolicy
+from receiver.outbox.retry import Decision, DecisionStatus, RetryPolicy
 from receiver.store import outbox
 from receiver.store.db.base import Row
 
@@ -75,3 +76,54 @@ class ProviderLanes:
 
     async def settled(self, row: Row, decision: Decision, outcome: Outcome) -> None:
         return None
+
+
+class ReconcileLanes(ProviderLanes):
+    """The reconciler's reads (``<provider>.reconcile``): one lane of their own,
+    ``SIGNBACK_RECONCILE_CONCURRENCY`` in flight.
+
+    In the provider calls' lane, a read waiting for a slot of its provider's read budget
+    (hundreds of requests come due at once after a downtime, the budget serves two a second)
+    held up the request's PATCHes behind it (the head-of-line rule holds per request and
+    lane), and each read sleeping for its slot, or claimed only to be deferred again, took
+    one of the provider calls' places. Here a read waits only for other reads; and with few
+    in flight, few slots of the budget are reserved ahead, so the provider's operations that
+    share the budget find one soon. Same retry policy as the provider calls.
+
+    Only as many reads are claimed as the budget can serve: after a read was put back for
+    want of a slot (the budget is spent, by reads or by the operations sharing it), one read
+    at a time until it was due back; a whole batch claimed then would only be put back
+    again, each claim a transaction and an attempt's bookkeeping."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        super().__init__(ctx)
+        self._spent_until = 0.0  # when the budget a read found spent may serve again
+
+    def owns(self, lane: str) -> bool:
+        return lane == outbox.RECONCILE_LANE
+
+    def free(self, busy: Mapping[str, int]) -> int:
+        cap = self.ctx.settings.reconcile_concurrency
+        if self.ctx.clock() < self._spent_until:
+            cap = 1
+        return cap - busy.get(outbox.RECONCILE_LANE, 0)
+
+    async def claim(self, free: int, busy: Mapping[str, int], *, now: float) -> list[Row]:
+        ctx = self.ctx
+        return await outbox.claim(
+            ctx.db,
+            limit=free,
+            now=now,
+            lease_seconds=ctx.settings.lease_seconds,
+            worker=ctx.worker_id,
+            lane=outbox.RECONCILE_LANE,
+        )
+
+    async def next_due(self, busy: Mapping[str, int], *, now: float) -> float | None:
+        if self.free(busy) <= 0:
+            return None  # a finished read wakes the dispatcher
+        return await outbox.next_due_in_lane(self.ctx.db, outbox.RECONCILE_LANE, now=now)
+
+    async def settled(self, row: Row, decision: Decision, outcome: Outcome) -> None:
+        if decision.status is DecisionStatus.DEFERRED and decision.retry_at is not None:
+            self._spent_until = max(self._spent_until, decision.retry_at)

@@ -48,9 +48,10 @@ class Policy:
         interval: float | None,
         queued: bool,
     ) -> Next:
-        """A request whose read is due. ``queued``: a read of it is still waiting in the
-        outbox (behind the provider's rate budget): no second one, the next look is a step
-        later. ``updated_at``: its last state change (a confirmed event)."""
+        """A request whose read is due. ``queued``: a read of it, or another call to its
+        provider, is still waiting in the outbox (behind the provider's rate budget, or its
+        retries): no read now, the next look is a step later. ``updated_at``: its last state
+        change (a confirmed event)."""
         step = min(interval or self.first_delay, self.max_interval)
         if now - created_at >= self.max_age:
             return Next(read=False, at=None, interval=step)

@@ -5,9 +5,12 @@ each provider that can be read, queues a ``<provider>.reconcile`` action for eac
 whose next read is due (``next_reconcile_at``), then moves that time on by the schedule
 (receiver/reconcile/schedule.py). In one transaction per provider, rows taken with
 ``SKIP LOCKED`` on PostgreSQL, and each read keyed by the time it was due: several workers
-looking at once queue each read once. At most ``SIGNBACK_RECONCILE_BATCH_SIZE`` reads per
-provider wait in the outbox at any time; the rest wait for a later look. The reads
-themselves go at the pace of the provider's read budget (the outbox defers the ones without
+looking at once queue each read once. A request with a read or a provider call still
+waiting in the outbox gets no read now (what that call learns may settle it); its next read
+is a step later. At most ``SIGNBACK_RECONCILE_BATCH_SIZE`` reads per provider wait in the
+outbox at any time; the rest wait for a later look. The reads themselves wait in a lane of
+their own (``reconcile``: receiver/outbox/lanes.py), apart from the requests' other provider
+calls, and go at the pace of the provider's read budget (the outbox defers the ones without
 a slot, without counting an attempt).
 
 Every STALE_EVERY looks it also reports the requests newly stale (receiver/reconcile/stale.py).
@@ -24,14 +27,15 @@ from typing import TYPE_CHECKING
 
 from receiver.backoff import sleep_or_stop
 from receiver.errors import one_line
+from receiver.jsonutil import dumps
 from receiver.logs import get_logger
-from receiver.model import Action
 from receiver.providers.contract import Provider
 from receiver.reconcile.operation import operation_name
 from receiver.reconcile.schedule import Policy
 from receiver.reconcile.stale import report_stale
-from receiver.store import kv, outbox
+from receiver.store import kv
 from receiver.store import reconcile as store
+from receiver.store.db.base import Row
 
 if TYPE_CHECKING:
     from receiver.context import AppContext
@@ -65,9 +69,13 @@ async def read_soon(ctx: AppContext, request_id: int) -> bool:
     )
 
 
-def read_action(provider: str, due_at: float, reason: str) -> Action:
-    """One read, keyed by when it was due (so it is queued once, whoever queues it)."""
-    return Action(operation_name(provider), {"reason": reason}, key=f"reconcile:{due_at!r}")
+def read_key(due_at: float) -> str:
+    """A read's action key: when it was due, so that it is queued once, whoever queues it."""
+    return f"reconcile:{due_at!r}"
+
+
+# A scheduled read's payload (the operation reads the request; the reason is for people).
+SCHEDULED_PAYLOAD = dumps({"reason": "schedule"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +83,7 @@ class Look:
     """What one look did."""
 
     queued: int  # reads queued
-    moved: int  # due requests whose next read moved on without one (heard from, or queued)
+    moved: int  # due requests moved on without a read (heard from, or outbox work waiting)
     ended: int  # schedules that ended (past the maximum age)
     stale: int  # requests newly reported stale
 
@@ -161,40 +169,50 @@ class Reconciler:
         return Look(queued, moved, ended, stale)
 
     async def queue_due(self, provider: str) -> tuple[int, int, int]:
+        """Queue reads for the provider's due requests (as many as the batch has room
+        for) and move each one's next read on. One transaction, and a few statements
+        whatever the number of rows: the due scan, the reads in one insert, the schedules
+        in one update."""
         ctx = self.ctx
         operation = operation_name(provider)
         room = ctx.settings.reconcile_batch_size - await store.queued_reads(ctx.db, operation)
         if room <= 0:
             return 0, 0, 0
         now = ctx.clock()
-        queued = moved = ended = 0
         async with ctx.db.transaction() as tx:
             rows = await store.due(
-                tx,
-                provider=provider,
-                operation=operation,
-                now=now,
-                limit=room,
-                lock=ctx.db.render("{skip_locked}"),
+                tx, provider=provider, now=now, limit=room, lock=ctx.db.render("{skip_locked}")
             )
-            for row in rows:
-                request_id = int(row["id"])
-                interval = row["reconcile_interval"]
-                step = self.policy.due(
-                    now=now,
-                    created_at=float(row["created_at"]),
-                    updated_at=float(row["updated_at"]),
-                    interval=None if interval is None else float(interval),
-                    queued=bool(row["queued"]),
-                )
-                if step.read:
-                    action = read_action(provider, float(row["next_reconcile_at"]), "schedule")
-                    queued += await outbox.insert_actions(
-                        tx, request_id, [action], now=now, source_inbox_id=None
-                    )
-                elif step.at is None:
-                    ended += 1
-                else:
-                    moved += 1
-                await store.reschedule(tx, request_id, at=step.at, interval=step.interval)
+            reads, schedules, moved, ended = self._plan(rows, now)
+            queued = await store.insert_reads(
+                tx, operation, reads, payload=SCHEDULED_PAYLOAD, now=now
+            )
+            await store.reschedule(tx, schedules)
         return queued, moved, ended
+
+    def _plan(
+        self, rows: list[Row], now: float
+    ) -> tuple[list[store.Read], list[store.Schedule], int, int]:
+        """For each due row, by the schedule: a read or not, and its next read. The reads,
+        the schedules, and how many rows moved on without a read or ended."""
+        reads: list[store.Read] = []
+        schedules: list[store.Schedule] = []
+        moved = ended = 0
+        for row in rows:
+            request_id = int(row["id"])
+            interval = row["reconcile_interval"]
+            step = self.policy.due(
+                now=now,
+                created_at=float(row["created_at"]),
+                updated_at=float(row["updated_at"]),
+                interval=None if interval is None else float(interval),
+                queued=bool(row["queued"]),
+            )
+            if step.read:
+                reads.append(store.Read(request_id, read_key(float(row["next_reconcile_at"]))))
+            elif step.at is None:
+                ended += 1
+            else:
+                moved += 1
+            schedules.append(store.Schedule(request_id, step.at, step.interval))
+        return reads, schedules, moved, ended

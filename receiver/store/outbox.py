@@ -31,6 +31,11 @@ OUTBOX_CHANNEL = "outbox"
 # and never wait behind its PATCHes or another endpoint. An action of no request (a
 # ``signback.test`` event) has nothing to wait for: always its own head.
 PROVIDER_LANE = "provider"
+# The lane of the reconciler's reads (``<provider>.reconcile``, receiver/reconcile/): apart
+# from the provider calls, so that a request's read waiting for a slot of the read budget
+# never holds up its PATCHes (the head-of-line rule) nor takes their concurrency
+# (receiver/outbox/lanes.py: ReconcileLanes).
+RECONCILE_LANE = "reconcile"
 HEAD_OF_LINE = """(o.request_id IS NULL OR o.id = (
           SELECT p.id FROM outbox p
           WHERE p.request_id = o.request_id AND p.lane = o.lane
@@ -204,6 +209,21 @@ async def next_due_at(db: Database) -> float | None:
     action of its request does not count (else an idle dispatcher would spin until the head
     is retried)."""
     row = await db.fetch_one(NEXT_DUE_SQL)
+    return None if row is None or row["due"] is None else float(row["due"])
+
+
+# The next due action of one lane, for the dispatcher's idle sleep. Only actions due after
+# now: one due already is claimable (the claim takes it) or waits behind an action in
+# flight, whose settle wakes the dispatcher. One index entry, however long the backlog.
+NEXT_DUE_IN_LANE_SQL = (
+    "SELECT MIN(due_at) AS due FROM outbox"
+    " WHERE lane = :lane AND status = 'pending' AND due_at > :now"
+)
+
+
+async def next_due_in_lane(db: Database, lane: str, *, now: float) -> float | None:
+    """When the next action of ``lane`` not yet due comes due (None: none is waiting)."""
+    row = await db.fetch_one(NEXT_DUE_IN_LANE_SQL, {"lane": lane, "now": now})
     return None if row is None or row["due"] is None else float(row["due"])
 
 

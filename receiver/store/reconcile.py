@@ -5,35 +5,45 @@ reported stale in. See receiver/reconcile/."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from receiver.store.db.base import Database, Row, Transaction, in_list
 from receiver.store.newest import first_ids_at
+from receiver.store.outbox import OUTBOX_CHANNEL, PROVIDER_LANE, RECONCILE_LANE
 from receiver.store.requests import COLUMNS
 
 OPEN_STATES = ("registered", "draft", "sent", "viewed", "partially_signed")
 _OPEN = "('registered', 'draft', 'sent', 'viewed', 'partially_signed')"
 # The outbox actions that read a request's state at its provider ("<provider>.reconcile").
 RECONCILE_SUFFIX = ".reconcile"
-_ACTIVE_READ = (
+# A request with a read of its own, or a provider call, waiting in the outbox or running:
+# no read is queued for it now. A second read would only repeat the first; and a provider
+# call's answer (a check of a callback's claim, a PATCH's follow-up) may settle the request,
+# while a read queued behind it would be spent on a request that has ended. (Only the
+# active rows are looked at: PostgreSQL reads them once per scan, from the due index.)
+_BUSY = (
     "EXISTS (SELECT 1 FROM outbox o WHERE o.request_id = r.id"
-    " AND o.status IN ('pending', 'in_flight') AND o.operation = :operation)"
+    " AND o.status IN ('pending', 'in_flight')"
+    f" AND o.lane IN ('{PROVIDER_LANE}', '{RECONCILE_LANE}'))"
 )
+# Rows per statement when a look's reads and schedules are written: well under SQLite's
+# 32,766 parameters and PostgreSQL's 65,535.
+CHUNK = 500
 
 
-async def due(
-    tx: Transaction, *, provider: str, operation: str, now: float, limit: int, lock: str
-) -> list[Row]:
-    """The provider's requests whose next read is due, earliest first, with whether a read
-    of theirs is queued already (``queued``). ``lock``: ``{skip_locked}`` rendered, so that
-    two workers looking at once share the rows out."""
+async def due(tx: Transaction, *, provider: str, now: float, limit: int, lock: str) -> list[Row]:
+    """The provider's requests whose next read is due, earliest first (the partial index
+    ix_requests_next_reconcile walked in order), with whether they have work waiting in the
+    outbox already (``queued``: a read, or a provider call). ``lock``: ``{skip_locked}``
+    rendered, so that two workers looking at once share the rows out."""
     return await tx.fetch_all(
-        "SELECT r.id, r.state, r.created_at, r.updated_at, r.next_reconcile_at,"
-        f" r.reconcile_interval, {_ACTIVE_READ} AS queued FROM signature_requests r"
+        "SELECT r.id, r.created_at, r.updated_at, r.next_reconcile_at,"
+        f" r.reconcile_interval, {_BUSY} AS queued FROM signature_requests r"
         " WHERE r.next_reconcile_at IS NOT NULL AND r.next_reconcile_at <= :now"
         " AND r.provider = :provider ORDER BY r.next_reconcile_at, r.id LIMIT :limit"
         f" {lock}",
-        {"provider": provider, "operation": operation, "now": now, "limit": limit},
+        {"provider": provider, "now": now, "limit": limit},
     )
 
 
@@ -41,22 +51,80 @@ async def queued_reads(db: Database | Transaction, operation: str) -> int:
     """How many reads of this operation wait in the outbox or are running."""
     # The lane and the statuses lead the outbox's due index: the done rows are not walked.
     row = await db.fetch_one(
-        "SELECT COUNT(*) AS n FROM outbox WHERE lane = 'provider'"
+        f"SELECT COUNT(*) AS n FROM outbox WHERE lane = '{RECONCILE_LANE}'"
         " AND status IN ('pending', 'in_flight') AND operation = :operation",
         {"operation": operation},
     )
     return 0 if row is None else int(row["n"])
 
 
-async def reschedule(
-    tx: Transaction, request_id: int, *, at: float | None, interval: float | None
-) -> None:
-    """The next read (None: none, the schedule is over) and the backoff's step."""
-    await tx.execute(
-        "UPDATE signature_requests SET next_reconcile_at = :at, reconcile_interval = :interval"
-        " WHERE id = :id",
-        {"at": at, "interval": interval, "id": request_id},
-    )
+@dataclass(frozen=True, slots=True)
+class Read:
+    """A read to queue: the request, and the key that makes it once (its due time)."""
+
+    request_id: int
+    key: str
+
+
+async def insert_reads(
+    tx: Transaction, operation: str, reads: Sequence[Read], *, payload: str, now: float
+) -> int:
+    """Queue reads in the reconciler's outbox lane, a chunk of rows per statement; a key
+    the request already has is skipped (another worker queued it). How many were queued."""
+    stored = 0
+    for start in range(0, len(reads), CHUNK):
+        chunk = reads[start : start + CHUNK]
+        rows: list[str] = []
+        params: dict[str, Any] = {"operation": operation, "payload": payload, "now": now}
+        for i, read in enumerate(chunk):
+            rows.append(
+                f"(:r_{i}, '{RECONCILE_LANE}', :k_{i}, :operation, :payload, 'pending', :now, 0,"
+                " NULL, :now, :now)"
+            )
+            params[f"r_{i}"], params[f"k_{i}"] = read.request_id, read.key
+        stored += await tx.execute(
+            "INSERT INTO outbox (request_id, lane, action_key, operation, payload, status,"
+            " due_at, attempts, source_inbox_id, created_at, updated_at)"
+            f" VALUES {', '.join(rows)} ON CONFLICT (request_id, action_key) DO NOTHING",
+            params,
+        )
+    if stored:
+        tx.notify_on_commit(OUTBOX_CHANNEL)
+    return stored
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A request's next read (None: none, the schedule is over) and its backoff's step."""
+
+    request_id: int
+    at: float | None
+    interval: float | None
+
+
+async def reschedule(tx: Transaction, schedules: Sequence[Schedule]) -> None:
+    """Write the schedules of a look, a chunk of rows per statement (one round trip each,
+    rather than one per request)."""
+    for start in range(0, len(schedules), CHUNK):
+        chunk = schedules[start : start + CHUNK]
+        rows: list[str] = []
+        params: dict[str, Any] = {}
+        for i, one in enumerate(chunk):
+            rows.append(f"(:i_{i}, :a_{i}, :s_{i})")
+            params[f"i_{i}"], params[f"a_{i}"], params[f"s_{i}"] = (
+                one.request_id,
+                one.at,
+                one.interval,
+            )
+        # The casts: a column of VALUES whose every row is NULL has no type on PostgreSQL.
+        await tx.execute(
+            f"WITH v (id, at, step) AS (VALUES {', '.join(rows)})"
+            " UPDATE signature_requests SET"
+            " next_reconcile_at = CAST(v.at AS DOUBLE PRECISION),"
+            " reconcile_interval = CAST(v.step AS DOUBLE PRECISION)"
+            " FROM v WHERE signature_requests.id = v.id",
+            params,
+        )
 
 
 async def read_soon(

@@ -80,6 +80,10 @@ async def reads_queued(ctx: AppContext) -> list[tuple[int, str, str]]:
     return [(int(r["request_id"]), str(r["operation"]), str(r["action_key"])) for r in rows]
 
 
+async def settle_provider_calls(ctx: AppContext) -> None:
+    await ctx.db.execute("UPDATE outbox SET status = 'done' WHERE lane = 'provider'")
+
+
 @pytest.mark.anyio
 async def test_the_schedule_queues_one_read_per_due_request_and_moves_on(
     context: tuple[AppContext, Clock],
@@ -91,6 +95,7 @@ async def test_the_schedule_queues_one_read_per_due_request_and_moves_on(
     reconciler = Reconciler(ctx)
 
     assert (await reconciler.look()).queued == 0  # not due yet
+    await settle_provider_calls(ctx)  # the registration's PATCH, as a worker would have
     clock.now = T0 + 121.0
     look = await reconciler.look()
     assert look.queued == 2
@@ -112,6 +117,28 @@ async def test_the_schedule_queues_one_read_per_due_request_and_moves_on(
             tx, okd.request.id, state=RequestState.COMPLETED, provider_status=None, now=clock.now
         )
     assert await schedule_of(ctx, okd.request.id) == (None, 240.0)
+
+
+@pytest.mark.anyio
+async def test_a_request_with_a_provider_call_waiting_is_read_after_it(
+    context: tuple[AppContext, Clock],
+) -> None:
+    """What the waiting call learns may settle the request: no read queued behind it, its
+    next read a step later; and reads wait in a lane of their own."""
+    ctx, clock = context
+    okd = await register(ctx, Registration("okdokument", "sr-2", document_id="doc-2"))
+    clock.now = T0 + 121.0  # the registration's PATCH still waits
+    look = await Reconciler(ctx).look()
+    assert (look.queued, look.moved) == (0, 1)
+    assert await schedule_of(ctx, okd.request.id) == (T0 + 121.0 + 120.0, 120.0)
+
+    await settle_provider_calls(ctx)
+    clock.now = T0 + 242.0
+    assert (await Reconciler(ctx).look()).queued == 1
+    lanes = await ctx.db.fetch_all(
+        "SELECT lane FROM outbox WHERE operation = 'okdokument.reconcile'"
+    )
+    assert [row["lane"] for row in lanes] == ["reconcile"]
 
 
 @pytest.mark.anyio

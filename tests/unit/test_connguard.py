@@ -23,17 +23,18 @@ def settings(**overrides: Any) -> Settings:
 
 
 def test_the_cap_leaves_room_for_everything_else_a_process_opens() -> None:
-    # 1,024 files: 128 fixed, 2 per outbox slot (16) and 16 for confirmations.
-    assert connection_cap(settings(), 1024) == (1024 - 128 - 32 - 16, None)
+    # 1,024 files: 128 fixed, 2 per outbox slot (16), 1 per reconcile read in flight (8)
+    # and 16 for confirmations.
+    assert connection_cap(settings(), 1024) == (1024 - 128 - 32 - 8 - 16, None)
     on_postgres = test_settings("postgresql://x/y", db_pool_max=20)
-    assert connection_cap(on_postgres, 1024) == (1024 - 128 - 22 - 32 - 16, None)
+    assert connection_cap(on_postgres, 1024) == (1024 - 128 - 22 - 32 - 8 - 16, None)
     assert connection_cap(settings(), 1_000_000) == (4096, None)  # the default ceiling
     assert connection_cap(settings(max_connections=100), 1024) == (100, None)
 
 
 def test_a_configured_cap_that_does_not_fit_is_lowered_with_a_warning() -> None:
     cap, warning = connection_cap(settings(max_connections=5000), 1024)
-    assert cap == 848
+    assert cap == 840
     assert warning is not None
     assert "SIGNBACK_MAX_CONNECTIONS=5000" in warning
     assert "1024 open files" in warning
