@@ -109,9 +109,9 @@ class Stack:
         """No callback waits for the pipeline and no action is pending or in flight: no
         process has work left, so nothing more can be sent unless something new arrives."""
         stats = self.api.get("/api/stats").json()
-        busy_inbox = {"pending", "processing"} & set(stats["inbox"])
-        busy_outbox = {"pending", "in_flight"} & set(stats["outbox"])
-        return not busy_inbox and not busy_outbox
+        busy_inbox = stats["inbox"]["pending"] + stats["inbox"]["processing"]
+        busy_outbox = stats["outbox"]["pending"] + stats["outbox"]["in_flight"]
+        return busy_inbox == 0 and busy_outbox == 0
 
 
 @pytest.fixture
