@@ -108,7 +108,7 @@ class Stack:
     def at_rest(self) -> bool:
         """No callback waits for the pipeline and no action is pending or in flight: no
         process has work left, so nothing more can be sent unless something new arrives."""
-        stats = self.api.get("/api/stats").json()
+        stats: dict[str, dict[str, int]] = self.api.get("/api/stats").json()
         busy_inbox = stats["inbox"]["pending"] + stats["inbox"]["processing"]
         busy_outbox = stats["outbox"]["pending"] + stats["outbox"]["in_flight"]
         return busy_inbox == 0 and busy_outbox == 0

@@ -228,7 +228,7 @@ def serve(url: str, okd_url: str, **overrides: Any) -> AbstractContextManager[Re
 
 def nothing_to_send(receiver: Receiver) -> bool:
     with receiver.admin() as admin:
-        waiting = admin.get("/api/stats").json()["outbox"]
+        waiting: dict[str, int] = admin.get("/api/stats").json()["outbox"]
     return waiting["pending"] + waiting["in_flight"] == 0
 
 
