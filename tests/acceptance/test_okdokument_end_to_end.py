@@ -51,6 +51,10 @@ class Stack:
                 # These flows are about callbacks, kill -9 and outages: the reconciler's first
                 # reads (2 min after registration) would join in on a slow machine.
                 SIGNBACK_RECONCILE_FIRST_DELAY_SECONDS="3600",
+                # After kill -9 the actions that were in flight wait out their lease before
+                # they are tried again: at the default 60 s that raced the tests' own waits
+                # on a loaded machine. The dispatcher extends a lease while a call runs.
+                SIGNBACK_LEASE_SECONDS="5",
                 **env,
             ),
         )
