@@ -324,7 +324,7 @@ def test_upgrade_moves_open_requests_to_their_own_sendinfo_url(
         assert signed["sendinfo_status"] == 200
         receiver.wait_for_state(request_id, "completed")
         # The completion's own actions (the rules' PATCHes) go before the count is taken.
-        wait_until(lambda: nothing_to_send(receiver), what="nothing left to send")
+        wait_until(lambda: nothing_to_send(receiver), timeout=60, what="nothing left to send")
         calls = len(fake.calls)
     err = capsys.readouterr().err
     assert any("hook URL of its own" in line for line in err.splitlines())
