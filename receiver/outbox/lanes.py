@@ -47,11 +47,13 @@ class LaneClass(Protocol):
 class ProviderLanes:
     """The provider calls: one lane, ``SIGNBACK_OUTBOX_CONCURRENCY`` in flight."""
 
+    lane = outbox.PROVIDER_LANE
+
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
 
     def owns(self, lane: str) -> bool:
-        return lane == outbox.PROVIDER_LANE
+        return lane == self.lane
 
     def free(self, busy: Mapping[str, int]) -> int:
         return self.ctx.settings.outbox_concurrency - busy.get(outbox.PROVIDER_LANE, 0)
@@ -64,6 +66,7 @@ class ProviderLanes:
             now=now,
             lease_seconds=ctx.settings.lease_seconds,
             worker=ctx.worker_id,
+            lane=self.lane,
         )
 
     async def next_due(self, busy: Mapping[str, int], *, now: float) -> float | None:
@@ -95,29 +98,17 @@ class ReconcileLanes(ProviderLanes):
     at a time until it was due back; a whole batch claimed then would only be put back
     again, each claim a transaction and an attempt's bookkeeping."""
 
+    lane = outbox.RECONCILE_LANE
+
     def __init__(self, ctx: AppContext) -> None:
         super().__init__(ctx)
         self._spent_until = 0.0  # when the budget a read found spent may serve again
-
-    def owns(self, lane: str) -> bool:
-        return lane == outbox.RECONCILE_LANE
 
     def free(self, busy: Mapping[str, int]) -> int:
         cap = self.ctx.settings.reconcile_concurrency
         if self.ctx.clock() < self._spent_until:
             cap = 1
         return cap - busy.get(outbox.RECONCILE_LANE, 0)
-
-    async def claim(self, free: int, busy: Mapping[str, int], *, now: float) -> list[Row]:
-        ctx = self.ctx
-        return await outbox.claim(
-            ctx.db,
-            limit=free,
-            now=now,
-            lease_seconds=ctx.settings.lease_seconds,
-            worker=ctx.worker_id,
-            lane=outbox.RECONCILE_LANE,
-        )
 
     async def next_due(self, busy: Mapping[str, int], *, now: float) -> float | None:
         if self.free(busy) <= 0:

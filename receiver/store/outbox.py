@@ -163,6 +163,16 @@ async def claim_lanes(
     rows: list[Row] = []
     left = total
     sql = db.render(CLAIM_SQL)
+
+    def params(lane: str, limit: int) -> dict[str, Any]:
+        return {
+            "lease": now + lease_seconds,
+            "worker": worker,
+            "now": now,
+            "limit": limit,
+            "lane": lane,
+        }
+
     asked = {lane: room for lane, room in limits.items() if room > 0}
     if len(asked) == 1:
         # One lane (the provider calls' claim): one statement, committed on its own, which
@@ -171,31 +181,13 @@ async def claim_lanes(
         limit = room if left is None else min(room, left)
         if limit <= 0:
             return []
-        rows = await db.write_returning(
-            sql,
-            {
-                "lease": now + lease_seconds,
-                "worker": worker,
-                "now": now,
-                "limit": limit,
-                "lane": lane,
-            },
-        )
+        rows = await db.write_returning(sql, params(lane, limit))
         return sorted(rows, key=lambda r: (float(r["due_at"]), int(r["id"])))
     async with db.transaction() as tx:
         for lane, room in limits.items():
             limit = room if left is None else min(room, left)
             if limit > 0:
-                claimed = await tx.fetch_all(
-                    sql,
-                    {
-                        "lease": now + lease_seconds,
-                        "worker": worker,
-                        "now": now,
-                        "limit": limit,
-                        "lane": lane,
-                    },
-                )
+                claimed = await tx.fetch_all(sql, params(lane, limit))
                 rows += claimed
                 if left is not None:
                     left -= len(claimed)
