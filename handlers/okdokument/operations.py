@@ -108,7 +108,15 @@ async def confirm_document_state(
             f"(request {later[-1]}), so Document info no longer speaks of this round's "
             "outcome; nothing was acted on"
         )
-    earlier = [str(r["document_version"]) for r in rounds if r["document_version"]]
+    # Earlier rounds only: this request's own confirmed version must not count, or a
+    # second claim of the outcome already confirmed (a provider's retry, a duplicate that
+    # was queued before the first confirmation landed) would wait for a newer answer that
+    # never comes, and be asked again until its retries ran out.
+    earlier = [
+        str(r["document_version"])
+        for r in rounds
+        if int(r["id"]) < request.id and r["document_version"]
+    ]
     response = await _client(ctx).document_metadata(document_id)
     if response.status_code != 200:
         return from_response(response, now=ctx.clock(), message=provider_message)

@@ -59,7 +59,11 @@ async def read(ctx: AppContext, request: SignatureRequest) -> Reading | Outcome:
             f"not read: document {document_id!r} is in a later signing round now, so Document "
             "info no longer speaks of this request"
         )
-    earlier = [str(r["document_version"]) for r in rounds if r["document_version"]]
+    earlier = [
+        str(r["document_version"])
+        for r in rounds
+        if int(r["id"]) < request.id and r["document_version"]
+    ]
     waiting = await take_slot(ctx.db, reads(ctx), clock=ctx.clock)
     if waiting is not None:
         return deferred(waiting, "waiting for a slot of the OKdokument read budget")

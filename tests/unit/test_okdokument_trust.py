@@ -388,6 +388,23 @@ async def test_an_answer_from_an_earlier_round_confirms_nothing_in_a_later_one(
     assert [r["document_version"] for r in rounds] == ["2022-06-21 14:30:44", "2022-06-21 14:35:02"]
 
 
+async def test_a_second_claim_of_the_confirmed_outcome_is_confirmed_again(
+    ctx: AppContext, answers: dict[str, Any]
+) -> None:
+    """Two claims of ``signed`` for one round (a retry of OKdokument's, or two queued before
+    the first confirmation landed): the second finds the version this very request was
+    confirmed at. That is this round's answer, not an earlier round's: it confirms (the
+    fact it records is a duplicate the pipeline ignores) instead of being asked again until
+    its retries run out."""
+    request = await a_round(ctx, "sr-twice")
+    answers["body"] = at("2022-06-21 14:30:44")
+    assert isinstance(await confirm_document_state(ctx, request, {"claimed_state": "signed"}), Done)
+    again = await confirm_document_state(ctx, request, {"claimed_state": "signed"})
+    assert isinstance(again, Done), again
+    rounds = await requests.same_document(ctx.db, "okdokument", REGISTERED)
+    assert [r["document_version"] for r in rounds] == ["2022-06-21 14:30:44"]
+
+
 async def test_a_round_the_document_has_left_is_not_confirmed(
     ctx: AppContext, answers: dict[str, Any], info: tuple[DocumentInfo, str]
 ) -> None:
