@@ -76,9 +76,11 @@ def test_silent_and_slow_connections_are_closed_with_the_default_settings(
         serve = start_serve(tmp_path, port, env)
         started.append(serve)
         serve.wait_http(f"http://127.0.0.1:{port}/readyz")
+        # Before the first connection: the server's timers start when it accepts each one,
+        # so no connection can be closed sooner than the timeout after this instant.
+        opened = time.monotonic()
         silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(300)]
         slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
-        opened = time.monotonic()
         selector = selectors.DefaultSelector()
         for sock in silent + slow:
             sock.setblocking(False)
