@@ -16,7 +16,7 @@ import hashlib
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -46,11 +46,22 @@ class Spooled:
 
 
 async def spool(
-    chunks: AsyncIterator[bytes], directory: Path, *, media_type: str, max_bytes: int
+    chunks: AsyncIterator[bytes],
+    directory: Path,
+    *,
+    media_type: str,
+    max_bytes: int,
+    pace: Callable[[], Awaitable[None]] | None = None,
 ) -> Spooled:
     """Write ``chunks`` to a new file under ``directory``; check the size bound and, for a
     PDF, the ``%PDF-`` magic. Raises :class:`NotAcceptable` (the file is removed), or what
-    the stream raised (likewise)."""
+    the stream raised (likewise).
+
+    ``pace`` is awaited after each chunk: the worker passes the governor's turn, so that a
+    backlog of large downloads (reading, hashing) yields the event loop to the callbacks'
+    acknowledgements during a flood, like the rest of the background work
+    (receiver/loadshare.py). One action is one claim, and a claim's turn alone would let a
+    whole file through at once."""
     path = directory / f"{int(time.time())}-{secrets.token_hex(8)}.partial"
     handle = await asyncio.to_thread(_create, path)
     digest = hashlib.sha256()
@@ -72,6 +83,8 @@ async def spool(
                     )
             digest.update(chunk)
             handle.write(chunk)  # to the page cache: microseconds for a chunk
+            if pace is not None:
+                await pace()
         if media_type == PDF and head != PDF_MAGIC:
             raise NotAcceptable(
                 f"not a PDF: {size} bytes, without %PDF- at the start", may_pass=True

@@ -103,6 +103,7 @@ async def _archive_one(
             storage.spool_dir,
             media_type=ref.media_type,
             max_bytes=ctx.settings.archive_max_bytes,
+            pace=ctx.governor.turn,
         )
     key = object_key(request.provider, request.id, spooled.sha256, ref.name)
     await storage.put(spooled, key, media_type=ref.media_type)

@@ -58,6 +58,28 @@ async def test_spool_hashes_and_measures_a_stream(tmp_path: Path) -> None:
     assert spooled.path.parent == tmp_path
 
 
+async def test_spool_yields_to_the_governor_after_every_chunk(tmp_path: Path) -> None:
+    """A large download is many steps of reading and hashing on the event loop: each one
+    asks the pace (the governor's turn in the worker) before the next, so a flood of
+    callbacks can hold the archive back between chunks, not only between files."""
+    data = make_pdf(["x"], padding=300_000)
+    received: list[int] = []
+    turns: list[int] = []
+
+    async def counted() -> AsyncIterator[bytes]:
+        async for chunk in chunks_of(data, 65_536):
+            received.append(len(chunk))
+            yield chunk
+
+    async def pace() -> None:
+        turns.append(len(received))
+
+    await spool(counted(), tmp_path, media_type=PDF, max_bytes=10**6, pace=pace)
+    assert len(received) == -(-len(data) // 65_536)
+    # One turn after each chunk, before the next one is read.
+    assert turns == list(range(1, len(received) + 1))
+
+
 @pytest.mark.parametrize(
     ("data", "media_type", "max_bytes", "problem", "may_pass"),
     [
