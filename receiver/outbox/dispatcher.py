@@ -171,17 +171,19 @@ class Dispatcher:
         return max(0.005, min(poll, due - self.ctx.clock()))
 
     async def _claim_and_start(self, lanes: LaneClass, free: int) -> int:
-        rows = await lanes.claim(free, self.busy, now=self.ctx.clock())
-        # The actions' requests in one query rather than one each. Should it fail, each
-        # action reads its own, and one that cannot is deferred, not counted as an attempt.
-        # (Deliveries need none: their document holds what they send.)
-        prefetched: dict[int, Row] | None = None
+        rows, prefetched = outbox.split_claimed(
+            await lanes.claim(free, self.busy, now=self.ctx.clock())
+        )
+        # The actions' requests came with the claim (PostgreSQL), or are read in one query
+        # rather than one each. Should that fail, each action reads its own, and one that
+        # cannot is deferred, not counted as an attempt. (Deliveries need none: their
+        # document holds what they send.)
         wanted = {
             int(row["request_id"])
             for row in rows
             if row["request_id"] is not None and row["operation"] != DELIVER_OPERATION
         }
-        if wanted:
+        if wanted and prefetched is None:
             try:
                 prefetched = await requests.get_many(self.ctx.db, wanted)
             except Exception:

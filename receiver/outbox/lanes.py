@@ -67,6 +67,7 @@ class ProviderLanes:
             lease_seconds=ctx.settings.lease_seconds,
             worker=ctx.worker_id,
             lane=self.lane,
+            with_requests=True,  # their actions run with their requests
         )
 
     async def next_due(self, busy: Mapping[str, int], *, now: float) -> float | None:

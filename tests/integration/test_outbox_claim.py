@@ -19,6 +19,7 @@ from receiver.store import outbox
 from receiver.store.db import open_database
 from receiver.store.db.base import Database
 from receiver.store.db.postgres import PostgresDatabase, to_psycopg
+from receiver.store.requests import COLUMNS as REQUEST_COLUMNS
 from receiver.store.statuses import ActionStatus
 
 pytestmark = pytest.mark.anyio
@@ -124,12 +125,12 @@ def rows_examined(plan: dict[str, Any]) -> int:
 
 
 def claim_work(
-    conn: psycopg.Connection[Any], postgres_url: str, limit: int = 16
+    conn: psycopg.Connection[Any], postgres_url: str, claim_sql: str, limit: int = 16
 ) -> tuple[int, int]:
     """(rows examined, actions claimed) by one claim, rolled back afterwards."""
     with conn.transaction(force_rollback=True):
         # The statement exactly as the driver sends it (SKIP LOCKED, psycopg placeholders).
-        sql = to_psycopg(PostgresDatabase(postgres_url).render(outbox.CLAIM_SQL))
+        sql = to_psycopg(PostgresDatabase(postgres_url).render(claim_sql))
         row = conn.execute(
             "EXPLAIN (ANALYZE, FORMAT JSON) " + sql,
             {
@@ -175,11 +176,16 @@ def test_claim_work_on_a_backlog_does_not_depend_on_statistics(postgres_url: str
         actions(done_each + 1, pending_each, "pending")
         backlog = requests_n * pending_each
 
-        stale_work, claimed = claim_work(conn, postgres_url)
-        assert claimed == 16
+        # The claim alone, and with its actions' requests (the dispatcher's, on PostgreSQL).
+        claims = (outbox.CLAIM_SQL, outbox.CLAIM_WITH_REQUESTS_SQL)
+        stale = [claim_work(conn, postgres_url, sql) for sql in claims]
         conn.execute("ANALYZE outbox")
-        fresh_work, claimed = claim_work(conn, postgres_url)
-        assert claimed == 16
+        fresh = [claim_work(conn, postgres_url, sql) for sql in claims]
+    assert [claimed for _, claimed in stale + fresh] == [16] * 4
+    # The join adds a few rows per action claimed (the CTE's scan, the join, one probe of
+    # the requests' primary key), not a scan of the requests.
+    assert stale[1][0] <= stale[0][0] + 4 * 16, stale
+    stale_work, fresh_work = max(work for work, _ in stale), max(work for work, _ in fresh)
 
     # The NOT EXISTS formulation looked at 3.7 million rows here with stale statistics; the
     # claim walks the due index in claim order and stops at its limit (about 32 rows). The
@@ -187,3 +193,44 @@ def test_claim_work_on_a_backlog_does_not_depend_on_statistics(postgres_url: str
     print(f"claim work: stale {stale_work}, fresh {fresh_work} rows, backlog {backlog}")
     assert stale_work < backlog, (stale_work, backlog)
     assert fresh_work < backlog, (fresh_work, backlog)
+
+
+async def test_the_claim_brings_its_actions_requests_on_postgresql(database_url: str) -> None:
+    """The dispatcher's claim (``with_requests``): on PostgreSQL each claimed row carries its
+    request, read in the same statement; on SQLite the rows are the claim's alone (the
+    dispatcher reads the requests itself). Either way the actions are the same."""
+    db = open_database(database_url)
+    await db.connect()
+    try:
+        a, b = [await add_request(db, name) for name in "ab"]
+        a1 = await add_action(db, a, "1", "pending", NOW - 20)
+        b1 = await add_action(db, b, "1", "pending", NOW - 10)
+        async with db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO outbox (request_id, action_key, operation, payload, status,"
+                " due_at, attempts, created_at, updated_at) VALUES (NULL, 'test',"
+                " 'signback.test', '{}', 'pending', :due, 0, 0, 0)",
+                {"due": NOW - 5},
+            )
+        rows = await outbox.claim(
+            db, limit=10, now=NOW, lease_seconds=60, worker="test:1:x", with_requests=True
+        )
+        actions, found = outbox.split_claimed(rows)
+        assert [int(r["id"]) for r in actions[:2]] == [a1, b1]
+        assert len(actions) == 3
+        assert not any(name.startswith(outbox.CLAIMED_REQUEST) for r in actions for name in r)
+        assert {r["status"] for r in await db.fetch_all("SELECT status FROM outbox")} == {
+            "in_flight"
+        }
+        if db.dialect == "postgresql":
+            assert found is not None
+            assert set(found) == {a, b}
+            assert found[a]["external_id"] == "a"
+            assert found[b]["token_nonce"] == "nonce"
+            assert {name for name in found[a]} == {
+                name.strip() for name in REQUEST_COLUMNS.split(",")
+            }
+        else:
+            assert found is None
+    finally:
+        await db.close()
