@@ -421,7 +421,7 @@ class Pipeline:
             nonlocal stored
             stored = outbox.stored(sent, inserted)
             note = transition.note + (f"; {stored} action(s) queued" if stored else "")
-            if emitted is not None:
+            if emitted is not None and emitted.new:
                 note += f"; {emitted.event_type} to {emitted.deliveries} endpoint(s)"
             return inbox.finish_params(
                 callback.inbox_id,

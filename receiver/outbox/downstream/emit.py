@@ -21,7 +21,7 @@ from receiver.outbox.downstream import endpoints as endpoint_store
 from receiver.outbox.downstream import events as event_store
 from receiver.pipeline.states import Transition
 from receiver.providers import StoredCallback
-from receiver.store.db.base import Row, Transaction
+from receiver.store.db.base import Later, Row, Transaction
 from receiver.store.outbox import OUTBOX_CHANNEL
 
 if TYPE_CHECKING:
@@ -30,10 +30,17 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Emitted:
-    event_id: int
+    event_id: int | None  # None: stored by a held write (it went to no endpoint)
     public_id: str
     event_type: str
     deliveries: int
+    held: Later | None = None  # that held write: whether the event was new, once sent
+
+    @property
+    def new(self) -> bool:
+        """The event was stored now (not before, under its dedupe key). For a held write,
+        known only once the transaction's writes were sent."""
+        return self.held is None or self.held.rowcount > 0
 
 
 def request_data(request: SignatureRequest, *, previous_state: str | None) -> dict[str, Any]:
@@ -70,25 +77,14 @@ async def emit(
 ) -> Emitted | None:
     """Store the event and queue one delivery per enabled endpoint that wants it (or to
     ``to_endpoints`` only, whatever their filters). None if this dedupe key was stored
-    before: the event and its deliveries exist already."""
+    before: the event and its deliveries exist already.
+
+    An event that goes to no endpoint (none registered, or none wants it) is stored by a
+    held write: nothing needs its id, and reading it back was a round trip per event on
+    PostgreSQL. Its :class:`Emitted` then says whether it was new once the writes went."""
     public_id = event_store.new_public_id()
-    event_id = await event_store.insert(
-        tx,
-        public_id=public_id,
-        event_type=event_type,
-        request_id=None if request is None else request.id,
-        provider=None if request is None else request.provider,
-        timestamp=now,
-        payload=event_store.document(event_type, public_id, now, data),
-        raw=raw,
-        dedupe_key=dedupe_key,
-        source_inbox_id=source_inbox_id,
-        now=now,
-    )
-    if event_id is None:
-        return None
+    provider = None if request is None else request.provider
     if to_endpoints is None:
-        provider = None if request is None else request.provider
         targets = [
             int(f["id"])
             for f in await endpoint_store.enabled_filters(tx)
@@ -96,6 +92,24 @@ async def emit(
         ]
     else:
         targets = list(to_endpoints)
+    row = event_store.row_params(
+        public_id=public_id,
+        event_type=event_type,
+        request_id=None if request is None else request.id,
+        provider=provider,
+        timestamp=now,
+        payload=event_store.document(event_type, public_id, now, data),
+        raw=raw,
+        dedupe_key=dedupe_key,
+        source_inbox_id=source_inbox_id,
+        now=now,
+    )
+    if not targets:
+        held = await event_store.insert_later(tx, row)
+        return Emitted(None, public_id, event_type, 0, held)
+    event_id = await event_store.insert(tx, row)
+    if event_id is None:
+        return None
     queued = await queue_deliveries(
         tx,
         event_id=event_id,

@@ -19,7 +19,7 @@ from typing import Any
 
 from receiver import jsonutil
 from receiver.outbox.downstream.catalogue import SCHEMA_VERSION
-from receiver.store.db.base import Database, Row, Transaction, in_list
+from receiver.store.db.base import Database, Later, Row, Transaction, in_list
 from receiver.store.storable import renderable
 
 COLUMNS = (
@@ -69,8 +69,15 @@ def body_for(payload: str, raw: str | None, *, include_raw: bool) -> bytes:
     return jsonutil.dumps(doc).encode()
 
 
-async def insert(
-    tx: Transaction,
+_INSERT_SQL = (
+    "INSERT INTO events (public_id, type, request_id, provider, timestamp, payload, raw,"
+    " dedupe_key, source_inbox_id, created_at) VALUES (:public_id, :type, :request_id,"
+    " :provider, :timestamp, :payload, :raw, :dedupe_key, :source, :now)"
+    " ON CONFLICT DO NOTHING"
+)
+
+
+def row_params(
     *,
     public_id: str,
     event_type: str,
@@ -82,27 +89,33 @@ async def insert(
     dedupe_key: str,
     source_inbox_id: int | None,
     now: float,
-) -> int | None:
-    """Store an event; None if one with this dedupe key is stored already."""
-    row = await tx.fetch_one(
-        "INSERT INTO events (public_id, type, request_id, provider, timestamp, payload, raw,"
-        " dedupe_key, source_inbox_id, created_at) VALUES (:public_id, :type, :request_id,"
-        " :provider, :timestamp, :payload, :raw, :dedupe_key, :source, :now)"
-        " ON CONFLICT DO NOTHING RETURNING id",
-        {
-            "public_id": public_id,
-            "type": event_type,
-            "request_id": request_id,
-            "provider": provider,
-            "timestamp": timestamp,
-            "payload": payload,
-            "raw": None if raw is None else jsonutil.dumps(renderable(dict(raw))),
-            "dedupe_key": dedupe_key,
-            "source": source_inbox_id,
-            "now": now,
-        },
-    )
-    return None if row is None else int(row["id"])
+) -> dict[str, Any]:
+    return {
+        "public_id": public_id,
+        "type": event_type,
+        "request_id": request_id,
+        "provider": provider,
+        "timestamp": timestamp,
+        "payload": payload,
+        "raw": None if raw is None else jsonutil.dumps(renderable(dict(raw))),
+        "dedupe_key": dedupe_key,
+        "source": source_inbox_id,
+        "now": now,
+    }
+
+
+async def insert(tx: Transaction, row: Mapping[str, Any]) -> int | None:
+    """Store an event (its :func:`row_params`); its id, or None if one with this dedupe key
+    is stored already."""
+    found = await tx.fetch_one(f"{_INSERT_SQL} RETURNING id", row)
+    return None if found is None else int(found["id"])
+
+
+async def insert_later(tx: Transaction, row: Mapping[str, Any]) -> Later:
+    """:func:`insert` held back with the transaction's other writes, no id read back (an
+    event that goes to no endpoint needs none): on PostgreSQL no round trip of its own.
+    Whether it was new is known once it was sent."""
+    return await tx.execute_later(_INSERT_SQL, row)
 
 
 async def get_many(db: Database, ids: Sequence[int]) -> dict[int, Row]:
