@@ -76,9 +76,12 @@ class Connection:
         self.reader, self.writer = reader, writer
         self.waiting: deque[float] = deque()  # send times of the requests not yet answered
         self.dead = False
+        self.answered_all = asyncio.Event()  # set while nothing is waiting for an answer
+        self.answered_all.set()
 
     def send(self, request: bytes) -> None:
         self.waiting.append(time.perf_counter())
+        self.answered_all.clear()
         self.writer.write(request)
 
     async def read_answers(self, totals: Totals) -> None:
@@ -93,6 +96,8 @@ class Connection:
                 if length:
                     await self.reader.readexactly(length)
                 sent_at = self.waiting.popleft()
+                if not self.waiting:
+                    self.answered_all.set()
                 totals.latency_ms.append((time.perf_counter() - sent_at) * 1000)
                 status = int(status_line.split(b" ", 2)[1])
                 if 200 <= status < 300:
@@ -103,6 +108,7 @@ class Connection:
             self.dead = True
             totals.errors += len(self.waiting)
             self.waiting.clear()
+            self.answered_all.set()
 
 
 async def pace(
@@ -145,10 +151,17 @@ async def pace(
                 totals.errors += 1
             n += 1
         await asyncio.sleep(TICK)
-    # The last answers: each reader ends when its connection has none left to read.
+    # The last answers, then the connections close. Not a half-close first: on EOF the
+    # server's transport closes itself (asyncio's default), and the answers to requests
+    # still pipelined on that connection would be counted as unanswered.
+    settled = [asyncio.create_task(c.answered_all.wait()) for c in pool]
+    if settled:
+        await asyncio.wait(settled, timeout=30)
+    for waiter in settled:
+        waiter.cancel()
     for conn in pool:
         conn.writer.write_eof()
-    await asyncio.wait(readers, timeout=30)
+    await asyncio.wait(readers, timeout=5)
     for task in readers:
         task.cancel()
     for conn in pool:

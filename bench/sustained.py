@@ -463,6 +463,13 @@ def report_rows(bench: Bench, run: PacedRun) -> None:
             f"{answered:,} / {sent:,}; {fmt_ms(latency['50'])} / {fmt_ms(latency['99'])}",
         )
     )
+    other, errors = run.result.get("other", 0), run.result.get("errors", 0)
+    if other or errors or sent != answered:
+        bench.notes.append(
+            f"{scenario_name}: of {sent:,} callbacks sent, {other:,} were answered with "
+            f"another status than 2xx and {errors:,} not answered (the connection failed "
+            "or closed first)."
+        )
     held = "" if run.held_s is None else f"; governor held the work back {run.held_s:.1f} s"
     bench.rows.append(
         Row(
