@@ -339,7 +339,7 @@ class Bench:
         # once: a pool that wraps measures duplicates); 6,000/s when none ran.
         known = [rate for name, rate in self.rates.items() if name.startswith("okdokument-")]
         expected = max([*known, 6000.0])
-        return int(min(400_000, max(20_000, expected * seconds * 1.5)))
+        return int(min(600_000, max(20_000, expected * seconds * 1.5)))
 
     def wrk(
         self,
