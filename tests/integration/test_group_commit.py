@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from receiver.store import inbox
 from receiver.store.db import open_database
@@ -147,8 +148,16 @@ async def test_sqlite_wal_starts_over_in_a_lull(
             )
         assert checkpointer.wal_pages > 100  # a reset was due ...
         assert checkpointer.resets == 0  # ... and waited
-        await asyncio.sleep(1.2)  # a lull
+        with structlog.testing.capture_logs() as logged:
+            await asyncio.sleep(1.2)  # a lull
         assert checkpointer.resets >= 1
+        # Operators see each restart and how long the writes waited for it.
+        restarts = [e for e in logged if e["event"] == "WAL restart"]
+        assert restarts, logged
+        assert restarts[0]["restarted"] is True
+        assert restarts[0]["at_lull"] is True
+        assert restarts[0]["wal_pages"] > 100
+        assert restarts[0]["writes_held_ms"] >= 0
     finally:
         await db.close()
 

@@ -212,8 +212,11 @@ class SqliteDatabase(Database):
         if checkpointer is None or conn is None:
             return False
         async with self._lock:
-            if not checkpointer.reset_due(time.monotonic() - self._last_write):
+            started = time.monotonic()
+            idle = started - self._last_write
+            if not checkpointer.reset_due(idle):
                 return False
+            pages, resets = checkpointer.wal_pages, checkpointer.resets
             copy = asyncio.ensure_future(asyncio.to_thread(checkpointer.finish_reset, conn))
             try:
                 await asyncio.shield(copy)
@@ -222,6 +225,14 @@ class SqliteDatabase(Database):
                 # held until it ends, or a group commit would write during the copy.
                 if not copy.done():
                     await asyncio.wait({copy})
+                # Writes waited this long: worth seeing when a forced one (no lull) is long.
+                log.info(
+                    "WAL restart",
+                    restarted=checkpointer.resets > resets,
+                    wal_pages=pages,
+                    writes_held_ms=round((time.monotonic() - started) * 1000, 1),
+                    at_lull=idle >= sqlite_wal.RESET_LULL_SECONDS,
+                )
             return True
 
     async def close(self) -> None:
