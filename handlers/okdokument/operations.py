@@ -26,6 +26,7 @@ from receiver.outbox.outcomes import (
 from receiver.providers import Operation
 from receiver.reconcile.scheduler import read_soon
 from receiver.store import requests
+from receiver.store.db.base import Row
 
 PATCH = "okdokument.patch_signature_request"
 CONFIRM = "okdokument.confirm_document_state"
@@ -108,15 +109,7 @@ async def confirm_document_state(
             f"(request {later[-1]}), so Document info no longer speaks of this round's "
             "outcome; nothing was acted on"
         )
-    # Earlier rounds only: this request's own confirmed version must not count, or a
-    # second claim of the outcome already confirmed (a provider's retry, a duplicate that
-    # was queued before the first confirmation landed) would wait for a newer answer that
-    # never comes, and be asked again until its retries ran out.
-    earlier = [
-        str(r["document_version"])
-        for r in rounds
-        if int(r["id"]) < request.id and r["document_version"]
-    ]
+    earlier = latest_earlier_version(rounds, request.id)
     response = await _client(ctx).document_metadata(document_id)
     if response.status_code != 200:
         return from_response(response, now=ctx.clock(), message=provider_message)
@@ -139,13 +132,13 @@ async def confirm_document_state(
             response_excerpt=excerpt(response),
         )
     version = document_version(info.get("modification"))
-    if earlier and (version is None or version <= max(earlier)):
-        # An earlier round's outcome was confirmed when the document was at max(earlier):
+    if earlier is not None and (version is None or version <= earlier):
+        # An earlier round's outcome was confirmed when the document was at that version:
         # an answer no later than that is still that round's, whatever state it says.
         return Failed(
             f"not confirmed yet: Document info still shows an earlier round's state "
             f"(modification {_short(info.get('modification'))}, not after "
-            f"{max(earlier)!r}, when that round's outcome was confirmed); asking again later",
+            f"{earlier!r}, when that round's outcome was confirmed); asking again later",
             status_code=200,
             response_excerpt=excerpt(response),
         )
@@ -199,6 +192,21 @@ def document_version(value: Any) -> str | None:
     if isinstance(value, str) and _MODIFICATION.fullmatch(value.strip()):
         return value.strip().replace("T", " ")
     return None
+
+
+def latest_earlier_version(rounds: list[Row], request_id: int) -> str | None:
+    """The newest version of the document at which an *earlier* round's outcome was
+    confirmed (``rounds``: :func:`requests.same_document`), or None. An answer no later than
+    it is still that round's. This request's own confirmed version does not count, or a
+    second claim of the outcome already confirmed (a provider's retry, a duplicate queued
+    before the first confirmation landed) would wait for a newer answer that never comes,
+    and be asked again until its retries ran out."""
+    versions = [
+        str(r["document_version"])
+        for r in rounds
+        if int(r["id"]) < request_id and r["document_version"]
+    ]
+    return max(versions) if versions else None
 
 
 def _short(value: Any) -> str:

@@ -12,7 +12,7 @@ import hashlib
 from typing import Any
 
 from handlers.okdokument.client import OkdokumentClient, provider_message
-from handlers.okdokument.operations import document_version
+from handlers.okdokument.operations import document_version, latest_earlier_version
 from handlers.okdokument.settings import OkdokumentSettings
 from receiver.context import AppContext
 from receiver.errors import InvalidAction
@@ -59,11 +59,7 @@ async def read(ctx: AppContext, request: SignatureRequest) -> Reading | Outcome:
             f"not read: document {document_id!r} is in a later signing round now, so Document "
             "info no longer speaks of this request"
         )
-    earlier = [
-        str(r["document_version"])
-        for r in rounds
-        if int(r["id"]) < request.id and r["document_version"]
-    ]
+    earlier = latest_earlier_version(rounds, request.id)
     waiting = await take_slot(ctx.db, reads(ctx), clock=ctx.clock)
     if waiting is not None:
         return deferred(waiting, "waiting for a slot of the OKdokument read budget")
@@ -88,7 +84,7 @@ async def read(ctx: AppContext, request: SignatureRequest) -> Reading | Outcome:
             response_excerpt=excerpt(response),
         )
     version = document_version(info.get("modification"))
-    if earlier and (version is None or version <= max(earlier)):
+    if earlier is not None and (version is None or version <= earlier):
         return Skipped(
             "Document info still shows an earlier round's state; nothing was recorded",
             status_code=200,
