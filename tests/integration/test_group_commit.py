@@ -113,11 +113,13 @@ async def test_sqlite_wal_stays_small_under_constant_writes(
     monkeypatch.setattr(sqlite_wal, "WAL_RESET_PAGES", 100)
     monkeypatch.setattr(sqlite_wal, "WAL_FORCE_RESET_PAGES", 200)
     monkeypatch.setattr(sqlite_wal, "RESET_RESIDUE_PAGES", 20)
-    largest = await write_groups(sqlite_url, groups=300, pause=0.0)
-    # Without the reset the WAL reaches about 9 MB here (every commit appends pages). With
+    largest, restarts = await write_groups(sqlite_url, groups=600, pause=0.0)
+    # Without the reset the WAL reaches about 18 MB here (every commit appends pages). With
     # it, 0.8 MB plus what is written before the checkpointer thread, which needs the GIL
-    # from the busy loop, sees the limit: 1-2.5 MB on a loaded machine.
-    assert largest < 4 * 1024 * 1024, f"the WAL grew to {largest:,} bytes"
+    # from the busy loop, sees the limit: 1-2.5 MB, up to 4.5 MB on a loaded machine (the
+    # bound is about the mechanism, not the thread's scheduling).
+    assert restarts >= 2, "the WAL did not start over while writes kept coming"
+    assert largest < 8 * 1024 * 1024, f"the WAL grew to {largest:,} bytes"
 
 
 async def test_sqlite_wal_starts_over_in_a_lull(
@@ -162,12 +164,17 @@ async def test_sqlite_wal_starts_over_in_a_lull(
         await db.close()
 
 
-async def write_groups(sqlite_url: str, *, groups: int, pause: float, every: int = 1) -> int:
+async def write_groups(
+    sqlite_url: str, *, groups: int, pause: float, every: int = 1
+) -> tuple[int, int]:
     """Write ``groups`` groups of 16 callbacks, pausing ``pause`` s after every ``every``
-    groups; the largest size the WAL file reached."""
+    groups; the largest size the WAL file reached, and how often it started over."""
     from receiver.store.db import sqlite
 
     db = await opened(sqlite_url)
+    assert isinstance(db, sqlite.SqliteDatabase)
+    checkpointer = db._checkpointer
+    assert checkpointer is not None
     wal = Path(sqlite.sqlite_path(sqlite_url) + "-wal")
     largest = 0
     try:
@@ -184,10 +191,11 @@ async def write_groups(sqlite_url: str, *, groups: int, pause: float, every: int
             if pause and group % every == every - 1:
                 await asyncio.sleep(pause)
         assert len(await stored_keys(db)) == groups * 16
+        restarts = checkpointer.resets
     finally:
         await db.close()
     assert size_of(wal) == 0  # truncated at close
-    return largest
+    return largest, restarts
 
 
 def size_of(path: Path) -> int:
