@@ -13,9 +13,10 @@
 --
 -- The pool's requests are kept in memory LuaJIT's garbage collector does not look into
 -- (one malloc'd buffer, through the FFI), not as hundreds of thousands of Lua strings: with
--- those, a collection now and then held this thread for about 300 ms (it ran at a full core
--- while every connection sat idle), and the requests in flight over such a pause put the
--- run's p99 at 30-130 ms against a server that had answered every one of them within 30 ms.
+-- those, a collection now and then held this thread for hundreds of milliseconds while
+-- every connection sat idle, and wrk counted its own pause as the server's latency
+-- (bench/README.md).
+--
 -- SEQ_BASE makes sequence numbers unique across runs; LIMIT > 0 stops each thread after
 -- LIMIT callbacks (further requests are GET /healthz and the thread stops itself).
 --

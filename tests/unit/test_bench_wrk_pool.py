@@ -7,7 +7,6 @@ why); this runs the real wrk against a server that records what arrives.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -74,5 +73,4 @@ def test_pool_requests_arrive_whole_in_order_and_wrap(tmp_path: Path) -> None:
     sent = [(path, sig, event, body.decode()) for path, sig, event, body in seen]
     # One connection: the order of arrival is the order of sending, the pool twice and a bit.
     assert sent == [*pool, *pool, *pool[:2]]
-    assert Counter(body for *_, body in sent)[pool[0][3]] == 3
     assert (result.sent, result.accepted, result.wrapped, result.pool_size) == (12, 12, 2, 5)
