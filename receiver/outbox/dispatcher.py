@@ -123,22 +123,35 @@ class Dispatcher:
             else [ProviderLanes(ctx), EndpointLanes(ctx), ReconcileLanes(ctx)]
         )
         self.busy: Counter[str] = Counter()  # actions in flight in this process, by lane
+        # A class that is not eager, after a claim that took nothing: when that was, and
+        # when its next action comes due (see LaneClass.eager).
+        self._found_nothing: dict[int, tuple[float, float | None]] = {}
 
     async def run(self, stopping: asyncio.Event) -> None:
         settings = self.ctx.settings
         backoff = Backoff(settings.poll_interval, MAX_LOOP_DELAY, rand=self._rand.random)
         while not stopping.is_set():
-            claimed = 0
-            room_left = False  # some class claimed less than it had room for
+            # When to look again unwoken: when the first action not due yet comes due, in a
+            # class that took all it had due. Everything else wakes the dispatcher: a new or
+            # settled action (its commit's notification) and a slot given back in a class
+            # that was full (_forget). At most one claim per class per wake-up (fewer for a
+            # class that is not eager), and no other query: on PostgreSQL, a round trip each.
+            due: float | None = None
             try:
                 for lanes in self.lanes:
                     free = lanes.free(self.busy)
                     if free <= 0:
                         continue
+                    quiet = self._quiet_until(lanes)
+                    if quiet is not None:
+                        due = outbox.earliest(due, quiet)
+                        continue
                     await self.ctx.governor.turn()  # the acknowledgements come first
-                    started = await self._claim_and_start(lanes, free)
-                    claimed += started
-                    room_left = room_left or started < free
+                    claim = await self._claim_and_start(lanes, free)
+                    if len(claim.rows) < free:
+                        due = outbox.earliest(due, claim.next_due)
+                    if not lanes.eager:
+                        self._note_claim(lanes, claim)
                 backoff.reset()
             except Exception as exc:
                 delay = backoff.next_delay()
@@ -147,33 +160,36 @@ class Dispatcher:
                 )
                 await backoff.sleep(delay, stopping)
                 continue
-            if claimed and not room_left:
-                # Full: wait for a slot (a finished action also notifies the channel).
-                await self.ctx.db.wait(outbox.OUTBOX_CHANNEL, settings.poll_interval)
-            elif not claimed:
-                await self.ctx.db.wait(outbox.OUTBOX_CHANNEL, await self._idle_timeout())
+            await self.ctx.db.wait(outbox.OUTBOX_CHANNEL, self._sleep_until(due))
         await self._drain()
 
-    async def _idle_timeout(self) -> float:
-        """Sleep until the next claimable action is due, at most a poll interval."""
+    def _quiet_until(self, lanes: LaneClass) -> float | None:
+        """For a class not eager that found nothing last time: when to claim it next (None:
+        now)."""
+        last = self._found_nothing.get(id(lanes))
+        if last is None:
+            return None
+        found_at, next_due = last
+        until = outbox.earliest(found_at + self.ctx.settings.poll_interval, next_due)
+        return until if until is not None and until > self.ctx.clock() else None
+
+    def _note_claim(self, lanes: LaneClass, claim: outbox.Claim) -> None:
+        if claim.rows:
+            self._found_nothing.pop(id(lanes), None)
+        else:
+            self._found_nothing[id(lanes)] = (self.ctx.clock(), claim.next_due)
+
+    def _sleep_until(self, due: float | None) -> float:
+        """Seconds to wait for a wake-up: until ``due``, at most a poll interval (which also
+        bounds how late anything missed is found)."""
         poll = self.ctx.settings.poll_interval
-        now = self.ctx.clock()
-        due: float | None = None
-        try:
-            for lanes in self.lanes:
-                next_due = await lanes.next_due(self.busy, now=now)
-                if next_due is not None:
-                    due = next_due if due is None else min(due, next_due)
-        except Exception:  # the database is away: just poll; the claim reports the outage
-            return poll
         if due is None:
             return poll
         return max(0.005, min(poll, due - self.ctx.clock()))
 
-    async def _claim_and_start(self, lanes: LaneClass, free: int) -> int:
-        rows, prefetched = outbox.split_claimed(
-            await lanes.claim(free, self.busy, now=self.ctx.clock())
-        )
+    async def _claim_and_start(self, lanes: LaneClass, free: int) -> outbox.Claim:
+        claim = await lanes.claim(free, self.busy, now=self.ctx.clock())
+        rows, prefetched = outbox.split_claimed(claim.rows)
         # The actions' requests came with the claim (PostgreSQL), or are read in one query
         # rather than one each. Should that fail, each action reads its own, and one that
         # cannot is deferred, not counted as an attempt. (Deliveries need none: their
@@ -198,17 +214,25 @@ class Dispatcher:
             self.in_flight[action_id] = task
             self.busy[lane] += 1
             task.add_done_callback(functools.partial(self._forget, action_id, lane))
-        return len(rows)
+        return claim
 
     def _forget(self, action_id: int, lane: str, _task: asyncio.Task[None]) -> None:
         self.in_flight.pop(action_id, None)
+        # The dispatcher passes over a class, or a lane, with no room; the wake-up of this
+        # action's settle may have come before its slot is given back here, so a slot given
+        # back where there was none wakes it again (in this process only).
+        was_at_limit = self._lanes_of_lane(lane).at_limit(lane, self.busy)
         self.busy[lane] -= 1
         if self.busy[lane] <= 0:
             del self.busy[lane]
+        if was_at_limit:
+            self.ctx.db.wake(outbox.OUTBOX_CHANNEL)
+
+    def _lanes_of_lane(self, lane: str) -> LaneClass:
+        return next((c for c in self.lanes if c.owns(lane)), self.lanes[0])
 
     def _lanes_of(self, row: Row) -> LaneClass:
-        lane = str(row.get("lane") or outbox.PROVIDER_LANE)
-        return next((c for c in self.lanes if c.owns(lane)), self.lanes[0])
+        return self._lanes_of_lane(str(row.get("lane") or outbox.PROVIDER_LANE))
 
     def _policy(self, row: Row) -> RetryPolicy:
         return self._lanes_of(row).policy()

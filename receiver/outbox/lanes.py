@@ -24,6 +24,13 @@ if TYPE_CHECKING:
 
 
 class LaneClass(Protocol):
+    # Whether every wake-up of the dispatcher claims this class. One that is not (the
+    # reconciler's reads) is claimed on a wake-up only while its last claim took something,
+    # once its next action is due, or a poll interval after it last found nothing: new and
+    # settled actions of every lane wake the dispatcher alike, and under load a claim that
+    # finds nothing on each would be a round trip per wake-up for nothing.
+    eager: bool
+
     def owns(self, lane: str) -> bool: ...
 
     def free(self, busy: Mapping[str, int]) -> int:
@@ -31,10 +38,14 @@ class LaneClass(Protocol):
         process's actions in flight, by lane)."""
         ...
 
-    async def claim(self, free: int, busy: Mapping[str, int], *, now: float) -> list[Row]: ...
+    def at_limit(self, lane: str, busy: Mapping[str, int]) -> bool:
+        """Whether ``lane``'s actions in flight keep its next action from being claimed
+        (this class's, or the lane's own, number reached)."""
+        ...
 
-    async def next_due(self, busy: Mapping[str, int], *, now: float) -> float | None:
-        """When this class next has an action to claim (None: nothing is waiting)."""
+    async def claim(self, free: int, busy: Mapping[str, int], *, now: float) -> outbox.Claim:
+        """Claim up to ``free`` due actions; the claim also says when this class's next
+        action not due yet comes due (its sleep, when it took all that was due)."""
         ...
 
     def policy(self) -> RetryPolicy: ...
@@ -48,6 +59,7 @@ class ProviderLanes:
     """The provider calls: one lane, ``SIGNBACK_OUTBOX_CONCURRENCY`` in flight."""
 
     lane = outbox.PROVIDER_LANE
+    eager = True
 
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
@@ -58,7 +70,10 @@ class ProviderLanes:
     def free(self, busy: Mapping[str, int]) -> int:
         return self.ctx.settings.outbox_concurrency - busy.get(outbox.PROVIDER_LANE, 0)
 
-    async def claim(self, free: int, busy: Mapping[str, int], *, now: float) -> list[Row]:
+    def at_limit(self, lane: str, busy: Mapping[str, int]) -> bool:
+        return self.free(busy) <= 0
+
+    async def claim(self, free: int, busy: Mapping[str, int], *, now: float) -> outbox.Claim:
         ctx = self.ctx
         return await outbox.claim(
             ctx.db,
@@ -69,11 +84,6 @@ class ProviderLanes:
             lane=self.lane,
             with_requests=True,  # their actions run with their requests
         )
-
-    async def next_due(self, busy: Mapping[str, int], *, now: float) -> float | None:
-        if self.free(busy) <= 0:
-            return None  # a finished action wakes the dispatcher
-        return await outbox.next_due_at(self.ctx.db)
 
     def policy(self) -> RetryPolicy:
         return self.ctx.retry_policy
@@ -100,6 +110,9 @@ class ReconcileLanes(ProviderLanes):
     again, each claim a transaction and an attempt's bookkeeping."""
 
     lane = outbox.RECONCILE_LANE
+    # Reads wait for their budget anyway: one queued by another process goes within a poll
+    # interval.
+    eager = False
 
     def __init__(self, ctx: AppContext) -> None:
         super().__init__(ctx)
@@ -110,11 +123,6 @@ class ReconcileLanes(ProviderLanes):
         if self.ctx.clock() < self._spent_until:
             cap = 1
         return cap - busy.get(outbox.RECONCILE_LANE, 0)
-
-    async def next_due(self, busy: Mapping[str, int], *, now: float) -> float | None:
-        if self.free(busy) <= 0:
-            return None  # a finished read wakes the dispatcher
-        return await outbox.next_due_in_lane(self.ctx.db, outbox.RECONCILE_LANE, now=now)
 
     async def settled(self, row: Row, decision: Decision, outcome: Outcome) -> None:
         if decision.status is DecisionStatus.DEFERRED and decision.retry_at is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from receiver.jsonutil import dumps
@@ -57,20 +58,72 @@ RETURNING id, request_id, action_key, operation, payload, attempts, created_at, 
           lease_expires_at, lane
 """
 
-# PostgreSQL: the claim and the read of the claimed actions' requests in one statement (the
-# dispatcher needs each request to run its action): one round trip per claim instead of two,
-# which on the end-to-end path was a round trip for nearly every event. The request's columns
-# come back under ``request__<column>`` (NULL when the action has no request, or it is gone).
-# SQLite cannot put an UPDATE in a WITH; its statements are calls on the loop, not round trips.
-CLAIMED_REQUEST = "request__"
-CLAIM_WITH_REQUESTS_SQL = (
-    f"WITH claimed AS ({CLAIM_SQL}) SELECT claimed.*, "
-    + ", ".join(
-        f"r.{column} AS {CLAIMED_REQUEST}{column}"
-        for column in (name.strip() for name in REQUEST_COLUMNS.split(","))
-    )
-    + " FROM claimed LEFT JOIN signature_requests r ON r.id = claimed.request_id"
+# When the next action of a lane comes due, after ``now``: the dispatcher's sleep. Only
+# actions due later count: one due already is claimable (the claim takes it) or waits behind
+# an action in flight or one due later, whose settle or due time wakes the dispatcher. So the
+# statement reads one index entry however long the lane's backlog. (An action due soon
+# behind a head due later costs one wake-up that claims nothing, not a spin: the next
+# answer is the head's due time.)
+NEXT_DUE_IN_LANE_SQL = (
+    "SELECT MIN(due_at) AS due FROM outbox"
+    " WHERE lane = :lane AND status = 'pending' AND due_at > :now"
 )
+
+# PostgreSQL: the claim, the lane's next due time and (for the provider calls) the claimed
+# actions' requests, which the dispatcher needs to run them, in one statement: one round trip
+# per claim. A claim and a separate read had been a round trip each for nearly every event on
+# the end-to-end path, and the dispatcher's sleep two more. The row of ``soon`` always comes
+# back, so an empty claim still says when to look again (its action columns are NULL); the
+# requests' columns come back under ``request__<column>`` (NULL when the action has no
+# request, or it is gone). ``soon`` reads the table as it was before the UPDATE, which
+# changes only actions due already. SQLite cannot put an UPDATE in a WITH; there the claim
+# and the next due time are two statements in one transaction (calls on the loop, not round
+# trips).
+CLAIMED_REQUEST = "request__"
+CLAIMED_NEXT_DUE = "claim__next_due"
+_REQUEST_OF_CLAIMED = ", ".join(
+    f"r.{column} AS {CLAIMED_REQUEST}{column}"
+    for column in (name.strip() for name in REQUEST_COLUMNS.split(","))
+)
+CLAIM_WITH_NEXT_DUE_SQL = (
+    f"WITH claimed AS ({CLAIM_SQL}), soon AS ({NEXT_DUE_IN_LANE_SQL})"
+    f" SELECT claimed.*, soon.due AS {CLAIMED_NEXT_DUE} FROM soon LEFT JOIN claimed ON true"
+)
+CLAIM_WITH_REQUESTS_SQL = (
+    f"WITH claimed AS ({CLAIM_SQL}), soon AS ({NEXT_DUE_IN_LANE_SQL})"
+    f" SELECT claimed.*, {_REQUEST_OF_CLAIMED}, soon.due AS {CLAIMED_NEXT_DUE}"
+    " FROM soon LEFT JOIN (claimed LEFT JOIN signature_requests r"
+    " ON r.id = claimed.request_id) ON true"
+)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Actions claimed (in claim order), and when the next action of the lanes asked comes
+    due after the claim's ``now`` (None: none is waiting)."""
+
+    rows: list[Row]
+    next_due: float | None
+
+
+def earliest(a: float | None, b: float | None) -> float | None:
+    """The earlier of two due times, either of which may be unknown (None)."""
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
+def _with_next_due(rows: list[Row]) -> Claim:
+    """A PostgreSQL claim's rows apart from the lane's next due time they carry."""
+    if not rows:
+        return Claim([], None)
+    due = rows[0][CLAIMED_NEXT_DUE]
+    claimed = []
+    for row in rows:
+        del row[CLAIMED_NEXT_DUE]
+        if row["id"] is not None:
+            claimed.append(row)
+    return Claim(claimed, None if due is None else float(due))
 
 
 def split_claimed(rows: list[Row]) -> tuple[list[Row], dict[int, Row] | None]:
@@ -93,13 +146,6 @@ def split_claimed(rows: list[Row]) -> tuple[list[Row], dict[int, Row] | None]:
         if request["id"] is not None:
             found[int(request["id"])] = request
     return actions, found
-
-
-NEXT_DUE_SQL = f"""
-SELECT MIN(o.due_at) AS due FROM outbox o
-WHERE o.lane = 'provider' AND o.status = 'pending'
-  AND {HEAD_OF_LINE}
-"""
 
 
 _INSERT_ACTION_SQL = (
@@ -181,7 +227,7 @@ async def claim(
     worker: str,
     lane: str = PROVIDER_LANE,
     with_requests: bool = False,
-) -> list[Row]:
+) -> Claim:
     """:func:`claim_lanes` for one lane. ``with_requests``: on PostgreSQL the rows also carry
     their requests (:func:`split_claimed` takes them apart)."""
     return await claim_lanes(
@@ -203,17 +249,19 @@ async def claim_lanes(
     worker: str,
     total: int | None = None,
     with_requests: bool = False,
-) -> list[Row]:
+) -> Claim:
     """Claim up to ``limits[lane]`` due head-of-line actions of each lane, in one transaction.
     One statement per lane: each walks its own lane's part of the due index in claim order.
 
     ``total`` caps the claim as a whole: the lanes are asked in their order, each for at most
     what is left of it, and what a lane does not take stays for the next ones (a lane with
-    nothing due never holds back the lanes after it)."""
-    rows: list[Row] = []
-    left = total
-    joined = with_requests and db.dialect == "postgresql"
-    sql = db.render(CLAIM_WITH_REQUESTS_SQL if joined else CLAIM_SQL)
+    nothing due never holds back the lanes after it). The claim's ``next_due`` is the
+    earliest of the lanes asked."""
+    postgres = db.dialect == "postgresql"
+    if postgres:
+        sql = db.render(CLAIM_WITH_REQUESTS_SQL if with_requests else CLAIM_WITH_NEXT_DUE_SQL)
+    else:
+        sql = db.render(CLAIM_SQL)
 
     def params(lane: str, limit: int) -> dict[str, Any]:
         return {
@@ -224,50 +272,40 @@ async def claim_lanes(
             "lane": lane,
         }
 
-    asked = {lane: room for lane, room in limits.items() if room > 0}
-    if len(asked) == 1:
-        # One lane (the provider calls' claim): one statement, committed on its own, which
-        # on PostgreSQL is one round trip instead of a transaction's two.
-        ((lane, room),) = asked.items()
-        limit = room if left is None else min(room, left)
+    asked = [(lane, room) for lane, room in limits.items() if room > 0]
+    if postgres and len(asked) == 1:
+        # One lane (the provider calls' claim): one statement, committed on its own: one
+        # round trip instead of a transaction's two.
+        ((lane, room),) = asked
+        limit = room if total is None else min(room, total)
         if limit <= 0:
-            return []
-        rows = await db.write_returning(sql, params(lane, limit))
-        return sorted(rows, key=lambda r: (float(r["due_at"]), int(r["id"])))
+            return Claim([], None)
+        claim = _with_next_due(await db.write_returning(sql, params(lane, limit)))
+        return Claim(_in_claim_order(claim.rows), claim.next_due)
+    rows: list[Row] = []
+    due: float | None = None
+    left = total
     async with db.transaction() as tx:
-        for lane, room in limits.items():
+        for lane, room in asked:
             limit = room if left is None else min(room, left)
-            if limit > 0:
+            if limit <= 0:
+                break
+            if postgres:
+                claim = _with_next_due(await tx.fetch_all(sql, params(lane, limit)))
+            else:
                 claimed = await tx.fetch_all(sql, params(lane, limit))
-                rows += claimed
-                if left is not None:
-                    left -= len(claimed)
-                    if left <= 0:
-                        break
+                soon = await tx.fetch_one(NEXT_DUE_IN_LANE_SQL, {"lane": lane, "now": now})
+                next_due = None if soon is None or soon["due"] is None else float(soon["due"])
+                claim = Claim(claimed, next_due)
+            rows += claim.rows
+            due = earliest(due, claim.next_due)
+            if left is not None:
+                left -= len(claim.rows)
+    return Claim(_in_claim_order(rows), due)
+
+
+def _in_claim_order(rows: list[Row]) -> list[Row]:
     return sorted(rows, key=lambda r: (float(r["due_at"]), int(r["id"])))
-
-
-async def next_due_at(db: Database) -> float | None:
-    """When the next *claimable* provider action is due: one waiting behind an earlier
-    action of its request does not count (else an idle dispatcher would spin until the head
-    is retried)."""
-    row = await db.fetch_one(NEXT_DUE_SQL)
-    return None if row is None or row["due"] is None else float(row["due"])
-
-
-# The next due action of one lane, for the dispatcher's idle sleep. Only actions due after
-# now: one due already is claimable (the claim takes it) or waits behind an action in
-# flight, whose settle wakes the dispatcher. One index entry, however long the backlog.
-NEXT_DUE_IN_LANE_SQL = (
-    "SELECT MIN(due_at) AS due FROM outbox"
-    " WHERE lane = :lane AND status = 'pending' AND due_at > :now"
-)
-
-
-async def next_due_in_lane(db: Database, lane: str, *, now: float) -> float | None:
-    """When the next action of ``lane`` not yet due comes due (None: none is waiting)."""
-    row = await db.fetch_one(NEXT_DUE_IN_LANE_SQL, {"lane": lane, "now": now})
-    return None if row is None or row["due"] is None else float(row["due"])
 
 
 async def record_attempt(

@@ -9,7 +9,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from receiver.outbox.downstream.lanes import NEXT_DUE_IN_LANE_SQL
 from receiver.store import outbox
 from receiver.store.db import open_database
 from receiver.store.db.base import Database
@@ -35,8 +34,13 @@ async def add(
 
 
 async def claim(db: Database, lanes: dict[str, int]) -> list[int]:
-    rows = await outbox.claim_lanes(db, lanes, now=NOW, lease_seconds=60, worker="test:1:x")
-    return [int(r["id"]) for r in rows]
+    claim = await outbox.claim_lanes(db, lanes, now=NOW, lease_seconds=60, worker="test:1:x")
+    return [int(r["id"]) for r in claim.rows]
+
+
+async def next_due(db: Database, lanes: dict[str, int]) -> float | None:
+    claim = await outbox.claim_lanes(db, lanes, now=NOW, lease_seconds=60, worker="test:1:x")
+    return claim.next_due
 
 
 async def test_head_of_line_holds_per_request_and_lane(database_url: str) -> None:
@@ -75,12 +79,10 @@ async def test_head_of_line_holds_per_request_and_lane(database_url: str) -> Non
             )
         assert await claim(db, {"endpoint:2": 5}) == []  # another lane's turn changes nothing
         assert await claim(db, {"endpoint:1": 5}) == [e1_second]
-        # The provider lane's idle sleep sees only its own lane; a delivery lane's only the
-        # actions due later.
-        assert await outbox.next_due_at(db) == NOW + 60
-        due = await db.fetch_one(NEXT_DUE_IN_LANE_SQL, {"lane": "endpoint:2", "now": NOW})
-        assert due is not None
-        assert due["due"] is None
+        # Each claim says when its own lanes have an action due next, and no other's.
+        assert await next_due(db, {"provider": 5}) == NOW + 60
+        assert await next_due(db, {"endpoint:2": 5}) is None
+        assert await next_due(db, {"endpoint:2": 5, "provider": 5}) == NOW + 60
         assert patch > 0
     finally:
         await db.close()

@@ -49,7 +49,7 @@ async def test_a_due_delivery_is_claimed_whatever_the_lanes_turn(ctx: AppContext
             emitted = await emit.test_event(tx, endpoint=target, now=ctx.clock())
         assert emitted is not None
         # One claim, as the dispatcher makes on the wake-up that queuing sends.
-        rows = await lanes.claim(4, {}, now=ctx.clock() + 1)
+        rows = (await lanes.claim(4, {}, now=ctx.clock() + 1)).rows
         assert [r["lane"] for r in rows] == [f"endpoint:{target.id}"], target.id
         assert rows[0]["event_row"]["public_id"] == emitted.public_id
 
@@ -64,7 +64,7 @@ async def test_the_total_still_caps_the_claim(ctx: AppContext) -> None:
             async with ctx.db.transaction() as tx:
                 await emit.test_event(tx, endpoint=target, now=ctx.clock())
     lanes = EndpointLanes(ctx)
-    rows = await lanes.claim(4, {}, now=ctx.clock() + 1)
+    rows = (await lanes.claim(4, {}, now=ctx.clock() + 1)).rows
     per_lane = [str(r["lane"]) for r in rows]
     assert len(rows) == 4
     assert all(per_lane.count(lane) <= 2 for lane in per_lane)

@@ -59,8 +59,8 @@ async def add_action(db: Database, request_id: int, key: str, status: str, due_a
 
 
 async def claim_ids(db: Database, limit: int = 10) -> list[int]:
-    rows = await outbox.claim(db, limit=limit, now=NOW, lease_seconds=60, worker="test:1:x")
-    return [int(r["id"]) for r in rows]
+    claim = await outbox.claim(db, limit=limit, now=NOW, lease_seconds=60, worker="test:1:x")
+    return [int(r["id"]) for r in claim.rows]
 
 
 async def test_only_each_requests_first_unfinished_action_is_claimed(database_url: str) -> None:
@@ -84,7 +84,9 @@ async def test_only_each_requests_first_unfinished_action_is_claimed(database_ur
         assert await claim_ids(db) == [a2]
         # Everything left waits behind an action in flight or one not due.
         assert await claim_ids(db) == []
-        assert await outbox.next_due_at(db) == NOW + 30  # c1: heads only count
+        # The claim also says when to look again: c1 (only actions due later count).
+        claim = await outbox.claim(db, limit=5, now=NOW, lease_seconds=60, worker="test:1:x")
+        assert (claim.rows, claim.next_due) == ([], NOW + 30)
 
         claimed = await db.fetch_all(
             "SELECT id FROM outbox WHERE status = 'in_flight' AND claimed_by = 'test:1:x'"
@@ -176,15 +178,22 @@ def test_claim_work_on_a_backlog_does_not_depend_on_statistics(postgres_url: str
         actions(done_each + 1, pending_each, "pending")
         backlog = requests_n * pending_each
 
-        # The claim alone, and with its actions' requests (the dispatcher's, on PostgreSQL).
-        claims = (outbox.CLAIM_SQL, outbox.CLAIM_WITH_REQUESTS_SQL)
+        # The claim alone, and as the dispatcher sends it on PostgreSQL: with the lane's next
+        # due time, and with its actions' requests.
+        claims = (
+            outbox.CLAIM_SQL,
+            outbox.CLAIM_WITH_REQUESTS_SQL,
+            outbox.CLAIM_WITH_NEXT_DUE_SQL,
+        )
         stale = [claim_work(conn, postgres_url, sql) for sql in claims]
         conn.execute("ANALYZE outbox")
         fresh = [claim_work(conn, postgres_url, sql) for sql in claims]
-    assert [claimed for _, claimed in stale + fresh] == [16] * 4
+    assert [claimed for _, claimed in stale + fresh] == [16] * 6
     # The join adds a few rows per action claimed (the CTE's scan, the join, one probe of
-    # the requests' primary key), not a scan of the requests.
-    assert stale[1][0] <= stale[0][0] + 4 * 16, stale
+    # the requests' primary key), not a scan of the requests; the next due time one index
+    # entry, not a scan of the backlog.
+    assert stale[1][0] <= stale[0][0] + 4 * 16 + 8, stale
+    assert stale[2][0] <= stale[0][0] + 3 * 16 + 8, stale
     stale_work, fresh_work = max(work for work, _ in stale), max(work for work, _ in fresh)
 
     # The NOT EXISTS formulation looked at 3.7 million rows here with stale statistics; the
@@ -212,10 +221,10 @@ async def test_the_claim_brings_its_actions_requests_on_postgresql(database_url:
                 " 'signback.test', '{}', 'pending', :due, 0, 0, 0)",
                 {"due": NOW - 5},
             )
-        rows = await outbox.claim(
+        claim = await outbox.claim(
             db, limit=10, now=NOW, lease_seconds=60, worker="test:1:x", with_requests=True
         )
-        actions, found = outbox.split_claimed(rows)
+        actions, found = outbox.split_claimed(claim.rows)
         assert [int(r["id"]) for r in actions[:2]] == [a1, b1]
         assert len(actions) == 3
         assert not any(name.startswith(outbox.CLAIMED_REQUEST) for r in actions for name in r)

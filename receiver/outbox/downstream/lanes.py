@@ -33,17 +33,10 @@ from receiver.store.statuses import AttemptOutcome
 
 log = get_logger("signback.downstream")
 
-# The next due delivery of one lane, for the dispatcher's idle sleep. Only actions due after
-# now: one due already is claimable (the claim takes it), or waits behind an action in
-# flight, whose settle wakes the dispatcher. So no head-of-line check is needed here, and
-# the statement reads one index entry however long the lane's backlog.
-NEXT_DUE_IN_LANE_SQL = (
-    "SELECT MIN(due_at) AS due FROM outbox"
-    " WHERE lane = :lane AND status = 'pending' AND due_at > :now"
-)
-
 
 class EndpointLanes:
+    eager = True  # a delivery goes as soon as it is queued
+
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self._turn = 0
@@ -56,6 +49,10 @@ class EndpointLanes:
 
     def free(self, busy: Mapping[str, int]) -> int:
         return self.ctx.settings.endpoint_concurrency - self._busy_total(busy)
+
+    def at_limit(self, lane: str, busy: Mapping[str, int]) -> bool:
+        per_endpoint = self.ctx.settings.endpoint_concurrency_per_endpoint
+        return self.free(busy) <= 0 or busy.get(lane, 0) >= per_endpoint
 
     async def _open_lanes(self, busy: Mapping[str, int]) -> list[tuple[str, int]]:
         """(lane, room) for each enabled endpoint with room left, the front taking turns."""
@@ -71,7 +68,7 @@ class EndpointLanes:
             lanes = lanes[self._turn :] + lanes[: self._turn]
         return lanes
 
-    async def claim(self, free: int, busy: Mapping[str, int], *, now: float) -> list[Row]:
+    async def claim(self, free: int, busy: Mapping[str, int], *, now: float) -> outbox.Claim:
         # Every open lane is asked, in turn order, for at most what is left of ``free``: a
         # lane's room is not set aside before it is known to have anything due. (Set aside,
         # it kept all but the first lanes from being asked at all, so that with more enabled
@@ -79,9 +76,9 @@ class EndpointLanes:
         # others waited for its lane's turn at the front: a poll interval per turn.)
         limits = dict(await self._open_lanes(busy))
         if not limits or free <= 0:
-            return []
+            return outbox.Claim([], None)
         ctx = self.ctx
-        rows = await outbox.claim_lanes(
+        claim = await outbox.claim_lanes(
             ctx.db,
             limits,
             now=now,
@@ -89,6 +86,7 @@ class EndpointLanes:
             worker=ctx.worker_id,
             total=free,
         )
+        rows = claim.rows
         # The events in one query rather than one per delivery. Should it fail, each
         # delivery reads its own (deliver.py).
         ids = {
@@ -104,17 +102,7 @@ class EndpointLanes:
             delivery = ids.get(row["id"])
             if delivery is not None and delivery[0] in found:
                 row["event_row"] = found[delivery[0]]
-        return rows
-
-    async def next_due(self, busy: Mapping[str, int], *, now: float) -> float | None:
-        if self.free(busy) <= 0:
-            return None
-        due: float | None = None
-        for lane, _ in await self._open_lanes(busy):
-            row = await self.ctx.db.fetch_one(NEXT_DUE_IN_LANE_SQL, {"lane": lane, "now": now})
-            if row is not None and row["due"] is not None:
-                due = float(row["due"]) if due is None else min(due, float(row["due"]))
-        return due
+        return claim
 
     def policy(self) -> RetryPolicy:
         """Every answer but 2xx is retried (an endpoint answering 404 or 401 is most likely

@@ -229,6 +229,11 @@ class Database(abc.ABC):
         """Wake workers waiting on ``channel`` (in this process, and others where supported)."""
 
     @abc.abstractmethod
+    def wake(self, channel: str) -> None:
+        """Wake this process's waiters on ``channel`` (no other process is told): for
+        what only this process knows, such as a slot of its own given back."""
+
+    @abc.abstractmethod
     async def wait(self, channel: str, timeout: float) -> bool:
         """Wait until ``channel`` is notified (True) or ``timeout`` seconds pass (False)."""
 

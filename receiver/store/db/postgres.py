@@ -2,7 +2,8 @@
 
 Several web and worker processes share one database: claims use ``FOR UPDATE SKIP LOCKED``,
 and workers sleep on ``LISTEN`` instead of polling fast; ``notify`` sends a ``NOTIFY`` that
-every process's listener turns into a local wake-up.
+every other process's listener turns into a local wake-up (the sender wakes its own waiters
+when it commits, and its listener passes over the NOTIFY when it hears it back).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import asyncio
 import base64
 import contextlib
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -166,7 +168,7 @@ class _PgTransaction(Transaction):
             self._held = []  # BEGIN only: nothing to commit
             return
         if self.pending_notifications:
-            self._hold(_notify_sql(frozenset(self.pending_notifications)), [{}])
+            self._hold(_notify_sql(frozenset(self.pending_notifications), self._db.origin), [{}])
         await self._send("COMMIT")
 
     async def rollback(self) -> None:
@@ -198,6 +200,9 @@ class PostgresDatabase(Database):
         # Exchanges with the server waited for, from this process (a pipelined batch of
         # held statements is one): what the pipeline's cost per event is counted in.
         self.round_trips = 0
+        # Every NOTIFY this process sends carries this as its payload: the listener then
+        # knows the ones it hears back (hex: safe inside an SQL literal).
+        self.origin = secrets.token_hex(8)
 
     async def connect(self) -> None:
         if self._pool is not None:
@@ -254,12 +259,24 @@ class PostgresDatabase(Database):
     def _connect_failed(self, pool: object) -> None:
         self._unreachable = True
 
-    def _checkout(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Row]]:
+    @asynccontextmanager
+    async def _checkout(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
         """A pooled connection; waits CHECKOUT_TIMEOUT, or OUTAGE_CHECKOUT_TIMEOUT while
-        the server refuses connections (then raises PoolTimeout, an OperationalError)."""
-        return self.pool.connection(
+        the server refuses connections (then raises PoolTimeout, an OperationalError).
+
+        Not the pool's ``connection()``: leaving it calls ``commit()`` (or ``rollback()``)
+        on the connection, which on our autocommit connections has nothing to do but still
+        takes the connection's lock and a trip through psycopg's wait machinery, on every
+        checkout. ``putconn`` rolls back a connection handed back inside a transaction
+        (an error in our own rollback) and replaces a broken one all the same."""
+        pool = self.pool
+        conn = await pool.getconn(
             timeout=OUTAGE_CHECKOUT_TIMEOUT if self._unreachable else CHECKOUT_TIMEOUT
         )
+        try:
+            yield conn
+        finally:
+            await pool.putconn(conn)
 
     def is_unavailable(self, exc: BaseException) -> bool:
         # Lost or refused connections, pool timeouts, a cancelled statement: all pass.
@@ -361,7 +378,7 @@ class PostgresDatabase(Database):
         self.round_trips += 1
         try:
             async with self._checkout() as conn:
-                cur = await conn.execute(_json_insert_sql(insert, channel), [document])
+                cur = await conn.execute(_json_insert_sql(insert, channel, self.origin), [document])
                 stored = await cur.fetchall()
         except psycopg.OperationalError:
             await self._sweep()  # the server went away: replace the idle ones now
@@ -402,8 +419,11 @@ class PostgresDatabase(Database):
     async def notify(self, channel: str) -> None:
         self._wakeups.set(channel)
         async with self._checkout() as conn:
-            await conn.execute(f"NOTIFY {CHANNEL_PREFIX}{_identifier(channel)}")
+            await conn.execute(f"NOTIFY {CHANNEL_PREFIX}{_identifier(channel)}, '{self.origin}'")
             await conn.commit()
+
+    def wake(self, channel: str) -> None:
+        self._wakeups.set(channel)
 
     async def wait(self, channel: str, timeout: float) -> bool:
         if channel not in self._listened:
@@ -431,7 +451,11 @@ class PostgresDatabase(Database):
                             self._wakeups.set(channel)
                         self._listen_changed.clear()
                         async for note in conn.notifies(timeout=LISTEN_CHECK_SECONDS):
-                            self._wakeups.set(note.channel.removeprefix(CHANNEL_PREFIX))
+                            # Our own NOTIFY woke this process's waiters at its commit
+                            # already; heard again, it would only send each of them looking
+                            # for work a second time (a claim, a round trip, for nothing).
+                            if note.payload != self.origin:
+                                self._wakeups.set(note.channel.removeprefix(CHANNEL_PREFIX))
                             if self._listen_changed.is_set():
                                 break
             except asyncio.CancelledError:
@@ -450,7 +474,7 @@ class PostgresDatabase(Database):
 
 
 @lru_cache(maxsize=64)
-def _json_insert_sql(insert: NewRowInsert, channel: str) -> str:
+def _json_insert_sql(insert: NewRowInsert, channel: str, origin: str) -> str:
     columns = ", ".join(insert.columns)
     record = ", ".join(
         f"{name} {'text' if pg_type == 'bytea' else pg_type}"
@@ -465,16 +489,17 @@ def _json_insert_sql(insert: NewRowInsert, channel: str) -> str:
         f"WITH ins AS (INSERT INTO {insert.table} ({columns})"
         f" SELECT {selected} FROM json_to_recordset(%s::json) AS r({record})"
         f" ON CONFLICT ({', '.join(insert.key)}) DO NOTHING RETURNING {returning}),"
-        f" note AS (SELECT pg_notify('{CHANNEL_PREFIX}{_identifier(channel)}', '')"
+        f" note AS (SELECT pg_notify('{CHANNEL_PREFIX}{_identifier(channel)}', '{origin}')"
         " WHERE EXISTS (SELECT 1 FROM ins))"
         f" SELECT {returning}, (SELECT count(*) FROM note) AS notified FROM ins"
     )
 
 
 @lru_cache(maxsize=16)
-def _notify_sql(channels: frozenset[str]) -> str:
+def _notify_sql(channels: frozenset[str], origin: str) -> str:
     notes = ", ".join(
-        f"pg_notify('{CHANNEL_PREFIX}{_identifier(channel)}', '')" for channel in sorted(channels)
+        f"pg_notify('{CHANNEL_PREFIX}{_identifier(channel)}', '{origin}')"
+        for channel in sorted(channels)
     )
     return f"SELECT {notes}"
 

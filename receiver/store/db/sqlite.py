@@ -459,5 +459,8 @@ class SqliteDatabase(Database):
     async def notify(self, channel: str) -> None:
         self._wakeups.set(channel)
 
+    def wake(self, channel: str) -> None:
+        self._wakeups.set(channel)
+
     async def wait(self, channel: str, timeout: float) -> bool:
         return await self._wakeups.wait(channel, timeout)

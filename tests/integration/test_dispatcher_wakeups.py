@@ -1,0 +1,179 @@
+"""What wakes the outbox dispatcher, and what a wake-up costs: at most one claim per class of
+lanes (no second claim to find nothing, no query for the next due time: the claim says),
+none for the reconciler's reads while they have nothing, and a slot given back where there
+was none wakes it, even after its settle's notification came. Both databases; the real
+dispatcher loop, with its claims counted."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import pytest
+
+from receiver.app import build_context, prepare_database
+from receiver.clock import FrozenClock
+from receiver.context import AppContext
+from receiver.outbox.dispatcher import Dispatcher
+from receiver.outbox.lanes import LaneClass, ProviderLanes, ReconcileLanes
+from receiver.outbox.outcomes import Outcome
+from receiver.outbox.retry import Decision, RetryPolicy
+from receiver.settings import Settings
+from receiver.store import outbox
+from receiver.store.db.base import Row
+
+pytestmark = pytest.mark.anyio
+
+POLL = 30.0  # far longer than any test here: only a wake-up or a due time moves the loop
+
+
+class Counted:
+    """A lane class whose claims are counted."""
+
+    def __init__(self, inner: LaneClass) -> None:
+        self.inner = inner
+        self.eager = inner.eager
+        self.claims = 0
+
+    def owns(self, lane: str) -> bool:
+        return self.inner.owns(lane)
+
+    def free(self, busy: Mapping[str, int]) -> int:
+        return self.inner.free(busy)
+
+    def at_limit(self, lane: str, busy: Mapping[str, int]) -> bool:
+        return self.inner.at_limit(lane, busy)
+
+    async def claim(self, free: int, busy: Mapping[str, int], *, now: float) -> outbox.Claim:
+        self.claims += 1
+        return await self.inner.claim(free, busy, now=now)
+
+    def policy(self) -> RetryPolicy:
+        return self.inner.policy()
+
+    async def settled(self, row: Row, decision: Decision, outcome: Outcome) -> None:
+        await self.inner.settled(row, decision, outcome)
+
+
+@pytest.fixture
+async def ctx(make_settings: Callable[..., Settings]) -> AsyncIterator[AppContext]:
+    context = build_context(
+        make_settings(poll_interval=POLL, outbox_concurrency=2), clock=FrozenClock()
+    )
+    await prepare_database(context)
+    try:
+        yield context
+    finally:
+        await context.db.close()
+
+
+async def settle_down() -> None:
+    """Let the dispatcher's loop, and what it started, run until it waits again."""
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def dispatching(ctx: AppContext, lanes: list[Counted]) -> AsyncIterator[None]:
+    """The dispatcher's loop over ``lanes``, once it has looked for work and waits. (On
+    PostgreSQL its listener, once connected, wakes it once more: a NOTIFY may have been
+    missed before it listened.)"""
+    stopping = asyncio.Event()
+    running = asyncio.create_task(Dispatcher(ctx, lanes=lanes).run(stopping))
+    try:
+        await asyncio.sleep(0.5)
+        await settle_down()
+        yield
+    finally:
+        stopping.set()
+        ctx.db.wake(outbox.OUTBOX_CHANNEL)
+        await running
+
+
+async def add_read(ctx: AppContext, *, due: float) -> None:
+    """A reconciler's read in its lane, of an operation no provider has (given up at once)."""
+    async with ctx.db.transaction() as tx:
+        row = await tx.fetch_one(
+            "INSERT INTO signature_requests (provider, external_id, state, token_hash,"
+            " token_nonce, created_at, updated_at) VALUES ('firma', 'sr-1', 'sent',"
+            " 'h', 'n', 0, 0) RETURNING id"
+        )
+        assert row is not None
+        await tx.execute(
+            "INSERT INTO outbox (request_id, lane, action_key, operation, payload, status,"
+            " due_at, attempts, created_at, updated_at) VALUES (:request, 'reconcile',"
+            " 'read-1', 'nobody.reconcile', '{}', 'pending', :due, 0, 0, 0)",
+            {"request": int(row["id"]), "due": due},
+        )
+
+
+async def test_a_wake_up_claims_each_class_once_and_the_empty_reads_lane_not_at_all(
+    ctx: AppContext,
+) -> None:
+    clock = ctx.clock
+    assert isinstance(clock, FrozenClock)
+    provider, reads = Counted(ProviderLanes(ctx)), Counted(ReconcileLanes(ctx))
+    async with dispatching(ctx, [provider, reads]):
+        assert reads.claims == 1  # the first look found nothing
+        before = provider.claims
+        for _ in range(5):
+            ctx.db.wake(outbox.OUTBOX_CHANNEL)
+            await settle_down()
+        # Each wake-up: one claim of the provider calls; none of the reads' empty lane.
+        assert (provider.claims - before, reads.claims) == (5, 1)
+
+        # A read queued meanwhile (by another process, say) waits for the lane's poll...
+        await add_read(ctx, due=clock() - 1)
+        ctx.db.wake(outbox.OUTBOX_CHANNEL)
+        await settle_down()
+        assert reads.claims == 1
+        # ... which comes a poll interval after the lane was last found empty: the read is
+        # claimed and run (given up), and its settle's wake-up finds the lane empty again.
+        clock.advance(POLL)
+        ctx.db.wake(outbox.OUTBOX_CHANNEL)
+        await settle_down()
+        assert reads.claims == 3
+        done = await ctx.db.fetch_all("SELECT status FROM outbox WHERE lane = 'reconcile'")
+        assert [r["status"] for r in done] == ["dead"]
+        ctx.db.wake(outbox.OUTBOX_CHANNEL)
+        await settle_down()
+        assert reads.claims == 3
+
+
+async def test_the_reads_lane_is_claimed_when_its_next_read_comes_due(ctx: AppContext) -> None:
+    clock = ctx.clock
+    assert isinstance(clock, FrozenClock)
+    await add_read(ctx, due=clock() + 10)  # the lane's first (empty) claim learns of it
+    reads = Counted(ReconcileLanes(ctx))
+    async with dispatching(ctx, [Counted(ProviderLanes(ctx)), reads]):
+        ctx.db.wake(outbox.OUTBOX_CHANNEL)
+        await settle_down()
+        assert reads.claims == 1
+        clock.advance(10)
+        ctx.db.wake(outbox.OUTBOX_CHANNEL)
+        await settle_down()
+        assert reads.claims == 3  # the read, then the empty lane on its settle's wake-up
+        done = await ctx.db.fetch_all("SELECT status FROM outbox WHERE lane = 'reconcile'")
+        assert [r["status"] for r in done] == ["dead"]
+
+
+async def test_a_slot_given_back_where_there_was_none_wakes_the_dispatcher(
+    ctx: AppContext,
+) -> None:
+    dispatcher = Dispatcher(ctx)
+    finished = asyncio.create_task(asyncio.sleep(0))
+    await finished
+    # Nothing left over from the set-up (on PostgreSQL, the listener's first wake-up).
+    while await ctx.db.wait(outbox.OUTBOX_CHANNEL, 0.3):
+        pass
+
+    # Both slots of the provider calls taken: the dispatcher passes the class over, and the
+    # settle's wake-up may have come before the slot is given back.
+    dispatcher.busy[outbox.PROVIDER_LANE] = 2
+    dispatcher._forget(1, outbox.PROVIDER_LANE, finished)
+    assert await ctx.db.wait(outbox.OUTBOX_CHANNEL, 0.05) is True
+    # One of two taken: the class had room, so nothing waits for this slot.
+    dispatcher._forget(2, outbox.PROVIDER_LANE, finished)
+    assert await ctx.db.wait(outbox.OUTBOX_CHANNEL, 0.05) is False
+    assert dispatcher.busy[outbox.PROVIDER_LANE] == 0
