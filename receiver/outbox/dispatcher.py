@@ -315,20 +315,14 @@ class Dispatcher:
         throttled = decided is DecisionStatus.THROTTLED
 
         async def record_in(tx: Transaction) -> Later:
-            await outbox.record_attempt(
+            settled = await outbox.record_result(
                 tx,
-                action_id=action_id,
+                action_id,
                 attempt=attempt,
                 started_at=started_at,
                 duration_ms=round(duration_ms, 2),
-                status_code=outcome.status_code,
                 outcome=logged,
-                error=error,
                 response_excerpt=outcome.response_excerpt[:500] or None,
-            )
-            settled = await outbox.settle(
-                tx,
-                action_id,
                 status=status,
                 now=now,
                 due_at=decision.retry_at,
@@ -343,7 +337,8 @@ class Dispatcher:
             # ---
             if not (retire or dead or outcome.follow_up):
                 # Nothing more to write: the attempt and the settlement go with the commit
-                # (on PostgreSQL, a shared transaction's results in one round trip).
+                # (on PostgreSQL, a shared transaction's results in one statement, and with
+                # its NOTIFY and COMMIT in one round trip).
                 return settled
             await tx.flush()  # what follows is written only if this worker held the action
             if settled.rowcount and retire:

@@ -69,6 +69,22 @@ def in_list(values: Iterable[Any], prefix: str = "in_") -> tuple[str, dict[str, 
     return "(" + ", ".join(":" + name for name in params) + ")", params
 
 
+@dataclass(frozen=True)
+class BatchedWrite:
+    """A write that each of several callers in one transaction makes for one row of its
+    own, which a driver may send as one statement for all of them
+    (:meth:`Transaction.execute_batched_later`).
+
+    ``postgres_sql`` is that statement: its one parameter (``%s``) is a JSON array of the
+    rows' parameters (for ``json_to_recordset``), and it returns the ``key`` of each row it
+    changed. ``one`` does the same for one row with plain statements (other drivers) and
+    returns how many rows it changed (0 or 1)."""
+
+    postgres_sql: str
+    key: str
+    one: Callable[[Transaction, Params], Awaitable[int]]
+
+
 class Later:
     """The row count of a statement sent with :meth:`Transaction.execute_later`, known once
     it was sent: after the commit, or after :meth:`Transaction.flush`."""
@@ -118,6 +134,13 @@ class Transaction(abc.ABC):
         transaction fails there all the same. Its row count is known once it was sent.
         SQLite runs it at once (its statements are not round trips)."""
         return Later(await self.execute(sql, params))
+
+    async def execute_batched_later(self, write: BatchedWrite, params: Params) -> Later:
+        """:meth:`execute_later` for one row of a :class:`BatchedWrite`: a driver may hold
+        it back with the rows of the same write that the transaction adds next, and send
+        them as one statement (PostgreSQL). Its row count (0 or 1) is known once sent.
+        Others run ``write.one`` at once."""
+        return Later(await write.one(self, params))
 
     async def executemany_later(self, sql: str, params: Sequence[Params]) -> None:
         """:meth:`execute_later` for each of ``params`` (no row counts)."""

@@ -26,7 +26,15 @@ from psycopg_pool import AsyncConnectionPool
 from receiver import jsonutil
 from receiver.backoff import MAX_LOOP_DELAY, Backoff
 from receiver.logs import get_logger
-from receiver.store.db.base import Database, Later, NewRowInsert, Params, Row, Transaction
+from receiver.store.db.base import (
+    BatchedWrite,
+    Database,
+    Later,
+    NewRowInsert,
+    Params,
+    Row,
+    Transaction,
+)
 from receiver.store.db.wakeup import Wakeups
 
 log = get_logger(__name__)
@@ -67,7 +75,31 @@ def conninfo(url: str) -> str:
 # A statement held back: its text, the parameters of each time it is to run (consecutive
 # runs of one text, none of them counted, share an entry: one executemany), and where its
 # row count goes (for one run only).
-_Held = tuple[str, list[Params], Later | None]
+_Statement = tuple[str, list[Params], Later | None]
+
+
+class _Batch:
+    """Rows of one BatchedWrite held back (consecutive ones share an entry): one statement
+    for all of them, and where each row's count goes."""
+
+    __slots__ = ("laters", "rows", "write")
+
+    def __init__(self, write: BatchedWrite) -> None:
+        self.write = write
+        self.rows: list[Params] = []
+        self.laters: list[Later] = []
+
+    def document(self) -> str:
+        return jsonutil.dumps_bytes(self.rows).decode()
+
+    def sent(self, changed: list[Row]) -> None:
+        key = self.write.key
+        keys = {row[key] for row in changed}
+        for row, later in zip(self.rows, self.laters, strict=True):
+            later.sent(1 if row[key] in keys else 0)
+
+
+_Held = _Statement | _Batch
 
 
 class _PgTransaction(Transaction):
@@ -89,7 +121,7 @@ class _PgTransaction(Transaction):
         if not params:
             return
         last = self._held[-1] if self._held else None
-        if later is None and last is not None and last[0] == sql and last[2] is None:
+        if later is None and isinstance(last, tuple) and last[0] == sql and last[2] is None:
             last[1].extend(params)
         else:
             self._held.append((sql, list(params), later))
@@ -108,11 +140,17 @@ class _PgTransaction(Transaction):
         held, self._held = self._held, []
         self._begun = True
         counted: list[tuple[Later, psycopg.AsyncCursor[Row]]] = []
+        batches: list[tuple[_Batch, psycopg.AsyncCursor[Row]]] = []
         cur = None
         # Leaving the block sends one Sync and reads every result; an error in any of the
         # statements is raised there (those after it were not run).
         async with self._conn.pipeline():
-            for held_sql, runs, later in held:
+            for entry in held:
+                if isinstance(entry, _Batch):
+                    batch = await self._conn.execute(entry.write.postgres_sql, [entry.document()])
+                    batches.append((entry, batch))
+                    continue
+                held_sql, runs, later = entry
                 if len(runs) > 1:
                     async with self._conn.cursor() as many:
                         await many.executemany(to_psycopg(held_sql), runs)
@@ -124,6 +162,8 @@ class _PgTransaction(Transaction):
                 cur = await self._conn.execute(to_psycopg(sql), params or {})
         for later, one in counted:
             later.sent(one.rowcount)
+        for entry, batch in batches:
+            entry.sent(await batch.fetchall())
         return cur
 
     async def _awaited(self, sql: str, params: Params | None) -> psycopg.AsyncCursor[Row]:
@@ -141,6 +181,16 @@ class _PgTransaction(Transaction):
 
     async def executemany_later(self, sql: str, params: Sequence[Params]) -> None:
         self._hold(sql, params)
+
+    async def execute_batched_later(self, write: BatchedWrite, params: Params) -> Later:
+        later = Later()
+        last = self._held[-1] if self._held else None
+        if not (isinstance(last, _Batch) and last.write is write):
+            last = _Batch(write)
+            self._held.append(last)
+        last.rows.append(params)
+        last.laters.append(later)
+        return later
 
     async def flush(self) -> None:
         await self._send(None)
