@@ -322,21 +322,49 @@ async def record_attempt(
 ) -> None:
     # Nothing reads it back before the commit: on PostgreSQL it goes with the next statement.
     await tx.execute_later(
-        "INSERT INTO outbox_attempts (action_id, attempt, started_at, duration_ms, status_code,"
-        " outcome, error, response_excerpt) VALUES (:action_id, :attempt, :started_at,"
-        " :duration_ms, :status_code, :outcome, :error, :excerpt)",
-        {
-            "action_id": action_id,
-            "attempt": attempt,
-            "started_at": started_at,
-            "duration_ms": duration_ms,
-            "status_code": status_code,
-            "outcome": outcome,
-            # A provider's answer is outside text: it may hold a NUL (PostgreSQL refuses).
-            "error": storable_or_none(error),
-            "excerpt": storable_or_none(response_excerpt),
-        },
+        _ATTEMPT_SQL,
+        _attempt_params(
+            action_id,
+            attempt=attempt,
+            started_at=started_at,
+            duration_ms=duration_ms,
+            status_code=status_code,
+            outcome=outcome,
+            error=error,
+            response_excerpt=response_excerpt,
+        ),
     )
+
+
+_ATTEMPT_SQL = (
+    "INSERT INTO outbox_attempts (action_id, attempt, started_at, duration_ms, status_code,"
+    " outcome, error, response_excerpt) VALUES (:id, :attempt, :started_at,"
+    " :duration_ms, :code, :outcome, :error, :excerpt)"
+)
+
+
+def _attempt_params(
+    action_id: int,
+    *,
+    attempt: int,
+    started_at: float,
+    duration_ms: float | None,
+    status_code: int | None,
+    outcome: AttemptOutcome,
+    error: str | None,
+    response_excerpt: str | None,
+) -> dict[str, Any]:
+    return {
+        "id": action_id,
+        "attempt": attempt,
+        "started_at": started_at,
+        "duration_ms": duration_ms,
+        "code": status_code,
+        "outcome": str(outcome),
+        # A provider's answer is outside text: it may hold a NUL (PostgreSQL refuses).
+        "error": storable_or_none(error),
+        "excerpt": storable_or_none(response_excerpt),
+    }
 
 
 SETTLE_SQL = (
@@ -371,21 +399,46 @@ async def settle(
     the last status code and error stay those of the last answer."""
     settled = await tx.execute_later(
         SETTLE_SQL,
-        {
-            "status": status,
-            "due": due_at,
-            "code": status_code,
-            "error": storable_or_none(error),
-            "now": now,
-            "id": action_id,
-            "worker": worker,
-            "uncount": 1 if uncount else 0,
-            "keep": 1 if keep_last else 0,
-        },
+        _settle_params(
+            action_id,
+            status=status,
+            now=now,
+            due_at=due_at,
+            status_code=status_code,
+            error=error,
+            worker=worker,
+            uncount=uncount,
+            keep_last=keep_last,
+        ),
     )
     # A settled action may unblock the next one of the same request.
     tx.notify_on_commit(OUTBOX_CHANNEL)
     return settled
+
+
+def _settle_params(
+    action_id: int,
+    *,
+    status: ActionStatus,
+    now: float,
+    due_at: float | None,
+    status_code: int | None,
+    error: str | None,
+    worker: str,
+    uncount: bool,
+    keep_last: bool,
+) -> dict[str, Any]:
+    return {
+        "status": str(status),
+        "due": due_at,
+        "code": status_code,
+        "error": storable_or_none(error),
+        "now": now,
+        "id": action_id,
+        "worker": worker,
+        "uncount": 1 if uncount else 0,
+        "keep": 1 if keep_last else 0,
+    }
 
 
 # The result of an attempt (its attempt log row and its action's settlement) for many
@@ -413,31 +466,9 @@ _RECORD_RESULTS_SQL = (
 
 
 async def _record_one_result(tx: Transaction, result: Params) -> int:
-    await record_attempt(
-        tx,
-        action_id=result["id"],
-        attempt=result["attempt"],
-        started_at=result["started_at"],
-        duration_ms=result["duration_ms"],
-        status_code=result["code"],
-        outcome=result["outcome"],
-        error=result["error"],
-        response_excerpt=result["excerpt"],
-    )
-    settled = await settle(
-        tx,
-        result["id"],
-        status=result["status"],
-        now=result["now"],
-        due_at=result["due"],
-        status_code=result["code"],
-        error=result["error"],
-        worker=result["worker"],
-        uncount=bool(result["uncount"]),
-        keep_last=bool(result["keep"]),
-    )
-    await tx.flush()
-    return settled.rowcount
+    """One result by plain statements (its parameters serve both)."""
+    await tx.execute(_ATTEMPT_SQL, result)
+    return await tx.execute(SETTLE_SQL, result)
 
 
 _RECORD_RESULT = BatchedWrite(_RECORD_RESULTS_SQL, "id", _record_one_result)
@@ -463,24 +494,31 @@ async def record_result(
     """:func:`record_attempt` and :func:`settle` of one attempt's result, as one write that
     the results sharing a transaction send as one statement (PostgreSQL). Its row count,
     once sent, is 0 if this worker no longer held the action."""
+    # One set of parameters serves the attempt and the settlement (the same names for the
+    # same facts), in the batched statement and in the plain ones alike.
     later = await tx.execute_batched_later(
         _RECORD_RESULT,
-        {
-            "id": action_id,
-            "worker": worker,
-            "attempt": attempt,
-            "started_at": started_at,
-            "duration_ms": duration_ms,
-            "code": status_code,
-            "outcome": str(outcome),
-            "error": storable_or_none(error),
-            "excerpt": storable_or_none(response_excerpt),
-            "status": str(status),
-            "due": due_at,
-            "uncount": 1 if uncount else 0,
-            "keep": 0,
-            "now": now,
-        },
+        _attempt_params(
+            action_id,
+            attempt=attempt,
+            started_at=started_at,
+            duration_ms=duration_ms,
+            status_code=status_code,
+            outcome=outcome,
+            error=error,
+            response_excerpt=response_excerpt,
+        )
+        | _settle_params(
+            action_id,
+            status=status,
+            now=now,
+            due_at=due_at,
+            status_code=status_code,
+            error=error,
+            worker=worker,
+            uncount=uncount,
+            keep_last=False,
+        ),
     )
     tx.notify_on_commit(OUTBOX_CHANNEL)  # a settled action may unblock the next one
     return later
