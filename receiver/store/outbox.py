@@ -8,7 +8,16 @@ from typing import Any
 
 from receiver.jsonutil import dumps
 from receiver.model import Action
-from receiver.store.db.base import BatchedWrite, Database, Later, Params, Row, Transaction, in_list
+from receiver.store.db.base import (
+    BatchedWrite,
+    Database,
+    Later,
+    Params,
+    Row,
+    Transaction,
+    in_list,
+    json_rows,
+)
 from receiver.store.newest import newest_first
 from receiver.store.requests import COLUMNS as REQUEST_COLUMNS
 from receiver.store.statuses import ActionStatus, AttemptOutcome
@@ -170,6 +179,31 @@ def _action_params(
     }
 
 
+# The actions of every event of a pipeline chunk in one statement on PostgreSQL (one per
+# action had been a statement per event). Independent: nothing else a chunk writes or
+# reads back touches the outbox.
+_INSERT_ACTIONS_SQL = (
+    "INSERT INTO outbox (request_id, action_key, operation, payload, status, due_at,"
+    " attempts, source_inbox_id, created_at, updated_at) SELECT request_id, key, operation,"
+    " payload, 'pending', due, 0, source, now, now FROM "
+    + json_rows(
+        "request_id bigint, key text, operation text, payload text, due double precision,"
+        " source bigint, now double precision"
+    )
+    + " ORDER BY n ON CONFLICT (request_id, action_key) DO NOTHING"
+    " RETURNING request_id, action_key AS key"
+)
+
+
+async def _insert_one_action(tx: Transaction, params: Params) -> int:
+    return await tx.execute(_INSERT_ACTION_SQL, params)
+
+
+_INSERT_ACTION = BatchedWrite(
+    _INSERT_ACTIONS_SQL, ("request_id", "key"), _insert_one_action, independent=True
+)
+
+
 async def insert_actions_later(
     tx: Transaction,
     request_id: int,
@@ -178,11 +212,12 @@ async def insert_actions_later(
     now: float,
     source_inbox_id: int | None,
 ) -> list[Later]:
-    """:func:`insert_actions` without waiting (``tx.execute_later``): how many were stored
-    is known once they were sent; then :func:`stored` counts them and wakes the dispatcher."""
+    """:func:`insert_actions` without waiting (``tx.execute_batched_later``): how many were
+    stored is known once they were sent; then :func:`stored` counts them and wakes the
+    dispatcher."""
     return [
-        await tx.execute_later(
-            _INSERT_ACTION_SQL,
+        await tx.execute_batched_later(
+            _INSERT_ACTION,
             _action_params(request_id, action, now=now, source_inbox_id=source_inbox_id),
         )
         for action in actions
@@ -451,7 +486,7 @@ _RESULT_FIELDS = (
     " status text, due double precision, uncount integer, keep integer, now double precision"
 )
 _RECORD_RESULTS_SQL = (
-    f"WITH r AS (SELECT * FROM json_to_recordset(%s::json) AS r({_RESULT_FIELDS})),"
+    f"WITH r AS (SELECT * FROM json_to_recordset(%(rows)s::json) AS r({_RESULT_FIELDS})),"
     " logged AS (INSERT INTO outbox_attempts (action_id, attempt, started_at, duration_ms,"
     " status_code, outcome, error, response_excerpt) SELECT id, attempt, started_at,"
     " duration_ms, code, outcome, error, excerpt FROM r)"
@@ -471,7 +506,7 @@ async def _record_one_result(tx: Transaction, result: Params) -> int:
     return await tx.execute(SETTLE_SQL, result)
 
 
-_RECORD_RESULT = BatchedWrite(_RECORD_RESULTS_SQL, "id", _record_one_result)
+_RECORD_RESULT = BatchedWrite(_RECORD_RESULTS_SQL, ("id",), _record_one_result)
 
 
 async def record_result(

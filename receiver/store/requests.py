@@ -7,7 +7,15 @@ from typing import Any
 
 from receiver.jsonutil import dumps, loads_object
 from receiver.model import RequestState, SignatureRequest
-from receiver.store.db.base import Database, Row, Transaction, in_list
+from receiver.store.db.base import (
+    BatchedWrite,
+    Database,
+    Params,
+    Row,
+    Transaction,
+    in_list,
+    json_rows,
+)
 from receiver.store.newest import newest_first
 
 COLUMNS = (
@@ -218,6 +226,43 @@ async def retire_shared_token(tx: Transaction, request_id: int, *, now: float) -
     return changed > 0
 
 
+# A request that ended is read no more: its reconciliation schedule ends with it.
+_SET_STATE_SQL = (
+    "UPDATE signature_requests SET state = :state,"
+    " provider_status = COALESCE(:provider_status, provider_status), updated_at = :now,"
+    " next_reconcile_at = CASE WHEN :ended = 1 THEN NULL ELSE next_reconcile_at END"
+    " WHERE id = :id"
+)
+
+# The state changes of a pipeline chunk in one statement on PostgreSQL. Several changes of
+# one request (two of its events in a chunk) come out as they would one after the other:
+# the last state and time, the last provider status given, the schedule ended if any of
+# them ended it. Its rows are found by their ids first (see inbox._FINISH_MANY_SQL).
+# Independent: the chunk's other held writes do not touch the requests (they were read,
+# and locked, before any of them).
+_SET_STATES_SQL = (
+    "WITH r AS (SELECT * FROM "
+    + json_rows("id bigint, state text, provider_status text, now double precision, ended integer")
+    + "), last AS (SELECT id, (array_agg(state ORDER BY n DESC))[1] AS state,"
+    " (array_agg(provider_status ORDER BY n DESC)"
+    " FILTER (WHERE provider_status IS NOT NULL))[1] AS provider_status,"
+    " (array_agg(now ORDER BY n DESC))[1] AS now, MAX(ended) AS ended FROM r GROUP BY id)"
+    " UPDATE signature_requests s SET state = last.state,"
+    " provider_status = COALESCE(last.provider_status, s.provider_status),"
+    " updated_at = last.now,"
+    " next_reconcile_at = CASE WHEN last.ended = 1 THEN NULL ELSE s.next_reconcile_at END"
+    " FROM last WHERE s.id = last.id AND s.id = ANY (ARRAY(SELECT (e ->> 'id')::bigint"
+    " FROM json_array_elements(%(rows)s::json) e)) RETURNING s.id"
+)
+
+
+async def _set_one_state(tx: Transaction, params: Params) -> int:
+    return await tx.execute(_SET_STATE_SQL, params)
+
+
+_SET_STATE = BatchedWrite(_SET_STATES_SQL, ("id",), _set_one_state, independent=True)
+
+
 async def set_state(
     tx: Transaction,
     request_id: int,
@@ -226,15 +271,17 @@ async def set_state(
     provider_status: str | None,
     now: float,
 ) -> None:
-    # A request that ended is read no more: its reconciliation schedule ends with it.
-    ended = state in TERMINAL_STATES
-    # Nothing reads its result: on PostgreSQL it goes with the transaction's next statement.
-    await tx.execute_later(
-        "UPDATE signature_requests SET state = :state,"
-        " provider_status = COALESCE(:provider_status, provider_status), updated_at = :now"
-        + (", next_reconcile_at = NULL" if ended else "")
-        + " WHERE id = :id",
-        {"state": state.value, "provider_status": provider_status, "now": now, "id": request_id},
+    """Held back (nothing reads its result): on PostgreSQL it goes with the transaction's
+    next statement, one statement for the chunk's state changes."""
+    await tx.execute_batched_later(
+        _SET_STATE,
+        {
+            "id": request_id,
+            "state": state.value,
+            "provider_status": provider_status,
+            "now": now,
+            "ended": 1 if state in TERMINAL_STATES else 0,
+        },
     )
 
 

@@ -19,7 +19,16 @@ from typing import Any
 
 from receiver import jsonutil
 from receiver.outbox.downstream.catalogue import SCHEMA_VERSION
-from receiver.store.db.base import Database, Later, Row, Transaction, in_list
+from receiver.store.db.base import (
+    BatchedWrite,
+    Database,
+    Later,
+    Params,
+    Row,
+    Transaction,
+    in_list,
+    json_rows,
+)
 from receiver.store.storable import renderable
 
 COLUMNS = (
@@ -111,11 +120,34 @@ async def insert(tx: Transaction, row: Mapping[str, Any]) -> int | None:
     return None if found is None else int(found["id"])
 
 
+# The events of a pipeline chunk that go to no endpoint, in one statement on PostgreSQL.
+# Independent: the chunk's other writes do not touch the events table (an event that goes to
+# an endpoint is inserted on its own, its id read back at once).
+_INSERT_MANY_SQL = (
+    "INSERT INTO events (public_id, type, request_id, provider, timestamp, payload, raw,"
+    " dedupe_key, source_inbox_id, created_at) SELECT public_id, type, request_id,"
+    " provider, timestamp, payload, raw, dedupe_key, source, now FROM "
+    + json_rows(
+        "public_id text, type text, request_id bigint, provider text,"
+        " timestamp double precision, payload text, raw text, dedupe_key text,"
+        " source bigint, now double precision"
+    )
+    + " ORDER BY n ON CONFLICT DO NOTHING RETURNING dedupe_key"
+)
+
+
+async def _insert_one(tx: Transaction, row: Params) -> int:
+    return await tx.execute(_INSERT_SQL, row)
+
+
+_INSERT = BatchedWrite(_INSERT_MANY_SQL, ("dedupe_key",), _insert_one, independent=True)
+
+
 async def insert_later(tx: Transaction, row: Mapping[str, Any]) -> Later:
     """:func:`insert` held back with the transaction's other writes, no id read back (an
-    event that goes to no endpoint needs none): on PostgreSQL no round trip of its own.
-    Whether it was new is known once it was sent."""
-    return await tx.execute_later(_INSERT_SQL, row)
+    event that goes to no endpoint needs none): on PostgreSQL no round trip of its own, and
+    one statement for the chunk's events. Whether it was new is known once it was sent."""
+    return await tx.execute_batched_later(_INSERT, dict(row))
 
 
 async def get_many(db: Database, ids: Sequence[int]) -> dict[int, Row]:

@@ -75,14 +75,35 @@ class BatchedWrite:
     own, which a driver may send as one statement for all of them
     (:meth:`Transaction.execute_batched_later`).
 
-    ``postgres_sql`` is that statement: its one parameter (``%s``) is a JSON array of the
-    rows' parameters (for ``json_to_recordset``), and it returns the ``key`` of each row it
-    changed. ``one`` does the same for one row with plain statements (other drivers) and
-    returns how many rows it changed (0 or 1)."""
+    ``postgres_sql`` is that statement: its one parameter (``%(rows)s``, as often as it
+    needs it) is a JSON array of the rows' parameters (for ``json_to_recordset``, in their
+    order: :func:`json_rows`), and it returns the ``key`` columns (parameters of the same
+    names) of each row it changed; of several rows with one key, the first counts (an
+    insert that skips a key already stored stores the first).
+    ``one`` does the same for one row with plain statements (other drivers) and returns how
+    many rows it changed (0 or 1).
+
+    ``independent``: its rows touch no row that another write of the same transaction
+    reads or changes (a table no other held write uses), so a driver may send every row of
+    it held in the transaction as one statement, at the place of the first one, even with
+    other writes held between them. Otherwise only rows held one after another share a
+    statement."""
 
     postgres_sql: str
-    key: str
+    key: tuple[str, ...]
     one: Callable[[Transaction, Params], Awaitable[int]]
+    independent: bool = False
+
+
+def json_rows(columns: str) -> str:
+    """The rows of a :class:`BatchedWrite`'s JSON document as a PostgreSQL FROM item ``r``
+    with these columns (``"name type, …"``, as ``json_to_recordset`` takes them), in the
+    document's order (an ``ORDER BY n`` keeps it: serial ids are then given in that order)."""
+    names = ", ".join(part.split()[0] for part in columns.split(","))
+    return (
+        f"ROWS FROM (json_to_recordset(%(rows)s::json) AS ({columns}))"
+        f" WITH ORDINALITY AS r({names}, n)"
+    )
 
 
 class Later:
@@ -141,11 +162,6 @@ class Transaction(abc.ABC):
         them as one statement (PostgreSQL). Its row count (0 or 1) is known once sent.
         Others run ``write.one`` at once."""
         return Later(await write.one(self, params))
-
-    async def executemany_later(self, sql: str, params: Sequence[Params]) -> None:
-        """:meth:`execute_later` for each of ``params`` (no row counts)."""
-        if params:
-            await self.executemany(sql, params)
 
     async def flush(self) -> None:
         """Send what :meth:`execute_later` held back now (its row counts are wanted)."""

@@ -79,8 +79,8 @@ _Statement = tuple[str, list[Params], Later | None]
 
 
 class _Batch:
-    """Rows of one BatchedWrite held back (consecutive ones share an entry): one statement
-    for all of them, and where each row's count goes."""
+    """Rows of one BatchedWrite held back (consecutive ones share an entry, and all of an
+    independent write's): one statement for all of them, and where each row's count goes."""
 
     __slots__ = ("laters", "rows", "write")
 
@@ -93,10 +93,15 @@ class _Batch:
         return jsonutil.dumps_bytes(self.rows).decode()
 
     def sent(self, changed: list[Row]) -> None:
-        key = self.write.key
-        keys = {row[key] for row in changed}
+        names = self.write.key
+        keys = {tuple(row[name] for name in names) for row in changed}
         for row, later in zip(self.rows, self.laters, strict=True):
-            later.sent(1 if row[key] in keys else 0)
+            key = tuple(row[name] for name in names)
+            if key in keys:
+                keys.discard(key)  # several rows with one key: the first one changed it
+                later.sent(1)
+            else:
+                later.sent(0)
 
 
 _Held = _Statement | _Batch
@@ -108,14 +113,20 @@ class _PgTransaction(Transaction):
     pipeline mode: one round trip for all of them. So BEGIN travels with the first read, the
     writes of an event with the next read, and the last writes with NOTIFY and COMMIT. Each
     round trip through psycopg's async connection costs the process far more CPU than the
-    statements in it (docs/performance.md, "What a round trip costs")."""
+    statements in it (docs/performance.md, "What a round trip costs").
+
+    Each statement in a pipeline still costs psycopg a send of its own (it flushes after
+    every one), and the server a statement: hence batched writes (one statement for the
+    rows of many callers), and no BEGIN or COMMIT for a transaction that goes all at once
+    at its commit (:meth:`commit`)."""
 
     def __init__(self, conn: psycopg.AsyncConnection[Row], db: PostgresDatabase) -> None:
         super().__init__()
         self._conn = conn
         self._db = db
         self._held: list[_Held] = [("BEGIN", [{}], None)]
-        self._begun = False  # BEGIN has been sent: a failure must roll back
+        self._independent: dict[int, _Batch] = {}  # held batches of independent writes
+        self._begun = False  # something has been sent: a failure must roll back
 
     def _hold(self, sql: str, params: Sequence[Params], later: Later | None = None) -> None:
         if not params:
@@ -136,9 +147,14 @@ class _PgTransaction(Transaction):
         self._db.round_trips += 1
         if not self._held:
             assert sql is not None
+            self._db.statements += 1
             return await self._conn.execute(to_psycopg(sql), params or {})
         held, self._held = self._held, []
+        self._independent = {}
         self._begun = True
+        self._db.statements += sum(
+            1 if isinstance(entry, _Batch) else len(entry[1]) for entry in held
+        ) + (sql is not None)
         counted: list[tuple[Later, psycopg.AsyncCursor[Row]]] = []
         batches: list[tuple[_Batch, psycopg.AsyncCursor[Row]]] = []
         cur = None
@@ -147,7 +163,9 @@ class _PgTransaction(Transaction):
         async with self._conn.pipeline():
             for entry in held:
                 if isinstance(entry, _Batch):
-                    batch = await self._conn.execute(entry.write.postgres_sql, [entry.document()])
+                    batch = await self._conn.execute(
+                        entry.write.postgres_sql, {"rows": entry.document()}
+                    )
                     batches.append((entry, batch))
                     continue
                 held_sql, runs, later = entry
@@ -179,17 +197,20 @@ class _PgTransaction(Transaction):
         self._hold(sql, [params or {}], later)
         return later
 
-    async def executemany_later(self, sql: str, params: Sequence[Params]) -> None:
-        self._hold(sql, params)
-
     async def execute_batched_later(self, write: BatchedWrite, params: Params) -> Later:
         later = Later()
-        last = self._held[-1] if self._held else None
-        if not (isinstance(last, _Batch) and last.write is write):
-            last = _Batch(write)
-            self._held.append(last)
-        last.rows.append(params)
-        last.laters.append(later)
+        if write.independent:
+            batch = self._independent.get(id(write))
+        else:
+            last = self._held[-1] if self._held else None
+            batch = last if isinstance(last, _Batch) and last.write is write else None
+        if batch is None:
+            batch = _Batch(write)
+            self._held.append(batch)
+            if write.independent:
+                self._independent[id(write)] = batch
+        batch.rows.append(params)
+        batch.laters.append(later)
         return later
 
     async def flush(self) -> None:
@@ -213,17 +234,28 @@ class _PgTransaction(Transaction):
         """What is held, NOTIFY and COMMIT in one round trip (none if nothing was written).
 
         NOTIFY is transactional: other processes hear it only if we commit. Every channel
-        goes in one statement however many there are."""
+        goes in one statement however many there are.
+
+        A transaction that sent nothing before its commit (writes only, such as the
+        dispatcher's results) goes without BEGIN and COMMIT: the statements of a pipeline
+        up to its Sync are one implicit transaction, committed at the Sync if they all
+        succeeded and rolled back otherwise (PostgreSQL's protocol, "Pipelining"). Two
+        statements fewer, each a send of its own and a statement for the server."""
         if not self._begun and len(self._held) <= 1 and not self.pending_notifications:
             self._held = []  # BEGIN only: nothing to commit
             return
         if self.pending_notifications:
             self._hold(_notify_sql(frozenset(self.pending_notifications), self._db.origin), [{}])
+        if not self._begun:
+            del self._held[0]  # BEGIN, held since the start
+            await self._send(None)
+            return
         await self._send("COMMIT")
 
     async def rollback(self) -> None:
         """Undo what was sent; nothing to do if nothing was (BEGIN still held)."""
         self._held = []
+        self._independent = {}
         if not self._begun or self._conn.broken:
             return
         if self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -250,6 +282,7 @@ class PostgresDatabase(Database):
         # Exchanges with the server waited for, from this process (a pipelined batch of
         # held statements is one): what the pipeline's cost per event is counted in.
         self.round_trips = 0
+        self.statements = 0  # and the statements sent in them (each one a send in psycopg)
         # Every NOTIFY this process sends carries this as its payload: the listener then
         # knows the ones it hears back (hex: safe inside an SQL literal).
         self.origin = secrets.token_hex(8)
@@ -393,9 +426,10 @@ class PostgresDatabase(Database):
         """Group commit of small pieces of work (the dispatcher's results): a transaction
         leaves as soon as one of SHARED_MAX_IN_FLIGHT is free, with every piece queued
         meanwhile. At light load that is one piece per transaction with no added delay;
-        under load, tens of results share BEGIN, NOTIFY and COMMIT. A piece that only holds
-        its writes back (``execute_later``, as the dispatcher's results do) adds no round
-        trip: the whole transaction is then one."""
+        under load, tens of results share one statement and NOTIFY. A piece that only holds
+        its writes back (``execute_batched_later``, as the dispatcher's results do) adds no
+        round trip: the whole transaction is then one, without BEGIN and COMMIT
+        (:meth:`_PgTransaction.commit`)."""
         return await self._shared.run(work)
 
     async def insert_new(self, insert: NewRowInsert, row: Params, channel: str) -> bool:
