@@ -2,15 +2,16 @@
 
 Up to ``CHUNK`` inbox rows share a transaction, on both databases. Their requests are read
 (on PostgreSQL: locked, in id order) in one statement first, the endpoints once, and the
-rows are marked settled in one batch at the end, so a chunk costs a few round trips plus
-what each event reads back (its downstream event's id). Its other writes (its state, its
-actions) are held back and go with those, or all together once before the settlements,
-whose notes count the new actions (``Transaction.execute_later``). On PostgreSQL a
-transaction per row had cost nine round trips per event, and each one waits for the event
-loop, which the intake keeps busy: the more callbacks came in, the slower they were worked
-off (docs/performance.md). Should one row fail, the chunk is rolled back and its rows go
-again one transaction each, so that only that row fails; savepoints around every row, for
-a failure that almost never comes, had cost two statements per row.
+rows are marked settled in one batch at the end, so a chunk costs a few round trips
+whatever its size. Each event's writes (its state, its actions, its downstream event and
+that event's deliveries) are held back and go with the next statement awaited, or all
+together before the settlements, whose notes count what was new; on PostgreSQL each kind
+of them is one statement for the whole chunk (``Transaction.execute_batched_later``). On
+PostgreSQL a transaction per row had cost nine round trips per event, and each one waits
+for the event loop, which the intake keeps busy: the more callbacks came in, the slower
+they were worked off (docs/performance.md). Should one row fail, the chunk is rolled back
+and its rows go again one transaction each, so that only that row fails; savepoints around
+every row, for a failure that almost never comes, had cost two statements per row.
 
 Runs in ``signback serve`` (unless SIGNBACK_RUN_WORKER=false) and in ``signback worker``.
 On PostgreSQL rows are claimed with a lease, so several processes can share the work and a

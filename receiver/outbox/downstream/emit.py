@@ -21,7 +21,7 @@ from receiver.outbox.downstream import endpoints as endpoint_store
 from receiver.outbox.downstream import events as event_store
 from receiver.pipeline.states import Transition
 from receiver.providers import StoredCallback
-from receiver.store.db.base import Later, Row, Transaction
+from receiver.store.db.base import BatchedWrite, Later, Params, Row, Transaction, json_rows
 from receiver.store.outbox import OUTBOX_CHANNEL
 
 if TYPE_CHECKING:
@@ -74,6 +74,7 @@ async def emit(
     raw: Mapping[str, Any] | None = None,
     source_inbox_id: int | None = None,
     to_endpoints: Sequence[int] | None = None,
+    hold: bool = False,
 ) -> Emitted | None:
     """Store the event and queue one delivery per enabled endpoint that wants it (or to
     ``to_endpoints`` only, whatever their filters). None if this dedupe key was stored
@@ -81,7 +82,10 @@ async def emit(
 
     An event that goes to no endpoint (none registered, or none wants it) is stored by a
     held write: nothing needs its id, and reading it back was a round trip per event on
-    PostgreSQL. Its :class:`Emitted` then says whether it was new once the writes went."""
+    PostgreSQL. Its :class:`Emitted` then says whether it was new once the writes went.
+    With ``hold`` (the caller needs no event id) so is one that goes to endpoints, with
+    its deliveries: one statement for all of a pipeline chunk's, where reading each id back
+    and then queueing its deliveries had been two round trips per event or more."""
     public_id = event_store.new_public_id()
     provider = None if request is None else request.provider
     if to_endpoints is None:
@@ -107,6 +111,13 @@ async def emit(
     if not targets:
         held = await event_store.insert_later(tx, row)
         return Emitted(None, public_id, event_type, 0, held)
+    if hold:
+        held = await tx.execute_batched_later(
+            _EMIT_WITH_DELIVERIES,
+            {**row, "targets": [{"endpoint": e, "lane": lane_of(e)} for e in targets]},
+        )
+        tx.notify_on_commit(OUTBOX_CHANNEL)  # for nothing if the event was stored before
+        return Emitted(None, public_id, event_type, len(targets), held)
     event_id = await event_store.insert(tx, row)
     if event_id is None:
         return None
@@ -157,6 +168,56 @@ async def queue_deliveries(
     return queued
 
 
+# Events that go to endpoints, each with its deliveries (one per endpoint, keyed by the new
+# event's id as queue_deliveries keys them), in one statement on PostgreSQL; returns the
+# dedupe keys of the events that were new. An event stored before queues nothing again.
+# Independent: the rest of a chunk's held writes are other events and other actions.
+_EMIT_SQL = (
+    "WITH r AS (SELECT * FROM "
+    + json_rows(
+        "public_id text, type text, request_id bigint, provider text,"
+        " timestamp double precision, payload text, raw text, dedupe_key text,"
+        " source bigint, now double precision, targets json"
+    )
+    + "), e AS (INSERT INTO events (public_id, type, request_id, provider, timestamp,"
+    " payload, raw, dedupe_key, source_inbox_id, created_at) SELECT public_id, type,"
+    " request_id, provider, timestamp, payload, raw, dedupe_key, source, now FROM r"
+    " ORDER BY n ON CONFLICT DO NOTHING RETURNING id, dedupe_key),"
+    " d AS (INSERT INTO outbox (request_id, lane, action_key, operation, payload, status,"
+    " due_at, attempts, source_inbox_id, created_at, updated_at)"
+    " SELECT r.request_id, t.lane, 'deliver:' || e.id || ':' || t.endpoint,"
+    f" '{DELIVER_OPERATION}',"
+    """ '{"endpoint":' || t.endpoint || ',"event":' || e.id || '}',"""
+    " 'pending', r.now, 0, r.source, r.now, r.now"
+    " FROM e JOIN r ON r.dedupe_key = e.dedupe_key CROSS JOIN LATERAL"
+    " ROWS FROM (json_to_recordset(r.targets) AS (endpoint bigint, lane text))"
+    " WITH ORDINALITY AS t(endpoint, lane, m)"
+    " ORDER BY r.n, t.m ON CONFLICT DO NOTHING)"
+    " SELECT dedupe_key FROM e"
+)
+
+
+async def _emit_one(tx: Transaction, params: Params) -> int:
+    """The same by plain statements (other databases): 1 if the event was new."""
+    row = {key: value for key, value in params.items() if key != "targets"}
+    event_id = await event_store.insert(tx, row)
+    if event_id is None:
+        return 0
+    await queue_deliveries(
+        tx,
+        event_id=event_id,
+        request_id=row["request_id"],
+        endpoint_ids=[int(target["endpoint"]) for target in params["targets"]],
+        key_suffix="",
+        source_inbox_id=row["source"],
+        now=row["now"],
+    )
+    return 1
+
+
+_EMIT_WITH_DELIVERIES = BatchedWrite(_EMIT_SQL, ("dedupe_key",), _emit_one, independent=True)
+
+
 async def for_processed_event(
     tx: Transaction,
     *,
@@ -192,6 +253,7 @@ async def for_processed_event(
         dedupe_key=f"inbox:{callback.inbox_id}",
         source_inbox_id=callback.inbox_id,
         now=now,
+        hold=True,
     )
 
 
