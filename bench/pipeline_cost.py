@@ -13,6 +13,10 @@ dispatcher). Round trips are counted at psycopg's connection (every exchange it 
 each statement, BEGIN, COMMIT, a pipelined batch: one per Sync), so the same count applies
 to any commit.
 
+``--endpoints N`` registers that many downstream endpoints first (each wants every
+signature-request event; nothing is delivered, no dispatcher runs): each event's downstream
+event then goes to them, with a delivery queued per endpoint.
+
 ``--against REF`` exports that commit (``git archive``) to a scratch directory and runs the
 same measurement with its code; the rows alternate (this tree, REF, this tree, …).
 """
@@ -36,13 +40,14 @@ RESULT = "PIPELINE_COST "
 REQUESTS = 500
 
 
-def child(db_url: str, provider: str, events: int) -> dict[str, Any]:
+def child(db_url: str, provider: str, events: int, endpoints: int = 0) -> dict[str, Any]:
     """In a fresh process whose ``sys.path`` starts at the code to measure."""
     import psycopg
     from psycopg._pipeline_base import BasePipeline
 
     from bench import load, stores
     from receiver.app import build_context
+    from receiver.outbox.downstream import endpoints as endpoint_store
     from receiver.pipeline.processor import Pipeline
     from receiver.settings import load_settings
     from receiver.store import inbox
@@ -64,8 +69,26 @@ def child(db_url: str, provider: str, events: int) -> dict[str, Any]:
         exchanges += 1
         real_sync(self)
 
+    # Statements too: in pipeline mode each one is a send of its own, and work for the server.
+    statements = 0
+    real_execute = psycopg.AsyncCursor.execute
+    real_executemany = psycopg.AsyncCursor.executemany
+
+    async def counted_execute(self: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        nonlocal statements
+        statements += 1
+        return await real_execute(self, query, params, **kwargs)
+
+    async def counted_executemany(self: Any, query: Any, params_seq: Any, **kwargs: Any) -> Any:
+        nonlocal statements
+        params_seq = list(params_seq)
+        statements += len(params_seq)
+        return await real_executemany(self, query, params_seq, **kwargs)
+
     psycopg.AsyncConnection.wait = counted_wait  # type: ignore[method-assign]
     BasePipeline._enqueue_sync = counted_sync  # type: ignore[method-assign]
+    psycopg.AsyncCursor.execute = counted_execute  # type: ignore[method-assign]
+    psycopg.AsyncCursor.executemany = counted_executemany  # type: ignore[method-assign]
     stores.migrate(db_url)
     targets = stores.register(db_url, provider, REQUESTS, secret_key="s" * 40, seed="cost")
     settings = load_settings(
@@ -107,14 +130,25 @@ def child(db_url: str, provider: str, events: int) -> dict[str, Any]:
         )
 
     async def main() -> dict[str, Any]:
-        nonlocal exchanges
+        nonlocal exchanges, statements
         ctx = build_context(settings)
         await ctx.db.connect()
         try:
             async with ctx.db.transaction() as tx:
                 await tx.executemany(inbox.INSERT_SQL, rows)
+                for i in range(endpoints):
+                    await endpoint_store.insert(
+                        tx,
+                        url=f"http://127.0.0.1:9/bench-{i}",
+                        description="pipeline_cost",
+                        kinds=[],
+                        providers=[],
+                        include_raw=False,
+                        sealed_secret=secrets.token_hex(16),  # nothing is delivered
+                        now=now,
+                    )
             pipeline = Pipeline(ctx)
-            exchanges = 0
+            exchanges = statements = 0
             cpu0, wall0 = time.process_time(), time.perf_counter()
             done = 0
             while done < events:
@@ -123,23 +157,31 @@ def child(db_url: str, provider: str, events: int) -> dict[str, Any]:
                     break
                 done += processed
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            sent = statements
             left = await ctx.db.fetch_all(
                 "SELECT status, COUNT(*) AS n FROM inbox GROUP BY status ORDER BY status"
+            )
+            queued = await ctx.db.fetch_all(
+                "SELECT operation, COUNT(*) AS n FROM outbox GROUP BY operation ORDER BY operation"
             )
         finally:
             await ctx.db.close()
         return {
             "events": done,
             "round_trips_per_event": round(exchanges / max(done, 1), 2),
+            "statements_per_event": round(sent / max(done, 1), 2),
             "cpu_us_per_event": round(cpu / max(done, 1) * 1e6),
             "wall_us_per_event": round(wall / max(done, 1) * 1e6),
             "statuses": {str(r["status"]): int(r["n"]) for r in left},
+            "queued": {str(r["operation"]): int(r["n"]) for r in queued},
         }
 
     return asyncio.run(main())
 
 
-def measure(root: Path, admin_url: str, provider: str, events: int, n: int) -> dict[str, Any]:
+def measure(
+    root: Path, admin_url: str, provider: str, events: int, n: int, endpoints: int = 0
+) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
     from bench import stores
 
@@ -158,6 +200,8 @@ def measure(root: Path, admin_url: str, provider: str, events: int, n: int) -> d
                 provider,
                 "--events",
                 str(events),
+                "--endpoints",
+                str(endpoints),
             ],
             env=env,
             cwd=root,
@@ -188,6 +232,7 @@ def main() -> None:
     parser.add_argument("--provider", choices=("firma", "okdokument"), default="firma")
     parser.add_argument("--events", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--endpoints", type=int, default=0, help="downstream endpoints")
     parser.add_argument("--against", metavar="REF", help="also measure this commit, in turns")
     parser.add_argument(
         "--postgres-url",
@@ -198,7 +243,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         sys.path.insert(0, os.environ.get("PYTHONPATH", str(HERE)))
-        print(RESULT + json.dumps(child(args.child, args.provider, args.events)), flush=True)
+        result = child(args.child, args.provider, args.events, args.endpoints)
+        print(RESULT + json.dumps(result), flush=True)
         return
     with tempfile.TemporaryDirectory(prefix="signback-cost-") as scratch:
         roots = [("this tree", HERE)]
@@ -208,7 +254,9 @@ def main() -> None:
         for round_no in range(args.rounds):
             for label, root in roots:
                 n += 1
-                result = measure(root, args.postgres_url, args.provider, args.events, n)
+                result = measure(
+                    root, args.postgres_url, args.provider, args.events, n, args.endpoints
+                )
                 print(json.dumps({"round": round_no + 1, "code": label, **result}), flush=True)
 
 
