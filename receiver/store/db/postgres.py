@@ -56,9 +56,13 @@ LISTEN_CHECK_SECONDS = 1.0
 GROUP_MAX_ROWS = 128
 GROUP_MAX_IN_FLIGHT = 2
 # Shared transactions (in_shared_transaction): at most this many pieces of work per
-# transaction, and this many such transactions at once.
+# transaction, and this many such transactions at once. One: under load the pieces queue
+# while a transaction is out and go together in the next, so there are fewer, larger
+# transactions, each a round trip whose sends cost the process far more than its rows;
+# a second one in flight halved the batches and gained nothing at light load, where
+# pieces come one at a time anyway (docs/performance.md, sixth part).
 SHARED_MAX_PIECES = 64
-SHARED_MAX_IN_FLIGHT = 2
+SHARED_MAX_IN_FLIGHT = 1
 
 
 @lru_cache(maxsize=512)
@@ -424,12 +428,12 @@ class PostgresDatabase(Database):
 
     async def in_shared_transaction(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
         """Group commit of small pieces of work (the dispatcher's results): a transaction
-        leaves as soon as one of SHARED_MAX_IN_FLIGHT is free, with every piece queued
-        meanwhile. At light load that is one piece per transaction with no added delay;
-        under load, tens of results share one statement and NOTIFY. A piece that only holds
-        its writes back (``execute_batched_later``, as the dispatcher's results do) adds no
-        round trip: the whole transaction is then one, without BEGIN and COMMIT
-        (:meth:`_PgTransaction.commit`)."""
+        leaves as soon as the one before it is back (SHARED_MAX_IN_FLIGHT), with every
+        piece queued meanwhile. At light load that is one piece per transaction with no
+        added delay; under load, tens of results share one statement and NOTIFY. A piece
+        that only holds its writes back (``execute_batched_later``, as the dispatcher's
+        results do) adds no round trip: the whole transaction is then one, without BEGIN
+        and COMMIT (:meth:`_PgTransaction.commit`)."""
         return await self._shared.run(work)
 
     async def insert_new(self, insert: NewRowInsert, row: Params, channel: str) -> bool:
