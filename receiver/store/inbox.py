@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from receiver.jsonutil import dumps
 from receiver.store.db.base import (
+    JSON_IDS,
     BatchedWrite,
     Database,
     NewRowInsert,
@@ -253,11 +254,8 @@ async def finish(tx: Transaction, inbox_id: int, **settlement: Any) -> None:
 
 
 # Settlements of a pipeline chunk's rows in one statement on PostgreSQL (executemany had
-# been a statement per row, each a send of its own in psycopg's pipeline). The rows are
-# found by their ids as an array first: PostgreSQL estimates a JSON document's rows at 100
-# whatever it holds, and against that a sequential scan of a small inbox (a few thousand
-# rows) looks cheaper than as many index lookups, so a plain join scanned the whole table
-# for every chunk until it had grown.
+# been a statement per row, each a send of its own in psycopg's pipeline), the rows found
+# by their ids first (JSON_IDS).
 _FINISH_MANY_SQL = (
     "UPDATE inbox i SET status = r.status, processed_at = r.now, lease_expires_at = NULL,"
     " request_id = COALESCE(r.request_id, i.request_id),"
@@ -270,8 +268,7 @@ _FINISH_MANY_SQL = (
         " kind text, provider_type text, event_id text, occurred_at double precision,"
         " state_before text, state_after text, note text, error text"
     )
-    + " WHERE i.id = r.id AND i.id = ANY (ARRAY(SELECT (e ->> 'id')::bigint"
-    " FROM json_array_elements(%(rows)s::json) e)) RETURNING i.id"
+    + f" WHERE i.id = r.id AND i.id = {JSON_IDS} RETURNING i.id"
 )
 
 

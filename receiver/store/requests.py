@@ -8,6 +8,7 @@ from typing import Any
 from receiver.jsonutil import dumps, loads_object
 from receiver.model import RequestState, SignatureRequest
 from receiver.store.db.base import (
+    JSON_IDS,
     BatchedWrite,
     Database,
     Params,
@@ -237,7 +238,7 @@ _SET_STATE_SQL = (
 # The state changes of a pipeline chunk in one statement on PostgreSQL. Several changes of
 # one request (two of its events in a chunk) come out as they would one after the other:
 # the last state and time, the last provider status given, the schedule ended if any of
-# them ended it. Its rows are found by their ids first (see inbox._FINISH_MANY_SQL).
+# them ended it. Its rows are found by their ids first (JSON_IDS).
 # Independent: the chunk's other held writes do not touch the requests (they were read,
 # and locked, before any of them).
 _SET_STATES_SQL = (
@@ -251,8 +252,7 @@ _SET_STATES_SQL = (
     " provider_status = COALESCE(last.provider_status, s.provider_status),"
     " updated_at = last.now,"
     " next_reconcile_at = CASE WHEN last.ended = 1 THEN NULL ELSE s.next_reconcile_at END"
-    " FROM last WHERE s.id = last.id AND s.id = ANY (ARRAY(SELECT (e ->> 'id')::bigint"
-    " FROM json_array_elements(%(rows)s::json) e)) RETURNING s.id"
+    f" FROM last WHERE s.id = last.id AND s.id = {JSON_IDS} RETURNING s.id"
 )
 
 

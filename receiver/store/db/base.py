@@ -106,6 +106,15 @@ def json_rows(columns: str) -> str:
     )
 
 
+# ``ANY (…)`` over the ``id`` of every row of a BatchedWrite's JSON document, for a statement
+# that updates the rows the document names (``t.id = r.id AND t.id = {JSON_IDS}``).
+# PostgreSQL estimates a function's rows at 100 whatever the document holds, and against
+# that a sequential scan of a small table (a few thousand rows) looks cheaper than as many
+# index lookups: a plain join scanned the whole table for every batch until it had grown.
+# An array of ids is looked up by the primary key at any size.
+JSON_IDS = "ANY (ARRAY(SELECT (e ->> 'id')::bigint FROM json_array_elements(%(rows)s::json) e))"
+
+
 class Later:
     """The row count of a statement sent with :meth:`Transaction.execute_later`, known once
     it was sent: after the commit, or after :meth:`Transaction.flush`."""
