@@ -173,16 +173,8 @@ async def queue_deliveries(
 # dedupe keys of the events that were new. An event stored before queues nothing again.
 # Independent: the rest of a chunk's held writes are other events and other actions.
 _EMIT_SQL = (
-    "WITH r AS (SELECT * FROM "
-    + json_rows(
-        "public_id text, type text, request_id bigint, provider text,"
-        " timestamp double precision, payload text, raw text, dedupe_key text,"
-        " source bigint, now double precision, targets json"
-    )
-    + "), e AS (INSERT INTO events (public_id, type, request_id, provider, timestamp,"
-    " payload, raw, dedupe_key, source_inbox_id, created_at) SELECT public_id, type,"
-    " request_id, provider, timestamp, payload, raw, dedupe_key, source, now FROM r"
-    " ORDER BY n ON CONFLICT DO NOTHING RETURNING id, dedupe_key),"
+    f"WITH r AS (SELECT * FROM {json_rows(event_store.ROW_COLUMNS + ', targets json')}),"
+    f" e AS ({event_store.INSERT_ROWS_SQL} RETURNING id, dedupe_key),"
     " d AS (INSERT INTO outbox (request_id, lane, action_key, operation, payload, status,"
     " due_at, attempts, source_inbox_id, created_at, updated_at)"
     " SELECT r.request_id, t.lane, 'deliver:' || e.id || ':' || t.endpoint,"

@@ -120,19 +120,26 @@ async def insert(tx: Transaction, row: Mapping[str, Any]) -> int | None:
     return None if found is None else int(found["id"])
 
 
+# Batched inserts of events (PostgreSQL): the columns of row_params in a JSON document, and
+# the insert of its rows ``r`` (json_rows) in their order, skipping those stored before.
+# emit.py adds the deliveries of events that go to endpoints to the same insert.
+ROW_COLUMNS = (
+    "public_id text, type text, request_id bigint, provider text,"
+    " timestamp double precision, payload text, raw text, dedupe_key text,"
+    " source bigint, now double precision"
+)
+INSERT_ROWS_SQL = (
+    "INSERT INTO events (public_id, type, request_id, provider, timestamp, payload, raw,"
+    " dedupe_key, source_inbox_id, created_at) SELECT public_id, type, request_id,"
+    " provider, timestamp, payload, raw, dedupe_key, source, now FROM r"
+    " ORDER BY n ON CONFLICT DO NOTHING"
+)
+
 # The events of a pipeline chunk that go to no endpoint, in one statement on PostgreSQL.
 # Independent: the chunk's other writes do not touch the events table (an event that goes to
 # an endpoint is inserted on its own, its id read back at once).
 _INSERT_MANY_SQL = (
-    "INSERT INTO events (public_id, type, request_id, provider, timestamp, payload, raw,"
-    " dedupe_key, source_inbox_id, created_at) SELECT public_id, type, request_id,"
-    " provider, timestamp, payload, raw, dedupe_key, source, now FROM "
-    + json_rows(
-        "public_id text, type text, request_id bigint, provider text,"
-        " timestamp double precision, payload text, raw text, dedupe_key text,"
-        " source bigint, now double precision"
-    )
-    + " ORDER BY n ON CONFLICT DO NOTHING RETURNING dedupe_key"
+    f"WITH r AS (SELECT * FROM {json_rows(ROW_COLUMNS)}) {INSERT_ROWS_SQL} RETURNING dedupe_key"
 )
 
 
