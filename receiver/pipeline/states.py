@@ -46,6 +46,9 @@ class Transition:
     before: RequestState
     after: RequestState
     note: str  # why it moved, or why not
+    # The event proposed a state the request is already past: whatever else it reports (the
+    # provider's status with it) is older than what is stored, and is not applied either.
+    late: bool = False
 
     @property
     def changed(self) -> bool:
@@ -69,6 +72,9 @@ def apply(current: RequestState, kind: EventKind, *, confirmed: bool = True) -> 
         return Transition(current, current, f"already {current.value}")
     if RANK[target] <= RANK[current]:
         return Transition(
-            current, current, f"late event ignored: {current.value} is past {target.value}"
+            current,
+            current,
+            f"late event ignored: {current.value} is past {target.value}",
+            late=True,
         )
     return Transition(current, target, f"{current.value} → {target.value}")

@@ -574,6 +574,40 @@ def test_completed_before_viewed_ends_completed_and_records_the_late_one(
         assert kinds.index("request.completed") < kinds.index("request.viewed")
 
 
+def test_a_late_created_leaves_the_sent_status_as_it_is(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The state machine keeps a request where it is on a late event, and the provider status
+    stays with the state: a `created` delivered after `sent` does not say "draft" again."""
+    everything_but_created = [e for e in SIGNING_REQUEST_EVENTS if e != "signing_request.created"]
+    with stack(make_settings, events=everything_but_created) as (signback, firma):
+        late_hook = firma.webhook("http://127.0.0.1:9/hooks/firma", ["signing_request.created"])
+        sr = firma.create()
+        registered = signback.register(sr["id"])
+        created_id = firma.event_id("signing_request.created", sr["id"])
+        failed = wait_until(
+            lambda: [d for d in firma.deliveries(event_id=created_id) if d["done"]],
+            what="the created delivery to fail",
+        )
+        assert not failed[0]["ok"]
+        firma.send(sr["id"])
+        sent = signback.wait_for_state(registered["id"], "sent")
+        assert sent["provider_status"] == "in_progress"
+
+        fixed = firma.api.put(
+            f"/webhooks/{late_hook}", json={"url": f"{signback.receiver.url}/hooks/firma"}
+        )
+        assert fixed.status_code == 200, fixed.text
+        redelivered = firma.control.post(f"/deliveries/{failed[0]['delivery_id']}/redeliver")
+        assert redelivered.status_code == 200, redelivered.text
+        late = signback.event(created_id)
+        assert (late["state_before"], late["state_after"]) == ("sent", "sent")
+        assert late["note"] == "late event ignored: sent is past draft"
+
+        shown = signback.show(registered["id"])
+        assert (shown["state"], shown["provider_status"]) == ("sent", "in_progress")
+
+
 def test_the_older_envelope_drives_the_same_flow(make_settings: Callable[..., Settings]) -> None:
     with stack(make_settings, envelope="old") as (signback, firma):
         sr = firma.create()

@@ -8,7 +8,7 @@ import pytest
 
 from receiver.events import EventKind
 from receiver.model import RequestState
-from receiver.pipeline.states import RANK, apply, is_terminal
+from receiver.pipeline.states import RANK, TARGET, apply, is_terminal
 
 S = RequestState
 K = EventKind
@@ -141,6 +141,15 @@ def test_an_ignored_event_says_why(current: RequestState, kind: EventKind) -> No
     transition = apply(current, kind)
     assert not transition.changed
     assert current.value in transition.note
+
+
+@pytest.mark.parametrize(("current", "kind", "expected"), FULL_TABLE)
+def test_late_means_the_event_proposed_a_state_already_passed(
+    current: RequestState, kind: EventKind, expected: RequestState
+) -> None:
+    # What a late event reports with it (Firma's status word) is as old as its state.
+    passed = current not in TERMINAL_STATES and RANK[TARGET[kind]] < RANK[current]
+    assert apply(current, kind).late is passed
 
 
 @pytest.mark.parametrize("current", list(RequestState))
