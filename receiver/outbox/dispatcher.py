@@ -58,6 +58,11 @@ CORE_OPERATIONS = {ARCHIVE_OPERATION: archive_request}  # receiver/archive/step.
 LONG_OPERATIONS = frozenset({ARCHIVE_OPERATION})
 
 
+# Actions whose call is over but whose result is not written yet, per process: past this,
+# nothing more is claimed until some are (a slow database must not let calls run ever further
+# ahead of their records; each of them would be made again should the process die).
+MAX_RECORDING = 64
+
 # After an attempt that was made: the action's status, and the attempt log's outcome.
 _SETTLED: dict[DecisionStatus, tuple[ActionStatus, AttemptOutcome]] = {
     DecisionStatus.DONE: (ActionStatus.DONE, AttemptOutcome.OK),
@@ -114,7 +119,13 @@ class Dispatcher:
         lanes: Sequence[LaneClass] | None = None,
     ) -> None:
         self.ctx = ctx
+        # Claimed actions until their result is written (or given up on).
         self.in_flight: dict[int, asyncio.Task[None]] = {}
+        # Those of them whose call is still out, and its lane. A class's slot is the call's:
+        # it is given back as soon as the answer came, not after the result's commit, so a
+        # slot's turn costs the call and not also the database round trips of its record
+        # (the head-of-line rule still holds back the lane's next action until that commit).
+        self._calling: dict[int, str] = {}
         self._rand = rand or random.Random()  # jitter, not security
         # Each class of lanes is claimed from a capacity of its own (receiver/outbox/lanes.py).
         self.lanes: list[LaneClass] = (
@@ -122,7 +133,7 @@ class Dispatcher:
             if lanes is not None
             else [ProviderLanes(ctx), EndpointLanes(ctx), ReconcileLanes(ctx)]
         )
-        self.busy: Counter[str] = Counter()  # actions in flight in this process, by lane
+        self.busy: Counter[str] = Counter()  # calls out from this process, by lane
         # A class that is not eager, after a claim that took nothing: when that was, and
         # when its next action comes due (see LaneClass.eager).
         self._found_nothing: dict[int, tuple[float, float | None]] = {}
@@ -138,7 +149,7 @@ class Dispatcher:
             # class that is not eager), and no other query: on PostgreSQL, a round trip each.
             due: float | None = None
             try:
-                for lanes in self.lanes:
+                for lanes in self.lanes if not self._recording_full() else ():
                     free = lanes.free(self.busy)
                     if free <= 0:
                         continue
@@ -212,20 +223,35 @@ class Dispatcher:
             lane = str(row["lane"])
             task = asyncio.create_task(self.execute(row, request_row), name=f"outbox-{action_id}")
             self.in_flight[action_id] = task
+            self._calling[action_id] = lane
             self.busy[lane] += 1
-            task.add_done_callback(functools.partial(self._forget, action_id, lane))
+            task.add_done_callback(functools.partial(self._forget, action_id))
         return claim
 
-    def _forget(self, action_id: int, lane: str, _task: asyncio.Task[None]) -> None:
-        self.in_flight.pop(action_id, None)
-        # The dispatcher passes over a class, or a lane, with no room; the wake-up of this
-        # action's settle may have come before its slot is given back here, so a slot given
-        # back where there was none wakes it again (in this process only).
+    def _recording_full(self) -> bool:
+        return len(self.in_flight) - len(self._calling) >= MAX_RECORDING
+
+    def _call_over(self, action_id: int) -> None:
+        """The action's call is over: its slot is free (once; the task's end gives back a
+        slot not given back before)."""
+        lane = self._calling.pop(action_id, None)
+        if lane is None:
+            return
+        # The dispatcher passes over a class, or a lane, with no room; a wake-up may have
+        # come before this slot is given back, so a slot given back where there was none
+        # wakes it again (in this process only).
         was_at_limit = self._lanes_of_lane(lane).at_limit(lane, self.busy)
         self.busy[lane] -= 1
         if self.busy[lane] <= 0:
             del self.busy[lane]
         if was_at_limit:
+            self.ctx.db.wake(outbox.OUTBOX_CHANNEL)
+
+    def _forget(self, action_id: int, _task: asyncio.Task[None]) -> None:
+        was_full = self._recording_full()
+        self.in_flight.pop(action_id, None)
+        self._call_over(action_id)  # deferred, failed or cancelled before it was given back
+        if was_full:
             self.ctx.db.wake(outbox.OUTBOX_CHANNEL)
 
     def _lanes_of_lane(self, lane: str) -> LaneClass:
@@ -309,6 +335,10 @@ class Dispatcher:
                 retry_in=round((decision.retry_at or now) - now, 2),
             )
             return
+        # The call is over: its slot is free while its result is written. (A deferred one's
+        # slot waits for its settle: the lane's bookkeeping of why it was deferred, a spent
+        # budget, decides how much the next claim takes.)
+        self._call_over(action_id)
         status, logged = _SETTLED[decided]
         error = None if decided is DecisionStatus.DONE else (decision.reason or outcome.message)
         # The provider asked us to wait (429): logged as an attempt, but not counted as one.

@@ -171,9 +171,98 @@ async def test_a_slot_given_back_where_there_was_none_wakes_the_dispatcher(
     # Both slots of the provider calls taken: the dispatcher passes the class over, and the
     # settle's wake-up may have come before the slot is given back.
     dispatcher.busy[outbox.PROVIDER_LANE] = 2
-    dispatcher._forget(1, outbox.PROVIDER_LANE, finished)
+    dispatcher._calling.update({1: outbox.PROVIDER_LANE, 2: outbox.PROVIDER_LANE})
+    dispatcher._forget(1, finished)
     assert await ctx.db.wait(outbox.OUTBOX_CHANNEL, 0.05) is True
     # One of two taken: the class had room, so nothing waits for this slot.
-    dispatcher._forget(2, outbox.PROVIDER_LANE, finished)
+    dispatcher._forget(2, finished)
     assert await ctx.db.wait(outbox.OUTBOX_CHANNEL, 0.05) is False
     assert dispatcher.busy[outbox.PROVIDER_LANE] == 0
+
+
+async def add_calls(ctx: AppContext, count: int) -> None:
+    """``count`` provider calls due now, each of a request of its own, of an operation no
+    provider has (given up at once: the call is over as soon as it starts)."""
+    async with ctx.db.transaction() as tx:
+        for n in range(count):
+            row = await tx.fetch_one(
+                "INSERT INTO signature_requests (provider, external_id, state, token_hash,"
+                " token_nonce, created_at, updated_at) VALUES ('firma', :ext, 'sent',"
+                " :h, 'n', 0, 0) RETURNING id",
+                {"ext": f"sr-call-{n}", "h": f"h-call-{n}"},
+            )
+            assert row is not None
+            await tx.execute(
+                "INSERT INTO outbox (request_id, lane, action_key, operation, payload, status,"
+                " due_at, attempts, created_at, updated_at) VALUES (:request, 'provider',"
+                " :key, 'nobody.patch', '{}', 'pending', 0, 0, 0, 0)",
+                {"request": int(row["id"]), "key": f"call-{n}"},
+            )
+
+
+@contextlib.asynccontextmanager
+async def records_held(ctx: AppContext) -> AsyncIterator[asyncio.Event]:
+    """The dispatcher's results wait to be written until the event is set."""
+    gate = asyncio.Event()
+    write = ctx.db.in_shared_transaction
+
+    async def held(work: Callable[..., object]) -> object:
+        await gate.wait()
+        return await write(work)  # type: ignore[arg-type]
+
+    ctx.db.in_shared_transaction = held  # type: ignore[method-assign,assignment]
+    try:
+        yield gate
+    finally:
+        gate.set()
+        ctx.db.in_shared_transaction = write  # type: ignore[method-assign]
+
+
+async def test_a_slot_is_free_once_the_call_is_over_not_once_its_result_is_written(
+    ctx: AppContext,
+) -> None:
+    # Two slots, three calls: the third goes out while the first two wait for the database.
+    await add_calls(ctx, 3)
+    provider = Counted(ProviderLanes(ctx))
+    dispatcher = Dispatcher(ctx, lanes=[provider])
+    stopping = asyncio.Event()
+    async with records_held(ctx) as gate:
+        running = asyncio.create_task(dispatcher.run(stopping))
+        await settle_down()
+        assert len(dispatcher.in_flight) == 3  # every call made, no result written yet
+        assert not dispatcher.busy
+        rows = await ctx.db.fetch_all("SELECT status FROM outbox ORDER BY id")
+        assert [r["status"] for r in rows] == ["in_flight"] * 3
+        gate.set()
+        await settle_down()
+        rows = await ctx.db.fetch_all("SELECT status FROM outbox ORDER BY id")
+        assert [r["status"] for r in rows] == ["dead"] * 3
+    stopping.set()
+    ctx.db.wake(outbox.OUTBOX_CHANNEL)
+    await running
+    assert not dispatcher.in_flight
+
+
+async def test_no_claim_while_too_many_results_wait_to_be_written(
+    ctx: AppContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("receiver.outbox.dispatcher.MAX_RECORDING", 2)
+    await add_calls(ctx, 3)
+    provider = Counted(ProviderLanes(ctx))
+    dispatcher = Dispatcher(ctx, lanes=[provider])
+    stopping = asyncio.Event()
+    async with records_held(ctx) as gate:
+        running = asyncio.create_task(dispatcher.run(stopping))
+        await settle_down()
+        claims = provider.claims
+        assert len(dispatcher.in_flight) == 2  # two results waiting: the third is not claimed
+        ctx.db.wake(outbox.OUTBOX_CHANNEL)
+        await settle_down()
+        assert provider.claims == claims  # a wake-up claims nothing while they wait
+        gate.set()
+        await settle_down()  # written: the last one's slot wakes the dispatcher
+        rows = await ctx.db.fetch_all("SELECT status FROM outbox ORDER BY id")
+        assert [r["status"] for r in rows] == ["dead"] * 3
+    stopping.set()
+    ctx.db.wake(outbox.OUTBOX_CHANNEL)
+    await running
