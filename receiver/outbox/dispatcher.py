@@ -16,7 +16,7 @@ import contextlib
 import functools
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -126,6 +126,10 @@ class Dispatcher:
         # slot's turn costs the call and not also the database round trips of its record
         # (the head-of-line rule still holds back the lane's next action until that commit).
         self._calling: dict[int, str] = {}
+        # Claimed actions held ready for a class's next free slots (LaneClass.ahead), by
+        # class, in claim order; and those found with half their lease gone, to give back.
+        self._ready: dict[int, deque[tuple[Row, Row | _Unknown | None]]] = {}
+        self._stale: list[int] = []
         self._rand = rand or random.Random()  # jitter, not security
         # Each class of lanes is claimed from a capacity of its own (receiver/outbox/lanes.py).
         self.lanes: list[LaneClass] = (
@@ -149,17 +153,23 @@ class Dispatcher:
             # class that is not eager), and no other query: on PostgreSQL, a round trip each.
             due: float | None = None
             try:
+                if self._stale:
+                    await self._give_back(because="they waited half a lease for a slot")
                 for lanes in self.lanes if not self._recording_full() else ():
-                    free = lanes.free(self.busy)
-                    if free <= 0:
+                    self._start_ready(lanes)
+                    free, ready = lanes.free(self.busy), len(self._ready_of(lanes))
+                    # Claimed when a slot has nothing ready, or once the ready ones are half
+                    # gone: a claim for each slot given back would be a round trip each.
+                    if free <= 0 and not (lanes.ahead and ready <= lanes.ahead // 2):
                         continue
+                    limit = max(free, 0) + lanes.ahead - ready
                     quiet = self._quiet_until(lanes)
                     if quiet is not None:
                         due = outbox.earliest(due, quiet)
                         continue
                     await self.ctx.governor.turn()  # the acknowledgements come first
-                    claim = await self._claim_and_start(lanes, free)
-                    if len(claim.rows) < free:
+                    claim = await self._claim_and_start(lanes, limit)
+                    if len(claim.rows) < limit:
                         due = outbox.earliest(due, claim.next_due)
                     if not lanes.eager:
                         self._note_claim(lanes, claim)
@@ -198,8 +208,10 @@ class Dispatcher:
             return poll
         return max(0.005, min(poll, due - self.ctx.clock()))
 
-    async def _claim_and_start(self, lanes: LaneClass, free: int) -> outbox.Claim:
-        claim = await lanes.claim(free, self.busy, now=self.ctx.clock())
+    async def _claim_and_start(self, lanes: LaneClass, limit: int) -> outbox.Claim:
+        """Claim up to ``limit`` actions of a class: those its free slots take now start,
+        the rest wait ready for the next slots."""
+        claim = await lanes.claim(limit, self.busy, now=self.ctx.clock())
         rows, prefetched = outbox.split_claimed(claim.rows)
         # The actions' requests came with the claim (PostgreSQL), or are read in one query
         # rather than one each. Should that fail, each action reads its own, and one that
@@ -215,18 +227,51 @@ class Dispatcher:
                 prefetched = await requests.get_many(self.ctx.db, wanted)
             except Exception:
                 prefetched = None
+        ready = self._ready_of(lanes)
         for row in rows:
-            action_id = int(row["id"])
             request_row: Row | _Unknown | None = _UNKNOWN
             if prefetched is not None and row["request_id"] is not None:
                 request_row = prefetched.get(int(row["request_id"]))
-            lane = str(row["lane"])
-            task = asyncio.create_task(self.execute(row, request_row), name=f"outbox-{action_id}")
-            self.in_flight[action_id] = task
-            self._calling[action_id] = lane
-            self.busy[lane] += 1
-            task.add_done_callback(functools.partial(self._forget, action_id))
+            ready.append((row, request_row))
+        self._start_ready(lanes)
         return claim
+
+    def _ready_of(self, lanes: LaneClass) -> deque[tuple[Row, Row | _Unknown | None]]:
+        return self._ready.setdefault(id(lanes), deque())
+
+    def _start_ready(self, lanes: LaneClass) -> int:
+        """Start the class's ready actions its free slots take; how many started. One whose
+        lease is half gone (it waited behind slow calls) is given back instead: another
+        process could take it over before its call is over."""
+        ready = self._ready_of(lanes)
+        started = 0
+        while ready and lanes.free(self.busy) > 0:
+            row, request_row = ready.popleft()
+            expires = float(row["lease_expires_at"] or 0)
+            if expires - self.ctx.clock() < self.ctx.settings.lease_seconds / 2:
+                self._stale.append(int(row["id"]))
+                continue
+            self._start(row, request_row)
+            started += 1
+        if self._stale:
+            self.ctx.db.wake(outbox.OUTBOX_CHANNEL)  # the loop gives them back
+        return started
+
+    def _start(self, row: Row, request_row: Row | _Unknown | None) -> None:
+        action_id, lane = int(row["id"]), str(row["lane"])
+        task = asyncio.create_task(self.execute(row, request_row), name=f"outbox-{action_id}")
+        self.in_flight[action_id] = task
+        self._calling[action_id] = lane
+        self.busy[lane] += 1
+        task.add_done_callback(functools.partial(self._forget, action_id))
+
+    async def _give_back(self, *, because: str) -> None:
+        """Give the claims in ``_stale`` back: due again at once, for any process."""
+        stale, self._stale = self._stale, []
+        released = await outbox.release(
+            self.ctx.db, stale, worker=self.ctx.worker_id, now=self.ctx.clock()
+        )
+        log.info("claimed actions given back unstarted", count=released, reason=because)
 
     def _recording_full(self) -> bool:
         return len(self.in_flight) - len(self._calling) >= MAX_RECORDING
@@ -240,11 +285,16 @@ class Dispatcher:
         # The dispatcher passes over a class, or a lane, with no room; a wake-up may have
         # come before this slot is given back, so a slot given back where there was none
         # wakes it again (in this process only).
-        was_at_limit = self._lanes_of_lane(lane).at_limit(lane, self.busy)
+        lanes = self._lanes_of_lane(lane)
+        was_at_limit = lanes.at_limit(lane, self.busy)
         self.busy[lane] -= 1
         if self.busy[lane] <= 0:
             del self.busy[lane]
-        if was_at_limit:
+        if self._start_ready(lanes):
+            # The slot went to a ready action; once half of them are gone, a claim for more.
+            if len(self._ready_of(lanes)) <= lanes.ahead // 2:
+                self.ctx.db.wake(outbox.OUTBOX_CHANNEL)
+        elif was_at_limit:
             self.ctx.db.wake(outbox.OUTBOX_CHANNEL)
 
     def _forget(self, action_id: int, _task: asyncio.Task[None]) -> None:
@@ -264,7 +314,13 @@ class Dispatcher:
         return self._lanes_of(row).policy()
 
     async def _drain(self) -> None:
-        """Shutdown: finish in-flight calls within the grace period, give back the rest."""
+        """Shutdown: finish in-flight calls within the grace period, give back the rest (and
+        the actions held ready, never started)."""
+        self._stale.extend(int(row["id"]) for ready in self._ready.values() for row, _ in ready)
+        self._ready.clear()
+        if self._stale:
+            with contextlib.suppress(Exception):  # their leases bring them back otherwise
+                await self._give_back(because="shutting down")
         if not self.in_flight:
             return
         grace = self.ctx.settings.shutdown_grace_seconds

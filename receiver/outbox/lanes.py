@@ -30,6 +30,11 @@ class LaneClass(Protocol):
     # settled actions of every lane wake the dispatcher alike, and under load a claim that
     # finds nothing on each would be a round trip per wake-up for nothing.
     eager: bool
+    # How many claimed actions this process may hold ready beyond the class's free slots: a
+    # slot given back starts one at once, with no claim's round trip between the calls, and
+    # the claims come fewer and larger. 0: claim for free slots only (a class whose claim
+    # weighs per-lane limits, or a budget, at the moment of the claim).
+    ahead: int
 
     def owns(self, lane: str) -> bool: ...
 
@@ -63,6 +68,9 @@ class ProviderLanes:
 
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
+        # As many as can be in flight: under load each slot's next action is ready when the
+        # call before it is over.
+        self.ahead = ctx.settings.outbox_concurrency
 
     def owns(self, lane: str) -> bool:
         return lane == self.lane
@@ -116,6 +124,7 @@ class ReconcileLanes(ProviderLanes):
 
     def __init__(self, ctx: AppContext) -> None:
         super().__init__(ctx)
+        self.ahead = 0  # only as many as the budget can serve (see above)
         self._spent_until = 0.0  # when the budget a read found spent may serve again
 
     def free(self, busy: Mapping[str, int]) -> int:

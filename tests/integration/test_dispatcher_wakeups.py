@@ -34,7 +34,9 @@ class Counted:
     def __init__(self, inner: LaneClass) -> None:
         self.inner = inner
         self.eager = inner.eager
+        self.ahead = inner.ahead
         self.claims = 0
+        self.taken: list[int] = []  # how many each claim took
 
     def owns(self, lane: str) -> bool:
         return self.inner.owns(lane)
@@ -47,7 +49,9 @@ class Counted:
 
     async def claim(self, free: int, busy: Mapping[str, int], *, now: float) -> outbox.Claim:
         self.claims += 1
-        return await self.inner.claim(free, busy, now=now)
+        claim = await self.inner.claim(free, busy, now=now)
+        self.taken.append(len(claim.rows))
+        return claim
 
     def policy(self) -> RetryPolicy:
         return self.inner.policy()
@@ -247,22 +251,92 @@ async def test_no_claim_while_too_many_results_wait_to_be_written(
     ctx: AppContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("receiver.outbox.dispatcher.MAX_RECORDING", 2)
-    await add_calls(ctx, 3)
+    await add_calls(ctx, 5)
     provider = Counted(ProviderLanes(ctx))
     dispatcher = Dispatcher(ctx, lanes=[provider])
     stopping = asyncio.Event()
     async with records_held(ctx) as gate:
         running = asyncio.create_task(dispatcher.run(stopping))
         await settle_down()
-        claims = provider.claims
-        assert len(dispatcher.in_flight) == 2  # two results waiting: the third is not claimed
+        # Two slots and two held ready: four claimed at once, all four calls made (the
+        # ready ones as slots came free), and with their results waiting, the fifth waits.
+        assert provider.taken == [4]
+        assert len(dispatcher.in_flight) == 4
         ctx.db.wake(outbox.OUTBOX_CHANNEL)
         await settle_down()
-        assert provider.claims == claims  # a wake-up claims nothing while they wait
+        assert provider.taken == [4]  # a wake-up claims nothing while they wait
         gate.set()
         await settle_down()  # written: the last one's slot wakes the dispatcher
         rows = await ctx.db.fetch_all("SELECT status FROM outbox ORDER BY id")
-        assert [r["status"] for r in rows] == ["dead"] * 3
+        assert [r["status"] for r in rows] == ["dead"] * 5
+    stopping.set()
+    ctx.db.wake(outbox.OUTBOX_CHANNEL)
+    await running
+
+
+async def test_actions_held_ready_start_as_slots_come_free_without_a_claim(
+    ctx: AppContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_calls(ctx, 6)
+    provider = Counted(ProviderLanes(ctx))
+    dispatcher = Dispatcher(ctx, lanes=[provider])
+    calls = asyncio.Event()
+    attempt = dispatcher._attempt
+
+    async def held_call(row: Row, request_row: object) -> Outcome:
+        await calls.wait()
+        return await attempt(row, request_row)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dispatcher, "_attempt", held_call)
+    stopping = asyncio.Event()
+    running = asyncio.create_task(dispatcher.run(stopping))
+    await settle_down()
+    # Two slots (outbox_concurrency) and as many held ready: one claim of four.
+    assert (provider.taken, sorted(dispatcher.busy.values())) == ([4], [2])
+    calls.set()
+    await settle_down()
+    # The ready two started as the first two calls ended, and the claim that refilled the
+    # ready ones (half of them gone) took the last two: no claim per slot.
+    rows = await ctx.db.fetch_all("SELECT status FROM outbox ORDER BY id")
+    assert [r["status"] for r in rows] == ["dead"] * 6
+    assert sum(1 for n in provider.taken if n) == 2, provider.taken
+    stopping.set()
+    ctx.db.wake(outbox.OUTBOX_CHANNEL)
+    await running
+
+
+async def test_an_action_ready_for_half_a_lease_is_given_back_not_started(
+    ctx: AppContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = ctx.clock
+    assert isinstance(clock, FrozenClock)
+    await add_calls(ctx, 4)
+    provider = Counted(ProviderLanes(ctx))
+    dispatcher = Dispatcher(ctx, lanes=[provider])
+    calls = asyncio.Event()
+    attempt = dispatcher._attempt
+    started: list[int] = []
+
+    async def slow_call(row: Row, request_row: object) -> Outcome:
+        started.append(int(row["id"]))
+        await calls.wait()
+        return await attempt(row, request_row)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dispatcher, "_attempt", slow_call)
+    stopping = asyncio.Event()
+    running = asyncio.create_task(dispatcher.run(stopping))
+    await settle_down()
+    assert (provider.taken, len(started)) == ([4], 2)
+    # The two calls out take more than half a lease: the two ready ones would start with
+    # less than half of theirs left, and another process could take them over meanwhile.
+    clock.advance(ctx.settings.lease_seconds * 0.6)
+    calls.set()
+    await settle_down()
+    # Given back (due again, the attempt not counted), claimed afresh, and made.
+    rows = await ctx.db.fetch_all("SELECT status, attempts FROM outbox ORDER BY id")
+    assert [(r["status"], r["attempts"]) for r in rows] == [("dead", 1)] * 4
+    assert [n for n in provider.taken if n] == [4, 2]
+    assert sorted(started) == [1, 2, 3, 4]
     stopping.set()
     ctx.db.wake(outbox.OUTBOX_CHANNEL)
     await running

@@ -36,6 +36,7 @@ log = get_logger("signback.downstream")
 
 class EndpointLanes:
     eager = True  # a delivery goes as soon as it is queued
+    ahead = 0  # each claim weighs every endpoint's room at that moment
 
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
