@@ -268,9 +268,13 @@ class Dispatcher:
     async def _give_back(self, *, because: str) -> None:
         """Give the claims in ``_stale`` back: due again at once, for any process."""
         stale, self._stale = self._stale, []
-        released = await outbox.release(
-            self.ctx.db, stale, worker=self.ctx.worker_id, now=self.ctx.clock()
-        )
+        try:
+            released = await outbox.release(
+                self.ctx.db, stale, worker=self.ctx.worker_id, now=self.ctx.clock()
+            )
+        except Exception:
+            self._stale.extend(stale)  # the next look tries again (or their leases end)
+            raise
         log.info("claimed actions given back unstarted", count=released, reason=because)
 
     def _recording_full(self) -> bool:
