@@ -156,7 +156,9 @@ class Dispatcher:
                 if self._stale:
                     await self._give_back(because="they waited half a lease for a slot")
                 for lanes in self.lanes if not self._recording_full() else ():
-                    self._start_ready(lanes)
+                    if self._ready_of(lanes) and lanes.free(self.busy) > 0:
+                        await self.ctx.governor.turn()  # the acknowledgements come first
+                        self._start_ready(lanes)
                     free, ready = lanes.free(self.busy), len(self._ready_of(lanes))
                     # Claimed when a slot has nothing ready, or once the ready ones are half
                     # gone: a claim for each slot given back would be a round trip each.
@@ -294,7 +296,12 @@ class Dispatcher:
         self.busy[lane] -= 1
         if self.busy[lane] <= 0:
             del self.busy[lane]
-        if self._start_ready(lanes):
+        if self.ctx.governor.saturated():
+            # Under a flood of callbacks a ready action waits for the loop's governed turn,
+            # as a claim does: the acknowledgements come first.
+            if self._ready_of(lanes) or was_at_limit:
+                self.ctx.db.wake(outbox.OUTBOX_CHANNEL)
+        elif self._start_ready(lanes):
             # The slot went to a ready action; once half of them are gone, a claim for more.
             if len(self._ready_of(lanes)) <= lanes.ahead // 2:
                 self.ctx.db.wake(outbox.OUTBOX_CHANNEL)

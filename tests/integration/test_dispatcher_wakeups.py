@@ -340,3 +340,23 @@ async def test_an_action_ready_for_half_a_lease_is_given_back_not_started(
     stopping.set()
     ctx.db.wake(outbox.OUTBOX_CHANNEL)
     await running
+
+
+async def test_under_a_flood_a_ready_action_waits_for_the_governed_loop(
+    ctx: AppContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dispatcher = Dispatcher(ctx, lanes=[ProviderLanes(ctx)])
+    while await ctx.db.wait(outbox.OUTBOX_CHANNEL, 0.3):
+        pass
+    # Callbacks queue up: the governor holds the background back.
+    monkeypatch.setattr(ctx.governor, "saturated", lambda: True)
+    dispatcher.busy[outbox.PROVIDER_LANE] = 2
+    dispatcher._calling.update({1: outbox.PROVIDER_LANE, 2: outbox.PROVIDER_LANE})
+    ready_row: Row = {"id": 3, "lane": outbox.PROVIDER_LANE, "lease_expires_at": ctx.clock() + 60}
+    dispatcher._ready_of(dispatcher.lanes[0]).append((ready_row, None))
+
+    dispatcher._call_over(1)
+    # Not started from the call's end: the loop starts it after the governor's turn.
+    assert not dispatcher.in_flight
+    assert len(dispatcher._ready_of(dispatcher.lanes[0])) == 1
+    assert await ctx.db.wait(outbox.OUTBOX_CHANNEL, 0.05) is True
