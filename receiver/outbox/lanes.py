@@ -30,11 +30,13 @@ class LaneClass(Protocol):
     # settled actions of every lane wake the dispatcher alike, and under load a claim that
     # finds nothing on each would be a round trip per wake-up for nothing.
     eager: bool
+
     # How many claimed actions this process may hold ready beyond the class's free slots: a
     # slot given back starts one at once, with no claim's round trip between the calls, and
     # the claims come fewer and larger. 0: claim for free slots only (a class whose claim
     # weighs per-lane limits, or a budget, at the moment of the claim).
-    ahead: int
+    @property
+    def ahead(self) -> int: ...
 
     def owns(self, lane: str) -> bool: ...
 
@@ -68,9 +70,12 @@ class ProviderLanes:
 
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
+
+    @property
+    def ahead(self) -> int:
         # As many as can be in flight: under load each slot's next action is ready when the
         # call before it is over.
-        self.ahead = ctx.settings.outbox_concurrency
+        return self.ctx.settings.outbox_concurrency
 
     def owns(self, lane: str) -> bool:
         return lane == self.lane
@@ -124,8 +129,11 @@ class ReconcileLanes(ProviderLanes):
 
     def __init__(self, ctx: AppContext) -> None:
         super().__init__(ctx)
-        self.ahead = 0  # only as many as the budget can serve (see above)
         self._spent_until = 0.0  # when the budget a read found spent may serve again
+
+    @property
+    def ahead(self) -> int:
+        return 0  # only as many as the budget can serve (see above)
 
     def free(self, busy: Mapping[str, int]) -> int:
         cap = self.ctx.settings.reconcile_concurrency

@@ -388,9 +388,9 @@ class Pipeline:
 
         transition = states.apply(request.state, event.kind, confirmed=event.confirmed)
         provider_status = event.details.get("provider_status") if event.confirmed else None
-        # A late event's provider status is older than the stored one (a Firma "created"
-        # delivered after "sent" says "draft"): the state machine keeps the state, and the
-        # status stays with it.
+        # A late event's provider status is older than the stored one (a "created" delivered
+        # after "sent" may say "draft"): the state machine keeps the state, and the status
+        # stays with it.
         if transition.changed or (
             provider_status
             and not transition.late
