@@ -79,20 +79,27 @@ async def settle_down() -> None:
 
 
 @contextlib.asynccontextmanager
-async def dispatching(ctx: AppContext, lanes: list[Counted]) -> AsyncIterator[None]:
-    """The dispatcher's loop over ``lanes``, once it has looked for work and waits. (On
-    PostgreSQL its listener, once connected, wakes it once more: a NOTIFY may have been
-    missed before it listened.)"""
+async def running(ctx: AppContext, dispatcher: Dispatcher) -> AsyncIterator[None]:
+    """The dispatcher's loop, stopped (and drained) on the way out."""
     stopping = asyncio.Event()
-    running = asyncio.create_task(Dispatcher(ctx, lanes=lanes).run(stopping))
+    loop = asyncio.create_task(dispatcher.run(stopping))
     try:
-        await asyncio.sleep(0.5)
-        await settle_down()
         yield
     finally:
         stopping.set()
         ctx.db.wake(outbox.OUTBOX_CHANNEL)
-        await running
+        await loop
+
+
+@contextlib.asynccontextmanager
+async def dispatching(ctx: AppContext, lanes: list[Counted]) -> AsyncIterator[None]:
+    """The dispatcher's loop over ``lanes``, once it has looked for work and waits. (On
+    PostgreSQL its listener, once connected, wakes it once more: a NOTIFY may have been
+    missed before it listened.)"""
+    async with running(ctx, Dispatcher(ctx, lanes=lanes)):
+        await asyncio.sleep(0.5)
+        await settle_down()
+        yield
 
 
 async def add_read(ctx: AppContext, *, due: float) -> None:
@@ -204,6 +211,29 @@ async def add_calls(ctx: AppContext, count: int) -> None:
             )
 
 
+async def statuses(ctx: AppContext) -> list[str]:
+    rows = await ctx.db.fetch_all("SELECT status FROM outbox ORDER BY id")
+    return [str(r["status"]) for r in rows]
+
+
+def calls_held(
+    dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch
+) -> tuple[asyncio.Event, list[int]]:
+    """The dispatcher's calls wait until the event is set; the ids of the actions whose call
+    started, in order."""
+    go = asyncio.Event()
+    attempt = dispatcher._attempt
+    started: list[int] = []
+
+    async def held_call(row: Row, request_row: object) -> Outcome:
+        started.append(int(row["id"]))
+        await go.wait()
+        return await attempt(row, request_row)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dispatcher, "_attempt", held_call)
+    return go, started
+
+
 @contextlib.asynccontextmanager
 async def records_held(ctx: AppContext) -> AsyncIterator[asyncio.Event]:
     """The dispatcher's results wait to be written until the event is set."""
@@ -227,23 +257,15 @@ async def test_a_slot_is_free_once_the_call_is_over_not_once_its_result_is_writt
 ) -> None:
     # Two slots, three calls: the third goes out while the first two wait for the database.
     await add_calls(ctx, 3)
-    provider = Counted(ProviderLanes(ctx))
-    dispatcher = Dispatcher(ctx, lanes=[provider])
-    stopping = asyncio.Event()
-    async with records_held(ctx) as gate:
-        running = asyncio.create_task(dispatcher.run(stopping))
+    dispatcher = Dispatcher(ctx, lanes=[Counted(ProviderLanes(ctx))])
+    async with records_held(ctx) as gate, running(ctx, dispatcher):
         await settle_down()
         assert len(dispatcher.in_flight) == 3  # every call made, no result written yet
         assert not dispatcher.busy
-        rows = await ctx.db.fetch_all("SELECT status FROM outbox ORDER BY id")
-        assert [r["status"] for r in rows] == ["in_flight"] * 3
+        assert await statuses(ctx) == ["in_flight"] * 3
         gate.set()
         await settle_down()
-        rows = await ctx.db.fetch_all("SELECT status FROM outbox ORDER BY id")
-        assert [r["status"] for r in rows] == ["dead"] * 3
-    stopping.set()
-    ctx.db.wake(outbox.OUTBOX_CHANNEL)
-    await running
+        assert await statuses(ctx) == ["dead"] * 3
     assert not dispatcher.in_flight
 
 
@@ -254,9 +276,7 @@ async def test_no_claim_while_too_many_results_wait_to_be_written(
     await add_calls(ctx, 5)
     provider = Counted(ProviderLanes(ctx))
     dispatcher = Dispatcher(ctx, lanes=[provider])
-    stopping = asyncio.Event()
-    async with records_held(ctx) as gate:
-        running = asyncio.create_task(dispatcher.run(stopping))
+    async with records_held(ctx) as gate, running(ctx, dispatcher):
         await settle_down()
         # Two slots and two held ready: four claimed at once, all four calls made (the
         # ready ones as slots came free), and with their results waiting, the fifth waits.
@@ -267,11 +287,7 @@ async def test_no_claim_while_too_many_results_wait_to_be_written(
         assert provider.taken == [4]  # a wake-up claims nothing while they wait
         gate.set()
         await settle_down()  # written: the last one's slot wakes the dispatcher
-        rows = await ctx.db.fetch_all("SELECT status FROM outbox ORDER BY id")
-        assert [r["status"] for r in rows] == ["dead"] * 5
-    stopping.set()
-    ctx.db.wake(outbox.OUTBOX_CHANNEL)
-    await running
+        assert await statuses(ctx) == ["dead"] * 5
 
 
 async def test_actions_held_ready_start_as_slots_come_free_without_a_claim(
@@ -280,29 +296,17 @@ async def test_actions_held_ready_start_as_slots_come_free_without_a_claim(
     await add_calls(ctx, 6)
     provider = Counted(ProviderLanes(ctx))
     dispatcher = Dispatcher(ctx, lanes=[provider])
-    calls = asyncio.Event()
-    attempt = dispatcher._attempt
-
-    async def held_call(row: Row, request_row: object) -> Outcome:
-        await calls.wait()
-        return await attempt(row, request_row)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(dispatcher, "_attempt", held_call)
-    stopping = asyncio.Event()
-    running = asyncio.create_task(dispatcher.run(stopping))
-    await settle_down()
-    # Two slots (outbox_concurrency) and as many held ready: one claim of four.
-    assert (provider.taken, sorted(dispatcher.busy.values())) == ([4], [2])
-    calls.set()
-    await settle_down()
-    # The ready two started as the first two calls ended, and the claim that refilled the
-    # ready ones (half of them gone) took the last two: no claim per slot.
-    rows = await ctx.db.fetch_all("SELECT status FROM outbox ORDER BY id")
-    assert [r["status"] for r in rows] == ["dead"] * 6
-    assert sum(1 for n in provider.taken if n) == 2, provider.taken
-    stopping.set()
-    ctx.db.wake(outbox.OUTBOX_CHANNEL)
-    await running
+    calls, _ = calls_held(dispatcher, monkeypatch)
+    async with running(ctx, dispatcher):
+        await settle_down()
+        # Two slots (outbox_concurrency) and as many held ready: one claim of four.
+        assert (provider.taken, sorted(dispatcher.busy.values())) == ([4], [2])
+        calls.set()
+        await settle_down()
+        # The ready two started as the first two calls ended, and the claim that refilled
+        # the ready ones (half of them gone) took the last two: no claim per slot.
+        assert await statuses(ctx) == ["dead"] * 6
+        assert sum(1 for n in provider.taken if n) == 2, provider.taken
 
 
 async def test_an_action_ready_for_half_a_lease_is_given_back_not_started(
@@ -313,33 +317,20 @@ async def test_an_action_ready_for_half_a_lease_is_given_back_not_started(
     await add_calls(ctx, 4)
     provider = Counted(ProviderLanes(ctx))
     dispatcher = Dispatcher(ctx, lanes=[provider])
-    calls = asyncio.Event()
-    attempt = dispatcher._attempt
-    started: list[int] = []
-
-    async def slow_call(row: Row, request_row: object) -> Outcome:
-        started.append(int(row["id"]))
-        await calls.wait()
-        return await attempt(row, request_row)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(dispatcher, "_attempt", slow_call)
-    stopping = asyncio.Event()
-    running = asyncio.create_task(dispatcher.run(stopping))
-    await settle_down()
-    assert (provider.taken, len(started)) == ([4], 2)
-    # The two calls out take more than half a lease: the two ready ones would start with
-    # less than half of theirs left, and another process could take them over meanwhile.
-    clock.advance(ctx.settings.lease_seconds * 0.6)
-    calls.set()
-    await settle_down()
-    # Given back (due again, the attempt not counted), claimed afresh, and made.
-    rows = await ctx.db.fetch_all("SELECT status, attempts FROM outbox ORDER BY id")
-    assert [(r["status"], r["attempts"]) for r in rows] == [("dead", 1)] * 4
-    assert [n for n in provider.taken if n] == [4, 2]
-    assert sorted(started) == [1, 2, 3, 4]
-    stopping.set()
-    ctx.db.wake(outbox.OUTBOX_CHANNEL)
-    await running
+    calls, started = calls_held(dispatcher, monkeypatch)
+    async with running(ctx, dispatcher):
+        await settle_down()
+        assert (provider.taken, len(started)) == ([4], 2)
+        # The two calls out take more than half a lease: the two ready ones would start with
+        # less than half of theirs left, and another process could take them over meanwhile.
+        clock.advance(ctx.settings.lease_seconds * 0.6)
+        calls.set()
+        await settle_down()
+        # Given back (due again, the attempt not counted), claimed afresh, and made.
+        rows = await ctx.db.fetch_all("SELECT status, attempts FROM outbox ORDER BY id")
+        assert [(r["status"], r["attempts"]) for r in rows] == [("dead", 1)] * 4
+        assert [n for n in provider.taken if n] == [4, 2]
+        assert sorted(started) == [1, 2, 3, 4]
 
 
 async def test_under_a_flood_a_ready_action_waits_for_the_governed_loop(

@@ -127,6 +127,22 @@ class Firma:
         ]
         return items
 
+    def failed_delivery(self, event_id: str) -> dict[str, Any]:
+        """Wait until the delivery of an event is over; it must have failed."""
+        done = wait_until(
+            lambda: [d for d in self.deliveries(event_id=event_id) if d["done"]],
+            what=f"the delivery of {event_id} to fail",
+        )
+        assert not done[0]["ok"]
+        return done[0]
+
+    def redeliver(self, hook_id: str, url: str, delivery: Mapping[str, Any]) -> None:
+        """Point a webhook at ``url``, and send a delivery of it again."""
+        fixed = self.api.put(f"/webhooks/{hook_id}", json={"url": url})
+        assert fixed.status_code == 200, fixed.text
+        redelivered = self.control.post(f"/deliveries/{delivery['delivery_id']}/redeliver")
+        assert redelivered.status_code == 200, redelivered.text
+
     def event_id(self, event_type: str, sr_id: str) -> str:
         """The id of the (only) event of a type about a signing request."""
         events = self.control.get("/events").json()["events"]
@@ -544,22 +560,13 @@ def test_completed_before_viewed_ends_completed_and_records_the_late_one(
         signback.wait_for_state(registered["id"], "sent")
 
         (viewed,) = firma.act(sr["id"], "view")
-        failed = wait_until(
-            lambda: [d for d in firma.deliveries(event_id=viewed["event_id"]) if d["done"]],
-            what="the viewed delivery to fail",
-        )
-        assert not failed[0]["ok"]
+        failed = firma.failed_delivery(viewed["event_id"])
         firma.act(sr["id"], "complete")
         done = signback.wait_for_state(registered["id"], "completed")
         assert done["provider_status"] == "finished"
 
         # The webhook is fixed and the failed delivery sent again: `viewed` arrives last.
-        fixed = firma.api.put(
-            f"/webhooks/{late_hook}", json={"url": f"{signback.receiver.url}/hooks/firma"}
-        )
-        assert fixed.status_code == 200, fixed.text
-        redelivered = firma.control.post(f"/deliveries/{failed[0]['delivery_id']}/redeliver")
-        assert redelivered.status_code == 200, redelivered.text
+        firma.redeliver(late_hook, f"{signback.receiver.url}/hooks/firma", failed)
         late = signback.event(viewed["event_id"])
         assert (late["kind"], late["state_before"], late["state_after"]) == (
             "request.viewed",
@@ -585,21 +592,12 @@ def test_a_late_created_leaves_the_sent_status_as_it_is(
         sr = firma.create()
         registered = signback.register(sr["id"])
         created_id = firma.event_id("signing_request.created", sr["id"])
-        failed = wait_until(
-            lambda: [d for d in firma.deliveries(event_id=created_id) if d["done"]],
-            what="the created delivery to fail",
-        )
-        assert not failed[0]["ok"]
+        failed = firma.failed_delivery(created_id)
         firma.send(sr["id"])
         sent = signback.wait_for_state(registered["id"], "sent")
         assert sent["provider_status"] == "in_progress"
 
-        fixed = firma.api.put(
-            f"/webhooks/{late_hook}", json={"url": f"{signback.receiver.url}/hooks/firma"}
-        )
-        assert fixed.status_code == 200, fixed.text
-        redelivered = firma.control.post(f"/deliveries/{failed[0]['delivery_id']}/redeliver")
-        assert redelivered.status_code == 200, redelivered.text
+        firma.redeliver(late_hook, f"{signback.receiver.url}/hooks/firma", failed)
         late = signback.event(created_id)
         assert (late["state_before"], late["state_after"]) == ("sent", "sent")
         assert late["note"] == "late event ignored: sent is past draft"
