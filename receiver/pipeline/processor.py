@@ -49,6 +49,11 @@ BATCH_SIZE = 100
 # Rows per transaction on a single-writer database (SQLite): small enough that the
 # callbacks arriving meanwhile wait at most a few milliseconds for their own commit.
 CHUNK = 16
+# The same while callbacks pour in (the governor saturated). A SQLite chunk is one step of
+# the event loop, start to commit: 16 rows of some providers' events held it 2-6 ms, and
+# every callback in flight waited that long; the intake's p99 nearly doubled with the
+# worker on. Four rows cost the pipeline a few more commits while the work waits anyway.
+SATURATED_CHUNK = 4
 # On PostgreSQL a chunk costs a few round trips whatever its size, and each one waits for
 # the event loop, which the dispatcher's calls and the intake keep busy: with 16 rows a
 # chunk the pipeline drained a backlog at about half the rate it reaches with 50, beside the
@@ -58,6 +63,9 @@ POSTGRES_CHUNK = 50
 # row's processing waits for the database: its writes are held), so that acknowledgements
 # waiting to be sent never wait for a whole chunk's processing.
 ROWS_PER_TURN = 16
+# The same while callbacks pour in: a turn every four rows, so that the intake's commits,
+# answered while a step runs, are read back within a millisecond or so.
+SATURATED_ROWS_PER_TURN = 4
 MAX_PROCESSING_ATTEMPTS = 5
 
 
@@ -189,7 +197,8 @@ class Pipeline:
         done = last_id = 0
         while done < BATCH_SIZE:
             await self.ctx.governor.turn()  # the acknowledgements come first
-            taken, last_id = await self.process_chunk(CHUNK, after_id=last_id)
+            limit = SATURATED_CHUNK if self.ctx.governor.saturated() else CHUNK
+            taken, last_id = await self.process_chunk(limit, after_id=last_id)
             if not taken:
                 break
             done += taken
@@ -206,9 +215,11 @@ class Pipeline:
         try:
             async with self.ctx.db.transaction() as tx:
                 settling = await self._read_requests(tx, rows)
+                per_turn = self._rows_per_turn()
                 for n, row in enumerate(rows):
-                    if n and n % ROWS_PER_TURN == 0:
+                    if n and n % per_turn == 0:
                         await asyncio.sleep(0)
+                        per_turn = self._rows_per_turn()
                     reports.append(await self._process_in(tx, stored_callback(row), settling))
                 await settling.write(tx)
         except Exception as exc:
@@ -218,6 +229,9 @@ class Pipeline:
             return
         for report in reports:
             report()  # log lines only once the work is committed
+
+    def _rows_per_turn(self) -> int:
+        return SATURATED_ROWS_PER_TURN if self.ctx.governor.saturated() else ROWS_PER_TURN
 
     async def _read_requests(self, tx: Transaction, rows: list[Row]) -> Settling:
         """The requests ``rows`` name, in one statement: by the id the intake found, or by

@@ -17,7 +17,14 @@ import pytest
 from receiver.app import build_context, prepare_database
 from receiver.context import AppContext
 from receiver.outbox.downstream import endpoints
-from receiver.pipeline.processor import CHUNK, POSTGRES_CHUNK, Pipeline
+from receiver.pipeline.processor import (
+    CHUNK,
+    POSTGRES_CHUNK,
+    ROWS_PER_TURN,
+    SATURATED_CHUNK,
+    SATURATED_ROWS_PER_TURN,
+    Pipeline,
+)
 from receiver.pipeline.registration import Registration, register
 from receiver.settings import Settings
 from receiver.store import inbox, outbox
@@ -122,6 +129,58 @@ async def test_events_of_one_request_in_a_chunk_see_each_other(
         "SELECT request_id FROM outbox WHERE action_key LIKE 'bench:%'"
     )
     assert sorted(int(a["request_id"]) for a in actions) == sorted(r for r, _ in requests)
+
+
+async def most_rows_in_one_loop_step(ctx: AppContext, *, saturated: bool) -> int:
+    """Run the pipeline over a backlog, the governor saying callbacks pour in (or not), and
+    count the rows processed between two turns of the event loop, at most: how long the
+    callbacks in flight meanwhile waited for it."""
+    requests = await registered(ctx, 15)
+    total = await put_events(ctx, requests, by_token=True)
+    ctx.governor.saturated = lambda: saturated  # type: ignore[method-assign]
+    pipeline = Pipeline(ctx)
+    processed = 0
+    process_in = pipeline._process_in
+
+    async def counted(*args: Any) -> Callable[[], None]:
+        nonlocal processed
+        processed += 1
+        return await process_in(*args)
+
+    pipeline._process_in = counted  # type: ignore[method-assign,assignment]
+    steps: list[int] = []
+
+    async def tick() -> None:
+        while True:
+            steps.append(processed)
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(tick())
+    try:
+        done = 0
+        while done < total:
+            done += await pipeline.run_once()
+    finally:
+        ticker.cancel()
+    steps.append(processed)
+    assert_each_event_saw_the_one_before(await settled(ctx))
+    return max(b - a for a, b in itertools.pairwise(steps))
+
+
+async def test_under_a_flood_the_pipeline_gives_the_loop_back_every_few_rows(
+    ctx: AppContext,
+) -> None:
+    """A flood of callbacks (the governor saturated): SQLite chunks of SATURATED_CHUNK rows
+    (a chunk is one step of the loop there), a turn every SATURATED_ROWS_PER_TURN rows on
+    PostgreSQL. Otherwise a step holds a whole chunk (SQLite) or ROWS_PER_TURN rows."""
+    assert await most_rows_in_one_loop_step(ctx, saturated=True) <= max(
+        SATURATED_CHUNK, SATURATED_ROWS_PER_TURN
+    )
+
+
+async def test_without_a_flood_the_pipeline_takes_longer_steps(ctx: AppContext) -> None:
+    calm = await most_rows_in_one_loop_step(ctx, saturated=False)
+    assert calm == (CHUNK if ctx.db.single_writer else ROWS_PER_TURN)
 
 
 @pytest.mark.postgres
