@@ -15,10 +15,11 @@ pour in faster than the loop can answer them *and* do the work behind them, the 
   (:meth:`Governor.turn`). While callbacks queue up (on average ``SATURATED_IN_FLIGHT``
   or more being answered at once; with PostgreSQL, whose commits are done elsewhere, the
   loop's or the database's share of them, see :class:`Governor`), it keeps the
-  background's share of the loop at ``SHARE_WHEN_SATURATED``; otherwise it never holds
-  anything up. Under a steady load the loop can carry, the background gets whatever the
-  intake leaves; in a flood, the acknowledgements get nine tenths of the loop and the
-  backlog is worked off afterwards.
+  background's share of the loop at ``SHARE_WHEN_SATURATED`` (a tenth; a twentieth while
+  PostgreSQL's commits are what callbacks queue for); otherwise it never holds anything up.
+  Under a steady load the loop can carry, the background gets whatever the intake leaves;
+  in a flood, the acknowledgements get nine tenths of the loop or more and the backlog is
+  worked off afterwards.
 """
 
 from __future__ import annotations
@@ -190,9 +191,21 @@ class Governor:
       waiting for commits (a wrk flood keeps all its 32 connections waiting). The
       background's statements then compete with the callbacks' commits for the database,
       and holding them back is what gives the acknowledgements their share.
+
+    The share is measured on the loop only, which is the whole cost while the loop is what
+    callbacks wait for. When it is the database, each background statement also costs the
+    database its work, which the loop's clock does not see: in a flood, with a tenth of
+    the loop, the background's statements took PostgreSQL another 0.12 to 0.17 of a core,
+    and the intake lost a fifth to a third of its rate to the worker instead of a tenth
+    (docs/performance.md, issue 20's eighth and ninth parts). So while the database is
+    saturated the background gets ``SHARE_WHEN_DATABASE_SATURATED`` of the loop, half the
+    tenth, which puts its whole cost near the tenth meant; while only the loop is, at a
+    steady rate that the database keeps up with, it keeps the tenth and the processing
+    keeps up with more.
     """
 
     SHARE_WHEN_SATURATED = 0.1  # the background's share of the loop during a flood
+    SHARE_WHEN_DATABASE_SATURATED = 0.05  # the same, callbacks queued for the database
     SATURATED_IN_FLIGHT = 4.0  # callbacks being answered at once, on average, in a flood
     SATURATED_ON_LOOP = 1.0  # of which on the loop (the database working elsewhere)
     SATURATED_IN_FLIGHT_OFF_LOOP = 16.0  # in all, the database working elsewhere
@@ -213,6 +226,7 @@ class Governor:
         self.intake = intake
         self._on_hold = on_hold  # told each pause's length (the metrics count them)
         self._off_loop = database_off_loop
+        self.share = self.SHARE_WHEN_SATURATED  # of the loop's time, while saturated
         self.occupancy = occupancy
         self._clock = clock
         now = clock()
@@ -234,8 +248,15 @@ class Governor:
             if not self._off_loop:
                 self._saturated = in_flight >= self.SATURATED_IN_FLIGHT
             else:
-                self._saturated = in_flight >= self.SATURATED_IN_FLIGHT_OFF_LOOP or (
+                database_bound = in_flight >= self.SATURATED_IN_FLIGHT_OFF_LOOP
+                loop_bound = (
                     in_flight >= self.SATURATED_IN_FLIGHT and on_loop >= self.SATURATED_ON_LOOP
+                )
+                self._saturated = database_bound or loop_bound
+                self.share = (
+                    self.SHARE_WHEN_DATABASE_SATURATED
+                    if database_bound
+                    else self.SHARE_WHEN_SATURATED
                 )
             self._mark = (now, area_now, loop_area_now)
         return self._saturated
@@ -245,7 +266,7 @@ class Governor:
         now = self._clock()
         then, busy_then = self._debt_at
         busy = self.occupancy.busy
-        self._debt += (busy - busy_then) - self.SHARE_WHEN_SATURATED * (now - then)
+        self._debt += (busy - busy_then) - self.share * (now - then)
         self._debt = max(self._debt, -self.MAX_CREDIT)
         self._debt_at = (now, busy)
         return self._debt
@@ -255,7 +276,7 @@ class Governor:
         debt = self._settle()
         while debt > self.TOLERANCE and self.saturated():
             self.waits += 1
-            pause = min(max(debt / self.SHARE_WHEN_SATURATED, self.MIN_PAUSE), self.MAX_PAUSE)
+            pause = min(max(debt / self.share, self.MIN_PAUSE), self.MAX_PAUSE)
             if self._on_hold is not None:
                 self._on_hold(pause)
             await asyncio.sleep(pause)
