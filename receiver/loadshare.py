@@ -17,10 +17,10 @@ pour in faster than the loop can answer them *and* do the work behind them, the 
   loop's or the database's share of them, see :class:`Governor`), it keeps the
   background's share of the loop at ``SHARE_WHEN_SATURATED``, a tenth (with PostgreSQL,
   ``SHARE_WHEN_DATABASE_SATURATED``, a twentieth, while ``SATURATED_IN_FLIGHT_OFF_LOOP``
-  or more are in flight); otherwise it never holds anything up.
-  Under a steady load the loop can carry, the background gets whatever the intake leaves;
-  in a flood, the acknowledgements get nine tenths of the loop or more and the backlog is
-  worked off afterwards.
+  or more are in flight); otherwise it never holds anything up. Under a steady load the
+  loop can carry, the background gets whatever the intake leaves; in a flood, the
+  acknowledgements get nine tenths of the loop or more and the backlog is worked off
+  afterwards.
 """
 
 from __future__ import annotations

@@ -126,6 +126,13 @@ def test_turn_holds_the_background_to_its_share_during_a_flood(
     assert max(slept) <= Governor.MAX_PAUSE
 
 
+def share_after_a_window(governor: Governor, clock: Clock) -> float:
+    """The background's share once a window has passed, the governor saturated over it."""
+    clock.now += Governor.WINDOW * 1.01
+    assert governor.saturated()
+    return governor.share
+
+
 def test_with_postgresql_the_share_follows_what_callbacks_queue_for() -> None:
     # A steady rate the database keeps up with: a few callbacks in flight, one or more of
     # them on the loop. The loop is the bottleneck, and the tenth is its whole cost.
@@ -135,23 +142,17 @@ def test_with_postgresql_the_share_follows_what_callbacks_queue_for() -> None:
         intake.arrived()
     for _ in range(4):
         intake.waiting()
-    clock.now += Governor.WINDOW * 1.01
-    assert governor.saturated()
-    assert governor.share == Governor.SHARE_WHEN_SATURATED
+    assert share_after_a_window(governor, clock) == Governor.SHARE_WHEN_SATURATED
     # A flood: 32 in flight, most waiting for their commits. The database is the bottleneck.
     for _ in range(26):
         intake.arrived()
         intake.waiting()
-    clock.now += Governor.WINDOW * 1.01
-    assert governor.saturated()
-    assert governor.share == Governor.SHARE_WHEN_DATABASE_SATURATED
+    assert share_after_a_window(governor, clock) == Governor.SHARE_WHEN_DATABASE_SATURATED
     # Back to the steady rate.
     for _ in range(26):
         intake.resumed()
         intake.answered()
-    clock.now += Governor.WINDOW * 1.01
-    assert governor.saturated()
-    assert governor.share == Governor.SHARE_WHEN_SATURATED
+    assert share_after_a_window(governor, clock) == Governor.SHARE_WHEN_SATURATED
 
 
 def test_only_tasks_started_in_a_background_context_are_timed() -> None:
